@@ -1,0 +1,44 @@
+//! # AeroDB replication runtime
+//!
+//! The replication runtime of AeroDB on SQLite storage. This crate holds the
+//! parts that do not touch SQLite: the WAL format (records, segments,
+//! checksums, continuity) and, as the runtime grows, the replica components
+//! of `REPLICATION_RUNTIME_ARCHITECTURE.md`. It never links SQLite: the
+//! `storage-adapter` crate maps these types onto SQLite files.
+//!
+//! ## Layout
+//!
+//! | spec element | module |
+//! |---|---|
+//! | CommitId, WAL offset, generation (spec 4.1, DESIGN 3) | [`wal`] |
+//! | WAL record, chained checksum, segment (DESIGN 3) | [`wal`] |
+//! | continuity proof a Validator runs (spec 5.3, rule V1) | [`wal::check_continuity`] |
+//!
+//! ## Example
+//!
+//! ```
+//! use replication::wal::{
+//!     check_continuity, encode_change, Change, ChainPosition, CommitId, Generation,
+//!     RecordEncoder, Segment, Value, WalOffset,
+//! };
+//!
+//! let generation = Generation(0x5eed);
+//! let start = ChainPosition::genesis(generation);
+//! let change = encode_change(&Change::Insert {
+//!     table: "t".into(),
+//!     values: vec![Value::Integer(1), Value::Text(b"one".to_vec())],
+//! })
+//! .unwrap();
+//! let mut encoder = RecordEncoder::new(start);
+//! let record = encoder.push(CommitId(1), &[change.as_slice()]).unwrap();
+//! let bytes = Segment::encode(generation, &[record]).unwrap();
+//!
+//! let segment = Segment::decode(&bytes).unwrap();
+//! assert_eq!(segment.header.first_commit_id, CommitId(1));
+//! check_continuity(&segment, &start).unwrap();
+//! assert_eq!(segment.end_position().commit_id, CommitId(1));
+//! assert_eq!(segment.end_position().wal_offset, WalOffset(bytes.len() as u64 - 64));
+//! ```
+#![deny(missing_docs)]
+
+pub mod wal;
