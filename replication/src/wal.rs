@@ -32,8 +32,6 @@ pub const SEGMENT_TRAILER_LEN: usize = 4;
 /// Fixed bytes of a record: length, CommitId, WAL offset, change count,
 /// previous chain, chain, CRC.
 pub const RECORD_OVERHEAD: usize = 4 + 8 + 8 + 4 + 4 + 4 + 4;
-/// Bytes before a record's first change.
-const RECORD_HEADER_LEN: usize = 4 + 8 + 8 + 4 + 4;
 
 /// Largest value (TEXT or BLOB) a change may carry.
 pub const MAX_VALUE_BYTES: usize = 32 << 20;
