@@ -470,23 +470,51 @@ fn too_large(what: &'static str, actual: usize, limit: usize) -> EncodeError {
     }
 }
 
+/// A borrowed SQLite value, for encoding without copying.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum ValueRef<'a> {
+    /// NULL.
+    Null,
+    /// INTEGER.
+    Integer(i64),
+    /// REAL.
+    Real(f64),
+    /// TEXT bytes.
+    Text(&'a [u8]),
+    /// BLOB bytes.
+    Blob(&'a [u8]),
+}
+
+impl Value {
+    /// Borrows the value.
+    pub fn as_ref(&self) -> ValueRef<'_> {
+        match self {
+            Value::Null => ValueRef::Null,
+            Value::Integer(i) => ValueRef::Integer(*i),
+            Value::Real(r) => ValueRef::Real(*r),
+            Value::Text(t) => ValueRef::Text(t),
+            Value::Blob(b) => ValueRef::Blob(b),
+        }
+    }
+}
+
 /// Appends one value.
-pub fn encode_value(out: &mut Vec<u8>, value: &Value) -> Result<(), EncodeError> {
+pub fn encode_value(out: &mut Vec<u8>, value: ValueRef<'_>) -> Result<(), EncodeError> {
     match value {
-        Value::Null => out.push(0),
-        Value::Integer(i) => {
+        ValueRef::Null => out.push(0),
+        ValueRef::Integer(i) => {
             out.push(1);
             out.extend_from_slice(&i.to_le_bytes());
         }
-        Value::Real(r) => {
+        ValueRef::Real(r) => {
             out.push(2);
             out.extend_from_slice(&r.to_bits().to_le_bytes());
         }
-        Value::Text(b) | Value::Blob(b) => {
+        ValueRef::Text(b) | ValueRef::Blob(b) => {
             if b.len() > MAX_VALUE_BYTES {
                 return Err(too_large("value", b.len(), MAX_VALUE_BYTES));
             }
-            out.push(if matches!(value, Value::Text(_)) {
+            out.push(if matches!(value, ValueRef::Text(_)) {
                 3
             } else {
                 4
@@ -524,7 +552,9 @@ pub fn encode_count(out: &mut Vec<u8>, n: usize) -> Result<(), EncodeError> {
 
 fn encode_values(out: &mut Vec<u8>, values: &[Value]) -> Result<(), EncodeError> {
     encode_count(out, values.len())?;
-    values.iter().try_for_each(|v| encode_value(out, v))
+    values
+        .iter()
+        .try_for_each(|v| encode_value(out, v.as_ref()))
 }
 
 /// Encodes one change as it is stored on the primary and carried in a
@@ -925,6 +955,44 @@ pub fn check_continuity(
         });
     }
     Ok(())
+}
+
+/// A segment proven to continue a given chain position. Only [`validate`]
+/// makes one, so an applier that takes a `ValidatedSegment` cannot apply
+/// unvalidated WAL (rule W3).
+#[derive(Clone, Debug, PartialEq)]
+pub struct ValidatedSegment {
+    segment: Segment,
+    start: ChainPosition,
+}
+
+impl ValidatedSegment {
+    /// The segment.
+    pub fn segment(&self) -> &Segment {
+        &self.segment
+    }
+
+    /// The position it was validated against (where it starts).
+    pub fn start(&self) -> ChainPosition {
+        self.start
+    }
+
+    /// Where it ends.
+    pub fn end(&self) -> ChainPosition {
+        self.segment.end_position()
+    }
+}
+
+/// Validates that `segment` continues `position` ([`check_continuity`]).
+pub fn validate(
+    segment: Segment,
+    position: &ChainPosition,
+) -> Result<ValidatedSegment, ContinuityError> {
+    check_continuity(&segment, position)?;
+    Ok(ValidatedSegment {
+        segment,
+        start: *position,
+    })
 }
 
 // ---------------------------------------------------------------- decoding

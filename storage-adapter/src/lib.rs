@@ -1,1 +1,50 @@
-//! placeholder
+//! # AeroDB on SQLite: storage adapter
+//!
+//! Everything that touches SQLite files: primary capture (triggers and SQL
+//! functions writing the WAL inside the application's transactions),
+//! reading the primary's WAL as segments, and the replica's state store
+//! tables with transactional apply. The WAL format itself lives in
+//! [`replication::wal`], which knows nothing of SQLite.
+//!
+//! ## Layout
+//!
+//! | spec element | module |
+//! |---|---|
+//! | Primary: assigns CommitIds, appends WAL (P1), passive (P2) | [`capture`], [`primary`] |
+//! | Primary: exposes WAL segments (P1) | [`primary::PrimaryWalReader`] |
+//! | Replica State Store tables (5.5, T1) | [`replica`], `sql/replica.sql` |
+//! | WAL Applier's storage mutation: one transaction per segment (5.4, W1, W2) | [`replica::ReplicaDb::apply`] |
+//!
+//! ## Example
+//!
+//! ```
+//! use replication::wal::{validate, CommitId, Segment};
+//! use storage_adapter::{primary::{Primary, PrimaryWalReader}, replica::ReplicaDb};
+//!
+//! let dir = tempfile::tempdir().unwrap();
+//! let primary = Primary::open(dir.path().join("primary.db")).unwrap();
+//! primary.connection().execute_batch("CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT)").unwrap();
+//! primary.replicate("t").unwrap();
+//! primary.connection().execute("INSERT INTO t VALUES (1, 'one')", []).unwrap();
+//! let token = primary.last_commit_id().unwrap().unwrap();
+//!
+//! let reader = PrimaryWalReader::open(dir.path().join("primary.db")).unwrap();
+//! let mut replica = ReplicaDb::open(dir.path().join("replica.db")).unwrap();
+//! let position = replica.init(reader.generation()).unwrap();
+//! let bytes = reader.segment(CommitId(1), 1 << 20).unwrap().unwrap();
+//! let segment = validate(Segment::decode(&bytes).unwrap(), &position).unwrap();
+//! let applied = replica.apply(&segment).unwrap();
+//! assert_eq!(applied.commit_id, token);
+//! let v: String = replica.connection().query_row("SELECT v FROM t WHERE id = 1", [], |r| r.get(0)).unwrap();
+//! assert_eq!(v, "one");
+//! ```
+#![deny(missing_docs)]
+
+pub mod capture;
+pub mod primary;
+mod primary_wal;
+mod raw;
+pub mod replica;
+
+pub use primary_wal::{WalReadError, MAX_SEQ, SEAL_BATCH, SEQ_BITS};
+pub use raw::RawError;

@@ -1,0 +1,38 @@
+-- AeroDB primary: the capture tables. Created by aerodb_primary_init()
+-- (storage-adapter executes this file as is). Applications never write
+-- these tables; capture triggers do, inside the writing transaction.
+
+-- Identity of this primary: ('format_version', 1), ('generation', <random>).
+CREATE TABLE IF NOT EXISTS aerodb_meta(
+  key   TEXT PRIMARY KEY,
+  value ANY NOT NULL
+);
+
+-- Replicated tables and the CommitId of their schema record.
+CREATE TABLE IF NOT EXISTS aerodb_tables(
+  name             TEXT PRIMARY KEY,
+  schema_commit_id INTEGER NOT NULL,
+  column_count     INTEGER NOT NULL,
+  key_columns      TEXT NOT NULL
+);
+
+-- The WAL's content: one row per captured change, in commit order.
+-- pos = commit_id << 24 | seq: rows of one commit are adjacent and the
+-- table is append-only (no secondary index to maintain).
+CREATE TABLE IF NOT EXISTS aerodb_changes(
+  pos    INTEGER PRIMARY KEY,
+  change BLOB NOT NULL
+);
+
+-- Sealed records: the WAL offset, length and checksums of a committed
+-- record, written by a later writing transaction (records are sealed in
+-- batches; readers compute the unsealed tail themselves, identically).
+CREATE TABLE IF NOT EXISTS aerodb_commits(
+  commit_id    INTEGER PRIMARY KEY,
+  wal_offset   INTEGER NOT NULL,
+  length       INTEGER NOT NULL,
+  change_count INTEGER NOT NULL,
+  prev_chain   INTEGER NOT NULL,
+  chain        INTEGER NOT NULL,
+  crc          INTEGER NOT NULL
+);

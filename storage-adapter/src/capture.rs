@@ -1,0 +1,766 @@
+//! Primary capture: the SQL functions that make a database a primary and
+//! record every committed change of a replicated table in the WAL, inside
+//! the writing transaction.
+//!
+//! Role in the spec: the Primary "assigns CommitIds and appends WAL" (rule
+//! P1) and is passive (P2): nothing here runs on its own; everything runs in
+//! the application's own statements.
+//!
+//! How capture works:
+//! - `aerodb_replicate('t')` installs AFTER INSERT/UPDATE/DELETE triggers on
+//!   `t`. Each trigger inserts one row into `aerodb_changes` with the
+//!   encoded change (`aerodb_capture_change`) at the position
+//!   `aerodb_capture_pos` assigns. Trigger and data change are one SQLite
+//!   transaction: a crash can never leave one without the other, and a
+//!   `ROLLBACK` or `ROLLBACK TO` removes both.
+//! - CommitIds: the first captured change of a transaction takes
+//!   `head + 1`; later ones in the same transaction reuse it. "Same
+//!   transaction" is decided by the main database's data version
+//!   (`SQLITE_FCNTL_DATA_VERSION`): it is stable for the whole of a
+//!   transaction (including across `ROLLBACK TO`) and changes when this
+//!   connection commits or sees another connection's commit. A transaction
+//!   whose changes were all rolled back leaves no row, so the next one
+//!   takes the same CommitId: CommitIds stay contiguous. No CommitId
+//!   without a change row, none for transactions that changed nothing
+//!   replicated. SQLite's single writer serializes assignment across
+//!   connections and processes.
+//! - A connection without these functions fails on the trigger's call
+//!   ("no such function: aerodb_capture_pos"): it can never write
+//!   uncaptured data to a replicated table.
+//! - The commit hook only serves `aerodb_last_commit_id()`; capture does not
+//!   depend on it.
+
+use crate::primary_wal::{
+    commit_of, first_pos, WalReadError, WalTables, MAX_COMMIT_ID, MAX_SEQ, SEAL_BATCH,
+};
+use crate::raw::{OwnedValue, RawConn, RawError};
+use replication::wal::{
+    encode_change, encode_change_header, encode_count, encode_value, Change, CommitId, EncodeError,
+    Generation, Operation, ValueRef as WalValue,
+};
+use rusqlite::ffi;
+use rusqlite::functions::{Context, FunctionFlags};
+use rusqlite::types::ValueRef;
+use rusqlite::Connection;
+use std::ffi::{c_int, c_void};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+/// `SQLITE_FCNTL_DATA_VERSION`.
+const FCNTL_DATA_VERSION: c_int = 35;
+
+/// The primary schema (`sql/primary.sql`).
+pub const PRIMARY_SQL: &str = include_str!("../../sql/primary.sql");
+
+/// Errors of the primary's SQL functions and Rust API.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum CaptureError {
+    /// The database has not been made a primary.
+    #[error("not an AeroDB primary: run aerodb_primary_init() first")]
+    NotPrimary,
+    /// No such table in the main database.
+    #[error("aerodb_replicate('{table}'): no table named '{table}' in the main database")]
+    NoSuchTable {
+        /// The argument.
+        table: String,
+    },
+    /// The table cannot be replicated.
+    #[error("aerodb_replicate('{table}'): {reason}")]
+    Refused {
+        /// The argument.
+        table: String,
+        /// Why, and what to do.
+        reason: String,
+    },
+    /// A SQL function got a bad argument.
+    #[error("{function}: argument {argument} {problem}")]
+    BadArgument {
+        /// The function.
+        function: &'static str,
+        /// Argument position (1-based) or name.
+        argument: String,
+        /// What is wrong.
+        problem: String,
+    },
+    /// The transaction's changes do not fit one WAL record.
+    #[error("transaction too large for one WAL record at commit {commit_id}: more than {limit} change rows")]
+    TooManyChanges {
+        /// The commit being written.
+        commit_id: CommitId,
+        /// `MAX_SEQ`.
+        limit: u32,
+    },
+    /// CommitIds exhausted.
+    #[error("CommitId {0} exceeds the largest CommitId this format stores ({MAX_COMMIT_ID})")]
+    CommitIdOverflow(CommitId),
+    /// A value is over a WAL limit.
+    #[error("cannot capture change of table '{table}': {source}")]
+    Encode {
+        /// The table.
+        table: String,
+        /// The limit broken.
+        source: EncodeError,
+    },
+    /// Reading or sealing the WAL failed.
+    #[error(transparent)]
+    Wal(#[from] WalReadError),
+    /// Other SQLite failure, with what was being done.
+    #[error("{doing}: {source}")]
+    Sqlite {
+        /// What was being done.
+        doing: String,
+        /// The SQLite error.
+        source: RawError,
+    },
+    /// `aerodb_last_commit_id()` cannot be trusted.
+    #[error("aerodb_last_commit_id is unknown on this connection: another commit hook replaced AeroDB's; do not install commit hooks on a capture connection")]
+    CommitHookReplaced,
+    /// The SQLite library is too old.
+    #[error("SQLite {actual} is too old: AeroDB needs SQLite {required} or newer")]
+    SqliteTooOld {
+        /// The running version.
+        actual: String,
+        /// The minimum.
+        required: &'static str,
+    },
+}
+
+fn sqlite(doing: impl Into<String>) -> impl FnOnce(RawError) -> CaptureError {
+    let doing = doing.into();
+    move |source| CaptureError::Sqlite { doing, source }
+}
+
+/// Minimum SQLite version (`pragma_table_list`, 3.37).
+pub const MIN_SQLITE_VERSION: c_int = 3_037_000;
+/// The same, for messages.
+pub const MIN_SQLITE_VERSION_STR: &str = "3.37.0";
+
+/// Refuses SQLite libraries older than [`MIN_SQLITE_VERSION`].
+pub fn check_sqlite_version() -> Result<(), CaptureError> {
+    // SAFETY: plain getters with no preconditions.
+    let (n, s) = unsafe {
+        (
+            ffi::sqlite3_libversion_number(),
+            std::ffi::CStr::from_ptr(ffi::sqlite3_libversion())
+                .to_string_lossy()
+                .into_owned(),
+        )
+    };
+    if n < MIN_SQLITE_VERSION {
+        return Err(CaptureError::SqliteTooOld {
+            actual: s,
+            required: MIN_SQLITE_VERSION_STR,
+        });
+    }
+    Ok(())
+}
+
+/// The transaction a connection is capturing into.
+#[derive(Debug, Clone, Copy)]
+struct OpenCommit {
+    /// Data version of the main database while the transaction runs.
+    data_version: u32,
+    commit_id: CommitId,
+    next_seq: u32,
+}
+
+/// Where a connection's commit hook stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum HookStatus {
+    Installed,
+    /// Another commit hook replaced ours at some point.
+    Replaced,
+}
+
+/// Per-connection capture state, shared by this connection's functions and
+/// its commit/rollback hooks (never across connections).
+#[derive(Debug)]
+struct ConnState {
+    db: *mut ffi::sqlite3,
+    open: Option<OpenCommit>,
+    last_committed: Option<CommitId>,
+    /// `last_committed` before the commit hook ran, restored if the commit
+    /// then fails and rolls back.
+    before_commit: Option<Option<CommitId>>,
+    hook: HookStatus,
+}
+
+// SAFETY: the raw handle is only used on the thread that is running a call
+// on that connection (SQLite calls functions and hooks on the caller's
+// thread), and the Mutex serializes access to the rest.
+unsafe impl Send for ConnState {}
+
+type Shared = Arc<Mutex<ConnState>>;
+
+fn lock(s: &Shared) -> MutexGuard<'_, ConnState> {
+    // A poisoned lock means a panic was caught mid-call; the state is plain
+    // data that each call re-validates against the data version.
+    s.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn data_version(db: *mut ffi::sqlite3) -> Result<u32, CaptureError> {
+    let mut v: u32 = 0;
+    // SAFETY: db is open (we are inside one of its calls); the opcode
+    // writes one u32.
+    let rc = unsafe {
+        ffi::sqlite3_file_control(
+            db,
+            c"main".as_ptr(),
+            FCNTL_DATA_VERSION,
+            (&mut v as *mut u32).cast::<c_void>(),
+        )
+    };
+    if rc != ffi::SQLITE_OK {
+        return Err(CaptureError::Sqlite {
+            doing: "reading the data version of the main database".into(),
+            source: RawError {
+                code: rc,
+                message: "SQLITE_FCNTL_DATA_VERSION failed".into(),
+                sql: String::new(),
+            },
+        });
+    }
+    Ok(v)
+}
+
+unsafe extern "C" fn on_commit(arg: *mut c_void) -> c_int {
+    let _ = std::panic::catch_unwind(|| {
+        // SAFETY: arg is the Mutex of an Arc kept alive by this connection's
+        // registered functions (see `install_hooks`).
+        let state = unsafe { &*(arg as *const Mutex<ConnState>) };
+        let mut s = state.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(open) = s.open {
+            if data_version(s.db).ok() == Some(open.data_version) {
+                s.before_commit = Some(s.last_committed);
+                s.last_committed = Some(open.commit_id);
+            }
+        }
+    });
+    0
+}
+
+unsafe extern "C" fn on_rollback(arg: *mut c_void) {
+    let _ = std::panic::catch_unwind(|| {
+        // SAFETY: as in on_commit.
+        let state = unsafe { &*(arg as *const Mutex<ConnState>) };
+        let mut s = state.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(prev) = s.before_commit.take() {
+            s.last_committed = prev;
+        }
+        s.open = None;
+    });
+}
+
+/// Installs our commit and rollback hooks; notes if another commit hook had
+/// replaced ours.
+fn install_hooks(shared: &Shared) {
+    let arg = Arc::as_ptr(shared) as *mut c_void;
+    let db = lock(shared).db;
+    // SAFETY: db is open; arg stays valid while our functions are
+    // registered on db (their closures own the Arc), and the hooks are
+    // re-installed before any re-registration drops an old Arc.
+    let (prev_commit, _) = unsafe {
+        (
+            ffi::sqlite3_commit_hook(db, Some(on_commit), arg),
+            ffi::sqlite3_rollback_hook(db, Some(on_rollback), arg),
+        )
+    };
+    if !prev_commit.is_null() && prev_commit != arg {
+        tracing::warn!("a foreign commit hook was installed on a capture connection; aerodb_last_commit_id() is now unknown");
+        lock(shared).hook = HookStatus::Replaced;
+    }
+}
+
+/// Assigns the `aerodb_changes.pos` of the next captured change of the
+/// current transaction (see the module doc).
+fn capture_pos(shared: &Shared, conn: RawConn, max_pos: Option<i64>) -> Result<i64, CaptureError> {
+    let mut s = lock(shared);
+    let version = data_version(s.db)?;
+    if let Some(open) = s.open.as_mut().filter(|o| o.data_version == version) {
+        if open.next_seq > MAX_SEQ {
+            return Err(CaptureError::TooManyChanges {
+                commit_id: open.commit_id,
+                limit: MAX_SEQ,
+            });
+        }
+        let pos = first_pos(open.commit_id) | i64::from(open.next_seq);
+        open.next_seq += 1;
+        return Ok(pos);
+    }
+    // First captured change of this transaction.
+    let wal = WalTables::new(conn);
+    let (head, sealed) = wal.head()?;
+    debug_assert!(max_pos.map(commit_of).unwrap_or_default() <= head);
+    let commit_id = head.next();
+    if commit_id.0 > MAX_COMMIT_ID {
+        return Err(CaptureError::CommitIdOverflow(commit_id));
+    }
+    if head.0 - sealed.0 >= SEAL_BATCH {
+        let generation = wal.generation()?;
+        wal.seal_through(generation, head)?;
+    }
+    s.open = Some(OpenCommit {
+        data_version: version,
+        commit_id,
+        next_seq: 1,
+    });
+    s.before_commit = None;
+    drop(s);
+    install_hooks(shared);
+    Ok(first_pos(commit_id))
+}
+
+fn arg_value<'a>(ctx: &'a Context<'_>, i: usize) -> WalValue<'a> {
+    match ctx.get_raw(i) {
+        ValueRef::Null => WalValue::Null,
+        ValueRef::Integer(v) => WalValue::Integer(v),
+        ValueRef::Real(v) => WalValue::Real(v),
+        ValueRef::Text(t) => WalValue::Text(t),
+        ValueRef::Blob(b) => WalValue::Blob(b),
+    }
+}
+
+/// `aerodb_capture_change(table, op, nkey, key..., values...)`: encodes one
+/// change. Called by the capture triggers only.
+fn capture_change(ctx: &Context<'_>) -> Result<Vec<u8>, CaptureError> {
+    const F: &str = "aerodb_capture_change";
+    let bad = |argument: &str, problem: String| CaptureError::BadArgument {
+        function: F,
+        argument: argument.into(),
+        problem,
+    };
+    if ctx.len() < 3 {
+        return Err(bad(
+            "count",
+            format!("is {}, expected at least 3", ctx.len()),
+        ));
+    }
+    let table = match ctx.get_raw(0) {
+        ValueRef::Text(t) => {
+            std::str::from_utf8(t).map_err(|e| bad("1 (table)", format!("is not UTF-8: {e}")))?
+        }
+        other => {
+            return Err(bad(
+                "1 (table)",
+                format!("is {:?}, expected TEXT", other.data_type()),
+            ))
+        }
+    };
+    let op = match ctx.get_raw(1) {
+        ValueRef::Integer(1) => Operation::Insert,
+        ValueRef::Integer(2) => Operation::Update,
+        ValueRef::Integer(3) => Operation::Delete,
+        other => {
+            return Err(bad(
+                "2 (operation)",
+                format!("is {other:?}, expected 1, 2 or 3"),
+            ))
+        }
+    };
+    let rest = ctx.len() - 3;
+    let nkey = match ctx.get_raw(2) {
+        ValueRef::Integer(n) if n >= 0 && (n as usize) <= rest => n as usize,
+        other => {
+            return Err(bad(
+                "3 (key count)",
+                format!("is {other:?}, expected 0..={rest}"),
+            ))
+        }
+    };
+    let encode = |out: &mut Vec<u8>| -> Result<(), EncodeError> {
+        encode_change_header(out, op, table)?;
+        match op {
+            Operation::Insert => {
+                encode_count(out, rest)?;
+                (3..ctx.len()).try_for_each(|i| encode_value(out, arg_value(ctx, i)))
+            }
+            Operation::Update => {
+                encode_count(out, nkey)?;
+                (3..3 + nkey).try_for_each(|i| encode_value(out, arg_value(ctx, i)))?;
+                encode_count(out, rest - nkey)?;
+                (3 + nkey..ctx.len()).try_for_each(|i| encode_value(out, arg_value(ctx, i)))
+            }
+            _ => {
+                encode_count(out, rest)?;
+                (3..ctx.len()).try_for_each(|i| encode_value(out, arg_value(ctx, i)))
+            }
+        }
+    };
+    let mut out = Vec::with_capacity(64);
+    encode(&mut out).map_err(|source| CaptureError::Encode {
+        table: table.to_owned(),
+        source,
+    })?;
+    Ok(out)
+}
+
+fn random_u64() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    // RandomState is seeded from the OS's randomness; mixing in the time and
+    // pid keeps two primaries created in one process apart too.
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or_default(),
+    );
+    h.write_u32(std::process::id());
+    h.finish()
+}
+
+/// `aerodb_primary_init()`: creates the capture tables and the generation
+/// (idempotent); returns the generation.
+fn primary_init(conn: RawConn) -> Result<Generation, CaptureError> {
+    conn.execute_batch(PRIMARY_SQL)
+        .map_err(sqlite("creating the primary's tables (sql/primary.sql)"))?;
+    if let Ok(g) = WalTables::new(conn).generation() {
+        return Ok(g);
+    }
+    let g = Generation(random_u64());
+    conn.execute(
+        "INSERT INTO aerodb_meta(key, value) VALUES ('generation', ?1), ('format_version', ?2)",
+        &[
+            ValueRef::Integer(g.0 as i64),
+            ValueRef::Integer(i64::from(replication::wal::FORMAT_VERSION)),
+        ],
+    )
+    .map_err(sqlite("recording the primary's generation"))?;
+    Ok(g)
+}
+
+fn quote_ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+fn quote_literal(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "''"))
+}
+
+/// A column of a table to replicate.
+#[derive(Debug)]
+struct Column {
+    name: String,
+    declared_type: String,
+    not_null: bool,
+    /// Position in the primary key, 0 if not part of it.
+    pk: i64,
+}
+
+/// Reads the stored (non-generated) columns of `table`.
+fn columns(conn: RawConn, table: &str) -> Result<Vec<Column>, CaptureError> {
+    let doing = || format!("reading the columns of '{table}'");
+    let mut s = conn
+        .prepare("SELECT name, type, \"notnull\", pk, hidden FROM pragma_table_xinfo(?1, 'main') ORDER BY cid")
+        .map_err(sqlite(doing()))?;
+    s.bind(1, ValueRef::Text(table.as_bytes()))
+        .map_err(sqlite(doing()))?;
+    let mut out = Vec::new();
+    while s.step().map_err(sqlite(doing()))? {
+        // hidden: 0 stored column, 2/3 generated (computed on the replica
+        // from its own definition), 1 virtual-table hidden column.
+        if s.column(4).as_i64() != Some(0) {
+            continue;
+        }
+        out.push(Column {
+            name: s.column(0).into_string().unwrap_or_default(),
+            declared_type: s.column(1).into_string().unwrap_or_default(),
+            not_null: s.column(2).as_i64() == Some(1),
+            pk: s.column(3).as_i64().unwrap_or(0),
+        });
+    }
+    Ok(out)
+}
+
+/// `aerodb_replicate(table)`: starts capturing `table`; returns the CommitId
+/// of its schema record.
+fn replicate(shared: &Shared, conn: RawConn, table: &str) -> Result<CommitId, CaptureError> {
+    let wal = WalTables::new(conn);
+    wal.generation().map_err(|e| match e {
+        WalReadError::NotPrimary => CaptureError::NotPrimary,
+        other => other.into(),
+    })?;
+    let refused = |reason: String| CaptureError::Refused {
+        table: table.to_owned(),
+        reason,
+    };
+    let lower = table.to_ascii_lowercase();
+    if lower.starts_with("aerodb_") || lower.starts_with("sqlite_") {
+        return Err(refused(
+            "names starting with aerodb_ or sqlite_ are reserved".into(),
+        ));
+    }
+    let kind = conn
+        .query_value(
+            "SELECT type FROM pragma_table_list WHERE schema = 'main' AND name = ?1",
+            &[ValueRef::Text(table.as_bytes())],
+        )
+        .map_err(sqlite("looking up the table"))?
+        .and_then(OwnedValue::into_string);
+    let without_rowid = match kind.as_deref() {
+        None => {
+            return Err(CaptureError::NoSuchTable {
+                table: table.into(),
+            })
+        }
+        Some("table") => {
+            conn.query_value(
+                "SELECT wr FROM pragma_table_list WHERE schema = 'main' AND name = ?1",
+                &[ValueRef::Text(table.as_bytes())],
+            )
+            .map_err(sqlite("looking up the table"))?
+            .and_then(|v| v.as_i64())
+                == Some(1)
+        }
+        Some(other) => {
+            return Err(refused(format!(
+                "it is a {other}, only ordinary tables can be replicated"
+            )))
+        }
+    };
+    let cols = columns(conn, table)?;
+    let mut key: Vec<&Column> = cols.iter().filter(|c| c.pk > 0).collect();
+    key.sort_by_key(|c| c.pk);
+    if key.is_empty() {
+        return Err(refused(
+            "it has no PRIMARY KEY; AeroDB replicates rows by primary key because rowids are not stable across VACUUM. Declare an explicit PRIMARY KEY".into(),
+        ));
+    }
+    let rowid_alias =
+        !without_rowid && key.len() == 1 && key[0].declared_type.eq_ignore_ascii_case("INTEGER");
+    if !without_rowid && !rowid_alias {
+        if let Some(c) = key.iter().find(|c| !c.not_null) {
+            return Err(refused(format!(
+                "primary key column '{}' may be NULL (SQLite allows NULL keys in rowid tables), so rows cannot be identified; declare it NOT NULL",
+                c.name
+            )));
+        }
+    }
+    let sql = conn
+        .query_value(
+            "SELECT sql FROM sqlite_schema WHERE type = 'table' AND name = ?1",
+            &[ValueRef::Text(table.as_bytes())],
+        )
+        .map_err(sqlite("reading the table's schema"))?
+        .and_then(OwnedValue::into_string)
+        .ok_or_else(|| refused("its CREATE TABLE statement is not in sqlite_schema".into()))?;
+
+    let t = quote_ident(table);
+    let lit = quote_literal(table);
+    let pos = "aerodb_capture_pos((SELECT max(pos) FROM aerodb_changes))";
+    let new_vals: Vec<String> = cols
+        .iter()
+        .map(|c| format!("NEW.{}", quote_ident(&c.name)))
+        .collect();
+    let old_key: Vec<String> = key
+        .iter()
+        .map(|c| format!("OLD.{}", quote_ident(&c.name)))
+        .collect();
+    let trigger = |event: &str, op: u8, nkey: usize, args: Vec<String>| {
+        let name = quote_ident(&format!(
+            "aerodb_capture_{}_{table}",
+            event.to_ascii_lowercase()
+        ));
+        format!(
+            "DROP TRIGGER IF EXISTS main.{name};\n\
+             CREATE TRIGGER main.{name} AFTER {event} ON {t} BEGIN \
+             INSERT INTO aerodb_changes(pos, change) VALUES ({pos}, aerodb_capture_change({lit}, {op}, {nkey}, {})); END;\n",
+            args.join(", ")
+        )
+    };
+    let mut ddl = String::new();
+    ddl += &trigger("INSERT", 1, 0, new_vals.clone());
+    ddl += &trigger(
+        "UPDATE",
+        2,
+        key.len(),
+        old_key.iter().cloned().chain(new_vals).collect(),
+    );
+    ddl += &trigger("DELETE", 3, key.len(), old_key);
+
+    // All or nothing, even when called from a statement in autocommit mode.
+    conn.execute_batch("SAVEPOINT aerodb_replicate")
+        .map_err(sqlite("opening a savepoint"))?;
+    let result = (|| -> Result<CommitId, CaptureError> {
+        conn.execute_batch(&ddl)
+            .map_err(sqlite(format!("installing capture triggers on '{table}'")))?;
+        let change = encode_change(&Change::Schema {
+            table: table.to_owned(),
+            sql,
+        })
+        .map_err(|source| CaptureError::Encode {
+            table: table.to_owned(),
+            source,
+        })?;
+        let max_pos = conn
+            .query_value("SELECT max(pos) FROM aerodb_changes", &[])
+            .map_err(sqlite("reading the WAL head"))?
+            .and_then(|v| v.as_i64());
+        let pos = capture_pos(shared, conn, max_pos)?;
+        conn.execute(
+            "INSERT INTO aerodb_changes(pos, change) VALUES (?1, ?2)",
+            &[ValueRef::Integer(pos), ValueRef::Blob(&change)],
+        )
+        .map_err(sqlite("writing the schema record"))?;
+        let commit_id = commit_of(pos);
+        let key_names: Vec<&str> = key.iter().map(|c| c.name.as_str()).collect();
+        conn.execute(
+            "INSERT OR REPLACE INTO aerodb_tables(name, schema_commit_id, column_count, key_columns) VALUES (?1, ?2, ?3, ?4)",
+            &[
+                ValueRef::Text(table.as_bytes()),
+                ValueRef::Integer(commit_id.0 as i64),
+                ValueRef::Integer(cols.len() as i64),
+                ValueRef::Text(key_names.join(",").as_bytes()),
+            ],
+        )
+        .map_err(sqlite("registering the table"))?;
+        Ok(commit_id)
+    })();
+    match result {
+        Ok(c) => {
+            conn.execute_batch("RELEASE aerodb_replicate")
+                .map_err(sqlite("releasing the savepoint"))?;
+            tracing::info!(table, commit_id = c.0, "replicating table");
+            Ok(c)
+        }
+        Err(e) => {
+            let _ = conn.execute_batch("ROLLBACK TO aerodb_replicate; RELEASE aerodb_replicate");
+            Err(e)
+        }
+    }
+}
+
+fn head(conn: RawConn) -> Result<CommitId, CaptureError> {
+    let wal = WalTables::new(conn);
+    wal.generation().map_err(|e| match e {
+        WalReadError::NotPrimary => CaptureError::NotPrimary,
+        other => other.into(),
+    })?;
+    Ok(wal.head()?.0)
+}
+
+fn last_commit_id(shared: &Shared) -> Result<Option<CommitId>, CaptureError> {
+    let s = lock(shared);
+    if s.hook == HookStatus::Replaced {
+        return Err(CaptureError::CommitHookReplaced);
+    }
+    Ok(s.last_committed)
+}
+
+fn user_err(e: CaptureError) -> rusqlite::Error {
+    rusqlite::Error::UserFunctionError(Box::new(e))
+}
+
+/// The connection these functions were registered on. SQLite calls a
+/// function only on the connection it was registered on, so this is the
+/// connection running the call.
+fn raw(shared: &Shared) -> RawConn {
+    // SAFETY: the connection is open while its functions can be called.
+    unsafe { RawConn::new(lock(shared).db) }
+}
+
+/// Registers the primary's SQL functions and hooks on `conn`. Every
+/// connection that writes a replicated table needs them (the extension does
+/// this on load); without them such writes fail.
+pub fn register(conn: &Connection) -> Result<CaptureHandle, rusqlite::Error> {
+    check_sqlite_version().map_err(user_err)?;
+    // SAFETY: the handle of a live connection, used only by calls on it.
+    let db = unsafe { conn.handle() };
+    let shared: Shared = Arc::new(Mutex::new(ConnState {
+        db,
+        open: None,
+        last_committed: None,
+        before_commit: None,
+        hook: HookStatus::Installed,
+    }));
+    // Hooks first: a re-registration drops the previous functions (and
+    // their Arc) only after the hooks point at the new state.
+    install_hooks(&shared);
+    lock(&shared).hook = HookStatus::Installed;
+    let utf8 = FunctionFlags::SQLITE_UTF8;
+    let trigger_safe = utf8 | FunctionFlags::SQLITE_INNOCUOUS;
+    let direct = utf8 | FunctionFlags::SQLITE_DIRECTONLY;
+
+    let s = shared.clone();
+    conn.create_scalar_function("aerodb_capture_pos", 1, trigger_safe, move |ctx| {
+        let max_pos = match ctx.get_raw(0) {
+            ValueRef::Integer(p) => Some(p),
+            _ => None,
+        };
+        capture_pos(&s, raw(&s), max_pos).map_err(user_err)
+    })?;
+    conn.create_scalar_function(
+        "aerodb_capture_change",
+        -1,
+        trigger_safe | FunctionFlags::SQLITE_DETERMINISTIC,
+        |ctx| capture_change(ctx).map_err(user_err),
+    )?;
+    let s = shared.clone();
+    conn.create_scalar_function("aerodb_primary_init", 0, direct, move |_ctx| {
+        primary_init(raw(&s))
+            .map(|g| g.to_string())
+            .map_err(user_err)
+    })?;
+    let s = shared.clone();
+    conn.create_scalar_function("aerodb_replicate", 1, direct, move |ctx| {
+        let table = match ctx.get_raw(0) {
+            ValueRef::Text(t) => std::str::from_utf8(t).map_err(|e| {
+                user_err(CaptureError::BadArgument {
+                    function: "aerodb_replicate",
+                    argument: "1 (table)".into(),
+                    problem: format!("is not valid UTF-8: {e}"),
+                })
+            })?,
+            other => {
+                return Err(user_err(CaptureError::BadArgument {
+                    function: "aerodb_replicate",
+                    argument: "1 (table)".into(),
+                    problem: format!("is {}, expected a table name (TEXT)", other.data_type()),
+                }))
+            }
+        };
+        replicate(&s, raw(&s), table)
+            .map(|c| c.0 as i64)
+            .map_err(user_err)
+    })?;
+    let s = shared.clone();
+    conn.create_scalar_function("aerodb_head", 0, utf8, move |_ctx| {
+        head(raw(&s)).map(|c| c.0 as i64).map_err(user_err)
+    })?;
+    let s = shared.clone();
+    conn.create_scalar_function("aerodb_last_commit_id", 0, utf8, move |_ctx| {
+        last_commit_id(&s)
+            .map(|c| c.map(|c| c.0 as i64))
+            .map_err(user_err)
+    })?;
+    Ok(CaptureHandle { shared })
+}
+
+/// The capture state of one connection, for the typed Rust API. Use it only
+/// with the connection [`register`] was called on, on that connection's
+/// thread, while no statement of it is running.
+#[derive(Clone)]
+pub struct CaptureHandle {
+    shared: Shared,
+}
+
+impl CaptureHandle {
+    /// As `aerodb_primary_init()`.
+    pub fn primary_init(&self) -> Result<Generation, CaptureError> {
+        primary_init(raw(&self.shared))
+    }
+
+    /// As `aerodb_replicate(table)`.
+    pub fn replicate(&self, table: &str) -> Result<CommitId, CaptureError> {
+        replicate(&self.shared, raw(&self.shared), table)
+    }
+
+    /// As `aerodb_head()`.
+    pub fn head(&self) -> Result<CommitId, CaptureError> {
+        head(raw(&self.shared))
+    }
+
+    /// As `aerodb_last_commit_id()`.
+    pub fn last_commit_id(&self) -> Result<Option<CommitId>, CaptureError> {
+        last_commit_id(&self.shared)
+    }
+}

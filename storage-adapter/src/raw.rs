@@ -1,0 +1,273 @@
+//! A minimal statement wrapper over a borrowed `sqlite3*`, for SQL run from
+//! inside our SQL functions (capture triggers, `aerodb_replicate`).
+//!
+//! Why not rusqlite's `Context::get_connection`: dropping that temporary
+//! `Connection` runs rusqlite's close path, which (when an application
+//! enables rusqlite's `hooks` feature) clears every hook of the connection,
+//! the application's and ours. Here nothing is closed, nothing cached
+//! across calls: each statement is finalized when dropped.
+
+use rusqlite::ffi;
+use rusqlite::types::ValueRef;
+use std::ffi::{c_int, CStr};
+
+/// An SQLite error from nested SQL: result code, message and statement.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message} (SQLite code {code}) in `{sql}`")]
+pub struct RawError {
+    /// Extended result code.
+    pub code: c_int,
+    /// `sqlite3_errmsg`.
+    pub message: String,
+    /// The statement.
+    pub sql: String,
+}
+
+/// A borrowed connection handle, valid for the duration of one SQL function
+/// call (or while its owning `rusqlite::Connection` is alive).
+#[derive(Clone, Copy)]
+pub(crate) struct RawConn {
+    db: *mut ffi::sqlite3,
+}
+
+impl RawConn {
+    /// # Safety
+    /// `db` must be an open connection for as long as this value is used,
+    /// on the thread that currently uses that connection.
+    pub(crate) unsafe fn new(db: *mut ffi::sqlite3) -> RawConn {
+        RawConn { db }
+    }
+
+    fn error(&self, code: c_int, sql: &str) -> RawError {
+        // SAFETY: db is open (constructor contract); errmsg returns a
+        // NUL-terminated string owned by SQLite, copied at once.
+        let message = unsafe {
+            let p = ffi::sqlite3_errmsg(self.db);
+            if p.is_null() {
+                String::from("unknown error")
+            } else {
+                CStr::from_ptr(p).to_string_lossy().into_owned()
+            }
+        };
+        RawError {
+            code,
+            message,
+            sql: sql.to_owned(),
+        }
+    }
+
+    /// Prepares one statement.
+    pub(crate) fn prepare<'c>(&'c self, sql: &str) -> Result<Stmt<'c>, RawError> {
+        let mut stmt = std::ptr::null_mut();
+        let len = c_int::try_from(sql.len()).map_err(|_| RawError {
+            code: ffi::SQLITE_TOOBIG,
+            message: "statement too long".into(),
+            sql: sql.chars().take(80).collect(),
+        })?;
+        // SAFETY: db is open; sql is valid for len bytes; stmt is an out
+        // pointer.
+        let rc = unsafe {
+            ffi::sqlite3_prepare_v2(
+                self.db,
+                sql.as_ptr().cast(),
+                len,
+                &mut stmt,
+                std::ptr::null_mut(),
+            )
+        };
+        if rc != ffi::SQLITE_OK || stmt.is_null() {
+            // SAFETY: finalize accepts NULL.
+            unsafe { ffi::sqlite3_finalize(stmt) };
+            return Err(self.error(
+                if rc == ffi::SQLITE_OK {
+                    ffi::SQLITE_MISUSE
+                } else {
+                    rc
+                },
+                sql,
+            ));
+        }
+        Ok(Stmt {
+            conn: self,
+            stmt,
+            sql: sql.to_owned(),
+        })
+    }
+
+    /// Runs statements that return no rows (`sqlite3_exec`).
+    pub(crate) fn execute_batch(&self, sql: &str) -> Result<(), RawError> {
+        let c = std::ffi::CString::new(sql).map_err(|_| RawError {
+            code: ffi::SQLITE_MISUSE,
+            message: "statement contains NUL".into(),
+            sql: sql.chars().take(80).collect(),
+        })?;
+        // SAFETY: db is open; c is NUL-terminated; no callback.
+        let rc = unsafe {
+            ffi::sqlite3_exec(
+                self.db,
+                c.as_ptr(),
+                None,
+                std::ptr::null_mut(),
+                std::ptr::null_mut(),
+            )
+        };
+        if rc == ffi::SQLITE_OK {
+            Ok(())
+        } else {
+            Err(self.error(rc, sql))
+        }
+    }
+
+    /// Runs one statement with parameters; returns the first column of the
+    /// first row, if any.
+    pub(crate) fn query_value(
+        &self,
+        sql: &str,
+        params: &[ValueRef<'_>],
+    ) -> Result<Option<OwnedValue>, RawError> {
+        let mut s = self.prepare(sql)?;
+        for (i, p) in params.iter().enumerate() {
+            s.bind(i + 1, *p)?;
+        }
+        if s.step()? {
+            Ok(Some(s.column(0)))
+        } else {
+            Ok(None)
+        }
+    }
+
+    /// Runs one statement with parameters, ignoring rows.
+    pub(crate) fn execute(&self, sql: &str, params: &[ValueRef<'_>]) -> Result<(), RawError> {
+        let mut s = self.prepare(sql)?;
+        for (i, p) in params.iter().enumerate() {
+            s.bind(i + 1, *p)?;
+        }
+        while s.step()? {}
+        Ok(())
+    }
+}
+
+/// A column value copied out of SQLite.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum OwnedValue {
+    Null,
+    Integer(i64),
+    Real(f64),
+    Text(Vec<u8>),
+    Blob(Vec<u8>),
+}
+
+impl OwnedValue {
+    pub(crate) fn as_i64(&self) -> Option<i64> {
+        match self {
+            OwnedValue::Integer(i) => Some(*i),
+            _ => None,
+        }
+    }
+    pub(crate) fn into_string(self) -> Option<String> {
+        match self {
+            OwnedValue::Text(t) => String::from_utf8(t).ok(),
+            _ => None,
+        }
+    }
+}
+
+/// A prepared statement, finalized on drop.
+pub(crate) struct Stmt<'c> {
+    conn: &'c RawConn,
+    stmt: *mut ffi::sqlite3_stmt,
+    sql: String,
+}
+
+impl Stmt<'_> {
+    pub(crate) fn bind(&mut self, index: usize, value: ValueRef<'_>) -> Result<(), RawError> {
+        let i = index as c_int;
+        // SAFETY: stmt is a live statement; SQLITE_TRANSIENT makes SQLite
+        // copy text and blobs before the call returns.
+        let rc = unsafe {
+            match value {
+                ValueRef::Null => ffi::sqlite3_bind_null(self.stmt, i),
+                ValueRef::Integer(v) => ffi::sqlite3_bind_int64(self.stmt, i, v),
+                ValueRef::Real(v) => ffi::sqlite3_bind_double(self.stmt, i, v),
+                ValueRef::Text(t) => ffi::sqlite3_bind_text64(
+                    self.stmt,
+                    i,
+                    t.as_ptr().cast(),
+                    t.len() as u64,
+                    ffi::SQLITE_TRANSIENT(),
+                    ffi::SQLITE_UTF8 as u8,
+                ),
+                ValueRef::Blob(t) => ffi::sqlite3_bind_blob64(
+                    self.stmt,
+                    i,
+                    t.as_ptr().cast(),
+                    t.len() as u64,
+                    ffi::SQLITE_TRANSIENT(),
+                ),
+            }
+        };
+        if rc == ffi::SQLITE_OK {
+            Ok(())
+        } else {
+            Err(self.conn.error(rc, &self.sql))
+        }
+    }
+
+    /// Steps once: `true` if a row is available.
+    pub(crate) fn step(&mut self) -> Result<bool, RawError> {
+        // SAFETY: stmt is live.
+        match unsafe { ffi::sqlite3_step(self.stmt) } {
+            ffi::SQLITE_ROW => Ok(true),
+            ffi::SQLITE_DONE => Ok(false),
+            rc => Err(self.conn.error(rc, &self.sql)),
+        }
+    }
+
+    /// Makes the statement ready to run again (bindings are kept).
+    pub(crate) fn reset(&mut self) {
+        // SAFETY: stmt is live. The result repeats the last step's error,
+        // which step() already reported.
+        unsafe { ffi::sqlite3_reset(self.stmt) };
+    }
+
+    /// Copies column `i` of the current row.
+    pub(crate) fn column(&self, i: usize) -> OwnedValue {
+        let i = i as c_int;
+        // SAFETY: called after step() returned a row; pointers returned by
+        // column_text/blob are valid until the next step and copied at once.
+        unsafe {
+            match ffi::sqlite3_column_type(self.stmt, i) {
+                ffi::SQLITE_INTEGER => OwnedValue::Integer(ffi::sqlite3_column_int64(self.stmt, i)),
+                ffi::SQLITE_FLOAT => OwnedValue::Real(ffi::sqlite3_column_double(self.stmt, i)),
+                ffi::SQLITE_TEXT => {
+                    let p = ffi::sqlite3_column_text(self.stmt, i);
+                    let n = ffi::sqlite3_column_bytes(self.stmt, i) as usize;
+                    OwnedValue::Text(copy_bytes(p, n))
+                }
+                ffi::SQLITE_BLOB => {
+                    let p = ffi::sqlite3_column_blob(self.stmt, i).cast::<u8>();
+                    let n = ffi::sqlite3_column_bytes(self.stmt, i) as usize;
+                    OwnedValue::Blob(copy_bytes(p, n))
+                }
+                _ => OwnedValue::Null,
+            }
+        }
+    }
+}
+
+/// # Safety
+/// `p` is NULL or valid for `n` bytes.
+unsafe fn copy_bytes(p: *const u8, n: usize) -> Vec<u8> {
+    if p.is_null() || n == 0 {
+        Vec::new()
+    } else {
+        std::slice::from_raw_parts(p, n).to_vec()
+    }
+}
+
+impl Drop for Stmt<'_> {
+    fn drop(&mut self) {
+        // SAFETY: stmt is live and finalized exactly once.
+        unsafe { ffi::sqlite3_finalize(self.stmt) };
+    }
+}

@@ -1,0 +1,527 @@
+//! The replica's storage: the state store tables and transactional apply.
+//!
+//! Role in the spec: this is the storage the WAL Applier mutates (spec 5.4)
+//! and the Replica State Store persists (5.5). Applying a segment is ONE
+//! SQLite transaction: the row changes and the new applied CommitId, WAL
+//! offset and chained checksum commit together or not at all (rules W1,
+//! W2, T1). Inside that transaction the segment's continuity is checked
+//! again against the *stored* position (STYLE 14), so a segment can never
+//! be applied twice or out of order, whatever the caller validated against.
+
+use replication::wal::{
+    check_continuity, ChainPosition, Change, CommitId, ContinuityError, Generation,
+    ValidatedSegment, Value, WalOffset,
+};
+use rusqlite::types::{ToSqlOutput, ValueRef};
+use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
+use std::collections::HashMap;
+use std::path::Path;
+
+/// The replica schema (`sql/replica.sql`).
+pub const REPLICA_SQL: &str = include_str!("../../sql/replica.sql");
+
+/// Why a segment could not be applied. Nothing was changed.
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    /// The database has no replica position (not initialized).
+    #[error("not an AeroDB replica: aerodb_replica_position is empty")]
+    NotReplica,
+    /// The replica follows another primary generation.
+    #[error("replica follows generation {expected}, refusing to adopt generation {actual}")]
+    ForeignGeneration {
+        /// The replica's.
+        expected: Generation,
+        /// The one offered.
+        actual: Generation,
+    },
+    /// The segment does not continue the stored position.
+    #[error(transparent)]
+    Continuity(#[from] ContinuityError),
+    /// A row change did not match exactly one row: the replica's content
+    /// differs from the primary's at this commit.
+    #[error("replica diverged at commit {commit_id}: {operation} of '{table}' key {key} matched {matched} rows, expected 1")]
+    Divergence {
+        /// The commit.
+        commit_id: CommitId,
+        /// The table.
+        table: String,
+        /// "UPDATE" or "DELETE".
+        operation: &'static str,
+        /// The key, as SQL literals.
+        key: String,
+        /// Rows matched.
+        matched: usize,
+    },
+    /// A change for a table with no schema record.
+    #[error("commit {commit_id} changes table '{table}', which no schema record created on this replica")]
+    UnknownTable {
+        /// The commit.
+        commit_id: CommitId,
+        /// The table.
+        table: String,
+    },
+    /// A change with the wrong number of values.
+    #[error(
+        "commit {commit_id}: change of '{table}' has {actual} {what}, the table has {expected}"
+    )]
+    ColumnCount {
+        /// The commit.
+        commit_id: CommitId,
+        /// The table.
+        table: String,
+        /// "values" or "key values".
+        what: &'static str,
+        /// Columns on the replica.
+        expected: usize,
+        /// Values in the change.
+        actual: usize,
+    },
+    /// The table exists on the replica with another definition.
+    #[error("commit {commit_id}: schema of '{table}' differs: replica has `{replica}`, primary sent `{primary}`")]
+    SchemaMismatch {
+        /// The commit.
+        commit_id: CommitId,
+        /// The table.
+        table: String,
+        /// On the replica.
+        replica: String,
+        /// In the WAL.
+        primary: String,
+    },
+    /// A schema record that is not a single CREATE TABLE of its table.
+    #[error("commit {commit_id}: schema record for '{table}' refused: {problem}")]
+    BadSchema {
+        /// The commit.
+        commit_id: CommitId,
+        /// The table.
+        table: String,
+        /// What is wrong.
+        problem: String,
+    },
+    /// SQLite failed.
+    #[error("{doing}{}: {source}", commit_id.map(|c| format!(" at commit {c}")).unwrap_or_default())]
+    Sqlite {
+        /// What was being done.
+        doing: &'static str,
+        /// The commit, if applying one.
+        commit_id: Option<CommitId>,
+        /// The SQLite error.
+        source: rusqlite::Error,
+    },
+    /// The connection is inside a transaction of its own.
+    #[error("apply needs a connection outside any transaction")]
+    InTransaction,
+}
+
+fn sql_err(
+    doing: &'static str,
+    commit_id: Option<CommitId>,
+) -> impl FnOnce(rusqlite::Error) -> ApplyError {
+    move |source| ApplyError::Sqlite {
+        doing,
+        commit_id,
+        source,
+    }
+}
+
+/// A replicated table as the replica stores it.
+#[derive(Debug, Clone)]
+struct TableShape {
+    columns: usize,
+    key_len: usize,
+    insert: String,
+    update: String,
+    delete: String,
+}
+
+fn quote_ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+fn to_sql(v: &Value) -> ToSqlOutput<'_> {
+    ToSqlOutput::Borrowed(match v {
+        Value::Null => ValueRef::Null,
+        Value::Integer(i) => ValueRef::Integer(*i),
+        Value::Real(r) => ValueRef::Real(*r),
+        Value::Text(t) => ValueRef::Text(t),
+        Value::Blob(b) => ValueRef::Blob(b),
+    })
+}
+
+fn literal(values: &[Value]) -> String {
+    let parts: Vec<String> = values
+        .iter()
+        .map(|v| match v {
+            Value::Null => "NULL".into(),
+            Value::Integer(i) => i.to_string(),
+            Value::Real(r) => format!("{r:?}"),
+            Value::Text(t) => format!("'{}'", String::from_utf8_lossy(t).replace('\'', "''")),
+            Value::Blob(b) => format!(
+                "X'{}'",
+                b.iter().map(|x| format!("{x:02X}")).collect::<String>()
+            ),
+        })
+        .collect();
+    format!("({})", parts.join(", "))
+}
+
+/// A replica database: its connection and the shapes of its replicated
+/// tables.
+pub struct ReplicaDb {
+    conn: Connection,
+    shapes: HashMap<String, TableShape>,
+}
+
+impl ReplicaDb {
+    /// Opens (creating if needed) a replica database file.
+    pub fn open(path: impl AsRef<Path>) -> Result<ReplicaDb, ApplyError> {
+        let conn = Connection::open(path).map_err(sql_err("opening the replica", None))?;
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(sql_err("setting journal_mode=WAL", None))?;
+        conn.pragma_update(None, "synchronous", "NORMAL")
+            .map_err(sql_err("setting synchronous", None))?;
+        ReplicaDb::from_connection(conn)
+    }
+
+    /// Uses an open connection; creates the state store tables.
+    pub fn from_connection(conn: Connection) -> Result<ReplicaDb, ApplyError> {
+        // Cascades and other side effects already happened on the primary
+        // and arrive as their own changes.
+        conn.pragma_update(None, "foreign_keys", "OFF")
+            .map_err(sql_err("disabling foreign key actions", None))?;
+        conn.execute_batch(REPLICA_SQL).map_err(sql_err(
+            "creating the replica tables (sql/replica.sql)",
+            None,
+        ))?;
+        Ok(ReplicaDb {
+            conn,
+            shapes: HashMap::new(),
+        })
+    }
+
+    /// The connection (for reads).
+    pub fn connection(&self) -> &Connection {
+        &self.conn
+    }
+
+    /// Binds this replica to `generation` (idempotent for the same
+    /// generation; another generation is refused, never reset).
+    pub fn init(&self, generation: Generation) -> Result<ChainPosition, ApplyError> {
+        if let Some(p) = self.position()? {
+            if p.generation != generation {
+                return Err(ApplyError::ForeignGeneration {
+                    expected: p.generation,
+                    actual: generation,
+                });
+            }
+            return Ok(p);
+        }
+        let p = ChainPosition::genesis(generation);
+        self.conn
+            .execute(
+                "INSERT INTO aerodb_replica_position(id, generation, applied_commit_id, applied_wal_offset, applied_chain) VALUES (1, ?1, 0, 0, ?2)",
+                params![p.generation.0 as i64, i64::from(p.chain)],
+            )
+            .map_err(sql_err("initializing the replica position", None))?;
+        Ok(p)
+    }
+
+    /// The applied position, as committed.
+    pub fn position(&self) -> Result<Option<ChainPosition>, ApplyError> {
+        read_position(&self.conn)
+    }
+
+    /// Applies a validated segment in one transaction: its row changes and
+    /// the new position commit together, or nothing changes.
+    pub fn apply(&mut self, segment: &ValidatedSegment) -> Result<ChainPosition, ApplyError> {
+        if !self.conn.is_autocommit() {
+            return Err(ApplyError::InTransaction);
+        }
+        let shapes_before = self.shapes.clone();
+        let result = self.apply_in_transaction(segment);
+        if result.is_err() {
+            // A rolled-back schema record must not leave a cached shape.
+            self.shapes = shapes_before;
+        }
+        result
+    }
+
+    fn apply_in_transaction(
+        &mut self,
+        segment: &ValidatedSegment,
+    ) -> Result<ChainPosition, ApplyError> {
+        let ReplicaDb { conn, shapes } = self;
+        // IMMEDIATE: take the write lock before reading the position, so the
+        // position checked is the one this transaction replaces.
+        let tx = rusqlite::Transaction::new_unchecked(conn, TransactionBehavior::Immediate)
+            .map_err(sql_err("beginning the apply transaction", None))?;
+        let stored = read_position(&tx)?.ok_or(ApplyError::NotReplica)?;
+        // Check at both ends: the position committed now, not the one the
+        // Validator saw.
+        check_continuity(segment.segment(), &stored)?;
+        for record in &segment.segment().records {
+            for change in &record.changes {
+                apply_change(&tx, shapes, record.commit_id, change)?;
+            }
+        }
+        let end = segment.end();
+        let updated = tx
+            .execute(
+                "UPDATE aerodb_replica_position SET applied_commit_id = ?1, applied_wal_offset = ?2, applied_chain = ?3 WHERE id = 1 AND applied_commit_id = ?4",
+                params![end.commit_id.0 as i64, end.wal_offset.0 as i64, i64::from(end.chain), stored.commit_id.0 as i64],
+            )
+            .map_err(sql_err("advancing the replica position", Some(end.commit_id)))?;
+        assert_eq!(updated, 1, "the position row was read in this transaction");
+        tx.commit().map_err(sql_err(
+            "committing the apply transaction",
+            Some(end.commit_id),
+        ))?;
+        Ok(end)
+    }
+}
+
+/// The shape of a replicated table, from the cache or the replica's schema.
+fn shape(
+    conn: &Connection,
+    shapes: &mut HashMap<String, TableShape>,
+    commit_id: CommitId,
+    table: &str,
+) -> Result<TableShape, ApplyError> {
+    {
+        if let Some(s) = shapes.get(table) {
+            return Ok(s.clone());
+        }
+        let known: Option<i64> = conn
+            .query_row(
+                "SELECT 1 FROM aerodb_replica_tables WHERE name = ?1",
+                [table],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(sql_err("looking up a replicated table", Some(commit_id)))?;
+        if known.is_none() {
+            return Err(ApplyError::UnknownTable {
+                commit_id,
+                table: table.into(),
+            });
+        }
+        let mut stmt = conn
+            .prepare(
+                "SELECT name, pk FROM pragma_table_xinfo(?1, 'main') WHERE hidden = 0 ORDER BY cid",
+            )
+            .map_err(sql_err("reading table columns", Some(commit_id)))?;
+        let cols: Vec<(String, i64)> = stmt
+            .query_map([table], |r| Ok((r.get(0)?, r.get(1)?)))
+            .and_then(|rows| rows.collect())
+            .map_err(sql_err("reading table columns", Some(commit_id)))?;
+        let mut key: Vec<&(String, i64)> = cols.iter().filter(|c| c.1 > 0).collect();
+        key.sort_by_key(|c| c.1);
+        let t = quote_ident(table);
+        let names: Vec<String> = cols.iter().map(|c| quote_ident(&c.0)).collect();
+        let n = cols.len();
+        let marks: Vec<String> = (1..=n).map(|i| format!("?{i}")).collect();
+        let sets: Vec<String> = names
+            .iter()
+            .enumerate()
+            .map(|(i, c)| format!("{c} = ?{}", i + 1))
+            .collect();
+        let key_where = |first: usize| -> String {
+            key.iter()
+                .enumerate()
+                .map(|(i, c)| format!("{} IS ?{}", quote_ident(&c.0), first + i))
+                .collect::<Vec<_>>()
+                .join(" AND ")
+        };
+        let shape = TableShape {
+            columns: n,
+            key_len: key.len(),
+            insert: format!(
+                "INSERT OR REPLACE INTO {t}({}) VALUES ({})",
+                names.join(", "),
+                marks.join(", ")
+            ),
+            update: format!(
+                "UPDATE OR REPLACE {t} SET {} WHERE {}",
+                sets.join(", "),
+                key_where(n + 1)
+            ),
+            delete: format!("DELETE FROM {t} WHERE {}", key_where(1)),
+        };
+        drop(stmt);
+        shapes.insert(table.to_owned(), shape.clone());
+        Ok(shape)
+    }
+}
+
+fn apply_change(
+    tx: &Connection,
+    shapes: &mut HashMap<String, TableShape>,
+    commit_id: CommitId,
+    change: &Change,
+) -> Result<(), ApplyError> {
+    let err = |doing| sql_err(doing, Some(commit_id));
+    match change {
+        Change::Schema { table, sql } => {
+            shapes.remove(table);
+            apply_schema(tx, commit_id, table, sql)
+        }
+        Change::Insert { table, values } => {
+            let shape = shape(tx, shapes, commit_id, table)?;
+            check_count(commit_id, table, "values", shape.columns, values.len())?;
+            let mut s = tx
+                .prepare_cached(&shape.insert)
+                .map_err(err("preparing INSERT"))?;
+            s.execute(rusqlite::params_from_iter(values.iter().map(to_sql)))
+                .map_err(err("applying INSERT"))?;
+            Ok(())
+        }
+        Change::Update { table, key, values } => {
+            let shape = shape(tx, shapes, commit_id, table)?;
+            check_count(commit_id, table, "values", shape.columns, values.len())?;
+            check_count(commit_id, table, "key values", shape.key_len, key.len())?;
+            let mut s = tx
+                .prepare_cached(&shape.update)
+                .map_err(err("preparing UPDATE"))?;
+            let n = s
+                .execute(rusqlite::params_from_iter(
+                    values.iter().chain(key).map(to_sql),
+                ))
+                .map_err(err("applying UPDATE"))?;
+            exactly_one(commit_id, table, "UPDATE", key, n)
+        }
+        Change::Delete { table, key } => {
+            let shape = shape(tx, shapes, commit_id, table)?;
+            check_count(commit_id, table, "key values", shape.key_len, key.len())?;
+            let mut s = tx
+                .prepare_cached(&shape.delete)
+                .map_err(err("preparing DELETE"))?;
+            let n = s
+                .execute(rusqlite::params_from_iter(key.iter().map(to_sql)))
+                .map_err(err("applying DELETE"))?;
+            exactly_one(commit_id, table, "DELETE", key, n)
+        }
+    }
+}
+
+fn check_count(
+    commit_id: CommitId,
+    table: &str,
+    what: &'static str,
+    expected: usize,
+    actual: usize,
+) -> Result<(), ApplyError> {
+    if expected == actual {
+        Ok(())
+    } else {
+        Err(ApplyError::ColumnCount {
+            commit_id,
+            table: table.into(),
+            what,
+            expected,
+            actual,
+        })
+    }
+}
+
+fn exactly_one(
+    commit_id: CommitId,
+    table: &str,
+    operation: &'static str,
+    key: &[Value],
+    matched: usize,
+) -> Result<(), ApplyError> {
+    if matched == 1 {
+        Ok(())
+    } else {
+        Err(ApplyError::Divergence {
+            commit_id,
+            table: table.into(),
+            operation,
+            key: literal(key),
+            matched,
+        })
+    }
+}
+
+fn apply_schema(
+    tx: &Connection,
+    commit_id: CommitId,
+    table: &str,
+    sql: &str,
+) -> Result<(), ApplyError> {
+    let bad = |problem: String| ApplyError::BadSchema {
+        commit_id,
+        table: table.into(),
+        problem,
+    };
+    let words: Vec<String> = sql
+        .split_whitespace()
+        .take(2)
+        .map(str::to_ascii_uppercase)
+        .collect();
+    if words != ["CREATE", "TABLE"] {
+        return Err(bad(format!("`{sql}` is not a CREATE TABLE statement")));
+    }
+    let existing: Option<String> = tx
+        .query_row(
+            "SELECT sql FROM sqlite_schema WHERE type = 'table' AND name = ?1",
+            [table],
+            |r| r.get(0),
+        )
+        .optional()
+        .map_err(sql_err("reading the replica's schema", Some(commit_id)))?;
+    match existing {
+        Some(existing) if existing == sql => {}
+        Some(existing) => {
+            return Err(ApplyError::SchemaMismatch {
+                commit_id,
+                table: table.into(),
+                replica: existing,
+                primary: sql.into(),
+            })
+        }
+        None => {
+            // One statement only: prepare refuses a tail.
+            let mut s = tx
+                .prepare(sql)
+                .map_err(|e| bad(format!("`{sql}` does not prepare: {e}")))?;
+            s.raw_execute()
+                .map_err(|e| bad(format!("`{sql}` failed: {e}")))?;
+            let created: Option<i64> = tx
+                .query_row(
+                    "SELECT 1 FROM sqlite_schema WHERE type = 'table' AND name = ?1",
+                    [table],
+                    |r| r.get(0),
+                )
+                .optional()
+                .map_err(sql_err("reading the replica's schema", Some(commit_id)))?;
+            if created.is_none() {
+                return Err(bad(format!("`{sql}` did not create table '{table}'")));
+            }
+        }
+    }
+    tx.execute(
+        "INSERT OR REPLACE INTO aerodb_replica_tables(name, schema_commit_id, sql) VALUES (?1, ?2, ?3)",
+        params![table, commit_id.0 as i64, sql],
+    )
+    .map_err(sql_err("registering the replicated table", Some(commit_id)))?;
+    Ok(())
+}
+
+/// Reads the committed replica position.
+pub fn read_position(conn: &Connection) -> Result<Option<ChainPosition>, ApplyError> {
+    conn.query_row(
+        "SELECT generation, applied_commit_id, applied_wal_offset, applied_chain FROM aerodb_replica_position WHERE id = 1",
+        [],
+        |r| {
+            Ok(ChainPosition {
+                generation: Generation(r.get::<_, i64>(0)? as u64),
+                commit_id: CommitId(r.get::<_, i64>(1)? as u64),
+                wal_offset: WalOffset(r.get::<_, i64>(2)? as u64),
+                chain: r.get::<_, i64>(3)? as u32,
+            })
+        },
+    )
+    .optional()
+    .map_err(sql_err("reading the replica position", None))
+}
