@@ -1,0 +1,196 @@
+//! The loadable extension in the stock `sqlite3` shell (Debian 12: 3.40.1):
+//! it loads, makes a primary, captures writes, shows `replica_state`,
+//! refuses bad arguments with clear errors, and a shell without it cannot
+//! write a replicated table.
+
+use aerodb_e2e::{extension, shell};
+use replication::wal::{validate, Change, CommitId, Segment};
+use storage_adapter::primary::PrimaryWalReader;
+use storage_adapter::replica::ReplicaDb;
+
+fn load() -> String {
+    format!(".load {}\n", extension().display())
+}
+
+#[test]
+fn extension_loads_and_captures_writes_in_the_shell() {
+    // P1: the primary assigns contiguous CommitIds and appends WAL, from the
+    // shell's own statements.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = dir.path().join("p.db");
+    let run = shell(
+        &db,
+        &format!(
+            "{}.bail on
+PRAGMA journal_mode=WAL;
+SELECT length(aerodb_primary_init());
+CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT NOT NULL);
+SELECT aerodb_replicate('t');
+INSERT INTO t VALUES (1, 'a');
+BEGIN; INSERT INTO t VALUES (2, 'b'); UPDATE t SET v = 'bb' WHERE id = 2; COMMIT;
+BEGIN; DELETE FROM t; ROLLBACK;
+SELECT aerodb_last_commit_id(), aerodb_head();
+",
+            load()
+        ),
+    );
+    assert!(run.ok, "{run:?}");
+    assert_eq!(run.stdout, "wal\n16\n1\n3|3\n", "{run:?}");
+
+    let reader = PrimaryWalReader::open(&db).expect("reader");
+    let bytes = reader.segment(CommitId(1), usize::MAX).expect("read").expect("some WAL");
+    let segment = Segment::decode(&bytes).expect("decodes");
+    let ops: Vec<Vec<&'static str>> = segment
+        .records
+        .iter()
+        .map(|r| {
+            r.changes
+                .iter()
+                .map(|c| match c {
+                    Change::Schema { .. } => "schema",
+                    Change::Insert { .. } => "insert",
+                    Change::Update { .. } => "update",
+                    Change::Delete { .. } => "delete",
+                })
+                .collect()
+        })
+        .collect();
+    assert_eq!(ops, vec![vec!["schema"], vec!["insert"], vec!["insert", "update"]]);
+
+    // The same WAL applies on a replica.
+    let mut replica = ReplicaDb::open(dir.path().join("r.db")).expect("replica");
+    let start = replica.init(reader.generation()).expect("init");
+    replica.apply(&validate(segment, &start).expect("continues")).expect("applies");
+    let rows: Vec<(i64, String)> = replica
+        .connection()
+        .prepare("SELECT id, v FROM t ORDER BY id")
+        .and_then(|mut s| s.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?.collect())
+        .expect("rows");
+    assert_eq!(rows, vec![(1, "a".to_string()), (2, "bb".to_string())]);
+}
+
+#[test]
+fn shell_without_the_extension_cannot_write_a_replicated_table() {
+    // DESIGN 4: a connection without capture fails, never writes uncaptured.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = dir.path().join("p.db");
+    let setup = shell(
+        &db,
+        &format!(
+            "{}.bail on
+SELECT length(aerodb_primary_init());
+CREATE TABLE t(id INTEGER PRIMARY KEY, v);
+SELECT aerodb_replicate('t');
+",
+            load()
+        ),
+    );
+    assert!(setup.ok, "{setup:?}");
+    for write in [
+        "INSERT INTO t VALUES (1, 'x');",
+        "UPDATE t SET v = 1;",
+        "DELETE FROM t;",
+    ] {
+        let run = shell(&db, &format!(".bail on\n{write}\n"));
+        assert!(!run.ok, "{write}: {run:?}");
+        assert!(run.stderr.contains("no such function: aerodb_capture_pos"), "{write}: {run:?}");
+    }
+    let count = shell(&db, "SELECT count(*), (SELECT count(*) FROM aerodb_changes) FROM t;");
+    assert_eq!(count.stdout, "0|1\n", "nothing but the schema record: {count:?}");
+}
+
+#[test]
+fn capture_works_with_trusted_schema_off() {
+    // Shells from 3.41 default to trusted_schema=0: trigger functions must
+    // be SQLITE_INNOCUOUS.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let run = shell(
+        &dir.path().join("p.db"),
+        &format!(
+            "{}.bail on
+PRAGMA trusted_schema = OFF;
+SELECT length(aerodb_primary_init());
+CREATE TABLE t(id INTEGER PRIMARY KEY, v);
+SELECT aerodb_replicate('t');
+INSERT INTO t VALUES (1, 'x');
+UPDATE t SET v = 'y';
+DELETE FROM t;
+SELECT aerodb_head();
+",
+            load()
+        ),
+    );
+    assert!(run.ok, "{run:?}");
+    assert_eq!(run.stdout, "16\n1\n4\n");
+}
+
+#[test]
+fn bad_sql_arguments_get_errors_naming_the_argument() {
+    // STYLE 9: every SQL function validates its arguments.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = dir.path().join("p.db");
+    let cases = [
+        ("SELECT aerodb_replicate('t');", "not an AeroDB primary: run aerodb_primary_init() first"),
+        ("SELECT aerodb_head();", "not an AeroDB primary"),
+        ("SELECT aerodb_primary_init(); SELECT aerodb_replicate(42);", "aerodb_replicate: argument 1 (table) is Integer, expected a table name (TEXT)"),
+        ("SELECT aerodb_replicate(NULL);", "argument 1 (table) is Null"),
+        ("SELECT aerodb_replicate('missing');", "no table named 'missing' in the main database"),
+        ("CREATE TABLE nokey(a, b); SELECT aerodb_replicate('nokey');", "has no PRIMARY KEY"),
+        ("CREATE VIEW v AS SELECT 1; SELECT aerodb_replicate('v');", "it is a view"),
+        ("SELECT aerodb_replicate('aerodb_meta');", "reserved"),
+        ("SELECT aerodb_capture_change('t', 9, 0);", "argument 2 (operation)"),
+        ("SELECT aerodb_capture_change('t', 1, 5);", "argument 3 (key count)"),
+        ("SELECT aerodb_replicate('a', 'b');", "wrong number of arguments"),
+    ];
+    for (sql, expected) in cases {
+        let run = shell(&db, &format!("{}{sql}\n", load()));
+        assert!(run.stderr.contains(expected), "{sql}: expected `{expected}` in {run:?}");
+    }
+}
+
+#[test]
+fn replica_state_shows_role_and_position() {
+    // O2: the SQL surface shows CommitIds, WAL offsets and the generation.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let none = shell(&dir.path().join("n.db"), &format!("{}SELECT * FROM replica_state;\n", load()));
+    assert_eq!(none.stdout, "none|||||0\n", "{none:?}");
+    let p = dir.path().join("p.db");
+    let primary = shell(
+        &p,
+        &format!(
+            "{}.bail on
+SELECT length(aerodb_primary_init());
+CREATE TABLE t(id INTEGER PRIMARY KEY);
+SELECT aerodb_replicate('t');
+INSERT INTO t VALUES (1);
+SELECT role, applied_commit_id, replicated_tables FROM replica_state;
+",
+            load()
+        ),
+    );
+    assert_eq!(primary.stdout, "16\n1\nprimary|2|1\n", "{primary:?}");
+
+    let reader = PrimaryWalReader::open(&p).expect("reader");
+    let mut replica = ReplicaDb::open(dir.path().join("r.db")).expect("replica");
+    let start = replica.init(reader.generation()).expect("init");
+    let seg = Segment::decode(&reader.segment(CommitId(1), usize::MAX).expect("read").expect("wal")).expect("decodes");
+    let end = replica.apply(&validate(seg, &start).expect("valid")).expect("applies");
+    drop(replica);
+    let run = shell(
+        &dir.path().join("r.db"),
+        &format!(
+            "{}SELECT role, generation, applied_commit_id, applied_wal_offset, applied_chain, replicated_tables FROM replica_state;\n",
+            load()
+        ),
+    );
+    assert_eq!(
+        run.stdout,
+        format!(
+            "replica|{}|2|{}|0x{:08x}|1\n",
+            reader.generation(),
+            end.wal_offset,
+            end.chain
+        ),
+        "{run:?}"
+    );
+}
