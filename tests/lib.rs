@@ -32,7 +32,11 @@ pub fn extension() -> &'static Path {
             .expect("cargo runs");
         assert!(status.success(), "building ext/ failed");
         let lib = root.join("target/release/libaerodb");
-        assert!(lib.with_extension("so").exists(), "{} missing", lib.display());
+        assert!(
+            lib.with_extension("so").exists(),
+            "{} missing",
+            lib.display()
+        );
         lib
     })
 }

@@ -38,7 +38,10 @@ SELECT aerodb_last_commit_id(), aerodb_head();
     assert_eq!(run.stdout, "wal\n16\n1\n3|3\n", "{run:?}");
 
     let reader = PrimaryWalReader::open(&db).expect("reader");
-    let bytes = reader.segment(CommitId(1), usize::MAX).expect("read").expect("some WAL");
+    let bytes = reader
+        .segment(CommitId(1), usize::MAX)
+        .expect("read")
+        .expect("some WAL");
     let segment = Segment::decode(&bytes).expect("decodes");
     let ops: Vec<Vec<&'static str>> = segment
         .records
@@ -55,12 +58,17 @@ SELECT aerodb_last_commit_id(), aerodb_head();
                 .collect()
         })
         .collect();
-    assert_eq!(ops, vec![vec!["schema"], vec!["insert"], vec!["insert", "update"]]);
+    assert_eq!(
+        ops,
+        vec![vec!["schema"], vec!["insert"], vec!["insert", "update"]]
+    );
 
     // The same WAL applies on a replica.
     let mut replica = ReplicaDb::open(dir.path().join("r.db")).expect("replica");
     let start = replica.init(reader.generation()).expect("init");
-    replica.apply(&validate(segment, &start).expect("continues")).expect("applies");
+    replica
+        .apply(&validate(segment, &start).expect("continues"))
+        .expect("applies");
     let rows: Vec<(i64, String)> = replica
         .connection()
         .prepare("SELECT id, v FROM t ORDER BY id")
@@ -93,10 +101,19 @@ SELECT aerodb_replicate('t');
     ] {
         let run = shell(&db, &format!(".bail on\n{write}\n"));
         assert!(!run.ok, "{write}: {run:?}");
-        assert!(run.stderr.contains("no such function: aerodb_capture_pos"), "{write}: {run:?}");
+        assert!(
+            run.stderr.contains("no such function: aerodb_capture_pos"),
+            "{write}: {run:?}"
+        );
     }
-    let count = shell(&db, "SELECT count(*), (SELECT count(*) FROM aerodb_changes) FROM t;");
-    assert_eq!(count.stdout, "0|1\n", "nothing but the schema record: {count:?}");
+    let count = shell(
+        &db,
+        "SELECT count(*), (SELECT count(*) FROM aerodb_changes) FROM t;",
+    );
+    assert_eq!(
+        count.stdout, "0|1\n",
+        "nothing but the schema record: {count:?}"
+    );
 }
 
 #[test]
@@ -130,21 +147,51 @@ fn bad_sql_arguments_get_errors_naming_the_argument() {
     let dir = tempfile::tempdir().expect("tempdir");
     let db = dir.path().join("p.db");
     let cases = [
-        ("SELECT aerodb_replicate('t');", "not an AeroDB primary: run aerodb_primary_init() first"),
+        (
+            "SELECT aerodb_replicate('t');",
+            "not an AeroDB primary: run aerodb_primary_init() first",
+        ),
         ("SELECT aerodb_head();", "not an AeroDB primary"),
-        ("SELECT aerodb_primary_init(); SELECT aerodb_replicate(42);", "aerodb_replicate: argument 1 (table) is Integer, expected a table name (TEXT)"),
-        ("SELECT aerodb_replicate(NULL);", "argument 1 (table) is Null"),
-        ("SELECT aerodb_replicate('missing');", "no table named 'missing' in the main database"),
-        ("CREATE TABLE nokey(a, b); SELECT aerodb_replicate('nokey');", "has no PRIMARY KEY"),
-        ("CREATE VIEW v AS SELECT 1; SELECT aerodb_replicate('v');", "it is a view"),
+        (
+            "SELECT aerodb_primary_init(); SELECT aerodb_replicate(42);",
+            "aerodb_replicate: argument 1 (table) is Integer, expected a table name (TEXT)",
+        ),
+        (
+            "SELECT aerodb_replicate(NULL);",
+            "argument 1 (table) is Null",
+        ),
+        (
+            "SELECT aerodb_replicate('missing');",
+            "no table named 'missing' in the main database",
+        ),
+        (
+            "CREATE TABLE nokey(a, b); SELECT aerodb_replicate('nokey');",
+            "has no PRIMARY KEY",
+        ),
+        (
+            "CREATE VIEW v AS SELECT 1; SELECT aerodb_replicate('v');",
+            "it is a view",
+        ),
         ("SELECT aerodb_replicate('aerodb_meta');", "reserved"),
-        ("SELECT aerodb_capture_change('t', 9, 0);", "argument 2 (operation)"),
-        ("SELECT aerodb_capture_change('t', 1, 5);", "argument 3 (key count)"),
-        ("SELECT aerodb_replicate('a', 'b');", "wrong number of arguments"),
+        (
+            "SELECT aerodb_capture_change('t', 9, 0);",
+            "argument 2 (operation)",
+        ),
+        (
+            "SELECT aerodb_capture_change('t', 1, 5);",
+            "argument 3 (key count)",
+        ),
+        (
+            "SELECT aerodb_replicate('a', 'b');",
+            "wrong number of arguments",
+        ),
     ];
     for (sql, expected) in cases {
         let run = shell(&db, &format!("{}{sql}\n", load()));
-        assert!(run.stderr.contains(expected), "{sql}: expected `{expected}` in {run:?}");
+        assert!(
+            run.stderr.contains(expected),
+            "{sql}: expected `{expected}` in {run:?}"
+        );
     }
 }
 
@@ -152,7 +199,10 @@ fn bad_sql_arguments_get_errors_naming_the_argument() {
 fn replica_state_shows_role_and_position() {
     // O2: the SQL surface shows CommitIds, WAL offsets and the generation.
     let dir = tempfile::tempdir().expect("tempdir");
-    let none = shell(&dir.path().join("n.db"), &format!("{}SELECT * FROM replica_state;\n", load()));
+    let none = shell(
+        &dir.path().join("n.db"),
+        &format!("{}SELECT * FROM replica_state;\n", load()),
+    );
     assert_eq!(none.stdout, "none|||||0\n", "{none:?}");
     let p = dir.path().join("p.db");
     let primary = shell(
@@ -173,8 +223,16 @@ SELECT role, applied_commit_id, replicated_tables FROM replica_state;
     let reader = PrimaryWalReader::open(&p).expect("reader");
     let mut replica = ReplicaDb::open(dir.path().join("r.db")).expect("replica");
     let start = replica.init(reader.generation()).expect("init");
-    let seg = Segment::decode(&reader.segment(CommitId(1), usize::MAX).expect("read").expect("wal")).expect("decodes");
-    let end = replica.apply(&validate(seg, &start).expect("valid")).expect("applies");
+    let seg = Segment::decode(
+        &reader
+            .segment(CommitId(1), usize::MAX)
+            .expect("read")
+            .expect("wal"),
+    )
+    .expect("decodes");
+    let end = replica
+        .apply(&validate(seg, &start).expect("valid"))
+        .expect("applies");
     drop(replica);
     let run = shell(
         &dir.path().join("r.db"),
