@@ -145,9 +145,13 @@ pub fn check_sqlite_version() -> Result<(), CaptureError> {
                 .into_owned(),
         )
     };
-    if n < MIN_SQLITE_VERSION {
+    version_check(n, s)
+}
+
+fn version_check(number: c_int, text: String) -> Result<(), CaptureError> {
+    if number < MIN_SQLITE_VERSION {
         return Err(CaptureError::SqliteTooOld {
-            actual: s,
+            actual: text,
             required: MIN_SQLITE_VERSION_STR,
         });
     }
@@ -762,5 +766,27 @@ impl CaptureHandle {
     /// As `aerodb_last_commit_id()`.
     pub fn last_commit_id(&self) -> Result<Option<CommitId>, CaptureError> {
         last_commit_id(&self.shared)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refuses_sqlite_older_than_the_minimum_with_a_clear_error() {
+        let err = version_check(3_036_000, "3.36.0".into()).expect_err("too old");
+        assert_eq!(
+            err.to_string(),
+            "SQLite 3.36.0 is too old: AeroDB needs SQLite 3.37.0 or newer"
+        );
+        version_check(3_037_000, "3.37.0".into()).expect("minimum accepted");
+        version_check(3_040_001, "3.40.1".into()).expect("Debian 12 accepted");
+    }
+
+    #[test]
+    fn identifiers_and_literals_are_quoted() {
+        assert_eq!(quote_ident(r#"we"ird"#), r#""we""ird""#);
+        assert_eq!(quote_literal("o'k"), "'o''k'");
     }
 }
