@@ -26,8 +26,11 @@ fn write_backlog(path: &Path) {
     primary.replicate("t").expect("replicate");
     for k in 1..=BACKLOG {
         let tx = primary.connection_mut().transaction().expect("tx");
-        tx.execute("INSERT INTO t VALUES (?1, ?2, 'padding padding')", [k, k * 10])
-            .expect("insert");
+        tx.execute(
+            "INSERT INTO t VALUES (?1, ?2, 'padding padding')",
+            [k, k * 10],
+        )
+        .expect("insert");
         if k % 7 == 0 {
             tx.execute("UPDATE t SET v = -v WHERE id = ?1", [k - 3])
                 .expect("update");
@@ -60,8 +63,8 @@ fn model_at(commit: i64) -> BTreeMap<i64, i64> {
 /// (applied CommitId, table content) as committed in the replica file, read
 /// in one read transaction.
 fn replica_state(path: &Path) -> (i64, BTreeMap<i64, i64>) {
-    let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY)
-        .expect("open replica");
+    let conn =
+        Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY).expect("open replica");
     let tx = conn.unchecked_transaction().expect("read transaction");
     let applied: i64 = tx
         .query_row(
