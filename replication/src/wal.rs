@@ -1202,7 +1202,7 @@ fn decode_record(
         )));
     }
     let len = read_u32(bytes, at) as usize;
-    if len < RECORD_OVERHEAD || len > MAX_RECORD_BYTES || len > body_end - at {
+    if !(RECORD_OVERHEAD..=MAX_RECORD_BYTES).contains(&len) || len > body_end - at {
         return Err(malformed(format!(
             "record length {len} out of bounds (at least {RECORD_OVERHEAD}, at most {}, {} bytes left in the body)",
             MAX_RECORD_BYTES,

@@ -70,7 +70,7 @@ fn round_trips_every_value_type_and_operation() {
     let refs: Vec<&[u8]> = encoded.iter().map(|c| c.as_slice()).collect();
     let mut enc = RecordEncoder::new(ChainPosition::genesis(GEN));
     let record = enc.push(CommitId(1), &refs).unwrap();
-    let bytes = Segment::encode(GEN, &[record.clone()]).unwrap();
+    let bytes = Segment::encode(GEN, std::slice::from_ref(&record)).unwrap();
     let segment = Segment::decode(&bytes).unwrap();
     assert_eq!(segment.records[0].changes, changes);
     assert_eq!(segment.records[0].chain, record.chain);
