@@ -8,11 +8,14 @@ CREATE TABLE IF NOT EXISTS aerodb_meta(
   value ANY NOT NULL
 );
 
--- Replicated tables and the CommitId of their schema record.
+-- Replicated tables, the CommitId of their schema record, and the shape
+-- their capture triggers were made for (column names joined by char(31)).
+-- Capture refuses writes once a table no longer has that shape or its
+-- triggers (ALTER TABLE, DROP/CREATE): never uncaptured or partial data.
 CREATE TABLE IF NOT EXISTS aerodb_tables(
   name             TEXT PRIMARY KEY,
   schema_commit_id INTEGER NOT NULL,
-  column_count     INTEGER NOT NULL,
+  columns          TEXT NOT NULL,
   key_columns      TEXT NOT NULL
 );
 

@@ -111,6 +111,15 @@ pub enum CaptureError {
         /// The SQLite error.
         source: RawError,
     },
+    /// A replicated table changed under capture: writes are refused until
+    /// `aerodb_replicate` runs again.
+    #[error("replication of table '{table}' is broken: {problem}; writes to replicated tables are refused until aerodb_replicate('{table}') is run again")]
+    CaptureBroken {
+        /// The table.
+        table: String,
+        /// What changed.
+        problem: String,
+    },
     /// `aerodb_last_commit_id()` cannot be trusted.
     #[error("aerodb_last_commit_id is unknown on this connection: another commit hook replaced AeroDB's; do not install commit hooks on a capture connection")]
     CommitHookReplaced,
@@ -186,6 +195,8 @@ struct ConnState {
     /// then fails and rolls back.
     before_commit: Option<Option<CommitId>>,
     hook: HookStatus,
+    /// `PRAGMA schema_version` at which [`verify_capture`] last passed.
+    verified_schema: Option<i64>,
 }
 
 // SAFETY: the raw handle is only used on the thread that is running a call
@@ -290,7 +301,17 @@ fn capture_pos(shared: &Shared, conn: RawConn, max_pos: Option<i64>) -> Result<i
         open.next_seq += 1;
         return Ok(pos);
     }
-    // First captured change of this transaction.
+    // First captured change of this transaction. If the schema changed
+    // since this connection last verified it, every replicated table must
+    // still have the shape and triggers capture was set up for.
+    let schema_version = conn
+        .query_value("PRAGMA schema_version", &[])
+        .map_err(sqlite("reading the schema version"))?
+        .and_then(|v| v.as_i64());
+    if s.verified_schema != schema_version {
+        verify_capture(conn)?;
+        s.verified_schema = schema_version;
+    }
     let wal = WalTables::new(conn);
     let (head, sealed) = wal.head()?;
     debug_assert!(max_pos.map(commit_of).unwrap_or_default() <= head);
@@ -475,6 +496,73 @@ fn columns(conn: RawConn, table: &str) -> Result<Vec<Column>, CaptureError> {
     Ok(out)
 }
 
+/// Separator of column names in `aerodb_tables.columns`.
+const SHAPE_SEPARATOR: char = '\u{1f}';
+
+/// The captured shape of a table: its stored column names, in order.
+fn shape_of(cols: &[Column]) -> String {
+    let names: Vec<&str> = cols.iter().map(|c| c.name.as_str()).collect();
+    names.join(&SHAPE_SEPARATOR.to_string())
+}
+
+/// Checks that every replicated table still has the shape and the three
+/// triggers `aerodb_replicate` made for it. Run when the schema changed
+/// (writers) and on every WAL read (readers).
+pub(crate) fn verify_capture(conn: RawConn) -> Result<(), CaptureError> {
+    let mut s = conn
+        .prepare("SELECT name, columns FROM aerodb_tables ORDER BY name")
+        .map_err(sqlite("reading aerodb_tables"))?;
+    let mut registered = Vec::new();
+    while s.step().map_err(sqlite("reading aerodb_tables"))? {
+        registered.push((
+            s.column(0).into_string().unwrap_or_default(),
+            s.column(1).into_string().unwrap_or_default(),
+        ));
+    }
+    drop(s);
+    for (table, shape) in registered {
+        let broken = |problem: String| CaptureError::CaptureBroken {
+            table: table.clone(),
+            problem,
+        };
+        let current = shape_of(&columns(conn, &table)?);
+        if current.is_empty() {
+            return Err(broken("the table no longer exists".into()));
+        }
+        if current != shape {
+            let show = |s: &str| s.replace(SHAPE_SEPARATOR, ", ");
+            return Err(broken(format!(
+                "its columns are now ({}), capture was set up for ({})",
+                show(&current),
+                show(&shape)
+            )));
+        }
+        let triggers = conn
+            .query_value(
+                "SELECT count(*) FROM sqlite_schema WHERE type = 'trigger' AND tbl_name = ?1 AND name IN (?2, ?3, ?4)",
+                &[
+                    ValueRef::Text(table.as_bytes()),
+                    ValueRef::Text(trigger_name("insert", &table).as_bytes()),
+                    ValueRef::Text(trigger_name("update", &table).as_bytes()),
+                    ValueRef::Text(trigger_name("delete", &table).as_bytes()),
+                ],
+            )
+            .map_err(sqlite("reading capture triggers"))?
+            .and_then(|v| v.as_i64());
+        if triggers != Some(3) {
+            return Err(broken(format!(
+                "{} of its 3 capture triggers exist (the table was recreated or a trigger dropped)",
+                triggers.unwrap_or(0)
+            )));
+        }
+    }
+    Ok(())
+}
+
+fn trigger_name(event: &str, table: &str) -> String {
+    format!("aerodb_capture_{event}_{table}")
+}
+
 /// `aerodb_replicate(table)`: starts capturing `table`; returns the CommitId
 /// of its schema record.
 fn replicate(shared: &Shared, conn: RawConn, table: &str) -> Result<CommitId, CaptureError> {
@@ -595,6 +683,18 @@ fn replicate(shared: &Shared, conn: RawConn, table: &str) -> Result<CommitId, Ca
             table: table.to_owned(),
             source,
         })?;
+        // Register the new shape first: the position assignment below
+        // verifies every replicated table against the registry.
+        let key_names: Vec<&str> = key.iter().map(|c| c.name.as_str()).collect();
+        conn.execute(
+            "INSERT OR REPLACE INTO aerodb_tables(name, schema_commit_id, columns, key_columns) VALUES (?1, 0, ?2, ?3)",
+            &[
+                ValueRef::Text(table.as_bytes()),
+                ValueRef::Text(shape_of(&cols).as_bytes()),
+                ValueRef::Text(key_names.join(",").as_bytes()),
+            ],
+        )
+        .map_err(sqlite("registering the table"))?;
         let max_pos = conn
             .query_value("SELECT max(pos) FROM aerodb_changes", &[])
             .map_err(sqlite("reading the WAL head"))?
@@ -606,14 +706,11 @@ fn replicate(shared: &Shared, conn: RawConn, table: &str) -> Result<CommitId, Ca
         )
         .map_err(sqlite("writing the schema record"))?;
         let commit_id = commit_of(pos);
-        let key_names: Vec<&str> = key.iter().map(|c| c.name.as_str()).collect();
         conn.execute(
-            "INSERT OR REPLACE INTO aerodb_tables(name, schema_commit_id, column_count, key_columns) VALUES (?1, ?2, ?3, ?4)",
+            "UPDATE aerodb_tables SET schema_commit_id = ?2 WHERE name = ?1",
             &[
                 ValueRef::Text(table.as_bytes()),
                 ValueRef::Integer(commit_id.0 as i64),
-                ValueRef::Integer(cols.len() as i64),
-                ValueRef::Text(key_names.join(",").as_bytes()),
             ],
         )
         .map_err(sqlite("registering the table"))?;
@@ -675,6 +772,7 @@ pub fn register(conn: &Connection) -> Result<CaptureHandle, rusqlite::Error> {
         last_committed: None,
         before_commit: None,
         hook: HookStatus::Installed,
+        verified_schema: None,
     }));
     // Hooks first: a re-registration drops the previous functions (and
     // their Arc) only after the hooks point at the new state.

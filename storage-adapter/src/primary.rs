@@ -162,6 +162,10 @@ impl PrimaryWalReader {
     ) -> Result<Vec<EncodedRecord>, PrimaryError> {
         let generation = self.generation;
         self.in_read_transaction(|wal| {
+            // Refuse to serve WAL of a primary whose capture is broken
+            // (a replicated table altered, recreated or stripped of its
+            // triggers): its WAL may lack writes.
+            crate::capture::verify_capture(wal.conn())?;
             let (head, _) = wal.head()?;
             if from > head || from.0 == 0 {
                 return Ok(Vec::new());

@@ -104,6 +104,10 @@ impl WalTables {
         WalTables { conn }
     }
 
+    pub(crate) fn conn(&self) -> RawConn {
+        self.conn
+    }
+
     pub(crate) fn generation(&self) -> Result<Generation, WalReadError> {
         let exists = self.conn.query_value(
             "SELECT 1 FROM sqlite_schema WHERE type = 'table' AND name = 'aerodb_meta'",

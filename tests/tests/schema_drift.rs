@@ -1,0 +1,130 @@
+//! A replicated table whose schema changes under capture is never
+//! replicated partially or silently (PEERS: "schema mismatch merged or
+//! skipped silently"): captured writes are refused, the WAL reader refuses
+//! to serve, and a replica refuses a schema record that differs from its
+//! table.
+
+use aerodb_e2e::{extension, shell};
+use replication::wal::{validate, CommitId, Segment};
+use storage_adapter::primary::{Primary, PrimaryWalReader};
+use storage_adapter::replica::{ApplyError, ReplicaDb};
+
+fn primary_with_table(dir: &std::path::Path) -> Primary {
+    let primary = Primary::open(dir.join("p.db")).expect("primary");
+    primary
+        .connection()
+        .execute_batch("CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT); CREATE TABLE u(id INTEGER PRIMARY KEY);")
+        .expect("tables");
+    primary.replicate("t").expect("replicate t");
+    primary.replicate("u").expect("replicate u");
+    primary
+        .connection()
+        .execute("INSERT INTO t VALUES (1, 'a')", [])
+        .expect("insert");
+    primary
+}
+
+#[test]
+fn altered_table_refuses_captured_writes_and_reads_until_replicated_again() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let primary = primary_with_table(dir.path());
+    // Another process (the shell, no extension) adds a column.
+    let run = shell(
+        &dir.path().join("p.db"),
+        "ALTER TABLE t ADD COLUMN w INTEGER;\n",
+    );
+    assert!(run.ok, "{run:?}");
+    let head = primary.head().expect("head");
+
+    let err = primary
+        .connection()
+        .execute("INSERT INTO t VALUES (2, 'b', 7)", [])
+        .expect_err("write refused");
+    assert!(
+        err.to_string().contains(
+            "replication of table 't' is broken: its columns are now (id, v, w), capture was set up for (id, v)"
+        ),
+        "{err}"
+    );
+    // Any replicated table: the schema check is per transaction.
+    assert!(primary
+        .connection()
+        .execute("INSERT INTO u VALUES (5)", [])
+        .is_err());
+    assert_eq!(primary.head().expect("head"), head, "nothing captured");
+    let count: i64 = primary
+        .connection()
+        .query_row("SELECT count(*) FROM t", [], |r| r.get(0))
+        .expect("count");
+    assert_eq!(count, 1, "nothing written");
+
+    let reader = PrimaryWalReader::open(dir.path().join("p.db")).expect("reader");
+    let err = reader
+        .segment(CommitId(1), usize::MAX)
+        .expect_err("reader refuses");
+    assert!(
+        err.to_string()
+            .contains("replication of table 't' is broken"),
+        "{err}"
+    );
+
+    // Replicating it again records the new schema; the replica, which has
+    // the old table, refuses that record with both definitions.
+    let mut replica = ReplicaDb::open(dir.path().join("r.db")).expect("replica");
+    let start = replica.init(reader.generation()).expect("init");
+    let schema_commit = primary.replicate("t").expect("replicate again");
+    primary
+        .connection()
+        .execute("INSERT INTO t VALUES (2, 'b', 7)", [])
+        .expect("captured again");
+    let seg = Segment::decode(
+        &reader
+            .segment(CommitId(1), usize::MAX)
+            .expect("read")
+            .expect("wal"),
+    )
+    .expect("decodes");
+    let err = replica
+        .apply(&validate(seg, &start).expect("valid"))
+        .expect_err("refused");
+    assert!(
+        matches!(err, ApplyError::SchemaMismatch { commit_id, .. } if commit_id == schema_commit),
+        "{err}"
+    );
+    assert!(err.to_string().contains("schema of 't' differs"), "{err}");
+    assert_eq!(
+        replica.position().expect("pos"),
+        Some(start),
+        "nothing applied"
+    );
+}
+
+#[test]
+fn recreated_table_without_triggers_is_refused_by_the_reader() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let primary = primary_with_table(dir.path());
+    drop(primary);
+    // DROP + CREATE from a shell with the extension: the new table has no
+    // capture triggers, so its writes would be lost to replicas.
+    let run = shell(
+        &dir.path().join("p.db"),
+        &format!(
+            ".load {}\nDROP TABLE t; CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT);\nINSERT INTO u VALUES (9);\n",
+            extension().display()
+        ),
+    );
+    assert!(
+        run.stderr
+            .contains("replication of table 't' is broken: 0 of its 3 capture triggers exist"),
+        "{run:?}"
+    );
+    let reader = PrimaryWalReader::open(dir.path().join("p.db")).expect("reader");
+    let err = reader
+        .segment(CommitId(1), usize::MAX)
+        .expect_err("refused");
+    assert!(
+        err.to_string()
+            .contains("0 of its 3 capture triggers exist"),
+        "{err}"
+    );
+}
