@@ -287,7 +287,7 @@ fn install_hooks(shared: &Shared) {
 
 /// Assigns the `aerodb_changes.pos` of the next captured change of the
 /// current transaction (see the module doc).
-fn capture_pos(shared: &Shared, conn: RawConn, max_pos: Option<i64>) -> Result<i64, CaptureError> {
+fn capture_pos(shared: &Shared, conn: RawConn) -> Result<i64, CaptureError> {
     let mut s = lock(shared);
     let version = data_version(s.db)?;
     if let Some(open) = s.open.as_mut().filter(|o| o.data_version == version) {
@@ -301,20 +301,31 @@ fn capture_pos(shared: &Shared, conn: RawConn, max_pos: Option<i64>) -> Result<i
         open.next_seq += 1;
         return Ok(pos);
     }
-    // First captured change of this transaction. If the schema changed
-    // since this connection last verified it, every replicated table must
-    // still have the shape and triggers capture was set up for.
-    let schema_version = conn
-        .query_value("PRAGMA schema_version", &[])
-        .map_err(sqlite("reading the schema version"))?
-        .and_then(|v| v.as_i64());
+    // First captured change of this transaction: one statement reads the
+    // WAL head, the newest sealed record and the schema version.
+    let doing = "reading the WAL head";
+    let mut q = conn
+        .prepare(
+            "SELECT (SELECT max(pos) FROM aerodb_changes), (SELECT max(commit_id) FROM aerodb_commits), \
+             (SELECT schema_version FROM pragma_schema_version)",
+        )
+        .map_err(sqlite(doing))?;
+    if !q.step().map_err(sqlite(doing))? {
+        return Err(CaptureError::Wal(WalReadError::NotPrimary));
+    }
+    let max_pos = q.column(0).as_i64();
+    let sealed = CommitId(q.column(1).as_i64().unwrap_or(0) as u64);
+    let schema_version = q.column(2).as_i64();
+    drop(q);
+    // If the schema changed since this connection last verified it, every
+    // replicated table must still have the shape and triggers capture was
+    // set up for.
     if s.verified_schema != schema_version {
         verify_capture(conn)?;
         s.verified_schema = schema_version;
     }
+    let head = max_pos.map(commit_of).unwrap_or_default().max(sealed);
     let wal = WalTables::new(conn);
-    let (head, sealed) = wal.head()?;
-    debug_assert!(max_pos.map(commit_of).unwrap_or_default() <= head);
     let commit_id = head.next();
     if commit_id.0 > MAX_COMMIT_ID {
         return Err(CaptureError::CommitIdOverflow(commit_id));
@@ -638,7 +649,7 @@ fn replicate(shared: &Shared, conn: RawConn, table: &str) -> Result<CommitId, Ca
 
     let t = quote_ident(table);
     let lit = quote_literal(table);
-    let pos = "aerodb_capture_pos((SELECT max(pos) FROM aerodb_changes))";
+    let pos = "aerodb_capture_pos()";
     let new_vals: Vec<String> = cols
         .iter()
         .map(|c| format!("NEW.{}", quote_ident(&c.name)))
@@ -695,11 +706,7 @@ fn replicate(shared: &Shared, conn: RawConn, table: &str) -> Result<CommitId, Ca
             ],
         )
         .map_err(sqlite("registering the table"))?;
-        let max_pos = conn
-            .query_value("SELECT max(pos) FROM aerodb_changes", &[])
-            .map_err(sqlite("reading the WAL head"))?
-            .and_then(|v| v.as_i64());
-        let pos = capture_pos(shared, conn, max_pos)?;
+        let pos = capture_pos(shared, conn)?;
         conn.execute(
             "INSERT INTO aerodb_changes(pos, change) VALUES (?1, ?2)",
             &[ValueRef::Integer(pos), ValueRef::Blob(&change)],
@@ -783,12 +790,8 @@ pub fn register(conn: &Connection) -> Result<CaptureHandle, rusqlite::Error> {
     let direct = utf8 | FunctionFlags::SQLITE_DIRECTONLY;
 
     let s = shared.clone();
-    conn.create_scalar_function("aerodb_capture_pos", 1, trigger_safe, move |ctx| {
-        let max_pos = match ctx.get_raw(0) {
-            ValueRef::Integer(p) => Some(p),
-            _ => None,
-        };
-        capture_pos(&s, raw(&s), max_pos).map_err(user_err)
+    conn.create_scalar_function("aerodb_capture_pos", 0, trigger_safe, move |_ctx| {
+        capture_pos(&s, raw(&s)).map_err(user_err)
     })?;
     conn.create_scalar_function(
         "aerodb_capture_change",
