@@ -120,6 +120,15 @@ pub enum CaptureError {
         /// What changed.
         problem: String,
     },
+    /// A captured write to a primary that is not this connection's main
+    /// database.
+    #[error("write to a replicated table of primary {generation} refused: the connection's main database is {}; write to a primary through a connection whose main database is that primary (not through ATTACH)", main.map(|g| format!("primary {g}")).unwrap_or_else(|| "not a primary".into()))]
+    NotMainDatabase {
+        /// The generation the table's triggers belong to.
+        generation: Generation,
+        /// The main database's generation, if it is a primary.
+        main: Option<Generation>,
+    },
     /// `aerodb_last_commit_id()` cannot be trusted.
     #[error("aerodb_last_commit_id is unknown on this connection: another commit hook replaced AeroDB's; do not install commit hooks on a capture connection")]
     CommitHookReplaced,
@@ -172,8 +181,44 @@ fn version_check(number: c_int, text: String) -> Result<(), CaptureError> {
 struct OpenCommit {
     /// Data version of the main database while the transaction runs.
     data_version: u32,
+    /// The primary's generation (the one the triggers carry).
+    generation: Generation,
     commit_id: CommitId,
     next_seq: u32,
+}
+
+/// This connection's read-your-writes token (`aerodb_last_commit_id()`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Token {
+    /// No captured commit on this connection yet.
+    Nothing,
+    /// The CommitId of this connection's last committed captured write.
+    Known(CommitId),
+    /// A transaction that opened `candidate` committed. Whether any of its
+    /// change rows survived (`ROLLBACK TO` and failed statements remove
+    /// them) is checked by SQL at the next call, since the commit hook may
+    /// not run SQL.
+    Unresolved {
+        candidate: CommitId,
+        previous: Option<CommitId>,
+        /// Data version while that transaction ran: if a rollback follows
+        /// with the version unchanged, the commit itself failed.
+        data_version: u32,
+    },
+}
+
+impl Token {
+    fn settled(self) -> Option<CommitId> {
+        match self {
+            Token::Nothing => None,
+            Token::Known(c) => Some(c),
+            Token::Unresolved { previous, .. } => previous,
+        }
+    }
+
+    fn from(c: Option<CommitId>) -> Token {
+        c.map(Token::Known).unwrap_or(Token::Nothing)
+    }
 }
 
 /// Where a connection's commit hook stands.
@@ -190,10 +235,7 @@ enum HookStatus {
 struct ConnState {
     db: *mut ffi::sqlite3,
     open: Option<OpenCommit>,
-    last_committed: Option<CommitId>,
-    /// `last_committed` before the commit hook ran, restored if the commit
-    /// then fails and rolls back.
-    before_commit: Option<Option<CommitId>>,
+    token: Token,
     hook: HookStatus,
     /// `PRAGMA schema_version` at which [`verify_capture`] last passed.
     verified_schema: Option<i64>,
@@ -245,8 +287,12 @@ unsafe extern "C" fn on_commit(arg: *mut c_void) -> c_int {
         let mut s = state.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(open) = s.open {
             if data_version(s.db).ok() == Some(open.data_version) {
-                s.before_commit = Some(s.last_committed);
-                s.last_committed = Some(open.commit_id);
+                // capture_pos settled the token before opening this commit.
+                s.token = Token::Unresolved {
+                    candidate: open.commit_id,
+                    previous: s.token.settled(),
+                    data_version: open.data_version,
+                };
             }
         }
     });
@@ -258,8 +304,17 @@ unsafe extern "C" fn on_rollback(arg: *mut c_void) {
         // SAFETY: as in on_commit.
         let state = unsafe { &*(arg as *const Mutex<ConnState>) };
         let mut s = state.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(prev) = s.before_commit.take() {
-            s.last_committed = prev;
+        if let Token::Unresolved {
+            previous,
+            data_version: v,
+            ..
+        } = s.token
+        {
+            // A successful commit bumps the data version; unchanged means
+            // the commit the hook saw failed and rolled back.
+            if data_version(s.db).ok() == Some(v) {
+                s.token = Token::from(previous);
+            }
         }
         s.open = None;
     });
@@ -287,10 +342,18 @@ fn install_hooks(shared: &Shared) {
 
 /// Assigns the `aerodb_changes.pos` of the next captured change of the
 /// current transaction (see the module doc).
-fn capture_pos(shared: &Shared, conn: RawConn) -> Result<i64, CaptureError> {
+fn capture_pos(
+    shared: &Shared,
+    conn: RawConn,
+    generation: Generation,
+) -> Result<i64, CaptureError> {
     let mut s = lock(shared);
     let version = data_version(s.db)?;
-    if let Some(open) = s.open.as_mut().filter(|o| o.data_version == version) {
+    if let Some(open) = s
+        .open
+        .as_mut()
+        .filter(|o| o.data_version == version && o.generation == generation)
+    {
         if open.next_seq > MAX_SEQ {
             return Err(CaptureError::TooManyChanges {
                 commit_id: open.commit_id,
@@ -302,21 +365,34 @@ fn capture_pos(shared: &Shared, conn: RawConn) -> Result<i64, CaptureError> {
         return Ok(pos);
     }
     // First captured change of this transaction: one statement reads the
-    // WAL head, the newest sealed record and the schema version.
+    // main database's generation, WAL head, newest sealed record and schema
+    // version. Everything is read from `main`, whose data version decides
+    // what a transaction is: a write to a primary attached under another
+    // name is refused (its transactions would be invisible here).
     let doing = "reading the WAL head";
-    let mut q = conn
-        .prepare(
-            "SELECT (SELECT max(pos) FROM aerodb_changes), (SELECT max(commit_id) FROM aerodb_commits), \
-             (SELECT schema_version FROM pragma_schema_version)",
-        )
-        .map_err(sqlite(doing))?;
+    let mut q = match conn.prepare(
+        "SELECT (SELECT value FROM main.aerodb_meta WHERE key = 'generation'), \
+         (SELECT max(pos) FROM main.aerodb_changes), (SELECT max(commit_id) FROM main.aerodb_commits), \
+         (SELECT schema_version FROM pragma_schema_version)",
+    ) {
+        Ok(q) => q,
+        Err(e) if e.message.contains("no such table") => {
+            return Err(CaptureError::NotMainDatabase { generation, main: None })
+        }
+        Err(e) => return Err(sqlite(doing)(e)),
+    };
     if !q.step().map_err(sqlite(doing))? {
         return Err(CaptureError::Wal(WalReadError::NotPrimary));
     }
-    let max_pos = q.column(0).as_i64();
-    let sealed = CommitId(q.column(1).as_i64().unwrap_or(0) as u64);
-    let schema_version = q.column(2).as_i64();
+    let main = q.column(0).as_i64().map(|g| Generation(g as u64));
+    if main != Some(generation) {
+        return Err(CaptureError::NotMainDatabase { generation, main });
+    }
+    let max_pos = q.column(1).as_i64();
+    let sealed = CommitId(q.column(2).as_i64().unwrap_or(0) as u64);
+    let schema_version = q.column(3).as_i64();
     drop(q);
+    resolve_token(&mut s, conn)?;
     // If the schema changed since this connection last verified it, every
     // replicated table must still have the shape and triggers capture was
     // set up for.
@@ -331,15 +407,14 @@ fn capture_pos(shared: &Shared, conn: RawConn) -> Result<i64, CaptureError> {
         return Err(CaptureError::CommitIdOverflow(commit_id));
     }
     if head.0 - sealed.0 >= SEAL_BATCH {
-        let generation = wal.generation()?;
         wal.seal_through(generation, head)?;
     }
     s.open = Some(OpenCommit {
         data_version: version,
+        generation,
         commit_id,
         next_seq: 1,
     });
-    s.before_commit = None;
     drop(s);
     install_hooks(shared);
     Ok(first_pos(commit_id))
@@ -476,7 +551,6 @@ fn quote_literal(s: &str) -> String {
 #[derive(Debug)]
 struct Column {
     name: String,
-    declared_type: String,
     not_null: bool,
     /// Position in the primary key, 0 if not part of it.
     pk: i64,
@@ -486,7 +560,9 @@ struct Column {
 fn columns(conn: RawConn, table: &str) -> Result<Vec<Column>, CaptureError> {
     let doing = || format!("reading the columns of '{table}'");
     let mut s = conn
-        .prepare("SELECT name, type, \"notnull\", pk, hidden FROM pragma_table_xinfo(?1, 'main') ORDER BY cid")
+        .prepare(
+            "SELECT name, \"notnull\", pk, hidden FROM pragma_table_xinfo(?1, 'main') ORDER BY cid",
+        )
         .map_err(sqlite(doing()))?;
     s.bind(1, ValueRef::Text(table.as_bytes()))
         .map_err(sqlite(doing()))?;
@@ -494,14 +570,13 @@ fn columns(conn: RawConn, table: &str) -> Result<Vec<Column>, CaptureError> {
     while s.step().map_err(sqlite(doing()))? {
         // hidden: 0 stored column, 2/3 generated (computed on the replica
         // from its own definition), 1 virtual-table hidden column.
-        if s.column(4).as_i64() != Some(0) {
+        if s.column(3).as_i64() != Some(0) {
             continue;
         }
         out.push(Column {
             name: s.column(0).into_string().unwrap_or_default(),
-            declared_type: s.column(1).into_string().unwrap_or_default(),
-            not_null: s.column(2).as_i64() == Some(1),
-            pk: s.column(3).as_i64().unwrap_or(0),
+            not_null: s.column(1).as_i64() == Some(1),
+            pk: s.column(2).as_i64().unwrap_or(0),
         });
     }
     Ok(out)
@@ -578,7 +653,7 @@ fn trigger_name(event: &str, table: &str) -> String {
 /// of its schema record.
 fn replicate(shared: &Shared, conn: RawConn, table: &str) -> Result<CommitId, CaptureError> {
     let wal = WalTables::new(conn);
-    wal.generation().map_err(|e| match e {
+    let generation = wal.generation().map_err(|e| match e {
         WalReadError::NotPrimary => CaptureError::NotPrimary,
         other => other.into(),
     })?;
@@ -628,8 +703,17 @@ fn replicate(shared: &Shared, conn: RawConn, table: &str) -> Result<CommitId, Ca
             "it has no PRIMARY KEY; AeroDB replicates rows by primary key because rowids are not stable across VACUUM. Declare an explicit PRIMARY KEY".into(),
         ));
     }
-    let rowid_alias =
-        !without_rowid && key.len() == 1 && key[0].declared_type.eq_ignore_ascii_case("INTEGER");
+    // A rowid table's key is the rowid (never NULL) exactly when SQLite made
+    // no index for it: `INTEGER PRIMARY KEY` but not `INTEGER PRIMARY KEY
+    // DESC`, whose column can hold NULL.
+    let pk_index = conn
+        .query_value(
+            "SELECT count(*) FROM pragma_index_list(?1, 'main') WHERE origin = 'pk'",
+            &[ValueRef::Text(table.as_bytes())],
+        )
+        .map_err(sqlite("reading the table's indexes"))?
+        .and_then(|v| v.as_i64());
+    let rowid_alias = !without_rowid && key.len() == 1 && pk_index == Some(0);
     if !without_rowid && !rowid_alias {
         if let Some(c) = key.iter().find(|c| !c.not_null) {
             return Err(refused(format!(
@@ -649,7 +733,7 @@ fn replicate(shared: &Shared, conn: RawConn, table: &str) -> Result<CommitId, Ca
 
     let t = quote_ident(table);
     let lit = quote_literal(table);
-    let pos = "aerodb_capture_pos()";
+    let pos = format!("aerodb_capture_pos({})", generation.0 as i64);
     let new_vals: Vec<String> = cols
         .iter()
         .map(|c| format!("NEW.{}", quote_ident(&c.name)))
@@ -706,7 +790,7 @@ fn replicate(shared: &Shared, conn: RawConn, table: &str) -> Result<CommitId, Ca
             ],
         )
         .map_err(sqlite("registering the table"))?;
-        let pos = capture_pos(shared, conn)?;
+        let pos = capture_pos(shared, conn, generation)?;
         conn.execute(
             "INSERT INTO aerodb_changes(pos, change) VALUES (?1, ?2)",
             &[ValueRef::Integer(pos), ValueRef::Blob(&change)],
@@ -746,12 +830,46 @@ fn head(conn: RawConn) -> Result<CommitId, CaptureError> {
     Ok(wal.head()?.0)
 }
 
-fn last_commit_id(shared: &Shared) -> Result<Option<CommitId>, CaptureError> {
-    let s = lock(shared);
+/// Settles an unresolved token: the candidate CommitId counts only if
+/// change rows of it exist. If they exist but another connection committed
+/// that CommitId after this one's captured rows were all rolled back, the
+/// token names that later commit: a reader then waits for a commit that
+/// exists, never for one that may never come, and never reads older data.
+fn resolve_token(s: &mut ConnState, conn: RawConn) -> Result<(), CaptureError> {
+    if let Token::Unresolved {
+        candidate,
+        previous,
+        ..
+    } = s.token
+    {
+        let exists = conn
+            .query_value(
+                "SELECT EXISTS (SELECT 1 FROM main.aerodb_changes WHERE pos >= ?1 AND pos < ?2) \
+                 OR EXISTS (SELECT 1 FROM main.aerodb_commits WHERE commit_id = ?3)",
+                &[
+                    ValueRef::Integer(first_pos(candidate)),
+                    ValueRef::Integer(first_pos(candidate.next())),
+                    ValueRef::Integer(candidate.0 as i64),
+                ],
+            )
+            .map_err(sqlite("checking this connection's last commit"))?
+            .and_then(|v| v.as_i64());
+        s.token = if exists == Some(1) {
+            Token::Known(candidate)
+        } else {
+            Token::from(previous)
+        };
+    }
+    Ok(())
+}
+
+fn last_commit_id(shared: &Shared, conn: RawConn) -> Result<Option<CommitId>, CaptureError> {
+    let mut s = lock(shared);
     if s.hook == HookStatus::Replaced {
         return Err(CaptureError::CommitHookReplaced);
     }
-    Ok(s.last_committed)
+    resolve_token(&mut s, conn)?;
+    Ok(s.token.settled())
 }
 
 fn user_err(e: CaptureError) -> rusqlite::Error {
@@ -776,8 +894,7 @@ pub fn register(conn: &Connection) -> Result<CaptureHandle, rusqlite::Error> {
     let shared: Shared = Arc::new(Mutex::new(ConnState {
         db,
         open: None,
-        last_committed: None,
-        before_commit: None,
+        token: Token::Nothing,
         hook: HookStatus::Installed,
         verified_schema: None,
     }));
@@ -790,8 +907,21 @@ pub fn register(conn: &Connection) -> Result<CaptureHandle, rusqlite::Error> {
     let direct = utf8 | FunctionFlags::SQLITE_DIRECTONLY;
 
     let s = shared.clone();
-    conn.create_scalar_function("aerodb_capture_pos", 0, trigger_safe, move |_ctx| {
-        capture_pos(&s, raw(&s)).map_err(user_err)
+    conn.create_scalar_function("aerodb_capture_pos", 1, trigger_safe, move |ctx| {
+        let generation = match ctx.get_raw(0) {
+            ValueRef::Integer(g) => Generation(g as u64),
+            other => {
+                return Err(user_err(CaptureError::BadArgument {
+                    function: "aerodb_capture_pos",
+                    argument: "1 (generation)".into(),
+                    problem: format!(
+                        "is {}, expected the primary's generation (INTEGER)",
+                        other.data_type()
+                    ),
+                }))
+            }
+        };
+        capture_pos(&s, raw(&s), generation).map_err(user_err)
     })?;
     conn.create_scalar_function(
         "aerodb_capture_change",
@@ -833,7 +963,7 @@ pub fn register(conn: &Connection) -> Result<CaptureHandle, rusqlite::Error> {
     })?;
     let s = shared.clone();
     conn.create_scalar_function("aerodb_last_commit_id", 0, utf8, move |_ctx| {
-        last_commit_id(&s)
+        last_commit_id(&s, raw(&s))
             .map(|c| c.map(|c| c.0 as i64))
             .map_err(user_err)
     })?;
@@ -866,7 +996,7 @@ impl CaptureHandle {
 
     /// As `aerodb_last_commit_id()`.
     pub fn last_commit_id(&self) -> Result<Option<CommitId>, CaptureError> {
-        last_commit_id(&self.shared)
+        last_commit_id(&self.shared, raw(&self.shared))
     }
 }
 
