@@ -164,6 +164,10 @@ pub enum Change {
         table: String,
         /// Its `CREATE TABLE` statement as the primary's schema holds it.
         sql: String,
+        /// Its `CREATE UNIQUE INDEX` statements, by index name: unique
+        /// constraints decide which rows `REPLACE` deletes, so the replica
+        /// must have the same ones.
+        indexes: Vec<String>,
     },
 }
 
@@ -569,16 +573,19 @@ pub fn encode_change(change: &Change) -> Result<Vec<u8>, EncodeError> {
             encode_values(&mut out, values)?;
         }
         Change::Delete { key, .. } => encode_values(&mut out, key)?,
-        Change::Schema { sql, .. } => {
-            if sql.len() > MAX_SCHEMA_SQL_BYTES {
-                return Err(too_large(
-                    "schema statement",
-                    sql.len(),
-                    MAX_SCHEMA_SQL_BYTES,
-                ));
+        Change::Schema { sql, indexes, .. } => {
+            encode_count(&mut out, indexes.len())?;
+            for statement in std::iter::once(sql).chain(indexes) {
+                if statement.len() > MAX_SCHEMA_SQL_BYTES {
+                    return Err(too_large(
+                        "schema statement",
+                        statement.len(),
+                        MAX_SCHEMA_SQL_BYTES,
+                    ));
+                }
+                put_u32(&mut out, statement.len() as u32);
+                out.extend_from_slice(statement.as_bytes());
             }
-            put_u32(&mut out, sql.len() as u32);
-            out.extend_from_slice(sql.as_bytes());
         }
     }
     Ok(out)
@@ -1331,16 +1338,21 @@ pub fn decode_change(bytes: &[u8]) -> Result<Change, String> {
             key: decode_values(&mut r, "key")?,
         },
         Operation::Schema => {
-            let n = r.u32("schema length")? as usize;
-            if n > MAX_SCHEMA_SQL_BYTES {
+            let count = r.u16("index count")? as usize;
+            if count > MAX_COLUMNS {
                 return Err(format!(
-                    "schema statement length {n} over the limit of {MAX_SCHEMA_SQL_BYTES}"
+                    "index count {count} over the limit of {MAX_COLUMNS}"
                 ));
             }
-            let sql = std::str::from_utf8(r.take(n, "schema statement")?)
-                .map_err(|e| format!("schema statement is not UTF-8: {e}"))?
-                .to_owned();
-            Change::Schema { table, sql }
+            let sql = decode_statement(&mut r)?;
+            let indexes = (0..count)
+                .map(|_| decode_statement(&mut r))
+                .collect::<Result<Vec<_>, _>>()?;
+            Change::Schema {
+                table,
+                sql,
+                indexes,
+            }
         }
     };
     if r.pos != r.end {
@@ -1350,6 +1362,18 @@ pub fn decode_change(bytes: &[u8]) -> Result<Change, String> {
         ));
     }
     Ok(change)
+}
+
+fn decode_statement(r: &mut Reader<'_>) -> Result<String, String> {
+    let n = r.u32("schema statement length")? as usize;
+    if n > MAX_SCHEMA_SQL_BYTES {
+        return Err(format!(
+            "schema statement length {n} over the limit of {MAX_SCHEMA_SQL_BYTES}"
+        ));
+    }
+    Ok(std::str::from_utf8(r.take(n, "schema statement")?)
+        .map_err(|e| format!("schema statement is not UTF-8: {e}"))?
+        .to_owned())
 }
 
 fn decode_values(r: &mut Reader<'_>, what: &str) -> Result<Vec<Value>, String> {

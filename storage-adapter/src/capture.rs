@@ -529,7 +529,7 @@ fn primary_init(conn: RawConn) -> Result<Generation, CaptureError> {
     }
     let g = Generation(random_u64());
     conn.execute(
-        "INSERT INTO aerodb_meta(key, value) VALUES ('generation', ?1), ('format_version', ?2)",
+        "INSERT INTO main.aerodb_meta(key, value) VALUES ('generation', ?1), ('format_version', ?2)",
         &[
             ValueRef::Integer(g.0 as i64),
             ValueRef::Integer(i64::from(replication::wal::FORMAT_VERSION)),
@@ -591,22 +591,45 @@ fn shape_of(cols: &[Column]) -> String {
     names.join(&SHAPE_SEPARATOR.to_string())
 }
 
+/// Separator of statements in `aerodb_tables.unique_indexes`.
+const INDEX_SEPARATOR: char = '\u{1e}';
+
+/// The `CREATE UNIQUE INDEX` statements of `table`, by index name. (Unique
+/// constraints written in `CREATE TABLE` travel with that statement.)
+fn unique_indexes(conn: RawConn, table: &str) -> Result<Vec<String>, CaptureError> {
+    let doing = || format!("reading the unique indexes of '{table}'");
+    let mut s = conn
+        .prepare(
+            "SELECT s.sql FROM main.sqlite_schema AS s JOIN pragma_index_list(?1, 'main') AS i ON i.name = s.name \
+             WHERE s.type = 'index' AND s.sql IS NOT NULL AND i.\"unique\" = 1 ORDER BY s.name",
+        )
+        .map_err(sqlite(doing()))?;
+    s.bind(1, ValueRef::Text(table.as_bytes()))
+        .map_err(sqlite(doing()))?;
+    let mut out = Vec::new();
+    while s.step().map_err(sqlite(doing()))? {
+        out.push(s.column(0).into_string().unwrap_or_default());
+    }
+    Ok(out)
+}
+
 /// Checks that every replicated table still has the shape and the three
 /// triggers `aerodb_replicate` made for it. Run when the schema changed
 /// (writers) and on every WAL read (readers).
 pub(crate) fn verify_capture(conn: RawConn) -> Result<(), CaptureError> {
     let mut s = conn
-        .prepare("SELECT name, columns FROM aerodb_tables ORDER BY name")
+        .prepare("SELECT name, columns, unique_indexes FROM main.aerodb_tables ORDER BY name")
         .map_err(sqlite("reading aerodb_tables"))?;
     let mut registered = Vec::new();
     while s.step().map_err(sqlite("reading aerodb_tables"))? {
         registered.push((
             s.column(0).into_string().unwrap_or_default(),
             s.column(1).into_string().unwrap_or_default(),
+            s.column(2).into_string().unwrap_or_default(),
         ));
     }
     drop(s);
-    for (table, shape) in registered {
+    for (table, shape, indexes) in registered {
         let broken = |problem: String| CaptureError::CaptureBroken {
             table: table.clone(),
             problem,
@@ -623,9 +646,24 @@ pub(crate) fn verify_capture(conn: RawConn) -> Result<(), CaptureError> {
                 show(&shape)
             )));
         }
+        let current = unique_indexes(conn, &table)?.join(&INDEX_SEPARATOR.to_string());
+        if current != indexes {
+            let show = |s: &str| {
+                if s.is_empty() {
+                    "none".to_string()
+                } else {
+                    s.replace(INDEX_SEPARATOR, "; ")
+                }
+            };
+            return Err(broken(format!(
+                "its unique indexes are now ({}), capture was set up for ({})",
+                show(&current),
+                show(&indexes)
+            )));
+        }
         let triggers = conn
             .query_value(
-                "SELECT count(*) FROM sqlite_schema WHERE type = 'trigger' AND tbl_name = ?1 AND name IN (?2, ?3, ?4)",
+                "SELECT count(*) FROM main.sqlite_schema WHERE type = 'trigger' AND tbl_name = ?1 AND name IN (?2, ?3, ?4)",
                 &[
                     ValueRef::Text(table.as_bytes()),
                     ValueRef::Text(trigger_name("insert", &table).as_bytes()),
@@ -724,12 +762,13 @@ fn replicate(shared: &Shared, conn: RawConn, table: &str) -> Result<CommitId, Ca
     }
     let sql = conn
         .query_value(
-            "SELECT sql FROM sqlite_schema WHERE type = 'table' AND name = ?1",
+            "SELECT sql FROM main.sqlite_schema WHERE type = 'table' AND name = ?1",
             &[ValueRef::Text(table.as_bytes())],
         )
         .map_err(sqlite("reading the table's schema"))?
         .and_then(OwnedValue::into_string)
         .ok_or_else(|| refused("its CREATE TABLE statement is not in sqlite_schema".into()))?;
+    let indexes = unique_indexes(conn, table)?;
 
     let t = quote_ident(table);
     let lit = quote_literal(table);
@@ -743,10 +782,7 @@ fn replicate(shared: &Shared, conn: RawConn, table: &str) -> Result<CommitId, Ca
         .map(|c| format!("OLD.{}", quote_ident(&c.name)))
         .collect();
     let trigger = |event: &str, op: u8, nkey: usize, args: Vec<String>| {
-        let name = quote_ident(&format!(
-            "aerodb_capture_{}_{table}",
-            event.to_ascii_lowercase()
-        ));
+        let name = quote_ident(&trigger_name(&event.to_ascii_lowercase(), table));
         format!(
             "DROP TRIGGER IF EXISTS main.{name};\n\
              CREATE TRIGGER main.{name} AFTER {event} ON {t} BEGIN \
@@ -773,6 +809,7 @@ fn replicate(shared: &Shared, conn: RawConn, table: &str) -> Result<CommitId, Ca
         let change = encode_change(&Change::Schema {
             table: table.to_owned(),
             sql,
+            indexes: indexes.clone(),
         })
         .map_err(|source| CaptureError::Encode {
             table: table.to_owned(),
@@ -782,23 +819,24 @@ fn replicate(shared: &Shared, conn: RawConn, table: &str) -> Result<CommitId, Ca
         // verifies every replicated table against the registry.
         let key_names: Vec<&str> = key.iter().map(|c| c.name.as_str()).collect();
         conn.execute(
-            "INSERT OR REPLACE INTO aerodb_tables(name, schema_commit_id, columns, key_columns) VALUES (?1, 0, ?2, ?3)",
+            "INSERT OR REPLACE INTO main.aerodb_tables(name, schema_commit_id, columns, unique_indexes, key_columns) VALUES (?1, 0, ?2, ?3, ?4)",
             &[
                 ValueRef::Text(table.as_bytes()),
                 ValueRef::Text(shape_of(&cols).as_bytes()),
+                ValueRef::Text(indexes.join(&INDEX_SEPARATOR.to_string()).as_bytes()),
                 ValueRef::Text(key_names.join(",").as_bytes()),
             ],
         )
         .map_err(sqlite("registering the table"))?;
         let pos = capture_pos(shared, conn, generation)?;
         conn.execute(
-            "INSERT INTO aerodb_changes(pos, change) VALUES (?1, ?2)",
+            "INSERT INTO main.aerodb_changes(pos, change) VALUES (?1, ?2)",
             &[ValueRef::Integer(pos), ValueRef::Blob(&change)],
         )
         .map_err(sqlite("writing the schema record"))?;
         let commit_id = commit_of(pos);
         conn.execute(
-            "UPDATE aerodb_tables SET schema_commit_id = ?2 WHERE name = ?1",
+            "UPDATE main.aerodb_tables SET schema_commit_id = ?2 WHERE name = ?1",
             &[
                 ValueRef::Text(table.as_bytes()),
                 ValueRef::Integer(commit_id.0 as i64),

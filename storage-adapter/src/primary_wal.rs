@@ -110,14 +110,14 @@ impl WalTables {
 
     pub(crate) fn generation(&self) -> Result<Generation, WalReadError> {
         let exists = self.conn.query_value(
-            "SELECT 1 FROM sqlite_schema WHERE type = 'table' AND name = 'aerodb_meta'",
+            "SELECT 1 FROM main.sqlite_schema WHERE type = 'table' AND name = 'aerodb_meta'",
             &[],
         )?;
         if exists.is_none() {
             return Err(WalReadError::NotPrimary);
         }
         let g = self.conn.query_value(
-            "SELECT value FROM aerodb_meta WHERE key = 'generation'",
+            "SELECT value FROM main.aerodb_meta WHERE key = 'generation'",
             &[],
         )?;
         match g.as_ref().and_then(OwnedValue::as_i64) {
@@ -130,7 +130,7 @@ impl WalTables {
     pub(crate) fn head(&self) -> Result<(CommitId, CommitId), WalReadError> {
         let max_pos = self
             .conn
-            .query_value("SELECT max(pos) FROM aerodb_changes", &[])?
+            .query_value("SELECT max(pos) FROM main.aerodb_changes", &[])?
             .and_then(|v| v.as_i64());
         let sealed = self.max_sealed()?;
         let head = max_pos.map(commit_of).unwrap_or_default().max(sealed);
@@ -140,7 +140,7 @@ impl WalTables {
     fn max_sealed(&self) -> Result<CommitId, WalReadError> {
         Ok(CommitId(
             self.conn
-                .query_value("SELECT max(commit_id) FROM aerodb_commits", &[])?
+                .query_value("SELECT max(commit_id) FROM main.aerodb_commits", &[])?
                 .and_then(|v| v.as_i64())
                 .unwrap_or(0) as u64,
         ))
@@ -148,7 +148,7 @@ impl WalTables {
 
     fn sealed(&self, commit_id: CommitId) -> Result<Option<Sealed>, WalReadError> {
         let mut s = self.conn.prepare(
-            "SELECT wal_offset, length, change_count, prev_chain, chain, crc FROM aerodb_commits WHERE commit_id = ?1",
+            "SELECT wal_offset, length, change_count, prev_chain, chain, crc FROM main.aerodb_commits WHERE commit_id = ?1",
         )?;
         s.bind(1, ValueRef::Integer(commit_id.0 as i64))?;
         if !s.step()? {
@@ -170,7 +170,7 @@ impl WalTables {
         Ok(self
             .conn
             .query_value(
-                "SELECT max(commit_id) FROM aerodb_commits WHERE commit_id <= ?1",
+                "SELECT max(commit_id) FROM main.aerodb_commits WHERE commit_id <= ?1",
                 &[ValueRef::Integer(commit_id.0 as i64)],
             )?
             .and_then(|v| v.as_i64())
@@ -179,7 +179,7 @@ impl WalTables {
 
     fn changes(&self, commit_id: CommitId) -> Result<Vec<Vec<u8>>, WalReadError> {
         let mut s = self.conn.prepare(
-            "SELECT change FROM aerodb_changes WHERE pos >= ?1 AND pos < ?2 ORDER BY pos",
+            "SELECT change FROM main.aerodb_changes WHERE pos >= ?1 AND pos < ?2 ORDER BY pos",
         )?;
         s.bind(1, ValueRef::Integer(first_pos(commit_id)))?;
         s.bind(2, ValueRef::Integer(first_pos(commit_id.next())))?;
@@ -304,7 +304,7 @@ impl WalTables {
         }
         let records = self.records(generation, sealed.next(), head, usize::MAX)?;
         let mut s = self.conn.prepare(
-            "INSERT INTO aerodb_commits(commit_id, wal_offset, length, change_count, prev_chain, chain, crc) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            "INSERT INTO main.aerodb_commits(commit_id, wal_offset, length, change_count, prev_chain, chain, crc) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
         )?;
         for r in records {
             let values = [

@@ -361,9 +361,13 @@ fn apply_change(
 ) -> Result<(), ApplyError> {
     let err = |doing| sql_err(doing, Some(commit_id));
     match change {
-        Change::Schema { table, sql } => {
+        Change::Schema {
+            table,
+            sql,
+            indexes,
+        } => {
             shapes.remove(table);
-            apply_schema(tx, commit_id, table, sql)
+            apply_schema(tx, commit_id, table, sql, indexes)
         }
         Change::Insert { table, values } => {
             let shape = shape(tx, shapes, commit_id, table)?;
@@ -443,60 +447,120 @@ fn exactly_one(
     }
 }
 
-fn apply_schema(
+/// The `CREATE UNIQUE INDEX` statements of `table` on this replica, by
+/// index name (as the primary lists them in schema records).
+fn replica_unique_indexes(
     tx: &Connection,
     commit_id: CommitId,
     table: &str,
-    sql: &str,
+) -> Result<Vec<String>, ApplyError> {
+    let mut s = tx
+        .prepare(
+            "SELECT s.sql FROM main.sqlite_schema AS s JOIN pragma_index_list(?1, 'main') AS i ON i.name = s.name \
+             WHERE s.type = 'index' AND s.sql IS NOT NULL AND i.\"unique\" = 1 ORDER BY s.name",
+        )
+        .map_err(sql_err("reading the replica's indexes", Some(commit_id)))?;
+    let rows = s
+        .query_map([table], |r| r.get(0))
+        .and_then(|rows| rows.collect())
+        .map_err(sql_err("reading the replica's indexes", Some(commit_id)));
+    rows
+}
+
+/// Runs one schema statement from the WAL after checking that it is a
+/// single statement of the expected kind.
+fn run_schema_statement(
+    tx: &Connection,
+    commit_id: CommitId,
+    table: &str,
+    statement: &str,
+    kind: [&str; 2],
 ) -> Result<(), ApplyError> {
     let bad = |problem: String| ApplyError::BadSchema {
         commit_id,
         table: table.into(),
         problem,
     };
-    let words: Vec<String> = sql
+    let words: Vec<String> = statement
         .split_whitespace()
-        .take(2)
+        .take(if kind[1] == "UNIQUE" { 3 } else { 2 })
         .map(str::to_ascii_uppercase)
         .collect();
-    if words != ["CREATE", "TABLE"] {
-        return Err(bad(format!("`{sql}` is not a CREATE TABLE statement")));
+    let expected: Vec<&str> = if kind[1] == "UNIQUE" {
+        vec!["CREATE", "UNIQUE", "INDEX"]
+    } else {
+        kind.to_vec()
+    };
+    if words != expected {
+        return Err(bad(format!(
+            "`{statement}` is not a {} statement",
+            expected.join(" ")
+        )));
     }
+    // One statement only: prepare refuses a tail.
+    let mut s = tx
+        .prepare(statement)
+        .map_err(|e| bad(format!("`{statement}` does not prepare: {e}")))?;
+    s.raw_execute()
+        .map_err(|e| bad(format!("`{statement}` failed: {e}")))?;
+    Ok(())
+}
+
+fn apply_schema(
+    tx: &Connection,
+    commit_id: CommitId,
+    table: &str,
+    sql: &str,
+    indexes: &[String],
+) -> Result<(), ApplyError> {
     let existing: Option<String> = tx
         .query_row(
-            "SELECT sql FROM sqlite_schema WHERE type = 'table' AND name = ?1",
+            "SELECT sql FROM main.sqlite_schema WHERE type = 'table' AND name = ?1",
             [table],
             |r| r.get(0),
         )
         .optional()
         .map_err(sql_err("reading the replica's schema", Some(commit_id)))?;
     match existing {
-        Some(existing) if existing == sql => {}
         Some(existing) => {
-            return Err(ApplyError::SchemaMismatch {
-                commit_id,
-                table: table.into(),
-                replica: existing,
-                primary: sql.into(),
-            })
+            let existing_indexes = replica_unique_indexes(tx, commit_id, table)?;
+            if existing != sql || existing_indexes != indexes {
+                return Err(ApplyError::SchemaMismatch {
+                    commit_id,
+                    table: table.into(),
+                    replica: std::iter::once(existing)
+                        .chain(existing_indexes)
+                        .collect::<Vec<_>>()
+                        .join("; "),
+                    primary: std::iter::once(sql.to_owned())
+                        .chain(indexes.iter().cloned())
+                        .collect::<Vec<_>>()
+                        .join("; "),
+                });
+            }
         }
         None => {
-            // One statement only: prepare refuses a tail.
-            let mut s = tx
-                .prepare(sql)
-                .map_err(|e| bad(format!("`{sql}` does not prepare: {e}")))?;
-            s.raw_execute()
-                .map_err(|e| bad(format!("`{sql}` failed: {e}")))?;
-            let created: Option<i64> = tx
+            run_schema_statement(tx, commit_id, table, sql, ["CREATE", "TABLE"])?;
+            for index in indexes {
+                run_schema_statement(tx, commit_id, table, index, ["CREATE", "UNIQUE"])?;
+            }
+            let created: Option<String> = tx
                 .query_row(
-                    "SELECT 1 FROM sqlite_schema WHERE type = 'table' AND name = ?1",
+                    "SELECT sql FROM main.sqlite_schema WHERE type = 'table' AND name = ?1",
                     [table],
                     |r| r.get(0),
                 )
                 .optional()
                 .map_err(sql_err("reading the replica's schema", Some(commit_id)))?;
-            if created.is_none() {
-                return Err(bad(format!("`{sql}` did not create table '{table}'")));
+            let created_indexes = replica_unique_indexes(tx, commit_id, table)?;
+            if created.as_deref() != Some(sql) || created_indexes != indexes {
+                return Err(ApplyError::BadSchema {
+                    commit_id,
+                    table: table.into(),
+                    problem: format!(
+                        "the statements did not create table '{table}' with exactly its unique indexes (created {created:?}, {created_indexes:?})"
+                    ),
+                });
             }
         }
     }
