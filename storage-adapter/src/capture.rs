@@ -591,6 +591,12 @@ fn shape_of(cols: &[Column]) -> String {
     names.join(&SHAPE_SEPARATOR.to_string())
 }
 
+/// The `CREATE UNIQUE INDEX` statements of table `?1` in `main`, by index
+/// name; primary and replica list them the same way.
+pub(crate) const UNIQUE_INDEXES_SQL: &str =
+    "SELECT s.sql FROM main.sqlite_schema AS s JOIN pragma_index_list(?1, 'main') AS i ON i.name = s.name \
+     WHERE s.type = 'index' AND s.sql IS NOT NULL AND i.\"unique\" = 1 ORDER BY s.name";
+
 /// Separator of statements in `aerodb_tables.unique_indexes`.
 const INDEX_SEPARATOR: char = '\u{1e}';
 
@@ -598,12 +604,7 @@ const INDEX_SEPARATOR: char = '\u{1e}';
 /// constraints written in `CREATE TABLE` travel with that statement.)
 fn unique_indexes(conn: RawConn, table: &str) -> Result<Vec<String>, CaptureError> {
     let doing = || format!("reading the unique indexes of '{table}'");
-    let mut s = conn
-        .prepare(
-            "SELECT s.sql FROM main.sqlite_schema AS s JOIN pragma_index_list(?1, 'main') AS i ON i.name = s.name \
-             WHERE s.type = 'index' AND s.sql IS NOT NULL AND i.\"unique\" = 1 ORDER BY s.name",
-        )
-        .map_err(sqlite(doing()))?;
+    let mut s = conn.prepare(UNIQUE_INDEXES_SQL).map_err(sqlite(doing()))?;
     s.bind(1, ValueRef::Text(table.as_bytes()))
         .map_err(sqlite(doing()))?;
     let mut out = Vec::new();

@@ -455,10 +455,7 @@ fn replica_unique_indexes(
     table: &str,
 ) -> Result<Vec<String>, ApplyError> {
     let mut s = tx
-        .prepare(
-            "SELECT s.sql FROM main.sqlite_schema AS s JOIN pragma_index_list(?1, 'main') AS i ON i.name = s.name \
-             WHERE s.type = 'index' AND s.sql IS NOT NULL AND i.\"unique\" = 1 ORDER BY s.name",
-        )
+        .prepare(crate::capture::UNIQUE_INDEXES_SQL)
         .map_err(sql_err("reading the replica's indexes", Some(commit_id)))?;
     let rows = s
         .query_map([table], |r| r.get(0))
@@ -506,6 +503,21 @@ fn run_schema_statement(
     Ok(())
 }
 
+/// The `CREATE TABLE` statement of `table` on this replica, if it exists.
+fn table_sql(
+    tx: &Connection,
+    commit_id: CommitId,
+    table: &str,
+) -> Result<Option<String>, ApplyError> {
+    tx.query_row(
+        "SELECT sql FROM main.sqlite_schema WHERE type = 'table' AND name = ?1",
+        [table],
+        |r| r.get(0),
+    )
+    .optional()
+    .map_err(sql_err("reading the replica's schema", Some(commit_id)))
+}
+
 fn apply_schema(
     tx: &Connection,
     commit_id: CommitId,
@@ -513,14 +525,7 @@ fn apply_schema(
     sql: &str,
     indexes: &[String],
 ) -> Result<(), ApplyError> {
-    let existing: Option<String> = tx
-        .query_row(
-            "SELECT sql FROM main.sqlite_schema WHERE type = 'table' AND name = ?1",
-            [table],
-            |r| r.get(0),
-        )
-        .optional()
-        .map_err(sql_err("reading the replica's schema", Some(commit_id)))?;
+    let existing = table_sql(tx, commit_id, table)?;
     match existing {
         Some(existing) => {
             let existing_indexes = replica_unique_indexes(tx, commit_id, table)?;
@@ -544,14 +549,7 @@ fn apply_schema(
             for index in indexes {
                 run_schema_statement(tx, commit_id, table, index, ["CREATE", "UNIQUE"])?;
             }
-            let created: Option<String> = tx
-                .query_row(
-                    "SELECT sql FROM main.sqlite_schema WHERE type = 'table' AND name = ?1",
-                    [table],
-                    |r| r.get(0),
-                )
-                .optional()
-                .map_err(sql_err("reading the replica's schema", Some(commit_id)))?;
+            let created = table_sql(tx, commit_id, table)?;
             let created_indexes = replica_unique_indexes(tx, commit_id, table)?;
             if created.as_deref() != Some(sql) || created_indexes != indexes {
                 return Err(ApplyError::BadSchema {
