@@ -10,14 +10,14 @@ CREATE TABLE IF NOT EXISTS aerodb_meta(
 
 -- Replicated tables, the CommitId of their schema record, and the shape
 -- their capture triggers were made for: column names joined by char(31),
--- CREATE UNIQUE INDEX statements joined by char(30).
+-- its CREATE INDEX statements joined by char(30).
 -- Capture refuses writes once a table no longer has that shape or its
 -- triggers (ALTER TABLE, DROP/CREATE): never uncaptured or partial data.
 CREATE TABLE IF NOT EXISTS aerodb_tables(
   name             TEXT PRIMARY KEY,
   schema_commit_id INTEGER NOT NULL,
   columns          TEXT NOT NULL,
-  unique_indexes   TEXT NOT NULL,
+  indexes          TEXT NOT NULL,
   key_columns      TEXT NOT NULL
 );
 

@@ -8,11 +8,20 @@
 //!
 //! How capture works:
 //! - `aerodb_replicate('t')` installs AFTER INSERT/UPDATE/DELETE triggers on
-//!   `t`. Each trigger inserts one row into `aerodb_changes` with the
-//!   encoded change (`aerodb_capture_change`) at the position
-//!   `aerodb_capture_pos` assigns. Trigger and data change are one SQLite
-//!   transaction: a crash can never leave one without the other, and a
-//!   `ROLLBACK` or `ROLLBACK TO` removes both.
+//!   `t`. Each trigger program has two statements:
+//!   1. once per transaction and table (`aerodb_capture_pending`):
+//!      `aerodb_capture_begin` gets the WAL head, the newest sealed record
+//!      and `t`'s current definition and indexes, read by the trigger
+//!      program itself (compiled with the application's statement, so no
+//!      SQL is prepared per transaction); it refuses the write if `t` no
+//!      longer has the shape its triggers were made for, and at the first
+//!      captured change of a transaction assigns the CommitId;
+//!   2. once per row: one `aerodb_changes` row with the encoded change
+//!      (`aerodb_capture_change`) at the position `aerodb_capture_pos`
+//!      gives.
+//!   Trigger and data change are one SQLite transaction: a crash can never
+//!   leave one without the other, and `ROLLBACK` or `ROLLBACK TO` removes
+//!   both.
 //! - CommitIds: the first captured change of a transaction takes
 //!   `head + 1`; later ones in the same transaction reuse it. "Same
 //!   transaction" is decided by the main database's data version
@@ -23,9 +32,10 @@
 //!   takes the same CommitId: CommitIds stay contiguous. No CommitId
 //!   without a change row, none for transactions that changed nothing
 //!   replicated. SQLite's single writer serializes assignment across
-//!   connections and processes.
-//! - A connection without these functions fails on the trigger's call
-//!   ("no such function: aerodb_capture_pos"): it can never write
+//!   connections and processes. Writes to a primary that is not the
+//!   connection's `main` database (ATTACH) are refused.
+//! - A connection without these functions fails on the trigger's first
+//!   call ("no such function: aerodb_capture_begin"): it can never write
 //!   uncaptured data to a replicated table.
 //! - The commit hook only serves `aerodb_last_commit_id()`; capture does not
 //!   depend on it.
@@ -113,7 +123,7 @@ pub enum CaptureError {
     },
     /// A replicated table changed under capture: writes are refused until
     /// `aerodb_replicate` runs again.
-    #[error("replication of table '{table}' is broken: {problem}; writes to replicated tables are refused until aerodb_replicate('{table}') is run again")]
+    #[error("replication of table '{table}' is broken: {problem}; its writes are refused and its WAL is not served until aerodb_replicate('{table}') is run again")]
     CaptureBroken {
         /// The table.
         table: String,
@@ -177,7 +187,7 @@ fn version_check(number: c_int, text: String) -> Result<(), CaptureError> {
 }
 
 /// The transaction a connection is capturing into.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct OpenCommit {
     /// Data version of the main database while the transaction runs.
     data_version: u32,
@@ -185,6 +195,8 @@ struct OpenCommit {
     generation: Generation,
     commit_id: CommitId,
     next_seq: u32,
+    /// Tables whose shape was verified in this transaction.
+    checked: Vec<String>,
 }
 
 /// This connection's read-your-writes token (`aerodb_last_commit_id()`).
@@ -237,8 +249,8 @@ struct ConnState {
     open: Option<OpenCommit>,
     token: Token,
     hook: HookStatus,
-    /// `PRAGMA schema_version` at which [`verify_capture`] last passed.
-    verified_schema: Option<i64>,
+    /// Generation of the primary in `main`, once read (it never changes).
+    main_generation: Option<Generation>,
 }
 
 // SAFETY: the raw handle is only used on the thread that is running a call
@@ -285,7 +297,7 @@ unsafe extern "C" fn on_commit(arg: *mut c_void) -> c_int {
         // registered functions (see `install_hooks`).
         let state = unsafe { &*(arg as *const Mutex<ConnState>) };
         let mut s = state.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(open) = s.open {
+        if let Some(open) = s.open.clone() {
             if data_version(s.db).ok() == Some(open.data_version) {
                 // capture_pos settled the token before opening this commit.
                 s.token = Token::Unresolved {
@@ -340,84 +352,179 @@ fn install_hooks(shared: &Shared) {
     }
 }
 
-/// Assigns the `aerodb_changes.pos` of the next captured change of the
-/// current transaction (see the module doc).
-fn capture_pos(
+/// What a capture trigger read in its own program (compiled once per
+/// statement, so no SQL is prepared per transaction) for
+/// [`capture_begin`].
+#[derive(Debug, Clone, PartialEq)]
+struct BeginInput<'a> {
+    generation: Generation,
+    table: &'a str,
+    max_pos: Option<i64>,
+    max_sealed: Option<i64>,
+    /// The table's `CREATE TABLE` statement now, and when capture was set up.
+    table_sql: Option<&'a str>,
+    expected_sql: &'a str,
+    /// Its index statements now (joined by [`INDEX_SEPARATOR`]) and then.
+    indexes: Option<&'a str>,
+    expected_indexes: &'a str,
+}
+
+/// `aerodb_capture_pending(generation, table)`: whether this trigger must
+/// run [`capture_begin`] first (first captured change of the transaction,
+/// or first change of this table in it).
+fn capture_pending(
     shared: &Shared,
+    generation: Generation,
+    table: &str,
+) -> Result<bool, CaptureError> {
+    let s = lock(shared);
+    let version = data_version(s.db)?;
+    Ok(match &s.open {
+        Some(o) if o.data_version == version && o.generation == generation => {
+            !o.checked.iter().any(|t| t == table)
+        }
+        _ => true,
+    })
+}
+
+/// Checks that `generation` is the primary in this connection's `main`
+/// database: transactions are told apart by `main`'s data version, so a
+/// write to a primary attached under another name is refused.
+fn check_main(
+    s: &mut ConnState,
     conn: RawConn,
     generation: Generation,
-) -> Result<i64, CaptureError> {
+) -> Result<(), CaptureError> {
+    if s.main_generation != Some(generation) {
+        // Cold path: main's generation never changes once set.
+        s.main_generation = match conn.query_value(
+            "SELECT value FROM main.aerodb_meta WHERE key = 'generation'",
+            &[],
+        ) {
+            Ok(v) => v.and_then(|v| v.as_i64()).map(|g| Generation(g as u64)),
+            Err(e) if e.message.contains("no such table") => None,
+            Err(e) => return Err(sqlite("reading the main database's generation")(e)),
+        };
+    }
+    if s.main_generation != Some(generation) {
+        return Err(CaptureError::NotMainDatabase {
+            generation,
+            main: s.main_generation,
+        });
+    }
+    Ok(())
+}
+
+/// `aerodb_capture_begin(...)`: verifies the table still has the shape its
+/// triggers were made for and, at the first captured change of a
+/// transaction, assigns its CommitId (`head + 1`), settles the previous
+/// read-your-writes token and seals a batch of records if due.
+fn capture_begin(
+    shared: &Shared,
+    conn: RawConn,
+    input: BeginInput<'_>,
+) -> Result<(), CaptureError> {
     let mut s = lock(shared);
+    check_main(&mut s, conn, input.generation)?;
+    let broken = |problem: String| CaptureError::CaptureBroken {
+        table: input.table.to_owned(),
+        problem,
+    };
+    match input.table_sql {
+        None => return Err(broken("the table no longer exists".into())),
+        Some(now) if now != input.expected_sql => {
+            return Err(broken(format!(
+                "its definition is now `{now}`, capture was set up for `{}`",
+                input.expected_sql
+            )))
+        }
+        Some(_) => {}
+    }
+    let indexes = input.indexes.unwrap_or_default();
+    if indexes != input.expected_indexes {
+        let show = |s: &str| {
+            if s.is_empty() {
+                "none".to_string()
+            } else {
+                s.replace(INDEX_SEPARATOR, "; ")
+            }
+        };
+        return Err(broken(format!(
+            "its indexes are now ({}), capture was set up for ({})",
+            show(indexes),
+            show(input.expected_indexes)
+        )));
+    }
     let version = data_version(s.db)?;
     if let Some(open) = s
         .open
         .as_mut()
-        .filter(|o| o.data_version == version && o.generation == generation)
+        .filter(|o| o.data_version == version && o.generation == input.generation)
     {
-        if open.next_seq > MAX_SEQ {
-            return Err(CaptureError::TooManyChanges {
-                commit_id: open.commit_id,
-                limit: MAX_SEQ,
-            });
-        }
-        let pos = first_pos(open.commit_id) | i64::from(open.next_seq);
-        open.next_seq += 1;
-        return Ok(pos);
+        open.checked.push(input.table.to_owned());
+        return Ok(());
     }
-    // First captured change of this transaction: one statement reads the
-    // main database's generation, WAL head, newest sealed record and schema
-    // version. Everything is read from `main`, whose data version decides
-    // what a transaction is: a write to a primary attached under another
-    // name is refused (its transactions would be invisible here).
-    let doing = "reading the WAL head";
-    let mut q = match conn.prepare(
-        "SELECT (SELECT value FROM main.aerodb_meta WHERE key = 'generation'), \
-         (SELECT max(pos) FROM main.aerodb_changes), (SELECT max(commit_id) FROM main.aerodb_commits), \
-         (SELECT schema_version FROM pragma_schema_version)",
-    ) {
-        Ok(q) => q,
-        Err(e) if e.message.contains("no such table") => {
-            return Err(CaptureError::NotMainDatabase { generation, main: None })
-        }
-        Err(e) => return Err(sqlite(doing)(e)),
-    };
-    if !q.step().map_err(sqlite(doing))? {
-        return Err(CaptureError::Wal(WalReadError::NotPrimary));
+    // First captured change of this transaction.
+    let sealed = CommitId(input.max_sealed.unwrap_or(0) as u64);
+    let head = input.max_pos.map(commit_of).unwrap_or_default().max(sealed);
+    if let Token::Unresolved {
+        candidate,
+        previous,
+        ..
+    } = s.token
+    {
+        // The last transaction's captured rows survived iff its CommitId
+        // is in the WAL now (see `resolve_token` for the one ambiguous case).
+        s.token = if head >= candidate {
+            Token::Known(candidate)
+        } else {
+            Token::from(previous)
+        };
     }
-    let main = q.column(0).as_i64().map(|g| Generation(g as u64));
-    if main != Some(generation) {
-        return Err(CaptureError::NotMainDatabase { generation, main });
-    }
-    let max_pos = q.column(1).as_i64();
-    let sealed = CommitId(q.column(2).as_i64().unwrap_or(0) as u64);
-    let schema_version = q.column(3).as_i64();
-    drop(q);
-    resolve_token(&mut s, conn)?;
-    // If the schema changed since this connection last verified it, every
-    // replicated table must still have the shape and triggers capture was
-    // set up for.
-    if s.verified_schema != schema_version {
-        verify_capture(conn)?;
-        s.verified_schema = schema_version;
-    }
-    let head = max_pos.map(commit_of).unwrap_or_default().max(sealed);
-    let wal = WalTables::new(conn);
     let commit_id = head.next();
     if commit_id.0 > MAX_COMMIT_ID {
         return Err(CaptureError::CommitIdOverflow(commit_id));
     }
     if head.0 - sealed.0 >= SEAL_BATCH {
-        wal.seal_through(generation, head)?;
+        WalTables::new(conn).seal_through(input.generation, head)?;
     }
     s.open = Some(OpenCommit {
         data_version: version,
-        generation,
+        generation: input.generation,
         commit_id,
-        next_seq: 1,
+        next_seq: 0,
+        checked: vec![input.table.to_owned()],
     });
     drop(s);
     install_hooks(shared);
-    Ok(first_pos(commit_id))
+    Ok(())
+}
+
+/// `aerodb_capture_pos(generation)`: the `aerodb_changes.pos` of the next
+/// captured change of the current transaction.
+fn capture_pos(shared: &Shared, generation: Generation) -> Result<i64, CaptureError> {
+    let mut s = lock(shared);
+    let version = data_version(s.db)?;
+    let Some(open) = s
+        .open
+        .as_mut()
+        .filter(|o| o.data_version == version && o.generation == generation)
+    else {
+        return Err(CaptureError::BadArgument {
+            function: "aerodb_capture_pos",
+            argument: "call".into(),
+            problem: "came before aerodb_capture_begin in this transaction (only capture triggers call it)".into(),
+        });
+    };
+    if open.next_seq > MAX_SEQ {
+        return Err(CaptureError::TooManyChanges {
+            commit_id: open.commit_id,
+            limit: MAX_SEQ,
+        });
+    }
+    let pos = first_pos(open.commit_id) | i64::from(open.next_seq);
+    open.next_seq += 1;
+    Ok(pos)
 }
 
 fn arg_value<'a>(ctx: &'a Context<'_>, i: usize) -> WalValue<'a> {
@@ -591,20 +698,25 @@ fn shape_of(cols: &[Column]) -> String {
     names.join(&SHAPE_SEPARATOR.to_string())
 }
 
-/// The `CREATE UNIQUE INDEX` statements of table `?1` in `main`, by index
-/// name; primary and replica list them the same way.
-pub(crate) const UNIQUE_INDEXES_SQL: &str =
-    "SELECT s.sql FROM main.sqlite_schema AS s JOIN pragma_index_list(?1, 'main') AS i ON i.name = s.name \
-     WHERE s.type = 'index' AND s.sql IS NOT NULL AND i.\"unique\" = 1 ORDER BY s.name";
+/// The `CREATE INDEX` statements of table `?1` in `main`, by index name;
+/// primary and replica list them the same way. (Indexes SQLite makes for
+/// constraints in `CREATE TABLE` have no statement and travel with it.)
+pub(crate) const INDEXES_SQL: &str =
+    "SELECT sql FROM main.sqlite_schema WHERE type = 'index' AND tbl_name = ?1 AND sql IS NOT NULL ORDER BY name";
 
-/// Separator of statements in `aerodb_tables.unique_indexes`.
+/// The same, inside a capture trigger (unqualified: the trigger's own
+/// database), joined by [`INDEX_SEPARATOR`]; `{table}` is a quoted literal.
+const TRIGGER_INDEXES_SQL: &str =
+    "(SELECT group_concat(sql, char(30)) FROM (SELECT sql FROM sqlite_schema WHERE type = 'index' AND tbl_name = {table} AND sql IS NOT NULL ORDER BY name))";
+
+/// Separator of statements in `aerodb_tables.indexes`.
 const INDEX_SEPARATOR: char = '\u{1e}';
 
-/// The `CREATE UNIQUE INDEX` statements of `table`, by index name. (Unique
-/// constraints written in `CREATE TABLE` travel with that statement.)
-fn unique_indexes(conn: RawConn, table: &str) -> Result<Vec<String>, CaptureError> {
-    let doing = || format!("reading the unique indexes of '{table}'");
-    let mut s = conn.prepare(UNIQUE_INDEXES_SQL).map_err(sqlite(doing()))?;
+/// The `CREATE INDEX` statements of `table`, by index name (unique ones
+/// decide which rows `REPLACE` deletes, so a replica needs the same).
+fn indexes_of(conn: RawConn, table: &str) -> Result<Vec<String>, CaptureError> {
+    let doing = || format!("reading the indexes of '{table}'");
+    let mut s = conn.prepare(INDEXES_SQL).map_err(sqlite(doing()))?;
     s.bind(1, ValueRef::Text(table.as_bytes()))
         .map_err(sqlite(doing()))?;
     let mut out = Vec::new();
@@ -619,7 +731,7 @@ fn unique_indexes(conn: RawConn, table: &str) -> Result<Vec<String>, CaptureErro
 /// (writers) and on every WAL read (readers).
 pub(crate) fn verify_capture(conn: RawConn) -> Result<(), CaptureError> {
     let mut s = conn
-        .prepare("SELECT name, columns, unique_indexes FROM main.aerodb_tables ORDER BY name")
+        .prepare("SELECT name, columns, indexes FROM main.aerodb_tables ORDER BY name")
         .map_err(sqlite("reading aerodb_tables"))?;
     let mut registered = Vec::new();
     while s.step().map_err(sqlite("reading aerodb_tables"))? {
@@ -647,7 +759,7 @@ pub(crate) fn verify_capture(conn: RawConn) -> Result<(), CaptureError> {
                 show(&shape)
             )));
         }
-        let current = unique_indexes(conn, &table)?.join(&INDEX_SEPARATOR.to_string());
+        let current = indexes_of(conn, &table)?.join(&INDEX_SEPARATOR.to_string());
         if current != indexes {
             let show = |s: &str| {
                 if s.is_empty() {
@@ -657,7 +769,7 @@ pub(crate) fn verify_capture(conn: RawConn) -> Result<(), CaptureError> {
                 }
             };
             return Err(broken(format!(
-                "its unique indexes are now ({}), capture was set up for ({})",
+                "its indexes are now ({}), capture was set up for ({})",
                 show(&current),
                 show(&indexes)
             )));
@@ -769,11 +881,25 @@ fn replicate(shared: &Shared, conn: RawConn, table: &str) -> Result<CommitId, Ca
         .map_err(sqlite("reading the table's schema"))?
         .and_then(OwnedValue::into_string)
         .ok_or_else(|| refused("its CREATE TABLE statement is not in sqlite_schema".into()))?;
-    let indexes = unique_indexes(conn, table)?;
+    let indexes = indexes_of(conn, table)?;
+    let joined_indexes = indexes.join(&INDEX_SEPARATOR.to_string());
 
     let t = quote_ident(table);
     let lit = quote_literal(table);
-    let pos = format!("aerodb_capture_pos({})", generation.0 as i64);
+    let g = generation.0 as i64;
+    // Statement 1 runs once per transaction and table (the trigger program
+    // is compiled with the application's statement, so nothing is prepared
+    // per transaction); statement 2 once per row.
+    let begin = format!(
+        "SELECT aerodb_capture_begin({g}, {lit}, (SELECT max(pos) FROM aerodb_changes), \
+         (SELECT max(commit_id) FROM aerodb_commits), \
+         (SELECT sql FROM sqlite_schema WHERE type = 'table' AND name = {lit}), {}, {}, {}) \
+         WHERE aerodb_capture_pending({g}, {lit});",
+        TRIGGER_INDEXES_SQL.replace("{table}", &lit),
+        quote_literal(&sql),
+        quote_literal(&joined_indexes),
+    );
+    let pos = format!("aerodb_capture_pos({g})");
     let new_vals: Vec<String> = cols
         .iter()
         .map(|c| format!("NEW.{}", quote_ident(&c.name)))
@@ -786,7 +912,7 @@ fn replicate(shared: &Shared, conn: RawConn, table: &str) -> Result<CommitId, Ca
         let name = quote_ident(&trigger_name(&event.to_ascii_lowercase(), table));
         format!(
             "DROP TRIGGER IF EXISTS main.{name};\n\
-             CREATE TRIGGER main.{name} AFTER {event} ON {t} BEGIN \
+             CREATE TRIGGER main.{name} AFTER {event} ON {t} BEGIN {begin} \
              INSERT INTO aerodb_changes(pos, change) VALUES ({pos}, aerodb_capture_change({lit}, {op}, {nkey}, {})); END;\n",
             args.join(", ")
         )
@@ -809,7 +935,7 @@ fn replicate(shared: &Shared, conn: RawConn, table: &str) -> Result<CommitId, Ca
             .map_err(sqlite(format!("installing capture triggers on '{table}'")))?;
         let change = encode_change(&Change::Schema {
             table: table.to_owned(),
-            sql,
+            sql: sql.clone(),
             indexes: indexes.clone(),
         })
         .map_err(|source| CaptureError::Encode {
@@ -820,16 +946,37 @@ fn replicate(shared: &Shared, conn: RawConn, table: &str) -> Result<CommitId, Ca
         // verifies every replicated table against the registry.
         let key_names: Vec<&str> = key.iter().map(|c| c.name.as_str()).collect();
         conn.execute(
-            "INSERT OR REPLACE INTO main.aerodb_tables(name, schema_commit_id, columns, unique_indexes, key_columns) VALUES (?1, 0, ?2, ?3, ?4)",
+            "INSERT OR REPLACE INTO main.aerodb_tables(name, schema_commit_id, columns, indexes, key_columns) VALUES (?1, 0, ?2, ?3, ?4)",
             &[
                 ValueRef::Text(table.as_bytes()),
                 ValueRef::Text(shape_of(&cols).as_bytes()),
-                ValueRef::Text(indexes.join(&INDEX_SEPARATOR.to_string()).as_bytes()),
+                ValueRef::Text(joined_indexes.as_bytes()),
                 ValueRef::Text(key_names.join(",").as_bytes()),
             ],
         )
         .map_err(sqlite("registering the table"))?;
-        let pos = capture_pos(shared, conn, generation)?;
+        // The same steps as a capture trigger, with the values read here.
+        let max = |sql: &str| -> Result<Option<i64>, CaptureError> {
+            Ok(conn
+                .query_value(sql, &[])
+                .map_err(sqlite("reading the WAL head"))?
+                .and_then(|v| v.as_i64()))
+        };
+        capture_begin(
+            shared,
+            conn,
+            BeginInput {
+                generation,
+                table,
+                max_pos: max("SELECT max(pos) FROM main.aerodb_changes")?,
+                max_sealed: max("SELECT max(commit_id) FROM main.aerodb_commits")?,
+                table_sql: Some(&sql),
+                expected_sql: &sql,
+                indexes: Some(&joined_indexes),
+                expected_indexes: &joined_indexes,
+            },
+        )?;
+        let pos = capture_pos(shared, generation)?;
         conn.execute(
             "INSERT INTO main.aerodb_changes(pos, change) VALUES (?1, ?2)",
             &[ValueRef::Integer(pos), ValueRef::Blob(&change)],
@@ -915,6 +1062,47 @@ fn user_err(e: CaptureError) -> rusqlite::Error {
     rusqlite::Error::UserFunctionError(Box::new(e))
 }
 
+/// Argument 1 of the capture trigger functions: the primary's generation.
+fn generation_arg(
+    ctx: &Context<'_>,
+    function: &'static str,
+) -> Result<Generation, rusqlite::Error> {
+    match ctx.get_raw(0) {
+        ValueRef::Integer(g) => Ok(Generation(g as u64)),
+        other => Err(user_err(CaptureError::BadArgument {
+            function,
+            argument: "1 (generation)".into(),
+            problem: format!(
+                "is {}, expected the primary's generation (INTEGER)",
+                other.data_type()
+            ),
+        })),
+    }
+}
+
+/// A TEXT argument.
+fn text_arg<'a>(
+    ctx: &'a Context<'_>,
+    i: usize,
+    function: &'static str,
+    argument: &str,
+) -> Result<&'a str, rusqlite::Error> {
+    match ctx.get_raw(i) {
+        ValueRef::Text(t) => std::str::from_utf8(t).map_err(|e| {
+            user_err(CaptureError::BadArgument {
+                function,
+                argument: argument.into(),
+                problem: format!("is not valid UTF-8: {e}"),
+            })
+        }),
+        other => Err(user_err(CaptureError::BadArgument {
+            function,
+            argument: argument.into(),
+            problem: format!("is {}, expected TEXT", other.data_type()),
+        })),
+    }
+}
+
 /// The connection these functions were registered on. SQLite calls a
 /// function only on the connection it was registered on, so this is the
 /// connection running the call.
@@ -935,7 +1123,7 @@ pub fn register(conn: &Connection) -> Result<CaptureHandle, rusqlite::Error> {
         open: None,
         token: Token::Nothing,
         hook: HookStatus::Installed,
-        verified_schema: None,
+        main_generation: None,
     }));
     // Hooks first: a re-registration drops the previous functions (and
     // their Arc) only after the hooks point at the new state.
@@ -947,20 +1135,39 @@ pub fn register(conn: &Connection) -> Result<CaptureHandle, rusqlite::Error> {
 
     let s = shared.clone();
     conn.create_scalar_function("aerodb_capture_pos", 1, trigger_safe, move |ctx| {
-        let generation = match ctx.get_raw(0) {
-            ValueRef::Integer(g) => Generation(g as u64),
-            other => {
-                return Err(user_err(CaptureError::BadArgument {
-                    function: "aerodb_capture_pos",
-                    argument: "1 (generation)".into(),
-                    problem: format!(
-                        "is {}, expected the primary's generation (INTEGER)",
-                        other.data_type()
-                    ),
-                }))
-            }
+        let generation = generation_arg(ctx, "aerodb_capture_pos")?;
+        capture_pos(&s, generation).map_err(user_err)
+    })?;
+    let s = shared.clone();
+    conn.create_scalar_function("aerodb_capture_pending", 2, trigger_safe, move |ctx| {
+        let generation = generation_arg(ctx, "aerodb_capture_pending")?;
+        let table = text_arg(ctx, 1, "aerodb_capture_pending", "2 (table)")?;
+        capture_pending(&s, generation, table).map_err(user_err)
+    })?;
+    let s = shared.clone();
+    conn.create_scalar_function("aerodb_capture_begin", 8, trigger_safe, move |ctx| {
+        const F: &str = "aerodb_capture_begin";
+        let opt_int = |i: usize| match ctx.get_raw(i) {
+            ValueRef::Integer(v) => Some(v),
+            _ => None,
         };
-        capture_pos(&s, raw(&s), generation).map_err(user_err)
+        let opt_text = |i: usize| match ctx.get_raw(i) {
+            ValueRef::Text(t) => std::str::from_utf8(t).ok(),
+            _ => None,
+        };
+        let input = BeginInput {
+            generation: generation_arg(ctx, F)?,
+            table: text_arg(ctx, 1, F, "2 (table)")?,
+            max_pos: opt_int(2),
+            max_sealed: opt_int(3),
+            table_sql: opt_text(4),
+            indexes: opt_text(5),
+            expected_sql: text_arg(ctx, 6, F, "7 (expected definition)")?,
+            expected_indexes: text_arg(ctx, 7, F, "8 (expected indexes)")?,
+        };
+        capture_begin(&s, raw(&s), input)
+            .map(|()| rusqlite::types::Null)
+            .map_err(user_err)
     })?;
     conn.create_scalar_function(
         "aerodb_capture_change",

@@ -1932,7 +1932,7 @@ fn connection_without_capture_functions_cannot_write_a_replicated_table(#[case] 
     let plain = Connection::open(&f.path).expect("open without capture functions");
     let error = exec_error(&plain, sql);
     assert!(
-        error.contains("no such function: aerodb_capture_pos"),
+        error.contains("no such function: aerodb_capture_begin"),
         "{error}"
     );
     if !plain.is_autocommit() {

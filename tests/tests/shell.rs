@@ -102,7 +102,8 @@ SELECT aerodb_replicate('t');
         let run = shell(&db, &format!(".bail on\n{write}\n"));
         assert!(!run.ok, "{write}: {run:?}");
         assert!(
-            run.stderr.contains("no such function: aerodb_capture_pos"),
+            run.stderr
+                .contains("no such function: aerodb_capture_begin"),
             "{write}: {run:?}"
         );
     }
