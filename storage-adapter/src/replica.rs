@@ -455,7 +455,7 @@ fn replica_unique_indexes(
     table: &str,
 ) -> Result<Vec<String>, ApplyError> {
     let mut s = tx
-        .prepare(crate::capture::UNIQUE_INDEXES_SQL)
+        .prepare(crate::capture::INDEXES_SQL)
         .map_err(sql_err("reading the replica's indexes", Some(commit_id)))?;
     let rows = s
         .query_map([table], |r| r.get(0))
