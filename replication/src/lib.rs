@@ -13,6 +13,7 @@
 //! | CommitId, WAL offset, generation (spec 4.1, DESIGN 3) | [`wal`] |
 //! | WAL record, chained checksum, segment (DESIGN 3) | [`wal`] |
 //! | continuity proof a Validator runs (spec 5.3, rule V1) | [`wal::check_continuity`] |
+//! | global and segment state machines (spec 6, rules M1, M3) | [`state`] |
 //!
 //! ## Example
 //!
@@ -41,4 +42,5 @@
 //! ```
 #![deny(missing_docs)]
 
+pub mod state;
 pub mod wal;

@@ -1,0 +1,367 @@
+//! The two state machines of spec section 6: the replica's global state
+//! (6.1) and a WAL segment's state (6.2), each with its table of legal
+//! transitions. An illegal move is a typed error, never a silent change
+//! (rules A2, M1, M3).
+//!
+//! Pure data and pure functions: the Supervisor owns the one global state
+//! value (S1) and the components' runners persist and log each move (M2);
+//! this module only says which moves exist.
+
+use crate::wal::{CommitId, WalOffset};
+use std::fmt;
+
+/// Why reads are refused while the replica is otherwise up.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum BlockReason {
+    /// A segment failed validation; nothing after it is applied.
+    SegmentRejected {
+        /// The segment's CommitId range.
+        first: CommitId,
+        /// Last CommitId of the segment.
+        last: CommitId,
+        /// WAL offset of its first record.
+        wal_offset: WalOffset,
+        /// The Validator's explanation.
+        reason: String,
+    },
+    /// The WAL source failed; replication stopped at the applied CommitId.
+    ReceiverFailed {
+        /// The Receiver's explanation.
+        reason: String,
+    },
+}
+
+impl fmt::Display for BlockReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            BlockReason::SegmentRejected {
+                first,
+                last,
+                wal_offset,
+                reason,
+            } => write!(
+                f,
+                "segment {first}..={last} at WAL offset {wal_offset} rejected: {reason}"
+            ),
+            BlockReason::ReceiverFailed { reason } => write!(f, "WAL receiver failed: {reason}"),
+        }
+    }
+}
+
+/// Whether reads of the applied prefix are served.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ReadStatus {
+    /// Reads are served (the read gate still checks each request's minimum
+    /// CommitId).
+    Safe,
+    /// Replication is blocked; reads are refused with this reason.
+    Blocked(BlockReason),
+}
+
+/// The replica's global state (spec 6.1).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum GlobalState {
+    /// Not running.
+    Disabled,
+    /// Starting: opening storage, reading the persisted position.
+    Initializing,
+    /// Waiting for or receiving WAL.
+    ReceivingWal,
+    /// Validating received WAL.
+    ValidatingWal,
+    /// Applying validated WAL.
+    ApplyingWal,
+    /// Re-validating persisted segments after a restart or an applier
+    /// failure.
+    Recovering,
+    /// Caught up with what the source offers (or blocked), serving reads
+    /// according to `read`.
+    Ready {
+        /// Read status.
+        read: ReadStatus,
+    },
+}
+
+/// The name of a global state, without its data (for tables and logs).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum GlobalKind {
+    /// [`GlobalState::Disabled`].
+    Disabled,
+    /// [`GlobalState::Initializing`].
+    Initializing,
+    /// [`GlobalState::ReceivingWal`].
+    ReceivingWal,
+    /// [`GlobalState::ValidatingWal`].
+    ValidatingWal,
+    /// [`GlobalState::ApplyingWal`].
+    ApplyingWal,
+    /// [`GlobalState::Recovering`].
+    Recovering,
+    /// [`GlobalState::Ready`].
+    Ready,
+}
+
+impl GlobalKind {
+    /// The name shown in SQL and logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            GlobalKind::Disabled => "Disabled",
+            GlobalKind::Initializing => "Initializing",
+            GlobalKind::ReceivingWal => "ReceivingWAL",
+            GlobalKind::ValidatingWal => "ValidatingWAL",
+            GlobalKind::ApplyingWal => "ApplyingWAL",
+            GlobalKind::Recovering => "Recovering",
+            GlobalKind::Ready => "Ready",
+        }
+    }
+}
+
+impl GlobalState {
+    /// Its kind.
+    pub fn kind(&self) -> GlobalKind {
+        match self {
+            GlobalState::Disabled => GlobalKind::Disabled,
+            GlobalState::Initializing => GlobalKind::Initializing,
+            GlobalState::ReceivingWal => GlobalKind::ReceivingWal,
+            GlobalState::ValidatingWal => GlobalKind::ValidatingWal,
+            GlobalState::ApplyingWal => GlobalKind::ApplyingWal,
+            GlobalState::Recovering => GlobalKind::Recovering,
+            GlobalState::Ready { .. } => GlobalKind::Ready,
+        }
+    }
+}
+
+impl fmt::Display for GlobalState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            GlobalState::Ready {
+                read: ReadStatus::Safe,
+            } => write!(f, "Ready (read-safe)"),
+            GlobalState::Ready {
+                read: ReadStatus::Blocked(r),
+            } => write!(f, "Ready (read-blocked: {r})"),
+            other => write!(f, "{}", other.kind().as_str()),
+        }
+    }
+}
+
+/// The legal global moves. Every state may go to `Disabled` (stop, or a
+/// Supervisor failure making the replica unavailable, rule F4).
+pub const GLOBAL_TRANSITIONS: &[(GlobalKind, GlobalKind)] = {
+    use GlobalKind::*;
+    &[
+        (Disabled, Initializing),
+        (Initializing, Recovering),
+        (Initializing, ReceivingWal),
+        (Recovering, ReceivingWal),
+        (Recovering, ValidatingWal),
+        (Recovering, Ready),
+        (ReceivingWal, ValidatingWal),
+        (ReceivingWal, Ready),
+        (ValidatingWal, ApplyingWal),
+        (ValidatingWal, ReceivingWal),
+        (ValidatingWal, Ready),
+        (ApplyingWal, ReceivingWal),
+        (ApplyingWal, ValidatingWal),
+        (ApplyingWal, Ready),
+        (ApplyingWal, Recovering),
+        (Ready, ReceivingWal),
+        (Ready, Recovering),
+        (Ready, Ready),
+        (Initializing, Disabled),
+        (ReceivingWal, Disabled),
+        (ValidatingWal, Disabled),
+        (ApplyingWal, Disabled),
+        (Recovering, Disabled),
+        (Ready, Disabled),
+    ]
+};
+
+/// A move the transition table does not allow.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("illegal {machine} transition {from} -> {to}")]
+pub struct IllegalTransition {
+    /// "global" or "segment".
+    pub machine: &'static str,
+    /// From.
+    pub from: String,
+    /// To.
+    pub to: String,
+}
+
+/// Checks a global move against [`GLOBAL_TRANSITIONS`].
+pub fn check_global(from: &GlobalState, to: &GlobalState) -> Result<(), IllegalTransition> {
+    if GLOBAL_TRANSITIONS.contains(&(from.kind(), to.kind())) && from != to {
+        Ok(())
+    } else {
+        Err(IllegalTransition {
+            machine: "global",
+            from: from.to_string(),
+            to: to.to_string(),
+        })
+    }
+}
+
+/// A WAL segment's state (spec 6.2).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SegmentState {
+    /// Raw bytes persisted by the Receiver.
+    Received,
+    /// Proven by the Validator to continue the applied history.
+    Validated,
+    /// Applied by the Applier in one transaction with the position.
+    Applied,
+    /// Refused by the Validator; never applied.
+    Rejected {
+        /// The explanation.
+        reason: String,
+    },
+}
+
+impl SegmentState {
+    /// The name shown in SQL and logs.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            SegmentState::Received => "Received",
+            SegmentState::Validated => "Validated",
+            SegmentState::Applied => "Applied",
+            SegmentState::Rejected { .. } => "Rejected",
+        }
+    }
+}
+
+/// Checks a segment move: Received -> Validated -> Applied, or Received ->
+/// Rejected; no skipping, nothing back. (A Validated segment a crash left
+/// unapplied goes back to Received only through crash recovery:
+/// [`check_segment_recovery`].)
+pub fn check_segment(from: &SegmentState, to: &SegmentState) -> Result<(), IllegalTransition> {
+    use SegmentState::*;
+    match (from, to) {
+        (Received, Validated) | (Validated, Applied) | (Received, Rejected { .. }) => Ok(()),
+        _ => Err(IllegalTransition {
+            machine: "segment",
+            from: from.as_str().into(),
+            to: to.as_str().into(),
+        }),
+    }
+}
+
+/// The one rollback spec 6.2 allows: after a restart, a Validated (not
+/// Applied) segment is validated again.
+pub fn check_segment_recovery(from: &SegmentState) -> Result<(), IllegalTransition> {
+    match from {
+        SegmentState::Validated => Ok(()),
+        other => Err(IllegalTransition {
+            machine: "segment (recovery)",
+            from: other.as_str().into(),
+            to: SegmentState::Received.as_str().into(),
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rstest::rstest;
+
+    fn ready() -> GlobalState {
+        GlobalState::Ready {
+            read: ReadStatus::Safe,
+        }
+    }
+
+    fn blocked() -> GlobalState {
+        GlobalState::Ready {
+            read: ReadStatus::Blocked(BlockReason::ReceiverFailed {
+                reason: "source gone".into(),
+            }),
+        }
+    }
+
+    // M1, M3: the legal moves.
+    #[rstest]
+    #[case(GlobalState::Disabled, GlobalState::Initializing)]
+    #[case(GlobalState::Initializing, GlobalState::Recovering)]
+    #[case(GlobalState::Recovering, GlobalState::ReceivingWal)]
+    #[case(GlobalState::ReceivingWal, GlobalState::ValidatingWal)]
+    #[case(GlobalState::ValidatingWal, GlobalState::ApplyingWal)]
+    #[case(GlobalState::ApplyingWal, ready())]
+    #[case(GlobalState::ApplyingWal, GlobalState::Recovering)]
+    #[case(ready(), blocked())]
+    #[case(blocked(), GlobalState::Disabled)]
+    fn allows_legal_global_moves(#[case] from: GlobalState, #[case] to: GlobalState) {
+        check_global(&from, &to).expect("legal");
+    }
+
+    #[rstest]
+    #[case(GlobalState::Disabled, GlobalState::ApplyingWal)]
+    #[case(GlobalState::Disabled, ready())]
+    #[case(GlobalState::Initializing, GlobalState::ApplyingWal)]
+    #[case(GlobalState::ReceivingWal, GlobalState::ApplyingWal)]
+    #[case(ready(), ready())]
+    #[case(GlobalState::Disabled, GlobalState::Disabled)]
+    fn refuses_illegal_global_moves(#[case] from: GlobalState, #[case] to: GlobalState) {
+        let err = check_global(&from, &to).expect_err("illegal");
+        assert_eq!(err.machine, "global");
+        assert_eq!(err.from, from.to_string());
+    }
+
+    #[test]
+    fn every_state_can_stop_and_only_disabled_starts() {
+        use GlobalKind::*;
+        for k in [
+            Initializing,
+            ReceivingWal,
+            ValidatingWal,
+            ApplyingWal,
+            Recovering,
+            Ready,
+        ] {
+            assert!(GLOBAL_TRANSITIONS.contains(&(k, Disabled)), "{k:?}");
+            assert!(!GLOBAL_TRANSITIONS.contains(&(k, Initializing)), "{k:?}");
+        }
+    }
+
+    #[test]
+    fn segment_moves_only_forward() {
+        use SegmentState::*;
+        let rejected = Rejected {
+            reason: "gap".into(),
+        };
+        check_segment(&Received, &Validated).expect("legal");
+        check_segment(&Validated, &Applied).expect("legal");
+        check_segment(&Received, &rejected).expect("legal");
+        for (from, to) in [
+            (Received, Applied),
+            (Applied, Validated),
+            (Applied, Received),
+            (Validated, rejected.clone()),
+            (rejected.clone(), Validated),
+            (Validated, Validated),
+        ] {
+            assert!(check_segment(&from, &to).is_err(), "{from:?} -> {to:?}");
+        }
+        check_segment_recovery(&Validated).expect("recovery re-validates");
+        assert!(check_segment_recovery(&Applied).is_err());
+        assert!(check_segment_recovery(&rejected).is_err());
+    }
+
+    #[test]
+    fn states_explain_themselves() {
+        assert_eq!(ready().to_string(), "Ready (read-safe)");
+        assert_eq!(
+            blocked().to_string(),
+            "Ready (read-blocked: WAL receiver failed: source gone)"
+        );
+        let rejected = BlockReason::SegmentRejected {
+            first: CommitId(5),
+            last: CommitId(9),
+            wal_offset: WalOffset(640),
+            reason: "gap".into(),
+        };
+        assert_eq!(
+            rejected.to_string(),
+            "segment 5..=9 at WAL offset 640 rejected: gap"
+        );
+    }
+}
