@@ -19,6 +19,7 @@
 //!   2. once per row: one `aerodb_changes` row with the encoded change
 //!      (`aerodb_capture_change`) at the position `aerodb_capture_pos`
 //!      gives.
+//!
 //!   Trigger and data change are one SQLite transaction: a crash can never
 //!   leave one without the other, and `ROLLBACK` or `ROLLBACK TO` removes
 //!   both.

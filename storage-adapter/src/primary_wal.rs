@@ -13,7 +13,7 @@
 //! sealed record recomputes it and checks the stored values (STYLE 14:
 //! check at both ends of persistence).
 
-use crate::raw::{OwnedValue, RawConn, RawError};
+use crate::raw::{OwnedValue, RawConn, RawError, Stmt};
 use replication::wal::{
     ChainPosition, CommitId, EncodeError, EncodedRecord, Generation, RecordEncoder, WalOffset,
 };
@@ -146,95 +146,19 @@ impl WalTables {
         ))
     }
 
-    fn sealed(&self, commit_id: CommitId) -> Result<Option<Sealed>, WalReadError> {
+    /// The newest sealed record at or below `commit_id`, with its values.
+    fn sealed_at_or_below(
+        &self,
+        commit_id: CommitId,
+    ) -> Result<Option<(CommitId, Sealed)>, WalReadError> {
         let mut s = self.conn.prepare(
-            "SELECT wal_offset, length, change_count, prev_chain, chain, crc FROM main.aerodb_commits WHERE commit_id = ?1",
+            "SELECT commit_id, wal_offset, length, change_count, prev_chain, chain, crc FROM main.aerodb_commits WHERE commit_id BETWEEN 1 AND ?1 ORDER BY commit_id DESC LIMIT 1",
         )?;
         s.bind(1, ValueRef::Integer(commit_id.0 as i64))?;
         if !s.step()? {
             return Ok(None);
         }
-        let col = |i| s.column(i).as_i64().unwrap_or(-1);
-        Ok(Some(Sealed {
-            wal_offset: col(0) as u64,
-            length: col(1) as u64,
-            change_count: as_u32(col(2)),
-            prev_chain: as_u32(col(3)),
-            chain: as_u32(col(4)),
-            crc: as_u32(col(5)),
-        }))
-    }
-
-    /// The newest sealed CommitId at or below `commit_id`.
-    fn sealed_at_or_below(&self, commit_id: CommitId) -> Result<Option<CommitId>, WalReadError> {
-        Ok(self
-            .conn
-            .query_value(
-                "SELECT max(commit_id) FROM main.aerodb_commits WHERE commit_id <= ?1",
-                &[ValueRef::Integer(commit_id.0 as i64)],
-            )?
-            .and_then(|v| v.as_i64())
-            .map(|c| CommitId(c as u64)))
-    }
-
-    fn changes(&self, commit_id: CommitId) -> Result<Vec<Vec<u8>>, WalReadError> {
-        let mut s = self.conn.prepare(
-            "SELECT change FROM main.aerodb_changes WHERE pos >= ?1 AND pos < ?2 ORDER BY pos",
-        )?;
-        s.bind(1, ValueRef::Integer(first_pos(commit_id)))?;
-        s.bind(2, ValueRef::Integer(first_pos(commit_id.next())))?;
-        let mut out = Vec::new();
-        while s.step()? {
-            match s.column(0) {
-                OwnedValue::Blob(b) => out.push(b),
-                other => {
-                    return Err(WalReadError::Corrupt {
-                        commit_id,
-                        problem: format!("change {} is {other:?}, expected a BLOB", out.len()),
-                    })
-                }
-            }
-        }
-        Ok(out)
-    }
-
-    /// Encodes the record of `commit_id` after `encoder`'s position and
-    /// checks it against its sealed values, if any.
-    fn encode(
-        &self,
-        encoder: &mut RecordEncoder,
-        commit_id: CommitId,
-    ) -> Result<EncodedRecord, WalReadError> {
-        let changes = self.changes(commit_id)?;
-        if changes.is_empty() {
-            return Err(WalReadError::Corrupt {
-                commit_id,
-                problem: "no change rows (every commit has at least one)".into(),
-            });
-        }
-        let refs: Vec<&[u8]> = changes.iter().map(Vec::as_slice).collect();
-        let record = encoder
-            .push(commit_id, &refs)
-            .map_err(|source| WalReadError::Encode { commit_id, source })?;
-        if let Some(sealed) = self.sealed(commit_id)? {
-            let computed = Sealed {
-                wal_offset: record.wal_offset.0,
-                length: record.bytes.len() as u64,
-                change_count: record.change_count,
-                prev_chain: record.prev_chain,
-                chain: record.chain,
-                crc: record.crc,
-            };
-            if computed != sealed {
-                return Err(WalReadError::Corrupt {
-                    commit_id,
-                    problem: format!(
-                        "sealed record is {sealed:?}, its change rows give {computed:?}"
-                    ),
-                });
-            }
-        }
-        Ok(record)
+        Ok(Some(sealed_row(&s)))
     }
 
     /// The chain position just after `commit_id`: from its sealed row, or
@@ -247,25 +171,31 @@ impl WalTables {
         if commit_id.0 == 0 {
             return Ok(ChainPosition::genesis(generation));
         }
-        if let Some(s) = self.sealed(commit_id)? {
-            return Ok(ChainPosition {
-                generation,
-                commit_id,
-                wal_offset: WalOffset(s.wal_offset + s.length),
-                chain: s.chain,
-            });
-        }
-        let base = self.sealed_at_or_below(commit_id)?;
-        let mut encoder = RecordEncoder::new(match base {
-            Some(b) => self.position_after(generation, b)?,
-            None => ChainPosition::genesis(generation),
-        });
-        let mut c = base.unwrap_or_default().next();
-        while c <= commit_id {
-            self.encode(&mut encoder, c)?;
-            c = c.next();
-        }
+        let start = self.sealed_start(generation, commit_id)?;
+        let mut encoder = RecordEncoder::new(start);
+        self.scan(
+            &mut encoder,
+            start.commit_id.next(),
+            commit_id,
+            usize::MAX,
+            Sealing::NoneInRange,
+            |_| {},
+        )?;
         Ok(encoder.position())
+    }
+
+    /// The position just after the newest sealed record at or below
+    /// `commit_id` (genesis if there is none): where computing records
+    /// forward to `commit_id` starts.
+    fn sealed_start(
+        &self,
+        generation: Generation,
+        commit_id: CommitId,
+    ) -> Result<ChainPosition, WalReadError> {
+        match self.sealed_at_or_below(commit_id)? {
+            Some((base, sealed)) => sealed.end_position(generation, base),
+            None => Ok(ChainPosition::genesis(generation)),
+        }
     }
 
     /// Records from `from` on, at most up to `last`, until their bytes reach
@@ -280,15 +210,100 @@ impl WalTables {
         let start = self.position_after(generation, CommitId(from.0.saturating_sub(1)))?;
         let mut encoder = RecordEncoder::new(start);
         let mut out = Vec::new();
-        let mut bytes = 0usize;
-        let mut c = from;
-        while c <= last && (out.is_empty() || bytes < max_bytes) {
-            let r = self.encode(&mut encoder, c)?;
-            bytes += r.bytes.len();
-            out.push(r);
-            c = c.next();
-        }
+        self.scan(&mut encoder, from, last, max_bytes, Sealing::Check, |r| {
+            out.push(r)
+        })?;
         Ok(out)
+    }
+
+    /// Encodes the records `from..=last` after `encoder`'s position, in
+    /// order, until their bytes reach `max_bytes` (at least one record if
+    /// `from <= last`), and hands each to `sink`. With [`Sealing::Check`]
+    /// each one is checked against its sealed values, if any.
+    ///
+    /// One statement reads the change rows of the whole range and (with
+    /// [`Sealing::Check`]) one its sealed rows, merged by CommitId:
+    /// preparing two statements per commit cost many times the encoding.
+    fn scan(
+        &self,
+        encoder: &mut RecordEncoder,
+        from: CommitId,
+        last: CommitId,
+        max_bytes: usize,
+        sealing: Sealing,
+        mut sink: impl FnMut(EncodedRecord),
+    ) -> Result<(), WalReadError> {
+        if from > last {
+            return Ok(());
+        }
+        // No upper bound in SQL: the scan stops at `last` or at the byte
+        // budget, whichever comes first, by not stepping further.
+        let mut rows = self
+            .conn
+            .prepare("SELECT pos, change FROM main.aerodb_changes WHERE pos >= ?1 ORDER BY pos")?;
+        rows.bind(1, ValueRef::Integer(first_pos(from)))?;
+        let mut sealed = SealedRows::new(&self.conn, from, sealing)?;
+        // The change rows gathered for `commit_id`, back to back, and where
+        // each one ends.
+        let mut changes: Vec<u8> = Vec::new();
+        let mut ends: Vec<usize> = Vec::new();
+        let mut commit_id = from;
+        let mut bytes = 0usize;
+        loop {
+            let row_commit = if rows.step()? {
+                match rows.column(0).as_i64() {
+                    Some(pos) => Some(commit_of(pos)),
+                    None => {
+                        return Err(WalReadError::Corrupt {
+                            commit_id,
+                            problem: format!(
+                                "a change row's pos is {:?}, expected an INTEGER",
+                                rows.column(0)
+                            ),
+                        })
+                    }
+                }
+            } else {
+                None
+            };
+            if row_commit != Some(commit_id) {
+                // A row of a later commit, or the end: `commit_id` has all
+                // its rows.
+                if !ends.is_empty() {
+                    let record = encode(encoder, &mut sealed, commit_id, &changes, &ends)?;
+                    bytes = bytes.saturating_add(record.bytes.len());
+                    sink(record);
+                    changes.clear();
+                    ends.clear();
+                    commit_id = commit_id.next();
+                    if commit_id > last || bytes >= max_bytes {
+                        return Ok(());
+                    }
+                }
+                if row_commit != Some(commit_id) {
+                    return Err(WalReadError::Corrupt {
+                        commit_id,
+                        problem: "no change rows (every commit has at least one)".into(),
+                    });
+                }
+            }
+            match rows.column_blob(1) {
+                Some(change) => {
+                    changes.extend_from_slice(change);
+                    ends.push(changes.len());
+                }
+                None => {
+                    return Err(WalReadError::Corrupt {
+                        commit_id,
+                        problem: format!(
+                            "change {} is {:?}, expected a BLOB",
+                            ends.len(),
+                            rows.column(1)
+                        ),
+                    })
+                }
+            }
+        }
     }
 
     /// Seals every unsealed commit up to `head` (writer side, inside the
@@ -298,19 +313,31 @@ impl WalTables {
         generation: Generation,
         head: CommitId,
     ) -> Result<(), WalReadError> {
-        let sealed = self.max_sealed()?;
-        if head <= sealed {
+        // After the newest sealed record.
+        let start = self.sealed_start(generation, CommitId(i64::MAX as u64))?;
+        if head <= start.commit_id {
             return Ok(());
         }
-        let records = self.records(generation, sealed.next(), head, usize::MAX)?;
+        let mut encoder = RecordEncoder::new(start);
+        // Only the sealed values are kept, and the scan is done before the
+        // first INSERT.
+        let mut rows = Vec::new();
+        self.scan(
+            &mut encoder,
+            start.commit_id.next(),
+            head,
+            usize::MAX,
+            Sealing::NoneInRange,
+            |r| rows.push((r.commit_id, Sealed::of(&r))),
+        )?;
         let mut s = self.conn.prepare(
             "INSERT INTO main.aerodb_commits(commit_id, wal_offset, length, change_count, prev_chain, chain, crc) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
         )?;
-        for r in records {
+        for (commit_id, r) in rows {
             let values = [
-                r.commit_id.0 as i64,
-                r.wal_offset.0 as i64,
-                r.bytes.len() as i64,
+                commit_id.0 as i64,
+                r.wal_offset as i64,
+                r.length as i64,
                 i64::from(r.change_count),
                 i64::from(r.prev_chain),
                 i64::from(r.chain),
@@ -323,5 +350,162 @@ impl WalTables {
             s.reset();
         }
         Ok(())
+    }
+}
+
+/// Encodes the record of `commit_id` from its change rows (`changes`, each
+/// ending at the next of `ends`) after `encoder`'s position, and checks it
+/// against its sealed values, if any.
+fn encode(
+    encoder: &mut RecordEncoder,
+    sealed: &mut SealedRows<'_>,
+    commit_id: CommitId,
+    changes: &[u8],
+    ends: &[usize],
+) -> Result<EncodedRecord, WalReadError> {
+    let mut start = 0;
+    let refs: Vec<&[u8]> = ends
+        .iter()
+        .map(|&end| {
+            let change = &changes[start..end];
+            start = end;
+            change
+        })
+        .collect();
+    let record = encoder
+        .push(commit_id, &refs)
+        .map_err(|source| WalReadError::Encode { commit_id, source })?;
+    if let Some(sealed) = sealed.get(commit_id)? {
+        let computed = Sealed::of(&record);
+        if computed != sealed {
+            return Err(WalReadError::Corrupt {
+                commit_id,
+                problem: format!("sealed record is {sealed:?}, its change rows give {computed:?}"),
+            });
+        }
+    }
+    Ok(record)
+}
+
+impl Sealed {
+    /// The values a writer seals for `record`.
+    fn of(record: &EncodedRecord) -> Sealed {
+        Sealed {
+            wal_offset: record.wal_offset.0,
+            length: record.bytes.len() as u64,
+            change_count: record.change_count,
+            prev_chain: record.prev_chain,
+            chain: record.chain,
+            crc: record.crc,
+        }
+    }
+
+    /// The chain position just after the sealed record `commit_id`.
+    fn end_position(
+        &self,
+        generation: Generation,
+        commit_id: CommitId,
+    ) -> Result<ChainPosition, WalReadError> {
+        let end =
+            self.wal_offset
+                .checked_add(self.length)
+                .ok_or_else(|| WalReadError::Corrupt {
+                    commit_id,
+                    problem: format!("sealed record {self:?} ends past the largest WAL offset"),
+                })?;
+        Ok(ChainPosition {
+            generation,
+            commit_id,
+            wal_offset: WalOffset(end),
+            chain: self.chain,
+        })
+    }
+}
+
+/// The sealed values in the current row of a statement selecting
+/// `commit_id, wal_offset, length, change_count, prev_chain, chain, crc`.
+fn sealed_row(s: &Stmt<'_>) -> (CommitId, Sealed) {
+    // A value that is not an integer reads as -1, which no computed value
+    // equals: the record is then reported corrupt, with both values.
+    let col = |i| s.column(i).as_i64().unwrap_or(-1);
+    (
+        CommitId(col(0) as u64),
+        Sealed {
+            wal_offset: col(1) as u64,
+            length: col(2) as u64,
+            change_count: as_u32(col(3)),
+            prev_chain: as_u32(col(4)),
+            chain: as_u32(col(5)),
+            crc: as_u32(col(6)),
+        },
+    )
+}
+
+/// Whether a scanned range may hold sealed records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Sealing {
+    /// It may: each record is checked against its sealed values, if any.
+    Check,
+    /// It cannot: it starts just after the newest sealed record at or below
+    /// its end (in this transaction), so there is nothing to read.
+    NoneInRange,
+}
+
+/// The sealed rows of a range, in CommitId order, read alongside its change
+/// rows: one statement for the range instead of one lookup per commit.
+struct SealedRows<'c> {
+    /// `None` for [`Sealing::NoneInRange`].
+    stmt: Option<Stmt<'c>>,
+    /// The row under the cursor; `None` before the first step or after the
+    /// last row.
+    current: Option<(CommitId, Sealed)>,
+    /// No rows remain.
+    done: bool,
+}
+
+impl<'c> SealedRows<'c> {
+    fn new(
+        conn: &'c RawConn,
+        from: CommitId,
+        sealing: Sealing,
+    ) -> Result<SealedRows<'c>, WalReadError> {
+        let stmt = match sealing {
+            Sealing::NoneInRange => None,
+            Sealing::Check => {
+                let mut stmt = conn.prepare(
+                    "SELECT commit_id, wal_offset, length, change_count, prev_chain, chain, crc FROM main.aerodb_commits WHERE commit_id >= ?1 ORDER BY commit_id",
+                )?;
+                stmt.bind(1, ValueRef::Integer(from.0 as i64))?;
+                Some(stmt)
+            }
+        };
+        Ok(SealedRows {
+            done: stmt.is_none(),
+            stmt,
+            current: None,
+        })
+    }
+
+    /// The sealed values of `commit_id`, if it is sealed. CommitIds must be
+    /// asked in increasing order.
+    fn get(&mut self, commit_id: CommitId) -> Result<Option<Sealed>, WalReadError> {
+        loop {
+            match self.current {
+                Some((c, sealed)) if c == commit_id => return Ok(Some(sealed)),
+                Some((c, _)) if c > commit_id => return Ok(None),
+                _ if self.done => return Ok(None),
+                _ => {}
+            }
+            let Some(stmt) = &mut self.stmt else {
+                self.done = true;
+                return Ok(None);
+            };
+            if stmt.step()? {
+                self.current = Some(sealed_row(stmt));
+            } else {
+                self.current = None;
+                self.done = true;
+            }
+        }
     }
 }

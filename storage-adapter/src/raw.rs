@@ -253,6 +253,29 @@ impl Stmt<'_> {
             }
         }
     }
+
+    /// Column `i` of the current row if it is a BLOB, borrowed: the WAL
+    /// reader gathers every change of a commit, and a `Vec` per change row
+    /// would cost more than the copy itself.
+    pub(crate) fn column_blob(&self, i: usize) -> Option<&[u8]> {
+        let i = i as c_int;
+        // SAFETY: called after step() returned a row. The pointer stays
+        // valid until the next step, reset or finalize, all of which take
+        // `&mut self` (or `self`), so the borrow returned here ends first;
+        // no conversion is requested between column_blob and column_bytes.
+        unsafe {
+            if ffi::sqlite3_column_type(self.stmt, i) != ffi::SQLITE_BLOB {
+                return None;
+            }
+            let p = ffi::sqlite3_column_blob(self.stmt, i).cast::<u8>();
+            let n = ffi::sqlite3_column_bytes(self.stmt, i) as usize;
+            if p.is_null() || n == 0 {
+                Some(&[])
+            } else {
+                Some(std::slice::from_raw_parts(p, n))
+            }
+        }
+    }
 }
 
 /// # Safety

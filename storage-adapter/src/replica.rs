@@ -13,9 +13,10 @@ use replication::wal::{
     ValidatedSegment, Value, WalOffset,
 };
 use rusqlite::types::{ToSqlOutput, ValueRef};
-use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
-use std::collections::HashMap;
+use rusqlite::{params, CachedStatement, Connection, OptionalExtension, TransactionBehavior};
+use std::collections::hash_map::{Entry, HashMap};
 use std::path::Path;
+use std::rc::Rc;
 
 /// The replica schema (`sql/replica.sql`).
 pub const REPLICA_SQL: &str = include_str!("../../sql/replica.sql");
@@ -124,8 +125,9 @@ fn sql_err(
     }
 }
 
-/// A replicated table as the replica stores it.
-#[derive(Debug, Clone)]
+/// A replicated table as the replica stores it. Shared (`Rc`) between the
+/// cache and the statements of an apply, never copied per change.
+#[derive(Debug)]
 struct TableShape {
     columns: usize,
     key_len: usize,
@@ -169,7 +171,7 @@ fn literal(values: &[Value]) -> String {
 /// tables.
 pub struct ReplicaDb {
     conn: Connection,
-    shapes: HashMap<String, TableShape>,
+    shapes: HashMap<String, Rc<TableShape>>,
 }
 
 impl ReplicaDb {
@@ -259,17 +261,21 @@ impl ReplicaDb {
         // Check at both ends: the position committed now, not the one the
         // Validator saw.
         check_continuity(segment.segment(), &stored)?;
-        for record in &segment.segment().records {
-            for change in &record.changes {
-                apply_change(&tx, shapes, record.commit_id, change)?;
+        {
+            // Dropped (statements back to the cache) before the commit.
+            let mut tables = Tables::default();
+            for record in &segment.segment().records {
+                for change in &record.changes {
+                    apply_change(&tx, shapes, &mut tables, record.commit_id, change)?;
+                }
             }
         }
         let end = segment.end();
         let updated = tx
-            .execute(
+            .prepare_cached(
                 "UPDATE aerodb_replica_position SET applied_commit_id = ?1, applied_wal_offset = ?2, applied_chain = ?3 WHERE id = 1 AND applied_commit_id = ?4",
-                params![end.commit_id.0 as i64, end.wal_offset.0 as i64, i64::from(end.chain), stored.commit_id.0 as i64],
             )
+            .and_then(|mut s| s.execute(params![end.commit_id.0 as i64, end.wal_offset.0 as i64, i64::from(end.chain), stored.commit_id.0 as i64]))
             .map_err(sql_err("advancing the replica position", Some(end.commit_id)))?;
         assert_eq!(updated, 1, "the position row was read in this transaction");
         tx.commit().map_err(sql_err(
@@ -283,13 +289,13 @@ impl ReplicaDb {
 /// The shape of a replicated table, from the cache or the replica's schema.
 fn shape(
     conn: &Connection,
-    shapes: &mut HashMap<String, TableShape>,
+    shapes: &mut HashMap<String, Rc<TableShape>>,
     commit_id: CommitId,
     table: &str,
-) -> Result<TableShape, ApplyError> {
+) -> Result<Rc<TableShape>, ApplyError> {
     {
         if let Some(s) = shapes.get(table) {
-            return Ok(s.clone());
+            return Ok(Rc::clone(s));
         }
         let known: Option<i64> = conn
             .query_row(
@@ -332,7 +338,7 @@ fn shape(
                 .collect::<Vec<_>>()
                 .join(" AND ")
         };
-        let shape = TableShape {
+        let shape = Rc::new(TableShape {
             columns: n,
             key_len: key.len(),
             insert: format!(
@@ -346,18 +352,112 @@ fn shape(
                 key_where(n + 1)
             ),
             delete: format!("DELETE FROM {t} WHERE {}", key_where(1)),
-        };
+        });
         drop(stmt);
-        shapes.insert(table.to_owned(), shape.clone());
+        shapes.insert(table.to_owned(), Rc::clone(&shape));
         Ok(shape)
     }
 }
 
-fn apply_change(
-    tx: &Connection,
-    shapes: &mut HashMap<String, TableShape>,
+/// The statements of one table, each prepared on its first use in a
+/// segment and kept for the rest of it: looking a statement up in the cache,
+/// resetting and returning it for every change cost more than binding and
+/// running it.
+struct TableStatements<'c> {
+    shape: Rc<TableShape>,
+    insert: Option<CachedStatement<'c>>,
+    update: Option<CachedStatement<'c>>,
+    delete: Option<CachedStatement<'c>>,
+}
+
+/// The statements of one apply, by table name.
+#[derive(Default)]
+struct Tables<'c, 's> {
+    list: Vec<(&'s str, TableStatements<'c>)>,
+    /// Index in `list` of each table.
+    index: HashMap<&'s str, usize>,
+    /// Index in `list` of the table of the previous change: runs of changes
+    /// to one table are the common case, and comparing a name costs less
+    /// than hashing it.
+    last: usize,
+}
+
+impl<'c, 's> Tables<'c, 's> {
+    /// The statements of `table` (its shape from the cache or the replica's
+    /// schema on first use).
+    fn get(
+        &mut self,
+        tx: &'c Connection,
+        shapes: &mut HashMap<String, Rc<TableShape>>,
+        commit_id: CommitId,
+        table: &'s str,
+    ) -> Result<&mut TableStatements<'c>, ApplyError> {
+        if self.list.get(self.last).map(|t| t.0) != Some(table) {
+            self.last = match self.index.entry(table) {
+                Entry::Occupied(e) => *e.get(),
+                Entry::Vacant(e) => {
+                    let shape = shape(tx, shapes, commit_id, table)?;
+                    self.list.push((
+                        table,
+                        TableStatements {
+                            shape,
+                            insert: None,
+                            update: None,
+                            delete: None,
+                        },
+                    ));
+                    *e.insert(self.list.len() - 1)
+                }
+            };
+        }
+        Ok(&mut self.list[self.last].1)
+    }
+
+    /// Forgets every table's statements and shape (after a schema record;
+    /// rare enough that the others are simply looked up again).
+    fn clear(&mut self) {
+        self.list.clear();
+        self.index.clear();
+        self.last = 0;
+    }
+}
+
+/// `slot`'s statement, prepared from `sql` if it is the first use.
+fn prepared<'a, 'c>(
+    tx: &'c Connection,
+    slot: &'a mut Option<CachedStatement<'c>>,
+    sql: &str,
+    doing: &'static str,
     commit_id: CommitId,
-    change: &Change,
+) -> Result<&'a mut CachedStatement<'c>, ApplyError> {
+    match slot {
+        Some(s) => Ok(s),
+        None => Ok(slot.insert(
+            tx.prepare_cached(sql)
+                .map_err(sql_err(doing, Some(commit_id)))?,
+        )),
+    }
+}
+
+/// Binds `values` by index and runs `s`; the rows it changed. The caller
+/// checked that there are exactly as many values as parameters, so no
+/// binding of an earlier run survives.
+fn run<'v>(
+    s: &mut CachedStatement<'_>,
+    values: impl Iterator<Item = &'v Value>,
+) -> rusqlite::Result<usize> {
+    for (i, v) in values.enumerate() {
+        s.raw_bind_parameter(i + 1, to_sql(v))?;
+    }
+    s.raw_execute()
+}
+
+fn apply_change<'c, 's>(
+    tx: &'c Connection,
+    shapes: &mut HashMap<String, Rc<TableShape>>,
+    tables: &mut Tables<'c, 's>,
+    commit_id: CommitId,
+    change: &'s Change,
 ) -> Result<(), ApplyError> {
     let err = |doing| sql_err(doing, Some(commit_id));
     match change {
@@ -367,41 +467,47 @@ fn apply_change(
             indexes,
         } => {
             shapes.remove(table);
+            tables.clear();
             apply_schema(tx, commit_id, table, sql, indexes)
         }
         Change::Insert { table, values } => {
-            let shape = shape(tx, shapes, commit_id, table)?;
-            check_count(commit_id, table, "values", shape.columns, values.len())?;
-            let mut s = tx
-                .prepare_cached(&shape.insert)
-                .map_err(err("preparing INSERT"))?;
-            s.execute(rusqlite::params_from_iter(values.iter().map(to_sql)))
-                .map_err(err("applying INSERT"))?;
+            let t = tables.get(tx, shapes, commit_id, table)?;
+            check_count(commit_id, table, "values", t.shape.columns, values.len())?;
+            let s = prepared(
+                tx,
+                &mut t.insert,
+                &t.shape.insert,
+                "preparing INSERT",
+                commit_id,
+            )?;
+            run(s, values.iter()).map_err(err("applying INSERT"))?;
             Ok(())
         }
         Change::Update { table, key, values } => {
-            let shape = shape(tx, shapes, commit_id, table)?;
-            check_count(commit_id, table, "values", shape.columns, values.len())?;
-            check_count(commit_id, table, "key values", shape.key_len, key.len())?;
-            let mut s = tx
-                .prepare_cached(&shape.update)
-                .map_err(err("preparing UPDATE"))?;
-            let n = s
-                .execute(rusqlite::params_from_iter(
-                    values.iter().chain(key).map(to_sql),
-                ))
-                .map_err(err("applying UPDATE"))?;
+            let t = tables.get(tx, shapes, commit_id, table)?;
+            check_count(commit_id, table, "values", t.shape.columns, values.len())?;
+            check_count(commit_id, table, "key values", t.shape.key_len, key.len())?;
+            let s = prepared(
+                tx,
+                &mut t.update,
+                &t.shape.update,
+                "preparing UPDATE",
+                commit_id,
+            )?;
+            let n = run(s, values.iter().chain(key)).map_err(err("applying UPDATE"))?;
             exactly_one(commit_id, table, "UPDATE", key, n)
         }
         Change::Delete { table, key } => {
-            let shape = shape(tx, shapes, commit_id, table)?;
-            check_count(commit_id, table, "key values", shape.key_len, key.len())?;
-            let mut s = tx
-                .prepare_cached(&shape.delete)
-                .map_err(err("preparing DELETE"))?;
-            let n = s
-                .execute(rusqlite::params_from_iter(key.iter().map(to_sql)))
-                .map_err(err("applying DELETE"))?;
+            let t = tables.get(tx, shapes, commit_id, table)?;
+            check_count(commit_id, table, "key values", t.shape.key_len, key.len())?;
+            let s = prepared(
+                tx,
+                &mut t.delete,
+                &t.shape.delete,
+                "preparing DELETE",
+                commit_id,
+            )?;
+            let n = run(s, key.iter()).map_err(err("applying DELETE"))?;
             exactly_one(commit_id, table, "DELETE", key, n)
         }
     }
@@ -572,18 +678,19 @@ fn apply_schema(
 
 /// Reads the committed replica position.
 pub fn read_position(conn: &Connection) -> Result<Option<ChainPosition>, ApplyError> {
-    conn.query_row(
+    conn.prepare_cached(
         "SELECT generation, applied_commit_id, applied_wal_offset, applied_chain FROM aerodb_replica_position WHERE id = 1",
-        [],
-        |r| {
+    )
+    .and_then(|mut s| {
+        s.query_row([], |r| {
             Ok(ChainPosition {
                 generation: Generation(r.get::<_, i64>(0)? as u64),
                 commit_id: CommitId(r.get::<_, i64>(1)? as u64),
                 wal_offset: WalOffset(r.get::<_, i64>(2)? as u64),
                 chain: r.get::<_, i64>(3)? as u32,
             })
-        },
-    )
-    .optional()
+        })
+        .optional()
+    })
     .map_err(sql_err("reading the replica position", None))
 }
