@@ -591,6 +591,20 @@ pub fn encode_change(change: &Change) -> Result<Vec<u8>, EncodeError> {
     Ok(out)
 }
 
+/// Offset of `prev_chain` in a record.
+const PREV_CHAIN_AT: usize = 24;
+
+/// A record's own CRC: over its bytes before the two checksums, without
+/// `prev_chain`. It checks the record by itself, independent of history;
+/// the chain (which covers `prev_chain`) checks its place in history. (A
+/// CRC over bytes that end with their own CRC would be a constant.)
+fn record_crc(before_checksums: &[u8]) -> u32 {
+    let mut h = crc32fast::Hasher::new();
+    h.update(&before_checksums[..PREV_CHAIN_AT]);
+    h.update(&before_checksums[PREV_CHAIN_AT + 4..]);
+    h.finalize()
+}
+
 /// One encoded record with the values a primary persists about it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct EncodedRecord {
@@ -690,8 +704,8 @@ impl RecordEncoder {
             bytes.extend_from_slice(c);
         }
         let chain = crc32fast::hash(&bytes);
+        let crc = record_crc(&bytes);
         put_u32(&mut bytes, chain);
-        let crc = crc32fast::hash(&bytes);
         put_u32(&mut bytes, crc);
         debug_assert_eq!(bytes.len(), len, "record length computed up front");
         let record = EncodedRecord {
@@ -1218,7 +1232,7 @@ fn decode_record(
     }
     let end = at + len;
     let stored_crc = read_u32(bytes, end - 4);
-    let crc = crc32fast::hash(&bytes[at..end - 4]);
+    let crc = record_crc(&bytes[at..end - 8]);
     if stored_crc != crc {
         return Err(DecodeError::RecordChecksum {
             commit_id,
