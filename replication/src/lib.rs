@@ -14,6 +14,7 @@
 //! | WAL record, chained checksum, segment (DESIGN 3) | [`wal`] |
 //! | continuity proof a Validator runs (spec 5.3, rule V1) | [`wal::check_continuity`] |
 //! | global and segment state machines (spec 6, rules M1, M3) | [`state`] |
+//! | Read Safety Gate (spec 5.6, rules G1-G3) | [`read_gate`] |
 //!
 //! ## Example
 //!
@@ -42,5 +43,6 @@
 //! ```
 #![deny(missing_docs)]
 
+pub mod read_gate;
 pub mod state;
 pub mod wal;
