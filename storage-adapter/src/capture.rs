@@ -8,17 +8,16 @@
 //!
 //! How capture works:
 //! - `aerodb_replicate('t')` installs AFTER INSERT/UPDATE/DELETE triggers on
-//!   `t`. Each trigger program has two statements:
-//!   1. once per transaction and table (`aerodb_capture_pending`):
-//!      `aerodb_capture_begin` gets the WAL head, the newest sealed record
-//!      and `t`'s current definition and indexes, read by the trigger
-//!      program itself (compiled with the application's statement, so no
-//!      SQL is prepared per transaction); it refuses the write if `t` no
-//!      longer has the shape its triggers were made for, and at the first
-//!      captured change of a transaction assigns the CommitId;
-//!   2. once per row: one `aerodb_changes` row with the encoded change
-//!      (`aerodb_capture_change`) at the position `aerodb_capture_pos`
-//!      gives.
+//!   `t`. Each trigger inserts one `aerodb_changes` row per changed row:
+//!   the encoded change (`aerodb_capture_change`) at the position
+//!   `aerodb_capture_pos` gives. Once per transaction and table,
+//!   `aerodb_capture_pos` returns NULL and `aerodb_capture_begin` runs
+//!   instead, fed by subqueries the trigger program itself evaluates (it is
+//!   compiled with the application's statement, so no SQL is prepared per
+//!   transaction): the WAL head, the newest sealed record and `t`'s current
+//!   definition and indexes. It refuses the write if `t` no longer has the
+//!   shape its triggers were made for, and at the first captured change of
+//!   a transaction assigns the CommitId.
 //!
 //!   Trigger and data change are one SQLite transaction: a crash can never
 //!   leave one without the other, and `ROLLBACK` or `ROLLBACK TO` removes
@@ -370,22 +369,29 @@ struct BeginInput<'a> {
     expected_indexes: &'a str,
 }
 
-/// `aerodb_capture_pending(generation, table)`: whether this trigger must
-/// run [`capture_begin`] first (first captured change of the transaction,
-/// or first change of this table in it).
-fn capture_pending(
+/// `aerodb_capture_pos(generation, table)`: the `aerodb_changes.pos` of
+/// the next change, or NULL when [`capture_begin`] must run first (first
+/// captured change of the transaction, or first change of this table in
+/// it). The trigger writes `coalesce(aerodb_capture_pos(..),
+/// aerodb_capture_begin(..))`, and `coalesce` evaluates its second argument,
+/// with the subqueries feeding it, only when the first is NULL.
+fn capture_pos_fast(
     shared: &Shared,
     generation: Generation,
     table: &str,
-) -> Result<bool, CaptureError> {
-    let s = lock(shared);
+) -> Result<Option<i64>, CaptureError> {
+    let mut s = lock(shared);
     let version = data_version(s.db)?;
-    Ok(match &s.open {
-        Some(o) if o.data_version == version && o.generation == generation => {
-            !o.checked.iter().any(|t| t == table)
+    match s.open.as_mut() {
+        Some(o)
+            if o.data_version == version
+                && o.generation == generation
+                && o.checked.iter().any(|t| t == table) =>
+        {
+            next_pos(o).map(Some)
         }
-        _ => true,
-    })
+        _ => Ok(None),
+    }
 }
 
 /// Checks that `generation` is the primary in this connection's `main`
@@ -501,8 +507,8 @@ fn capture_begin(
     Ok(())
 }
 
-/// `aerodb_capture_pos(generation)`: the `aerodb_changes.pos` of the next
-/// captured change of the current transaction.
+/// The position of the next change of the open transaction (after
+/// [`capture_begin`] opened it).
 fn capture_pos(shared: &Shared, generation: Generation) -> Result<i64, CaptureError> {
     let mut s = lock(shared);
     let version = data_version(s.db)?;
@@ -512,11 +518,15 @@ fn capture_pos(shared: &Shared, generation: Generation) -> Result<i64, CaptureEr
         .filter(|o| o.data_version == version && o.generation == generation)
     else {
         return Err(CaptureError::BadArgument {
-            function: "aerodb_capture_pos",
+            function: "aerodb_capture_begin",
             argument: "call".into(),
-            problem: "came before aerodb_capture_begin in this transaction (only capture triggers call it)".into(),
+            problem: "did not open a transaction (only capture triggers call it)".into(),
         });
     };
+    next_pos(open)
+}
+
+fn next_pos(open: &mut OpenCommit) -> Result<i64, CaptureError> {
     if open.next_seq > MAX_SEQ {
         return Err(CaptureError::TooManyChanges {
             commit_id: open.commit_id,
@@ -888,19 +898,17 @@ fn replicate(shared: &Shared, conn: RawConn, table: &str) -> Result<CommitId, Ca
     let t = quote_ident(table);
     let lit = quote_literal(table);
     let g = generation.0 as i64;
-    // Statement 1 runs once per transaction and table (the trigger program
-    // is compiled with the application's statement, so nothing is prepared
-    // per transaction); statement 2 once per row.
-    let begin = format!(
-        "SELECT aerodb_capture_begin({g}, {lit}, (SELECT max(pos) FROM aerodb_changes), \
-         (SELECT max(commit_id) FROM aerodb_commits), \
-         (SELECT sql FROM sqlite_schema WHERE type = 'table' AND name = {lit}), {}, {}, {}) \
-         WHERE aerodb_capture_pending({g}, {lit});",
+    // The begin call and its subqueries run once per transaction and table
+    // (the trigger program is compiled with the application's statement,
+    // so nothing is prepared per transaction); the rest once per row.
+    let pos = format!(
+        "coalesce(aerodb_capture_pos({g}, {lit}), aerodb_capture_begin({g}, {lit}, \
+         (SELECT max(pos) FROM aerodb_changes), (SELECT max(commit_id) FROM aerodb_commits), \
+         (SELECT sql FROM sqlite_schema WHERE type = 'table' AND name = {lit}), {}, {}, {}))",
         TRIGGER_INDEXES_SQL.replace("{table}", &lit),
         quote_literal(&sql),
         quote_literal(&joined_indexes),
     );
-    let pos = format!("aerodb_capture_pos({g})");
     let new_vals: Vec<String> = cols
         .iter()
         .map(|c| format!("NEW.{}", quote_ident(&c.name)))
@@ -913,7 +921,7 @@ fn replicate(shared: &Shared, conn: RawConn, table: &str) -> Result<CommitId, Ca
         let name = quote_ident(&trigger_name(&event.to_ascii_lowercase(), table));
         format!(
             "DROP TRIGGER IF EXISTS main.{name};\n\
-             CREATE TRIGGER main.{name} AFTER {event} ON {t} BEGIN {begin} \
+             CREATE TRIGGER main.{name} AFTER {event} ON {t} BEGIN \
              INSERT INTO aerodb_changes(pos, change) VALUES ({pos}, aerodb_capture_change({lit}, {op}, {nkey}, {})); END;\n",
             args.join(", ")
         )
@@ -1135,15 +1143,10 @@ pub fn register(conn: &Connection) -> Result<CaptureHandle, rusqlite::Error> {
     let direct = utf8 | FunctionFlags::SQLITE_DIRECTONLY;
 
     let s = shared.clone();
-    conn.create_scalar_function("aerodb_capture_pos", 1, trigger_safe, move |ctx| {
+    conn.create_scalar_function("aerodb_capture_pos", 2, trigger_safe, move |ctx| {
         let generation = generation_arg(ctx, "aerodb_capture_pos")?;
-        capture_pos(&s, generation).map_err(user_err)
-    })?;
-    let s = shared.clone();
-    conn.create_scalar_function("aerodb_capture_pending", 2, trigger_safe, move |ctx| {
-        let generation = generation_arg(ctx, "aerodb_capture_pending")?;
-        let table = text_arg(ctx, 1, "aerodb_capture_pending", "2 (table)")?;
-        capture_pending(&s, generation, table).map_err(user_err)
+        let table = text_arg(ctx, 1, "aerodb_capture_pos", "2 (table)")?;
+        capture_pos_fast(&s, generation, table).map_err(user_err)
     })?;
     let s = shared.clone();
     conn.create_scalar_function("aerodb_capture_begin", 8, trigger_safe, move |ctx| {
@@ -1166,8 +1169,9 @@ pub fn register(conn: &Connection) -> Result<CaptureHandle, rusqlite::Error> {
             expected_sql: text_arg(ctx, 6, F, "7 (expected definition)")?,
             expected_indexes: text_arg(ctx, 7, F, "8 (expected indexes)")?,
         };
+        let generation = input.generation;
         capture_begin(&s, raw(&s), input)
-            .map(|()| rusqlite::types::Null)
+            .and_then(|()| capture_pos(&s, generation))
             .map_err(user_err)
     })?;
     conn.create_scalar_function(
