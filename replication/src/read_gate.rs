@@ -149,7 +149,11 @@ mod tests {
         );
         assert_eq!(d.code, code, "{d}");
         assert!(d.explanation.contains(&format!("commit {applied}")), "{d}");
-        assert!(d.explanation.contains(&format!("WAL offset {}", applied * 100)), "{d}");
+        assert!(
+            d.explanation
+                .contains(&format!("WAL offset {}", applied * 100)),
+            "{d}"
+        );
     }
 
     #[test]
