@@ -15,6 +15,7 @@
 //! | continuity proof a Validator runs (spec 5.3, rule V1) | [`wal::check_continuity`] |
 //! | global and segment state machines (spec 6, rules M1, M3) | [`state`] |
 //! | Read Safety Gate (spec 5.6, rules G1-G3) | [`read_gate`] |
+//! | WAL Validator core (spec 5.3, rules V1-V3, F2) | [`validator`] |
 //!
 //! ## Example
 //!
@@ -45,4 +46,5 @@
 
 pub mod read_gate;
 pub mod state;
+pub mod validator;
 pub mod wal;
