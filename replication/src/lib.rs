@@ -16,6 +16,7 @@
 //! | global and segment state machines (spec 6, rules M1, M3) | [`state`] |
 //! | Read Safety Gate (spec 5.6, rules G1-G3) | [`read_gate`] |
 //! | WAL Validator core (spec 5.3, rules V1-V3, F2) | [`validator`] |
+//! | WAL Applier core (spec 5.4, rules W1-W3, F3) | [`applier`] |
 //!
 //! ## Example
 //!
@@ -44,6 +45,7 @@
 //! ```
 #![deny(missing_docs)]
 
+pub mod applier;
 pub mod read_gate;
 pub mod state;
 pub mod validator;

@@ -1,0 +1,308 @@
+//! WAL Applier (spec 5.4): the only component that mutates replica
+//! storage, one validated segment at a time.
+//!
+//! A sans-IO core (STYLE 2): [`Applier::handle`] decides, its runner does
+//! the storage write it asks for (`ApplyToStorage`, one SQLite transaction
+//! holding the row changes and the new position) and reports the outcome
+//! back. Rules: W1 (applies validated WAL, advances the CommitId), W2
+//! (single-threaded: one segment in flight; deterministic), W3 (takes only
+//! [`ValidatedSegment`]s, and only the one that continues what it applied:
+//! nothing speculative), F3 (a storage failure is reported for recovery,
+//! never retried here: X4).
+
+use crate::wal::{ChainPosition, CommitId, ValidatedSegment};
+
+/// The Applier's state.
+#[derive(Clone, Debug, PartialEq)]
+pub enum ApplierState {
+    /// Waiting for the segment that continues `applied`.
+    Idle {
+        /// Committed position.
+        applied: ChainPosition,
+    },
+    /// The runner is writing this segment.
+    Applying {
+        /// Position before it.
+        applied: ChainPosition,
+        /// The segment in flight.
+        segment: ValidatedSegment,
+    },
+    /// Storage failed; the Supervisor must recover.
+    Failed {
+        /// Position still committed.
+        applied: ChainPosition,
+        /// First and last CommitId of the segment that failed.
+        range: (CommitId, CommitId),
+        /// The storage error.
+        reason: String,
+    },
+}
+
+/// What the Applier is given.
+#[derive(Clone, Debug, PartialEq)]
+pub enum ApplierInput {
+    /// A segment from the Validator's queue.
+    Validated(ValidatedSegment),
+    /// The runner committed the segment in flight; storage now holds `end`.
+    StorageCommitted {
+        /// The position the storage transaction committed.
+        end: ChainPosition,
+    },
+    /// The runner's storage transaction failed (nothing was committed).
+    StorageFailed {
+        /// The error.
+        reason: String,
+    },
+}
+
+/// What the Applier asks for or reports.
+#[derive(Clone, Debug, PartialEq)]
+pub enum ApplierOutput {
+    /// Runner: apply this segment in one storage transaction.
+    ApplyToStorage(ValidatedSegment),
+    /// Supervisor: the replica now holds everything up to `end`.
+    Applied {
+        /// New applied position.
+        end: ChainPosition,
+    },
+    /// Supervisor: applying failed; recover (F3).
+    Failed {
+        /// The failing segment's CommitIds.
+        range: (CommitId, CommitId),
+        /// The storage error.
+        reason: String,
+    },
+}
+
+/// An input the Applier may not act on in its state.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ApplierError {
+    /// A segment that does not start at the applied position (it was
+    /// validated against another one): never applied speculatively.
+    #[error("applier refuses segment {}..={}: it starts after commit {validated_after}, the replica applied commit {applied}", range.0, range.1)]
+    NotNext {
+        /// The segment.
+        range: (CommitId, CommitId),
+        /// Where it was validated to start.
+        validated_after: CommitId,
+        /// Where the Applier stands.
+        applied: CommitId,
+    },
+    /// A second segment while one is in flight (the runner must queue).
+    #[error("applier is applying segment {}..={}; segment {}..={} must wait in the queue", busy.0, busy.1, offered.0, offered.1)]
+    Busy {
+        /// In flight.
+        busy: (CommitId, CommitId),
+        /// Offered.
+        offered: (CommitId, CommitId),
+    },
+    /// A storage report with no segment in flight, or one that does not
+    /// match it.
+    #[error("applier got a storage report it did not ask for ({detail})")]
+    UnexpectedReport {
+        /// What was unexpected.
+        detail: String,
+    },
+    /// Failed: only recovery (a new Applier from the committed position)
+    /// continues.
+    #[error("applier failed on segment {}..={} ({reason}); it applies nothing until recovery", range.0, range.1)]
+    Failed {
+        /// The failing segment.
+        range: (CommitId, CommitId),
+        /// Why.
+        reason: String,
+    },
+}
+
+/// The Applier core.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Applier {
+    state: ApplierState,
+}
+
+fn range(s: &ValidatedSegment) -> (CommitId, CommitId) {
+    s.segment().header.range()
+}
+
+impl Applier {
+    /// Starts from the position storage has committed.
+    pub fn new(applied: ChainPosition) -> Applier {
+        Applier {
+            state: ApplierState::Idle { applied },
+        }
+    }
+
+    /// The current state (an immutable snapshot for observers).
+    pub fn state(&self) -> &ApplierState {
+        &self.state
+    }
+
+    /// Handles one input.
+    pub fn handle(&mut self, input: ApplierInput) -> Result<ApplierOutput, ApplierError> {
+        match (&self.state, input) {
+            (ApplierState::Failed { range, reason, .. }, _) => Err(ApplierError::Failed {
+                range: *range,
+                reason: reason.clone(),
+            }),
+            (ApplierState::Idle { applied }, ApplierInput::Validated(segment)) => {
+                if segment.start() != *applied {
+                    return Err(ApplierError::NotNext {
+                        range: range(&segment),
+                        validated_after: segment.start().commit_id,
+                        applied: applied.commit_id,
+                    });
+                }
+                let out = ApplierOutput::ApplyToStorage(segment.clone());
+                self.state = ApplierState::Applying {
+                    applied: *applied,
+                    segment,
+                };
+                Ok(out)
+            }
+            (ApplierState::Applying { segment, .. }, ApplierInput::Validated(offered)) => {
+                Err(ApplierError::Busy {
+                    busy: range(segment),
+                    offered: range(&offered),
+                })
+            }
+            (ApplierState::Applying { segment, .. }, ApplierInput::StorageCommitted { end }) => {
+                if end != segment.end() {
+                    return Err(ApplierError::UnexpectedReport {
+                        detail: format!(
+                            "storage committed commit {}, segment {}..={} ends at commit {}",
+                            end.commit_id,
+                            range(segment).0,
+                            range(segment).1,
+                            segment.end().commit_id
+                        ),
+                    });
+                }
+                self.state = ApplierState::Idle { applied: end };
+                Ok(ApplierOutput::Applied { end })
+            }
+            (
+                ApplierState::Applying { applied, segment },
+                ApplierInput::StorageFailed { reason },
+            ) => {
+                let r = range(segment);
+                tracing::error!(first = r.0 .0, last = r.1 .0, %reason, "apply failed");
+                self.state = ApplierState::Failed {
+                    applied: *applied,
+                    range: r,
+                    reason: reason.clone(),
+                };
+                Ok(ApplierOutput::Failed { range: r, reason })
+            }
+            (ApplierState::Idle { .. }, report) => Err(ApplierError::UnexpectedReport {
+                detail: format!("{report:?} while idle"),
+            }),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wal::{encode_change, validate, Change, Generation, RecordEncoder, Segment, Value};
+
+    const GEN: Generation = Generation(7);
+
+    /// Validated segments 1..=2 and 3..=4 of one history.
+    fn two_segments() -> (ValidatedSegment, ValidatedSegment) {
+        let mut enc = RecordEncoder::new(ChainPosition::genesis(GEN));
+        let recs: Vec<_> = (1..=4)
+            .map(|c| {
+                let ch = encode_change(&Change::Delete {
+                    table: "t".into(),
+                    key: vec![Value::Integer(c)],
+                })
+                .expect("encodes");
+                enc.push(CommitId(c as u64), &[&ch]).expect("record")
+            })
+            .collect();
+        let a = Segment::decode(&Segment::encode(GEN, &recs[..2]).expect("enc")).expect("dec");
+        let a = validate(a, &ChainPosition::genesis(GEN)).expect("valid");
+        let b = Segment::decode(&Segment::encode(GEN, &recs[2..]).expect("enc")).expect("dec");
+        let b = validate(b, &a.end()).expect("valid");
+        (a, b)
+    }
+
+    #[test]
+    fn applies_in_order_one_segment_in_flight() {
+        // W1, W2: asks storage to apply, advances only on its commit.
+        let (a, b) = two_segments();
+        let mut ap = Applier::new(ChainPosition::genesis(GEN));
+        assert_eq!(
+            ap.handle(ApplierInput::Validated(a.clone())),
+            Ok(ApplierOutput::ApplyToStorage(a.clone()))
+        );
+        assert_eq!(
+            ap.handle(ApplierInput::Validated(b.clone())),
+            Err(ApplierError::Busy {
+                busy: (CommitId(1), CommitId(2)),
+                offered: (CommitId(3), CommitId(4))
+            })
+        );
+        assert_eq!(
+            ap.handle(ApplierInput::StorageCommitted { end: a.end() }),
+            Ok(ApplierOutput::Applied { end: a.end() })
+        );
+        assert_eq!(ap.state(), &ApplierState::Idle { applied: a.end() });
+        assert_eq!(
+            ap.handle(ApplierInput::Validated(b.clone())),
+            Ok(ApplierOutput::ApplyToStorage(b))
+        );
+    }
+
+    #[test]
+    fn refuses_a_segment_that_does_not_continue_the_applied_position() {
+        // W3: nothing speculative.
+        let (_, b) = two_segments();
+        let mut ap = Applier::new(ChainPosition::genesis(GEN));
+        let err = ap.handle(ApplierInput::Validated(b)).expect_err("not next");
+        assert_eq!(
+            err.to_string(),
+            "applier refuses segment 3..=4: it starts after commit 2, the replica applied commit 0"
+        );
+        assert_eq!(
+            ap.state(),
+            &ApplierState::Idle {
+                applied: ChainPosition::genesis(GEN)
+            }
+        );
+    }
+
+    #[test]
+    fn storage_failure_is_reported_and_stops_the_applier() {
+        // F3 + X4: reported for recovery, never retried here.
+        let (a, _) = two_segments();
+        let mut ap = Applier::new(ChainPosition::genesis(GEN));
+        ap.handle(ApplierInput::Validated(a.clone())).expect("asks");
+        assert_eq!(
+            ap.handle(ApplierInput::StorageFailed {
+                reason: "disk full".into()
+            }),
+            Ok(ApplierOutput::Failed {
+                range: (CommitId(1), CommitId(2)),
+                reason: "disk full".into()
+            })
+        );
+        let err = ap.handle(ApplierInput::Validated(a)).expect_err("failed");
+        assert!(matches!(err, ApplierError::Failed { .. }), "{err}");
+    }
+
+    #[test]
+    fn unexpected_storage_reports_are_refused() {
+        let (a, b) = two_segments();
+        let mut ap = Applier::new(ChainPosition::genesis(GEN));
+        assert!(matches!(
+            ap.handle(ApplierInput::StorageCommitted { end: a.end() }),
+            Err(ApplierError::UnexpectedReport { .. })
+        ));
+        ap.handle(ApplierInput::Validated(a)).expect("asks");
+        assert!(matches!(
+            ap.handle(ApplierInput::StorageCommitted { end: b.end() }),
+            Err(ApplierError::UnexpectedReport { .. })
+        ));
+    }
+}
