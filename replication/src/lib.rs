@@ -17,6 +17,7 @@
 //! | Read Safety Gate (spec 5.6, rules G1-G3) | [`read_gate`] |
 //! | WAL Validator core (spec 5.3, rules V1-V3, F2) | [`validator`] |
 //! | WAL Applier core (spec 5.4, rules W1-W3, F3) | [`applier`] |
+//! | WAL Receiver core (spec 5.2, rules R1, R2, F1) | [`receiver`] |
 //!
 //! ## Example
 //!
@@ -47,6 +48,7 @@
 
 pub mod applier;
 pub mod read_gate;
+pub mod receiver;
 pub mod state;
 pub mod validator;
 pub mod wal;
