@@ -18,6 +18,7 @@
 //! | WAL Validator core (spec 5.3, rules V1-V3, F2) | [`validator`] |
 //! | WAL Applier core (spec 5.4, rules W1-W3, F3) | [`applier`] |
 //! | WAL Receiver core (spec 5.2, rules R1, R2, F1) | [`receiver`] |
+//! | Replica Supervisor core (spec 5.1, rules S1, S2, M2) | [`supervisor`] |
 //!
 //! ## Example
 //!
@@ -50,5 +51,6 @@ pub mod applier;
 pub mod read_gate;
 pub mod receiver;
 pub mod state;
+pub mod supervisor;
 pub mod validator;
 pub mod wal;

@@ -145,8 +145,13 @@ impl fmt::Display for GlobalState {
     }
 }
 
-/// The legal global moves. Every state may go to `Disabled` (stop, or a
-/// Supervisor failure making the replica unavailable, rule F4).
+/// The legal global moves. Spec 6.1 draws the order a replica first goes
+/// through; once running, Receiver, Validator and Applier work concurrently
+/// (spec 7), so the state names the furthest-behind stage with work
+/// (ApplyingWAL, then ValidatingWAL, then ReceivingWAL) and moves among
+/// them and Ready as work arrives. Only Disabled starts; every state may
+/// go to Disabled (stop, or a Supervisor failure making the replica
+/// unavailable, rule F4).
 pub const GLOBAL_TRANSITIONS: &[(GlobalKind, GlobalKind)] = {
     use GlobalKind::*;
     &[
@@ -165,7 +170,10 @@ pub const GLOBAL_TRANSITIONS: &[(GlobalKind, GlobalKind)] = {
         (ApplyingWal, ValidatingWal),
         (ApplyingWal, Ready),
         (ApplyingWal, Recovering),
+        (ReceivingWal, ApplyingWal),
         (Ready, ReceivingWal),
+        (Ready, ValidatingWal),
+        (Ready, ApplyingWal),
         (Ready, Recovering),
         (Ready, Ready),
         (Initializing, Disabled),
@@ -297,7 +305,7 @@ mod tests {
     #[case(GlobalState::Disabled, GlobalState::ApplyingWal)]
     #[case(GlobalState::Disabled, ready())]
     #[case(GlobalState::Initializing, GlobalState::ApplyingWal)]
-    #[case(GlobalState::ReceivingWal, GlobalState::ApplyingWal)]
+    #[case(GlobalState::Recovering, GlobalState::ApplyingWal)]
     #[case(ready(), ready())]
     #[case(GlobalState::Disabled, GlobalState::Disabled)]
     fn refuses_illegal_global_moves(#[case] from: GlobalState, #[case] to: GlobalState) {

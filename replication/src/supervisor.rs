@@ -1,0 +1,440 @@
+//! Replica Supervisor (spec 5.1): owner of the global state.
+//!
+//! A sans-IO core (STYLE 2): the components' runners report events; the
+//! Supervisor derives the next global state, checks the move against the
+//! transition table and returns it as a [`Transition`] value (with its
+//! reason and the CommitIds at that moment) for its runner to log with
+//! `tracing` and persist (M2). It does no WAL IO, applies nothing, serves
+//! no reads (S2); it is the only writer of the global state (S1, A1).
+//! Received, validated and applied CommitIds are kept apart.
+
+use crate::state::{check_global, BlockReason, GlobalState, IllegalTransition, ReadStatus};
+use crate::validator::Rejection;
+use crate::wal::{ChainPosition, CommitId};
+
+/// What the Supervisor is told.
+#[derive(Clone, Debug, PartialEq)]
+pub enum SupervisorInput {
+    /// Storage is open: the committed position and whether received but
+    /// unapplied segments were found (they are revalidated: Recovering).
+    Started {
+        /// Committed applied position.
+        applied: ChainPosition,
+        /// Last CommitId persisted by the Receiver (>= applied).
+        received: CommitId,
+    },
+    /// Recovery re-validated (or discarded, recorded) what it found.
+    Recovered,
+    /// The Receiver persisted a segment.
+    Received {
+        /// Its last CommitId.
+        last: CommitId,
+    },
+    /// The Validator validated a segment.
+    Validated {
+        /// Its last CommitId.
+        last: CommitId,
+    },
+    /// The Applier committed a segment.
+    Applied {
+        /// The new applied position.
+        end: ChainPosition,
+    },
+    /// The source has nothing after what was received (for now).
+    CaughtUp,
+    /// The Validator rejected a segment (F2).
+    Rejected(Rejection),
+    /// The Receiver stopped (F1).
+    ReceiverStopped {
+        /// Why.
+        reason: String,
+    },
+    /// The Applier's storage write failed (F3).
+    ApplierFailed {
+        /// The segment.
+        range: (CommitId, CommitId),
+        /// Why.
+        reason: String,
+    },
+    /// Stop requested (or a component/runner failure: F4).
+    Stop {
+        /// Why.
+        reason: String,
+    },
+}
+
+/// One global transition, as logged and persisted.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Transition {
+    /// From.
+    pub from: GlobalState,
+    /// To.
+    pub to: GlobalState,
+    /// Why, in a sentence.
+    pub reason: String,
+    /// CommitIds at that moment.
+    pub progress: Progress,
+}
+
+/// The three CommitIds the Supervisor keeps apart.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Progress {
+    /// Last CommitId persisted by the Receiver.
+    pub received: CommitId,
+    /// Last CommitId validated.
+    pub validated: CommitId,
+    /// Last CommitId applied (committed in storage).
+    pub applied: CommitId,
+}
+
+/// The Supervisor core.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Supervisor {
+    state: GlobalState,
+    progress: Progress,
+    /// The newest CommitId the source said it has (nothing after it yet).
+    source_head: Option<CommitId>,
+}
+
+impl Default for Supervisor {
+    fn default() -> Self {
+        Supervisor::new()
+    }
+}
+
+impl Supervisor {
+    /// A supervisor in `Disabled`.
+    pub fn new() -> Supervisor {
+        Supervisor {
+            state: GlobalState::Disabled,
+            progress: Progress::default(),
+            source_head: None,
+        }
+    }
+
+    /// The global state (an immutable snapshot for observers).
+    pub fn state(&self) -> &GlobalState {
+        &self.state
+    }
+
+    /// Received / validated / applied CommitIds.
+    pub fn progress(&self) -> Progress {
+        self.progress
+    }
+
+    /// Begins starting: Disabled -> Initializing.
+    pub fn start(&mut self) -> Result<Transition, IllegalTransition> {
+        self.move_to(GlobalState::Initializing, "replica starting".into())
+    }
+
+    /// The running state the pipeline's progress calls for: the
+    /// furthest-behind stage with work, or Ready once everything received
+    /// is applied and the source has nothing more.
+    fn running_state(&self) -> GlobalState {
+        let p = self.progress;
+        if p.applied < p.validated {
+            GlobalState::ApplyingWal
+        } else if p.validated < p.received {
+            GlobalState::ValidatingWal
+        } else if self.source_head == Some(p.received) {
+            GlobalState::Ready {
+                read: ReadStatus::Safe,
+            }
+        } else {
+            GlobalState::ReceivingWal
+        }
+    }
+
+    fn move_to(
+        &mut self,
+        to: GlobalState,
+        reason: String,
+    ) -> Result<Transition, IllegalTransition> {
+        check_global(&self.state, &to)?;
+        let from = std::mem::replace(&mut self.state, to.clone());
+        tracing::info!(from = %from, to = %to, %reason, applied = self.progress.applied.0, "replica state");
+        Ok(Transition {
+            from,
+            to,
+            reason,
+            progress: self.progress,
+        })
+    }
+
+    /// Handles one event; returns the transition it causes, if any.
+    pub fn handle(
+        &mut self,
+        input: SupervisorInput,
+    ) -> Result<Option<Transition>, IllegalTransition> {
+        let blocked = matches!(
+            self.state,
+            GlobalState::Ready {
+                read: ReadStatus::Blocked(_)
+            }
+        );
+        let (to, reason) = match input {
+            SupervisorInput::Started { applied, received } => {
+                let received = received.max(applied.commit_id);
+                self.progress = Progress {
+                    received,
+                    validated: applied.commit_id,
+                    applied: applied.commit_id,
+                };
+                if received > applied.commit_id {
+                    (
+                        GlobalState::Recovering,
+                        format!(
+                            "commits {}..={received} were received but not applied before the restart; re-validating them",
+                            applied.commit_id.next()
+                        ),
+                    )
+                } else {
+                    (
+                        GlobalState::ReceivingWal,
+                        format!(
+                            "started at applied commit {} (WAL offset {})",
+                            applied.commit_id, applied.wal_offset
+                        ),
+                    )
+                }
+            }
+            SupervisorInput::Recovered => (self.running_state(), "recovery finished".into()),
+            SupervisorInput::Stop { reason } => (GlobalState::Disabled, reason),
+            SupervisorInput::ApplierFailed { range, reason } => (
+                GlobalState::Recovering,
+                format!(
+                    "applying segment {}..={} failed: {reason}",
+                    range.0, range.1
+                ),
+            ),
+            SupervisorInput::Rejected(r) => {
+                let reason = format!("segment {}..={} rejected", r.first, r.last);
+                (
+                    GlobalState::Ready {
+                        read: ReadStatus::Blocked(BlockReason::SegmentRejected {
+                            first: r.first,
+                            last: r.last,
+                            wal_offset: r.wal_offset,
+                            reason: r.reason,
+                        }),
+                    },
+                    reason,
+                )
+            }
+            SupervisorInput::ReceiverStopped { reason } => (
+                GlobalState::Ready {
+                    read: ReadStatus::Blocked(BlockReason::ReceiverFailed {
+                        reason: reason.clone(),
+                    }),
+                },
+                format!("replication stopped: {reason}"),
+            ),
+            // Progress while blocked is still counted, but the state stays
+            // blocked until a restart resolves it: no silent recovery.
+            SupervisorInput::Received { last } => {
+                self.progress.received = self.progress.received.max(last);
+                if blocked {
+                    return Ok(None);
+                }
+                (
+                    self.running_state(),
+                    format!("received WAL through commit {last}"),
+                )
+            }
+            SupervisorInput::Validated { last } => {
+                self.progress.validated = self.progress.validated.max(last);
+                if blocked {
+                    return Ok(None);
+                }
+                (
+                    self.running_state(),
+                    format!("validated WAL through commit {last}"),
+                )
+            }
+            SupervisorInput::Applied { end } => {
+                self.progress.applied = end.commit_id;
+                if blocked {
+                    return Ok(None);
+                }
+                (
+                    self.running_state(),
+                    format!(
+                        "applied commit {} (WAL offset {})",
+                        end.commit_id, end.wal_offset
+                    ),
+                )
+            }
+            SupervisorInput::CaughtUp => {
+                self.source_head = Some(self.progress.received);
+                if blocked {
+                    return Ok(None);
+                }
+                (
+                    self.running_state(),
+                    format!(
+                        "caught up with the source at commit {}",
+                        self.progress.received
+                    ),
+                )
+            }
+        };
+        if to == self.state {
+            return Ok(None);
+        }
+        self.move_to(to, reason).map(Some)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wal::{Generation, WalOffset};
+
+    fn pos(c: u64) -> ChainPosition {
+        ChainPosition {
+            generation: Generation(1),
+            commit_id: CommitId(c),
+            wal_offset: WalOffset(c * 10),
+            chain: c as u32,
+        }
+    }
+
+    fn kinds(s: &mut Supervisor, inputs: Vec<SupervisorInput>) -> Vec<String> {
+        inputs
+            .into_iter()
+            .filter_map(|i| s.handle(i).expect("legal"))
+            .map(|t| t.to.to_string())
+            .collect()
+    }
+
+    #[test]
+    fn normal_catch_up_moves_through_the_pipeline_states() {
+        // M1, M2: explicit, checked transitions with reasons and progress.
+        let mut s = Supervisor::new();
+        assert_eq!(s.start().expect("legal").to, GlobalState::Initializing);
+        let seen = kinds(
+            &mut s,
+            vec![
+                SupervisorInput::Started {
+                    applied: pos(0),
+                    received: CommitId(0),
+                },
+                SupervisorInput::Received { last: CommitId(5) },
+                SupervisorInput::Validated { last: CommitId(5) },
+                SupervisorInput::Applied { end: pos(5) },
+                SupervisorInput::CaughtUp,
+            ],
+        );
+        assert_eq!(
+            seen,
+            vec![
+                "ReceivingWAL",
+                "ValidatingWAL",
+                "ApplyingWAL",
+                "ReceivingWAL",
+                "Ready (read-safe)"
+            ]
+        );
+        assert_eq!(
+            s.progress(),
+            Progress {
+                received: CommitId(5),
+                validated: CommitId(5),
+                applied: CommitId(5)
+            }
+        );
+    }
+
+    #[test]
+    fn restart_with_received_unapplied_segments_recovers_first() {
+        let mut s = Supervisor::new();
+        s.start().expect("legal");
+        let t = s
+            .handle(SupervisorInput::Started {
+                applied: pos(3),
+                received: CommitId(9),
+            })
+            .expect("legal")
+            .expect("moves");
+        assert_eq!(t.to, GlobalState::Recovering);
+        assert_eq!(
+            t.reason,
+            "commits 4..=9 were received but not applied before the restart; re-validating them"
+        );
+        let t = s
+            .handle(SupervisorInput::Recovered)
+            .expect("legal")
+            .expect("moves");
+        assert_eq!(t.to, GlobalState::ValidatingWal);
+    }
+
+    #[test]
+    fn failures_block_or_recover_explicitly() {
+        // F1, F2 -> read-blocked with the reason; F3 -> Recovering; F4 -> Disabled.
+        let mut s = Supervisor::new();
+        s.start().expect("legal");
+        s.handle(SupervisorInput::Started {
+            applied: pos(0),
+            received: CommitId(0),
+        })
+        .expect("legal");
+        let t = s
+            .handle(SupervisorInput::Rejected(Rejection {
+                first: CommitId(1),
+                last: CommitId(2),
+                wal_offset: WalOffset(0),
+                reason: "gap".into(),
+            }))
+            .expect("legal")
+            .expect("moves");
+        assert_eq!(
+            t.to.to_string(),
+            "Ready (read-blocked: segment 1..=2 at WAL offset 0 rejected: gap)"
+        );
+        // Later progress does not silently unblock.
+        assert_eq!(
+            s.handle(SupervisorInput::Received { last: CommitId(3) })
+                .expect("legal"),
+            None
+        );
+
+        let mut s = Supervisor::new();
+        s.start().expect("legal");
+        s.handle(SupervisorInput::Started {
+            applied: pos(0),
+            received: CommitId(0),
+        })
+        .expect("legal");
+        s.handle(SupervisorInput::Received { last: CommitId(2) })
+            .expect("legal");
+        s.handle(SupervisorInput::Validated { last: CommitId(2) })
+            .expect("legal");
+        let t = s
+            .handle(SupervisorInput::ApplierFailed {
+                range: (CommitId(1), CommitId(2)),
+                reason: "disk full".into(),
+            })
+            .expect("legal")
+            .expect("moves");
+        assert_eq!(t.to, GlobalState::Recovering);
+        assert_eq!(t.reason, "applying segment 1..=2 failed: disk full");
+        let t = s
+            .handle(SupervisorInput::Stop {
+                reason: "stopped by user".into(),
+            })
+            .expect("legal")
+            .expect("moves");
+        assert_eq!(t.to, GlobalState::Disabled);
+    }
+
+    #[test]
+    fn illegal_moves_are_typed_errors() {
+        // A2: e.g. an event before start.
+        let mut s = Supervisor::new();
+        let err = s
+            .handle(SupervisorInput::Recovered)
+            .expect_err("illegal from Disabled");
+        assert_eq!(err.from, "Disabled");
+        assert_eq!(s.state(), &GlobalState::Disabled);
+    }
+}
