@@ -161,6 +161,21 @@ impl Supervisor {
         })
     }
 
+    /// After pipeline progress: the running state it calls for. Progress
+    /// while blocked is still counted, but the state stays blocked until a
+    /// restart resolves it: no silent recovery.
+    fn progress_made(
+        &mut self,
+        blocked: bool,
+        reason: String,
+    ) -> Result<Option<Transition>, IllegalTransition> {
+        let to = self.running_state();
+        if blocked || to == self.state {
+            return Ok(None);
+        }
+        self.move_to(to, reason).map(Some)
+    }
+
     /// Handles one event; returns the transition it causes, if any.
     pub fn handle(
         &mut self,
@@ -229,53 +244,31 @@ impl Supervisor {
                 },
                 format!("replication stopped: {reason}"),
             ),
-            // Progress while blocked is still counted, but the state stays
-            // blocked until a restart resolves it: no silent recovery.
             SupervisorInput::Received { last } => {
                 self.progress.received = self.progress.received.max(last);
-                if blocked {
-                    return Ok(None);
-                }
-                (
-                    self.running_state(),
-                    format!("received WAL through commit {last}"),
-                )
+                return self.progress_made(blocked, format!("received WAL through commit {last}"));
             }
             SupervisorInput::Validated { last } => {
                 self.progress.validated = self.progress.validated.max(last);
-                if blocked {
-                    return Ok(None);
-                }
-                (
-                    self.running_state(),
-                    format!("validated WAL through commit {last}"),
-                )
+                return self.progress_made(blocked, format!("validated WAL through commit {last}"));
             }
             SupervisorInput::Applied { end } => {
                 self.progress.applied = end.commit_id;
-                if blocked {
-                    return Ok(None);
-                }
-                (
-                    self.running_state(),
+                return self.progress_made(
+                    blocked,
                     format!(
                         "applied commit {} (WAL offset {})",
                         end.commit_id, end.wal_offset
                     ),
-                )
+                );
             }
             SupervisorInput::CaughtUp => {
                 self.source_head = Some(self.progress.received);
-                if blocked {
-                    return Ok(None);
-                }
-                (
-                    self.running_state(),
-                    format!(
-                        "caught up with the source at commit {}",
-                        self.progress.received
-                    ),
-                )
+                let reason = format!(
+                    "caught up with the source at commit {}",
+                    self.progress.received
+                );
+                return self.progress_made(blocked, reason);
             }
         };
         if to == self.state {

@@ -829,31 +829,25 @@ fn replicate(shared: &Shared, conn: RawConn, table: &str) -> Result<CommitId, Ca
             "names starting with aerodb_ or sqlite_ are reserved".into(),
         ));
     }
-    let kind = conn
-        .query_value(
-            "SELECT type FROM pragma_table_list WHERE schema = 'main' AND name = ?1",
-            &[ValueRef::Text(table.as_bytes())],
-        )
-        .map_err(sqlite("looking up the table"))?
-        .and_then(OwnedValue::into_string);
+    let mut q = conn
+        .prepare("SELECT type, wr FROM pragma_table_list WHERE schema = 'main' AND name = ?1")
+        .map_err(sqlite("looking up the table"))?;
+    q.bind(1, ValueRef::Text(table.as_bytes()))
+        .map_err(sqlite("looking up the table"))?;
+    let found = q.step().map_err(sqlite("looking up the table"))?;
+    let (kind, wr) = (q.column(0).into_string(), q.column(1).as_i64());
+    drop(q);
     let without_rowid = match kind.as_deref() {
-        None => {
+        _ if !found => {
             return Err(CaptureError::NoSuchTable {
                 table: table.into(),
             })
         }
-        Some("table") => {
-            conn.query_value(
-                "SELECT wr FROM pragma_table_list WHERE schema = 'main' AND name = ?1",
-                &[ValueRef::Text(table.as_bytes())],
-            )
-            .map_err(sqlite("looking up the table"))?
-            .and_then(|v| v.as_i64())
-                == Some(1)
-        }
-        Some(other) => {
+        Some("table") => wr == Some(1),
+        other => {
             return Err(refused(format!(
-                "it is a {other}, only ordinary tables can be replicated"
+                "it is a {}, only ordinary tables can be replicated",
+                other.unwrap_or("schema object of unknown type")
             )))
         }
     };
