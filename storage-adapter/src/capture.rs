@@ -449,18 +449,11 @@ fn capture_begin(
     }
     let indexes = input.indexes.unwrap_or_default();
     if indexes != input.expected_indexes {
-        let show = |s: &str| {
-            if s.is_empty() {
-                "none".to_string()
-            } else {
-                s.replace(INDEX_SEPARATOR, "; ")
-            }
-        };
-        return Err(broken(format!(
-            "its indexes are now ({}), capture was set up for ({})",
-            show(indexes),
-            show(input.expected_indexes)
-        )));
+        return Err(indexes_changed(
+            input.table,
+            indexes,
+            input.expected_indexes,
+        ));
     }
     let version = data_version(s.db)?;
     if let Some(open) = s
@@ -737,6 +730,25 @@ fn indexes_of(conn: RawConn, table: &str) -> Result<Vec<String>, CaptureError> {
     Ok(out)
 }
 
+/// A table's indexes differ from those its capture was set up for.
+fn indexes_changed(table: &str, now: &str, expected: &str) -> CaptureError {
+    let show = |s: &str| {
+        if s.is_empty() {
+            "none".to_string()
+        } else {
+            s.replace(INDEX_SEPARATOR, "; ")
+        }
+    };
+    CaptureError::CaptureBroken {
+        table: table.to_owned(),
+        problem: format!(
+            "its indexes are now ({}), capture was set up for ({})",
+            show(now),
+            show(expected)
+        ),
+    }
+}
+
 /// Checks that every replicated table still has the shape and the three
 /// triggers `aerodb_replicate` made for it. Run when the schema changed
 /// (writers) and on every WAL read (readers).
@@ -772,18 +784,7 @@ pub(crate) fn verify_capture(conn: RawConn) -> Result<(), CaptureError> {
         }
         let current = indexes_of(conn, &table)?.join(&INDEX_SEPARATOR.to_string());
         if current != indexes {
-            let show = |s: &str| {
-                if s.is_empty() {
-                    "none".to_string()
-                } else {
-                    s.replace(INDEX_SEPARATOR, "; ")
-                }
-            };
-            return Err(broken(format!(
-                "its indexes are now ({}), capture was set up for ({})",
-                show(&current),
-                show(&indexes)
-            )));
+            return Err(indexes_changed(&table, &current, &indexes));
         }
         let triggers = conn
             .query_value(

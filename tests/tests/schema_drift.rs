@@ -130,3 +130,31 @@ INSERT INTO t VALUES (9, 'uncaptured');
         "{err}"
     );
 }
+
+#[test]
+fn index_created_after_replicate_refuses_writes_until_replicated_again() {
+    // Unique indexes decide which rows REPLACE deletes, so the replica must
+    // have the same ones: a new index is schema drift like a new column.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let primary = primary_with_table(dir.path());
+    primary
+        .connection()
+        .execute_batch("CREATE UNIQUE INDEX t_v ON t(v)")
+        .expect("index");
+    let err = primary
+        .connection()
+        .execute("INSERT INTO t VALUES (2, 'b')", [])
+        .expect_err("write refused");
+    assert!(
+        err.to_string().contains(
+            "replication of table 't' is broken: its indexes are now (CREATE UNIQUE INDEX t_v ON t(v)), capture was set up for (none)"
+        ),
+        "{err}"
+    );
+    let commit = primary.replicate("t").expect("replicate again");
+    primary
+        .connection()
+        .execute("INSERT INTO t VALUES (2, 'b')", [])
+        .expect("captured again");
+    assert_eq!(primary.head().expect("head"), commit.next());
+}
