@@ -161,9 +161,8 @@ impl Supervisor {
         })
     }
 
-    /// After pipeline progress: the running state it calls for. Progress
-    /// while blocked is still counted, but the state stays blocked until a
-    /// restart resolves it: no silent recovery.
+    /// After pipeline progress: the running state it calls for, unless
+    /// blocked or recovering (no silent recovery).
     fn progress_made(
         &mut self,
         blocked: bool,
@@ -181,11 +180,13 @@ impl Supervisor {
         &mut self,
         input: SupervisorInput,
     ) -> Result<Option<Transition>, IllegalTransition> {
+        // Blocked: stays blocked until a restart resolves it. Recovering:
+        // only `Recovered` ends it. Progress is still counted meanwhile.
         let blocked = matches!(
             self.state,
             GlobalState::Ready {
                 read: ReadStatus::Blocked(_)
-            }
+            } | GlobalState::Recovering
         );
         let (to, reason) = match input {
             SupervisorInput::Started { applied, received } => {
@@ -215,13 +216,18 @@ impl Supervisor {
             }
             SupervisorInput::Recovered => (self.running_state(), "recovery finished".into()),
             SupervisorInput::Stop { reason } => (GlobalState::Disabled, reason),
-            SupervisorInput::ApplierFailed { range, reason } => (
-                GlobalState::Recovering,
-                format!(
-                    "applying segment {}..={} failed: {reason}",
-                    range.0, range.1
-                ),
-            ),
+            SupervisorInput::ApplierFailed { range, reason } => {
+                // Recovery re-validates everything after the applied
+                // position: nothing beyond it counts as validated.
+                self.progress.validated = self.progress.applied;
+                (
+                    GlobalState::Recovering,
+                    format!(
+                        "applying segment {}..={} failed: {reason}",
+                        range.0, range.1
+                    ),
+                )
+            }
             SupervisorInput::Rejected(r) => {
                 let reason = format!("segment {}..={} rejected", r.first, r.last);
                 (
@@ -418,6 +424,41 @@ mod tests {
             .expect("legal")
             .expect("moves");
         assert_eq!(t.to, GlobalState::Disabled);
+    }
+
+    #[test]
+    fn applier_failure_recovers_through_revalidation() {
+        // F3: Recovering, which only `Recovered` ends; then re-validation.
+        let mut s = Supervisor::new();
+        s.start().expect("legal");
+        let _ = kinds(
+            &mut s,
+            vec![
+                SupervisorInput::Started {
+                    applied: pos(0),
+                    received: CommitId(0),
+                },
+                SupervisorInput::Received { last: CommitId(2) },
+                SupervisorInput::Validated { last: CommitId(2) },
+                SupervisorInput::ApplierFailed {
+                    range: (CommitId(1), CommitId(2)),
+                    reason: "disk full".into(),
+                },
+            ],
+        );
+        assert_eq!(s.state(), &GlobalState::Recovering);
+        assert_eq!(
+            s.handle(SupervisorInput::Received { last: CommitId(4) })
+                .expect("legal"),
+            None
+        );
+        let t = s
+            .handle(SupervisorInput::Recovered)
+            .expect("legal")
+            .expect("moves");
+        assert_eq!(t.to, GlobalState::ValidatingWal);
+        assert_eq!(t.progress.validated, CommitId(0));
+        assert_eq!(t.progress.received, CommitId(4));
     }
 
     #[test]

@@ -12,7 +12,9 @@
 //! (a rejection blocks application: after it, nothing more is validated
 //! until a restart revalidates from the applied position).
 
-use crate::wal::{validate, ChainPosition, CommitId, Segment, ValidatedSegment, WalOffset};
+use crate::wal::{
+    validate, ChainPosition, CommitId, Segment, SegmentHeader, ValidatedSegment, WalOffset,
+};
 
 /// The Validator's state.
 #[derive(Clone, Debug, PartialEq)]
@@ -101,7 +103,7 @@ impl Validator {
         };
         let ValidatorInput::Received { bytes } = input;
         let result = Segment::decode(&bytes)
-            .map_err(|e| (None, e.to_string()))
+            .map_err(|e| (SegmentHeader::peek(&bytes).ok(), e.to_string()))
             .and_then(|segment| {
                 let claimed = segment.header;
                 validate(segment, &next).map_err(|e| (Some(claimed), e.to_string()))
@@ -208,6 +210,8 @@ mod tests {
             panic!("rejected")
         };
         assert!(rej.reason.contains("segment CRC32"), "{}", rej.reason);
+        // E2: the readable header still names the segment.
+        assert_eq!((rej.first, rej.last), (CommitId(1), CommitId(2)));
     }
 
     #[test]

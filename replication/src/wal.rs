@@ -56,9 +56,10 @@ pub const MAX_SCHEMA_SQL_BYTES: usize = 1 << 20;
 pub struct CommitId(pub u64);
 
 impl CommitId {
-    /// The CommitId after this one.
+    /// The CommitId after this one (saturating: decoding refuses the last
+    /// representable CommitId, so this never wraps on real data).
     pub fn next(self) -> CommitId {
-        CommitId(self.0 + 1)
+        CommitId(self.0.saturating_add(1))
     }
 }
 
@@ -746,6 +747,12 @@ pub struct SegmentHeader {
 }
 
 impl SegmentHeader {
+    /// Reads and checks only the header of segment bytes (magic, version,
+    /// header CRC, bounds), e.g. to name a segment whose body is corrupt.
+    pub fn peek(bytes: &[u8]) -> Result<SegmentHeader, DecodeError> {
+        decode_header(bytes)
+    }
+
     /// The CommitId range.
     pub fn range(&self) -> (CommitId, CommitId) {
         (self.first_commit_id, self.last_commit_id)
@@ -1096,6 +1103,13 @@ fn decode_header(bytes: &[u8]) -> Result<SegmentHeader, DecodeError> {
     }
     if header.first_commit_id.0 == 0 {
         return Err(bad("first CommitId", 0, "CommitIds start at 1".into()));
+    }
+    if header.last_commit_id.0 == u64::MAX {
+        return Err(bad(
+            "last CommitId",
+            u64::MAX,
+            "the last representable CommitId is never used".into(),
+        ));
     }
     if header.record_count == 0 || header.record_count > MAX_RECORDS_PER_SEGMENT {
         return Err(bad(

@@ -1129,10 +1129,6 @@ pub fn register(conn: &Connection) -> Result<CaptureHandle, rusqlite::Error> {
         hook: HookStatus::Installed,
         main_generation: None,
     }));
-    // Hooks first: a re-registration drops the previous functions (and
-    // their Arc) only after the hooks point at the new state.
-    install_hooks(&shared);
-    lock(&shared).hook = HookStatus::Installed;
     let utf8 = FunctionFlags::SQLITE_UTF8;
     let trigger_safe = utf8 | FunctionFlags::SQLITE_INNOCUOUS;
     let direct = utf8 | FunctionFlags::SQLITE_DIRECTONLY;
@@ -1213,6 +1209,12 @@ pub fn register(conn: &Connection) -> Result<CaptureHandle, rusqlite::Error> {
             .map(|c| c.map(|c| c.0 as i64))
             .map_err(user_err)
     })?;
+    // Hooks last, once every function holds the new state: the hooks
+    // borrow the state the functions own. Had a registration above failed
+    // (e.g. SQLITE_BUSY while statements run), the hooks still point at
+    // the previous state, which the previous functions keep alive.
+    install_hooks(&shared);
+    lock(&shared).hook = HookStatus::Installed;
     Ok(CaptureHandle { shared })
 }
 

@@ -572,12 +572,21 @@ fn replica_unique_indexes(
 
 /// Runs one schema statement from the WAL after checking that it is a
 /// single statement of the expected kind.
+/// What a schema statement from the WAL may be.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum SchemaStatement {
+    /// `CREATE TABLE`.
+    Table,
+    /// `CREATE INDEX` or `CREATE UNIQUE INDEX`.
+    Index,
+}
+
 fn run_schema_statement(
     tx: &Connection,
     commit_id: CommitId,
     table: &str,
     statement: &str,
-    kind: [&str; 2],
+    kind: SchemaStatement,
 ) -> Result<(), ApplyError> {
     let bad = |problem: String| ApplyError::BadSchema {
         commit_id,
@@ -586,19 +595,18 @@ fn run_schema_statement(
     };
     let words: Vec<String> = statement
         .split_whitespace()
-        .take(if kind[1] == "UNIQUE" { 3 } else { 2 })
+        .take(3)
         .map(str::to_ascii_uppercase)
         .collect();
-    let expected: Vec<&str> = if kind[1] == "UNIQUE" {
-        vec!["CREATE", "UNIQUE", "INDEX"]
-    } else {
-        kind.to_vec()
+    let words: Vec<&str> = words.iter().map(String::as_str).collect();
+    let ok = match kind {
+        SchemaStatement::Table => words.starts_with(&["CREATE", "TABLE"]),
+        SchemaStatement::Index => {
+            words.starts_with(&["CREATE", "INDEX"]) || words == ["CREATE", "UNIQUE", "INDEX"]
+        }
     };
-    if words != expected {
-        return Err(bad(format!(
-            "`{statement}` is not a {} statement",
-            expected.join(" ")
-        )));
+    if !ok {
+        return Err(bad(format!("`{statement}` is not a {kind:?} creation statement")));
     }
     // One statement only: prepare refuses a tail.
     let mut s = tx
@@ -651,9 +659,9 @@ fn apply_schema(
             }
         }
         None => {
-            run_schema_statement(tx, commit_id, table, sql, ["CREATE", "TABLE"])?;
+            run_schema_statement(tx, commit_id, table, sql, SchemaStatement::Table)?;
             for index in indexes {
-                run_schema_statement(tx, commit_id, table, index, ["CREATE", "UNIQUE"])?;
+                run_schema_statement(tx, commit_id, table, index, SchemaStatement::Index)?;
             }
             let created = table_sql(tx, commit_id, table)?;
             let created_indexes = replica_unique_indexes(tx, commit_id, table)?;

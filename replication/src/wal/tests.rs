@@ -280,6 +280,28 @@ fn continuity_refuses_foreign_generation_and_fork() {
 }
 
 #[test]
+fn decode_refuses_the_last_representable_commit_id_without_panicking() {
+    // A forged header (valid CRC) claiming CommitId u64::MAX is an error,
+    // not an overflow.
+    let mut b = segment_bytes(1);
+    b[16..24].copy_from_slice(&u64::MAX.to_le_bytes());
+    b[24..32].copy_from_slice(&u64::MAX.to_le_bytes());
+    let crc = crc32fast::hash(&b[..56]);
+    b[56..60].copy_from_slice(&crc.to_le_bytes());
+    let err = Segment::decode(&b).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            DecodeError::BadHeader {
+                field: "last CommitId",
+                ..
+            }
+        ),
+        "{err}"
+    );
+}
+
+#[test]
 fn decode_bounds_allocation_by_present_bytes() {
     // A header that claims a huge body but carries none is refused before
     // any allocation of that size.
