@@ -165,9 +165,9 @@ pub enum Change {
         table: String,
         /// Its `CREATE TABLE` statement as the primary's schema holds it.
         sql: String,
-        /// Its `CREATE UNIQUE INDEX` statements, by index name: unique
-        /// constraints decide which rows `REPLACE` deletes, so the replica
-        /// must have the same ones.
+        /// Its `CREATE INDEX` statements, by index name: unique ones decide
+        /// which rows `REPLACE` deletes, so the replica must have the same.
+        /// The table's rows at this commit follow as Inserts in the record.
         indexes: Vec<String>,
     },
 }

@@ -46,7 +46,7 @@ use crate::primary_wal::{
 use crate::raw::{OwnedValue, RawConn, RawError};
 use replication::wal::{
     encode_change, encode_change_header, encode_count, encode_value, Change, CommitId, EncodeError,
-    Generation, Operation, ValueRef as WalValue,
+    Generation, Operation, Value, ValueRef as WalValue,
 };
 use rusqlite::ffi;
 use rusqlite::functions::{Context, FunctionFlags};
@@ -986,6 +986,40 @@ fn replicate(shared: &Shared, conn: RawConn, table: &str) -> Result<CommitId, Ca
             &[ValueRef::Integer(pos), ValueRef::Blob(&change)],
         )
         .map_err(sqlite("writing the schema record"))?;
+        // The table's rows at this commit follow the schema change in the
+        // same record: a replica starts it from exactly the primary's
+        // content (also after DROP/CREATE and replicate again).
+        let names: Vec<String> = cols.iter().map(|c| quote_ident(&c.name)).collect();
+        let mut rows = conn
+            .prepare(&format!("SELECT {} FROM main.{t}", names.join(", ")))
+            .map_err(sqlite(format!("reading the rows of '{table}'")))?;
+        let mut insert = conn
+            .prepare("INSERT INTO main.aerodb_changes(pos, change) VALUES (?1, ?2)")
+            .map_err(sqlite("writing the table's rows"))?;
+        while rows
+            .step()
+            .map_err(sqlite(format!("reading the rows of '{table}'")))?
+        {
+            let values: Vec<Value> = (0..cols.len()).map(|i| rows.column(i).into()).collect();
+            let change = encode_change(&Change::Insert {
+                table: table.to_owned(),
+                values,
+            })
+            .map_err(|source| CaptureError::Encode {
+                table: table.to_owned(),
+                source,
+            })?;
+            let pos = capture_pos(shared, generation)?;
+            insert
+                .bind(1, ValueRef::Integer(pos))
+                .map_err(sqlite("writing the table's rows"))?;
+            insert
+                .bind(2, ValueRef::Blob(&change))
+                .map_err(sqlite("writing the table's rows"))?;
+            while insert.step().map_err(sqlite("writing the table's rows"))? {}
+            insert.reset();
+        }
+        drop((rows, insert));
         let commit_id = commit_of(pos);
         conn.execute(
             "UPDATE main.aerodb_tables SET schema_commit_id = ?2 WHERE name = ?1",

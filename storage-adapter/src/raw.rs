@@ -147,6 +147,19 @@ impl RawConn {
     }
 }
 
+impl From<OwnedValue> for replication::wal::Value {
+    fn from(v: OwnedValue) -> Self {
+        use replication::wal::Value;
+        match v {
+            OwnedValue::Null => Value::Null,
+            OwnedValue::Integer(i) => Value::Integer(i),
+            OwnedValue::Real(r) => Value::Real(r),
+            OwnedValue::Text(t) => Value::Text(t),
+            OwnedValue::Blob(b) => Value::Blob(b),
+        }
+    }
+}
+
 /// A column value copied out of SQLite.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) enum OwnedValue {

@@ -555,7 +555,7 @@ fn exactly_one(
 
 /// The `CREATE UNIQUE INDEX` statements of `table` on this replica, by
 /// index name (as the primary lists them in schema records).
-fn replica_unique_indexes(
+fn replica_indexes(
     tx: &Connection,
     commit_id: CommitId,
     table: &str,
@@ -606,7 +606,9 @@ fn run_schema_statement(
         }
     };
     if !ok {
-        return Err(bad(format!("`{statement}` is not a {kind:?} creation statement")));
+        return Err(bad(format!(
+            "`{statement}` is not a {kind:?} creation statement"
+        )));
     }
     // One statement only: prepare refuses a tail.
     let mut s = tx
@@ -642,8 +644,17 @@ fn apply_schema(
     let existing = table_sql(tx, commit_id, table)?;
     match existing {
         Some(existing) => {
-            let existing_indexes = replica_unique_indexes(tx, commit_id, table)?;
-            if existing != sql || existing_indexes != indexes {
+            let existing_indexes = replica_indexes(tx, commit_id, table)?;
+            if existing == sql && existing_indexes == indexes {
+                // Same table again (replicated anew, e.g. after DROP and
+                // CREATE on the primary): its content restarts from the
+                // Insert changes that follow in this record.
+                tx.execute(&format!("DELETE FROM {}", quote_ident(table)), [])
+                    .map_err(sql_err(
+                        "resetting the table for its schema record",
+                        Some(commit_id),
+                    ))?;
+            } else {
                 return Err(ApplyError::SchemaMismatch {
                     commit_id,
                     table: table.into(),
@@ -664,7 +675,7 @@ fn apply_schema(
                 run_schema_statement(tx, commit_id, table, index, SchemaStatement::Index)?;
             }
             let created = table_sql(tx, commit_id, table)?;
-            let created_indexes = replica_unique_indexes(tx, commit_id, table)?;
+            let created_indexes = replica_indexes(tx, commit_id, table)?;
             if created.as_deref() != Some(sql) || created_indexes != indexes {
                 return Err(ApplyError::BadSchema {
                     commit_id,

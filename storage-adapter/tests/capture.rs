@@ -1892,8 +1892,8 @@ fn aerodb_replicate_sql_errors_name_the_argument(#[case] sql: &str, #[case] expe
 }
 
 /// `SELECT aerodb_replicate('t')` returns the CommitId of the schema record;
-/// replicating again writes a new, identical schema record the replica
-/// accepts.
+/// replicating again writes a new, identical schema record followed by the
+/// table's rows, which the replica accepts (restarting the table from them).
 #[test]
 fn aerodb_replicate_in_sql_returns_the_commit_id_of_its_schema_record() {
     let f = Fixture::new(T, &[]);
@@ -1906,7 +1906,10 @@ fn aerodb_replicate_in_sql_returns_the_commit_id_of_its_schema_record() {
         indexes: vec![],
     };
     assert_eq!(f.changes(1), vec![schema.clone()]);
-    assert_eq!(f.changes(3), vec![schema]);
+    assert_eq!(
+        f.changes(3),
+        vec![schema, insert("t", vec![int(1), text("a")])]
+    );
     f.exec("INSERT INTO t VALUES (2, 'b')");
     assert_eq!(f.changes(4), vec![insert("t", vec![int(2), text("b")])]);
     f.assert_replica_matches();

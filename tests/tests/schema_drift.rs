@@ -158,3 +158,65 @@ fn index_created_after_replicate_refuses_writes_until_replicated_again() {
         .expect("captured again");
     assert_eq!(primary.head().expect("head"), commit.next());
 }
+
+#[test]
+fn existing_rows_and_recreated_tables_reach_the_replica_exactly() {
+    // Review finding: a table replicated with rows already in it, or
+    // dropped, recreated and replicated again, must not leave the replica
+    // with other content than the primary at the same CommitId.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let p = dir.path().join("p.db");
+    let primary = Primary::open(&p).expect("primary");
+    primary
+        .connection()
+        .execute_batch(
+            "CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT); CREATE INDEX t_v ON t(v); \
+             INSERT INTO t VALUES (1, 'before replicate'), (2, 'also before');",
+        )
+        .expect("table with rows and a plain index");
+    primary.replicate("t").expect("replicate");
+    primary
+        .connection()
+        .execute("INSERT INTO t VALUES (3, 'after')", [])
+        .expect("insert");
+    let reader = PrimaryWalReader::open(&p).expect("reader");
+    let mut replica = ReplicaDb::open(dir.path().join("r.db")).expect("replica");
+    let mut pos = replica.init(reader.generation()).expect("init");
+    let dump = |c: &rusqlite::Connection| -> Vec<(i64, String)> {
+        c.prepare("SELECT id, v FROM t ORDER BY id")
+            .and_then(|mut s| s.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?.collect())
+            .expect("rows")
+    };
+    let mut catch_up = |replica: &mut ReplicaDb| {
+        while let Some(b) = reader.segment(pos.commit_id.next(), 1 << 20).expect("read") {
+            let seg = validate(Segment::decode(&b).expect("decodes"), &pos).expect("valid");
+            pos = replica.apply(&seg).expect("applies");
+        }
+    };
+    catch_up(&mut replica);
+    assert_eq!(dump(replica.connection()), dump(primary.connection()));
+    let index: i64 = replica
+        .connection()
+        .query_row(
+            "SELECT count(*) FROM sqlite_schema WHERE name = 't_v'",
+            [],
+            |r| r.get(0),
+        )
+        .expect("index");
+    assert_eq!(index, 1, "the plain index travels with the schema record");
+
+    primary
+        .connection()
+        .execute_batch(
+            "DROP TABLE t; CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT); CREATE INDEX t_v ON t(v); \
+             INSERT INTO t VALUES (9, 'recreated');",
+        )
+        .expect("recreate");
+    primary.replicate("t").expect("replicate again");
+    catch_up(&mut replica);
+    assert_eq!(
+        dump(replica.connection()),
+        vec![(9, "recreated".to_string())]
+    );
+    assert_eq!(dump(replica.connection()), dump(primary.connection()));
+}
