@@ -48,6 +48,7 @@ use replication::wal::{
     encode_change, encode_change_header, encode_count, encode_value, Change, CommitId, EncodeError,
     Generation, Operation, Value, ValueRef as WalValue,
 };
+use replication::wal::{MAX_RECORD_BYTES, RECORD_OVERHEAD};
 use rusqlite::ffi;
 use rusqlite::functions::{Context, FunctionFlags};
 use rusqlite::types::ValueRef;
@@ -249,6 +250,10 @@ struct ConnState {
     open: Option<OpenCommit>,
     token: Token,
     hook: HookStatus,
+    /// Bytes of the current transaction's record so far, with the data
+    /// version they belong to (changes rolled back to a savepoint still
+    /// count: conservative; a rollback resets it).
+    record_bytes: Option<(u32, usize)>,
     /// Generation of the primary in `main`, once read (it never changes).
     main_generation: Option<Generation>,
 }
@@ -329,6 +334,7 @@ unsafe extern "C" fn on_rollback(arg: *mut c_void) {
             }
         }
         s.open = None;
+        s.record_bytes = None;
     });
 }
 
@@ -543,7 +549,40 @@ fn arg_value<'a>(ctx: &'a Context<'_>, i: usize) -> WalValue<'a> {
 
 /// `aerodb_capture_change(table, op, nkey, key..., values...)`: encodes one
 /// change. Called by the capture triggers only.
-fn capture_change(ctx: &Context<'_>) -> Result<Vec<u8>, CaptureError> {
+/// Counts an encoded change against the open record's size limit, so a
+/// transaction whose record could never be read is refused when written,
+/// not discovered by a replica later.
+fn account(shared: &Shared, table: &str, len: usize) -> Result<(), CaptureError> {
+    let mut s = lock(shared);
+    let version = data_version(s.db)?;
+    // Keyed by data version, not by the open commit: SQLite may evaluate a
+    // row's change before its position.
+    let bytes = match s.record_bytes {
+        Some((v, b)) if v == version => b,
+        _ => RECORD_OVERHEAD,
+    } + 4
+        + len;
+    s.record_bytes = Some((version, bytes));
+    if bytes > MAX_RECORD_BYTES {
+        let commit_id = s
+            .open
+            .as_ref()
+            .filter(|o| o.data_version == version)
+            .map(|o| o.commit_id);
+        return Err(CaptureError::Encode {
+            table: table.to_owned(),
+            source: EncodeError::TooLarge {
+                what: "transaction's WAL record",
+                actual: bytes as u64,
+                limit: MAX_RECORD_BYTES as u64,
+                commit_id,
+            },
+        });
+    }
+    Ok(())
+}
+
+fn capture_change(shared: &Shared, ctx: &Context<'_>) -> Result<Vec<u8>, CaptureError> {
     const F: &str = "aerodb_capture_change";
     let bad = |argument: &str, problem: String| CaptureError::BadArgument {
         function: F,
@@ -612,6 +651,7 @@ fn capture_change(ctx: &Context<'_>) -> Result<Vec<u8>, CaptureError> {
         table: table.to_owned(),
         source,
     })?;
+    account(shared, table, out.len())?;
     Ok(out)
 }
 
@@ -981,6 +1021,7 @@ fn replicate(shared: &Shared, conn: RawConn, table: &str) -> Result<CommitId, Ca
             },
         )?;
         let pos = capture_pos(shared, generation)?;
+        account(shared, table, change.len())?;
         conn.execute(
             "INSERT INTO main.aerodb_changes(pos, change) VALUES (?1, ?2)",
             &[ValueRef::Integer(pos), ValueRef::Blob(&change)],
@@ -1010,6 +1051,7 @@ fn replicate(shared: &Shared, conn: RawConn, table: &str) -> Result<CommitId, Ca
                 source,
             })?;
             let pos = capture_pos(shared, generation)?;
+            account(shared, table, change.len())?;
             insert
                 .bind(1, ValueRef::Integer(pos))
                 .map_err(sqlite("writing the table's rows"))?;
@@ -1161,6 +1203,7 @@ pub fn register(conn: &Connection) -> Result<CaptureHandle, rusqlite::Error> {
         open: None,
         token: Token::Nothing,
         hook: HookStatus::Installed,
+        record_bytes: None,
         main_generation: None,
     }));
     let utf8 = FunctionFlags::SQLITE_UTF8;
@@ -1199,11 +1242,12 @@ pub fn register(conn: &Connection) -> Result<CaptureHandle, rusqlite::Error> {
             .and_then(|()| capture_pos(&s, generation))
             .map_err(user_err)
     })?;
+    let s = shared.clone();
     conn.create_scalar_function(
         "aerodb_capture_change",
         -1,
         trigger_safe | FunctionFlags::SQLITE_DETERMINISTIC,
-        |ctx| capture_change(ctx).map_err(user_err),
+        move |ctx| capture_change(&s, ctx).map_err(user_err),
     )?;
     let s = shared.clone();
     conn.create_scalar_function("aerodb_primary_init", 0, direct, move |_ctx| {
