@@ -117,3 +117,23 @@ pub fn dump_table(conn: &Connection, table: &str) -> Vec<Vec<Value>> {
         .collect::<Result<_, _>>()
         .expect("dump rows")
 }
+
+/// Applies every segment the primary has after `position` (segments of at
+/// most `segment_bytes`), one transaction each; returns the new position.
+pub fn catch_up(
+    reader: &storage_adapter::primary::PrimaryWalReader,
+    replica: &mut storage_adapter::replica::ReplicaDb,
+    mut position: replication::wal::ChainPosition,
+    segment_bytes: usize,
+) -> replication::wal::ChainPosition {
+    use replication::wal::{validate, Segment};
+    while let Some(bytes) = reader
+        .segment(position.commit_id.next(), segment_bytes)
+        .expect("read the primary's WAL")
+    {
+        let segment = Segment::decode(&bytes).expect("segment decodes");
+        let segment = validate(segment, &position).expect("segment continues the replica");
+        position = replica.apply(&segment).expect("segment applies");
+    }
+    position
+}

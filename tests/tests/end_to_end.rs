@@ -252,15 +252,21 @@ fn write_rows(conn: &Connection, ids: std::ops::RangeInclusive<i64>, tag: i64) {
     }
 }
 
-fn fixture() -> Fixture {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let p = dir.path().join("primary.db");
-    let primary = Primary::open(&p).expect("primary");
+/// A primary with table `t(id, v)` replicated (commit 1).
+fn primary_with_t(path: &Path) -> Primary {
+    let primary = Primary::open(path).expect("primary");
     primary
         .connection()
         .execute_batch("CREATE TABLE t(id INTEGER PRIMARY KEY, v INTEGER NOT NULL)")
         .expect("table");
     primary.replicate("t").expect("replicate");
+    primary
+}
+
+fn fixture() -> Fixture {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let p = dir.path().join("primary.db");
+    let primary = primary_with_t(&p);
     write_rows(primary.connection(), 1..=3, 1);
     // A backup taken at commit 4, restored later for the fork case.
     let backup = dir.path().join("backup.db");
@@ -306,12 +312,7 @@ fn fix_crcs(b: &mut [u8]) {
 /// Another primary: same schema, other generation, same row values.
 fn foreign_segment(f: &Fixture) -> Vec<u8> {
     let p = f.dir.path().join("foreign.db");
-    let primary = Primary::open(&p).expect("primary");
-    primary
-        .connection()
-        .execute_batch("CREATE TABLE t(id INTEGER PRIMARY KEY, v INTEGER NOT NULL)")
-        .expect("table");
-    primary.replicate("t").expect("replicate");
+    let primary = primary_with_t(&p);
     write_rows(primary.connection(), 1..=8, 1);
     let reader = PrimaryWalReader::open(&p).expect("reader");
     range(&reader, 5, 6)
@@ -515,12 +516,7 @@ fn divergent_replica_is_detected_and_apply_rolls_back() {
     // the commit, table and key.
     let dir = tempfile::tempdir().expect("tempdir");
     let p = dir.path().join("primary.db");
-    let primary = Primary::open(&p).expect("primary");
-    primary
-        .connection()
-        .execute_batch("CREATE TABLE t(id INTEGER PRIMARY KEY, v INTEGER NOT NULL)")
-        .expect("table");
-    primary.replicate("t").expect("replicate");
+    let primary = primary_with_t(&p);
     write_rows(primary.connection(), 1..=2, 1);
     primary
         .connection()

@@ -3,7 +3,8 @@
 //! primary (the statement fails, nothing of it is captured), instead of
 //! producing WAL that no replica could ever read.
 
-use replication::wal::{validate, CommitId, Segment, MAX_RECORD_BYTES};
+use aerodb_e2e::catch_up;
+use replication::wal::{CommitId, MAX_RECORD_BYTES};
 use storage_adapter::primary::{Primary, PrimaryWalReader};
 use storage_adapter::replica::ReplicaDb;
 
@@ -38,12 +39,8 @@ fn transaction_over_the_record_limit_is_refused_when_written() {
     // What committed is readable and applies.
     let reader = PrimaryWalReader::open(&p).expect("reader");
     let mut replica = ReplicaDb::open(dir.path().join("r.db")).expect("replica");
-    let mut pos = replica.init(reader.generation()).expect("init");
-    while let Some(b) = reader.segment(pos.commit_id.next(), 1 << 20).expect("read") {
-        pos = replica
-            .apply(&validate(Segment::decode(&b).expect("decodes"), &pos).expect("valid"))
-            .expect("applies");
-    }
+    let start = replica.init(reader.generation()).expect("init");
+    let pos = catch_up(&reader, &mut replica, start, 1 << 20);
     assert_eq!(pos.commit_id, CommitId(2));
     let n: i64 = replica
         .connection()

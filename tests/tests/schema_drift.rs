@@ -4,7 +4,7 @@
 //! to serve, and a replica refuses a schema record that differs from its
 //! table.
 
-use aerodb_e2e::{extension, shell};
+use aerodb_e2e::{catch_up, extension, shell};
 use replication::wal::{validate, CommitId, Segment};
 use storage_adapter::primary::{Primary, PrimaryWalReader};
 use storage_adapter::replica::{ApplyError, ReplicaDb};
@@ -187,13 +187,7 @@ fn existing_rows_and_recreated_tables_reach_the_replica_exactly() {
             .and_then(|mut s| s.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?.collect())
             .expect("rows")
     };
-    let mut catch_up = |replica: &mut ReplicaDb| {
-        while let Some(b) = reader.segment(pos.commit_id.next(), 1 << 20).expect("read") {
-            let seg = validate(Segment::decode(&b).expect("decodes"), &pos).expect("valid");
-            pos = replica.apply(&seg).expect("applies");
-        }
-    };
-    catch_up(&mut replica);
+    pos = catch_up(&reader, &mut replica, pos, 1 << 20);
     assert_eq!(dump(replica.connection()), dump(primary.connection()));
     let index: i64 = replica
         .connection()
@@ -213,7 +207,7 @@ fn existing_rows_and_recreated_tables_reach_the_replica_exactly() {
         )
         .expect("recreate");
     primary.replicate("t").expect("replicate again");
-    catch_up(&mut replica);
+    catch_up(&reader, &mut replica, pos, 1 << 20);
     assert_eq!(
         dump(replica.connection()),
         vec![(9, "recreated".to_string())]
