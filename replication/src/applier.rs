@@ -20,12 +20,15 @@ pub enum ApplierState {
         /// Committed position.
         applied: ChainPosition,
     },
-    /// The runner is writing this segment.
+    /// The runner is writing this segment (it holds the segment; the core
+    /// keeps its range and end, so nothing is copied).
     Applying {
         /// Position before it.
         applied: ChainPosition,
-        /// The segment in flight.
-        segment: ValidatedSegment,
+        /// First and last CommitId of the segment in flight.
+        range: (CommitId, CommitId),
+        /// Where it ends.
+        end: ChainPosition,
     },
     /// Storage failed; the Supervisor must recover.
     Failed {
@@ -152,28 +155,32 @@ impl Applier {
                         applied: applied.commit_id,
                     });
                 }
-                let out = ApplierOutput::ApplyToStorage(segment.clone());
                 self.state = ApplierState::Applying {
                     applied: *applied,
-                    segment,
+                    range: range(&segment),
+                    end: segment.end(),
                 };
-                Ok(out)
+                Ok(ApplierOutput::ApplyToStorage(segment))
             }
-            (ApplierState::Applying { segment, .. }, ApplierInput::Validated(offered)) => {
+            (ApplierState::Applying { range: busy, .. }, ApplierInput::Validated(offered)) => {
                 Err(ApplierError::Busy {
-                    busy: range(segment),
+                    busy: *busy,
                     offered: range(&offered),
                 })
             }
-            (ApplierState::Applying { segment, .. }, ApplierInput::StorageCommitted { end }) => {
-                if end != segment.end() {
+            (
+                ApplierState::Applying {
+                    range: r,
+                    end: expected,
+                    ..
+                },
+                ApplierInput::StorageCommitted { end },
+            ) => {
+                if end != *expected {
                     return Err(ApplierError::UnexpectedReport {
                         detail: format!(
                             "storage committed commit {}, segment {}..={} ends at commit {}",
-                            end.commit_id,
-                            range(segment).0,
-                            range(segment).1,
-                            segment.end().commit_id
+                            end.commit_id, r.0, r.1, expected.commit_id
                         ),
                     });
                 }
@@ -181,10 +188,12 @@ impl Applier {
                 Ok(ApplierOutput::Applied { end })
             }
             (
-                ApplierState::Applying { applied, segment },
+                ApplierState::Applying {
+                    applied, range: r, ..
+                },
                 ApplierInput::StorageFailed { reason },
             ) => {
-                let r = range(segment);
+                let r = *r;
                 tracing::error!(first = r.0 .0, last = r.1 .0, %reason, "apply failed");
                 self.state = ApplierState::Failed {
                     applied: *applied,

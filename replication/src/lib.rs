@@ -19,6 +19,7 @@
 //! | WAL Applier core (spec 5.4, rules W1-W3, F3) | [`applier`] |
 //! | WAL Receiver core (spec 5.2, rules R1, R2, F1) | [`receiver`] |
 //! | Replica Supervisor core (spec 5.1, rules S1, S2, M2) | [`supervisor`] |
+//! | threads, channels, ports to storage and sources (spec 7, C1, K1) | [`runtime`] |
 //!
 //! ## Example
 //!
@@ -50,6 +51,7 @@
 pub mod applier;
 pub mod read_gate;
 pub mod receiver;
+pub mod runtime;
 pub mod state;
 pub mod supervisor;
 pub mod validator;

@@ -29,6 +29,21 @@ pub enum BlockReason {
         /// The Receiver's explanation.
         reason: String,
     },
+    /// Applying a segment failed again after recovery; replication stopped.
+    ApplierFailed {
+        /// The segment's first CommitId.
+        first: CommitId,
+        /// Its last CommitId.
+        last: CommitId,
+        /// The storage error.
+        reason: String,
+    },
+    /// A block reason as the state store recorded it (its sentence), when
+    /// the state is read back from storage by another process or reader.
+    Recorded {
+        /// The recorded sentence.
+        reason: String,
+    },
 }
 
 impl fmt::Display for BlockReason {
@@ -44,6 +59,15 @@ impl fmt::Display for BlockReason {
                 "segment {first}..={last} at WAL offset {wal_offset} rejected: {reason}"
             ),
             BlockReason::ReceiverFailed { reason } => write!(f, "WAL receiver failed: {reason}"),
+            BlockReason::ApplierFailed {
+                first,
+                last,
+                reason,
+            } => write!(
+                f,
+                "applying segment {first}..={last} failed again after recovery: {reason}"
+            ),
+            BlockReason::Recorded { reason } => write!(f, "{reason}"),
         }
     }
 }

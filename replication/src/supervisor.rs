@@ -56,6 +56,15 @@ pub enum SupervisorInput {
         /// Why.
         reason: String,
     },
+    /// Recovery cannot make progress: the Applier failed again on the
+    /// segment it failed on before recovery. Replication stops, read-blocked,
+    /// instead of retrying (X4).
+    RecoveryFailed {
+        /// The segment.
+        range: (CommitId, CommitId),
+        /// Why.
+        reason: String,
+    },
     /// Stop requested (or a component/runner failure: F4).
     Stop {
         /// Why.
@@ -124,7 +133,14 @@ impl Supervisor {
 
     /// Begins starting: Disabled -> Initializing.
     pub fn start(&mut self) -> Result<Transition, IllegalTransition> {
-        self.move_to(GlobalState::Initializing, "replica starting".into())
+        self.start_because("replica starting".into())
+    }
+
+    /// Begins starting, with the reason to record (e.g. how the previous
+    /// run ended).
+    pub fn start_because(&mut self, reason: String) -> Result<Transition, IllegalTransition> {
+        self.source_head = None;
+        self.move_to(GlobalState::Initializing, reason)
     }
 
     /// The running state the pipeline's progress calls for: the
@@ -228,6 +244,19 @@ impl Supervisor {
                     ),
                 )
             }
+            SupervisorInput::RecoveryFailed { range, reason } => (
+                GlobalState::Ready {
+                    read: ReadStatus::Blocked(BlockReason::ApplierFailed {
+                        first: range.0,
+                        last: range.1,
+                        reason: reason.clone(),
+                    }),
+                },
+                format!(
+                    "recovery failed: applying segment {}..={} failed again after recovery: {reason}",
+                    range.0, range.1
+                ),
+            ),
             SupervisorInput::Rejected(r) => {
                 let reason = format!("segment {}..={} rejected", r.first, r.last);
                 (
@@ -382,6 +411,9 @@ mod tests {
                 first: CommitId(1),
                 last: CommitId(2),
                 wal_offset: WalOffset(0),
+                code: "GAP",
+                expected: Some("commit 1".into()),
+                actual: Some("commit 3".into()),
                 reason: "gap".into(),
             }))
             .expect("legal")

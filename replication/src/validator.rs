@@ -13,7 +13,8 @@
 //! until a restart revalidates from the applied position).
 
 use crate::wal::{
-    validate, ChainPosition, CommitId, Segment, SegmentHeader, ValidatedSegment, WalOffset,
+    validate, ChainPosition, CommitId, ContinuityError, DecodeError, Segment, SegmentHeader,
+    ValidatedSegment, WalOffset,
 };
 
 /// The Validator's state.
@@ -40,8 +41,87 @@ pub struct Rejection {
     pub last: CommitId,
     /// WAL offset of its first record as claimed.
     pub wal_offset: WalOffset,
+    /// A stable upper-case code an application can branch on: CORRUPT,
+    /// TRUNCATED, NOT_WAL, UNSUPPORTED_VERSION, MISLABELED,
+    /// FOREIGN_GENERATION, DUPLICATE, GAP, OFFSET_MISMATCH, FORK.
+    pub code: &'static str,
+    /// What was expected, where the check compares two values.
+    pub expected: Option<String>,
+    /// What the segment holds instead.
+    pub actual: Option<String>,
     /// The decode or continuity error, explained.
     pub reason: String,
+}
+
+fn hex(v: u32) -> Option<String> {
+    Some(format!("0x{v:08x}"))
+}
+
+fn decode_rejection(e: &DecodeError) -> (&'static str, Option<String>, Option<String>) {
+    match e {
+        DecodeError::Truncated {
+            needed, available, ..
+        } => (
+            "TRUNCATED",
+            Some(format!("{needed} bytes")),
+            Some(format!("{available} bytes")),
+        ),
+        DecodeError::BadMagic { expected, actual } => (
+            "NOT_WAL",
+            Some(format!("{expected:02x?}")),
+            Some(format!("{actual:02x?}")),
+        ),
+        DecodeError::UnsupportedVersion { expected, actual } => (
+            "UNSUPPORTED_VERSION",
+            Some(expected.to_string()),
+            Some(actual.to_string()),
+        ),
+        DecodeError::HeaderChecksum { expected, actual }
+        | DecodeError::SegmentChecksum {
+            expected, actual, ..
+        } => ("CORRUPT", hex(*expected), hex(*actual)),
+        DecodeError::BadHeader { actual, rule, .. } => {
+            ("CORRUPT", Some(rule.clone()), Some(actual.to_string()))
+        }
+        DecodeError::TrailingBytes { extra, .. } => (
+            "CORRUPT",
+            Some("0 bytes after the end".into()),
+            Some(format!("{extra} bytes")),
+        ),
+        _ => ("CORRUPT", None, None),
+    }
+}
+
+fn continuity_rejection(e: &ContinuityError) -> (&'static str, Option<String>, Option<String>) {
+    match e {
+        ContinuityError::ForeignGeneration {
+            expected, actual, ..
+        } => (
+            "FOREIGN_GENERATION",
+            Some(expected.to_string()),
+            Some(actual.to_string()),
+        ),
+        ContinuityError::AlreadyApplied { applied, range } => (
+            "DUPLICATE",
+            Some(format!("commit {}", applied.next())),
+            Some(format!("commit {}", range.0)),
+        ),
+        ContinuityError::Gap { applied, range } => (
+            "GAP",
+            Some(format!("commit {}", applied.next())),
+            Some(format!("commit {}", range.0)),
+        ),
+        ContinuityError::OffsetMismatch {
+            expected, actual, ..
+        } => (
+            "OFFSET_MISMATCH",
+            Some(format!("WAL offset {expected}")),
+            Some(format!("WAL offset {actual}")),
+        ),
+        ContinuityError::ChainMismatch {
+            expected, actual, ..
+        } => ("FORK", hex(*expected), hex(*actual)),
+    }
 }
 
 /// What the Validator is given.
@@ -49,6 +129,17 @@ pub struct Rejection {
 pub enum ValidatorInput {
     /// Raw bytes the Receiver persisted, in receive order.
     Received {
+        /// The segment's bytes.
+        bytes: Vec<u8>,
+    },
+    /// Raw bytes the Receiver persisted as segment `first..=last` (the
+    /// range the source announced): a header claiming another range is
+    /// rejected, so the stored row and its bytes always agree.
+    Persisted {
+        /// First CommitId, as stored.
+        first: CommitId,
+        /// Last CommitId, as stored.
+        last: CommitId,
         /// The segment's bytes.
         bytes: Vec<u8>,
     },
@@ -101,12 +192,40 @@ impl Validator {
                 })
             }
         };
-        let ValidatorInput::Received { bytes } = input;
+        let (bytes, stored) = match input {
+            ValidatorInput::Received { bytes } => (bytes, None),
+            ValidatorInput::Persisted { first, last, bytes } => (bytes, Some((first, last))),
+        };
         let result = Segment::decode(&bytes)
-            .map_err(|e| (SegmentHeader::peek(&bytes).ok(), e.to_string()))
+            .map_err(|e| {
+                let (code, expected, actual) = decode_rejection(&e);
+                let header = SegmentHeader::peek(&bytes).ok();
+                (header, code, expected, actual, e.to_string())
+            })
             .and_then(|segment| {
                 let claimed = segment.header;
-                validate(segment, &next).map_err(|e| (Some(claimed), e.to_string()))
+                match stored {
+                    Some(range) if range != claimed.range() => {
+                        return Err((
+                            Some(claimed),
+                            "MISLABELED",
+                            Some(format!("commits {}..={}", range.0, range.1)),
+                            Some(format!("commits {}..={}", claimed.range().0, claimed.range().1)),
+                            format!(
+                                "segment received as commits {}..={} but its header says commits {}..={}",
+                                range.0,
+                                range.1,
+                                claimed.range().0,
+                                claimed.range().1
+                            ),
+                        ))
+                    }
+                    _ => {}
+                }
+                validate(segment, &next).map_err(|e| {
+                    let (code, expected, actual) = continuity_rejection(&e);
+                    (Some(claimed), code, expected, actual, e.to_string())
+                })
             });
         match result {
             Ok(validated) => {
@@ -115,11 +234,19 @@ impl Validator {
                 };
                 Ok(ValidatorOutput::Validated(validated))
             }
-            Err((header, reason)) => {
+            Err((header, code, expected, actual, reason)) => {
+                // A stored range names the segment when its header cannot.
+                let (first, last) = header
+                    .map(|h| h.range())
+                    .or(stored)
+                    .unwrap_or_default();
                 let rejection = Rejection {
-                    first: header.map(|h| h.first_commit_id).unwrap_or_default(),
-                    last: header.map(|h| h.last_commit_id).unwrap_or_default(),
+                    first,
+                    last,
                     wal_offset: header.map(|h| h.first_wal_offset).unwrap_or_default(),
+                    code,
+                    expected,
+                    actual,
                     reason,
                 };
                 tracing::warn!(first = rejection.first.0, last = rejection.last.0, reason = %rejection.reason, "segment rejected");
