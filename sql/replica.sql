@@ -17,3 +17,64 @@ CREATE TABLE IF NOT EXISTS aerodb_replica_tables(
   schema_commit_id INTEGER NOT NULL,
   sql              TEXT NOT NULL
 );
+
+-- The Receiver's WAL storage and each segment's state (spec 6.2):
+-- Received (raw bytes persisted by the WAL Receiver) -> Validated (recorded
+-- by the Supervisor) -> Applied (recorded by the WAL Applier in the same
+-- transaction as the segment's rows and the new position; the raw bytes
+-- are dropped then), or Received -> Rejected with the Validator's reason.
+-- After a crash, Validated-but-unapplied segments go back to Received and
+-- are validated again (the one rollback spec 6.2 allows).
+CREATE TABLE IF NOT EXISTS aerodb_replica_segments(
+  first_commit_id  INTEGER PRIMARY KEY CHECK (first_commit_id >= 1),
+  last_commit_id   INTEGER NOT NULL CHECK (last_commit_id >= first_commit_id),
+  first_wal_offset INTEGER,          -- known once validated or rejected
+  end_wal_offset   INTEGER,          -- WAL offset after its last record
+  byte_len         INTEGER NOT NULL,
+  bytes            BLOB,             -- raw bytes as received; NULL once Applied
+  state            TEXT NOT NULL
+                   CHECK (state IN ('Received', 'Validated', 'Applied', 'Rejected')),
+  reason           TEXT,             -- why Rejected
+  received_unix_ms INTEGER NOT NULL  -- informational; nothing compares it
+);
+
+-- The replica's current global state (one row), written by the Supervisor
+-- with every transition it records.
+CREATE TABLE IF NOT EXISTS aerodb_replica_state(
+  id                  INTEGER PRIMARY KEY CHECK (id = 1),
+  global_state        TEXT NOT NULL,   -- Disabled, Initializing, ..., Ready
+  read_status         TEXT NOT NULL,   -- read-safe / read-blocked ('' unless Ready)
+  blocking_reason     TEXT,
+  received_commit_id  INTEGER NOT NULL,
+  validated_commit_id INTEGER NOT NULL,
+  last_transition_seq INTEGER NOT NULL
+);
+
+-- The history of global transitions (spec 6.1, rule M2), newest last.
+CREATE TABLE IF NOT EXISTS aerodb_replica_transitions(
+  seq                 INTEGER PRIMARY KEY,
+  at_unix_ms          INTEGER NOT NULL, -- informational; nothing compares it
+  from_state          TEXT NOT NULL,
+  to_state            TEXT NOT NULL,
+  reason              TEXT NOT NULL,
+  received_commit_id  INTEGER NOT NULL,
+  validated_commit_id INTEGER NOT NULL,
+  applied_commit_id   INTEGER NOT NULL,
+  applied_wal_offset  INTEGER NOT NULL
+);
+
+-- Each component's status (rule O1) and last error, kept across restarts
+-- until a later success replaces it.
+CREATE TABLE IF NOT EXISTS aerodb_replica_components(
+  component              TEXT PRIMARY KEY,
+  state                  TEXT NOT NULL,
+  blocking_reason        TEXT,
+  last_transition        TEXT,
+  error_code             TEXT,
+  error                  TEXT,
+  error_first_commit_id  INTEGER,
+  error_last_commit_id   INTEGER,
+  error_wal_offset       INTEGER,
+  error_expected         TEXT,
+  error_actual           TEXT
+);

@@ -41,6 +41,9 @@ pub enum DecisionCode {
     BelowMinimum,
     /// Replication is blocked; reads are refused until it is resolved.
     ReplicationBlocked,
+    /// The replica's state could not be observed: the read is refused
+    /// (rule F5: a gate failure refuses reads).
+    Unobservable,
 }
 
 impl DecisionCode {
@@ -50,6 +53,7 @@ impl DecisionCode {
             DecisionCode::Allowed => "allowed",
             DecisionCode::BelowMinimum => "below_minimum",
             DecisionCode::ReplicationBlocked => "replication_blocked",
+            DecisionCode::Unobservable => "unobservable",
         }
     }
 }
@@ -73,6 +77,17 @@ impl Decision {
 impl fmt::Display for Decision {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}: {}", self.code.as_str(), self.explanation)
+    }
+}
+
+/// The decision when the state could not be read (F5): refused, saying
+/// why.
+pub fn refuse_unobservable(error: &str) -> Decision {
+    Decision {
+        code: DecisionCode::Unobservable,
+        explanation: format!(
+            "read refused: the replica's state could not be read ({error}), so no read can be proven safe"
+        ),
     }
 }
 

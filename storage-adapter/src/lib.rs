@@ -45,6 +45,7 @@ pub mod primary;
 mod primary_wal;
 mod raw;
 pub mod replica;
+pub mod runtime;
 pub mod status;
 
 pub use primary_wal::{WalReadError, MAX_SEQ, SEAL_BATCH, SEQ_BITS};

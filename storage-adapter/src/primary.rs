@@ -160,6 +160,15 @@ impl PrimaryWalReader {
         from: CommitId,
         max_bytes: usize,
     ) -> Result<Vec<EncodedRecord>, PrimaryError> {
+        Ok(self.records_and_head(from, max_bytes)?.0)
+    }
+
+    /// [`records`](Self::records) and the head, read in one transaction.
+    pub fn records_and_head(
+        &self,
+        from: CommitId,
+        max_bytes: usize,
+    ) -> Result<(Vec<EncodedRecord>, CommitId), PrimaryError> {
         let generation = self.generation;
         self.in_read_transaction(|wal| {
             // Refuse to serve WAL of a primary whose capture is broken
@@ -168,9 +177,9 @@ impl PrimaryWalReader {
             crate::capture::verify_capture(wal.conn())?;
             let (head, _) = wal.head()?;
             if from > head || from.0 == 0 {
-                return Ok(Vec::new());
+                return Ok((Vec::new(), head));
             }
-            Ok(wal.records(generation, from, head, max_bytes)?)
+            Ok((wal.records(generation, from, head, max_bytes)?, head))
         })
     }
 

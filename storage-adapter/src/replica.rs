@@ -16,7 +16,7 @@ use rusqlite::types::{ToSqlOutput, ValueRef};
 use rusqlite::{params, CachedStatement, Connection, OptionalExtension, TransactionBehavior};
 use std::collections::hash_map::{Entry, HashMap};
 use std::path::Path;
-use std::rc::Rc;
+use std::sync::Arc;
 
 /// The replica schema (`sql/replica.sql`).
 pub const REPLICA_SQL: &str = include_str!("../../sql/replica.sql");
@@ -112,6 +112,14 @@ pub enum ApplyError {
     /// The connection is inside a transaction of its own.
     #[error("apply needs a connection outside any transaction")]
     InTransaction,
+    /// The runtime applies only segments its Receiver persisted.
+    #[error("segment {first}..={last} is not a received, unapplied segment in aerodb_replica_segments; nothing applied")]
+    SegmentNotReceived {
+        /// First CommitId.
+        first: CommitId,
+        /// Last CommitId.
+        last: CommitId,
+    },
 }
 
 fn sql_err(
@@ -125,7 +133,7 @@ fn sql_err(
     }
 }
 
-/// A replicated table as the replica stores it. Shared (`Rc`) between the
+/// A replicated table as the replica stores it. Shared (`Arc`) between the
 /// cache and the statements of an apply, never copied per change.
 #[derive(Debug)]
 struct TableShape {
@@ -171,7 +179,8 @@ fn literal(values: &[Value]) -> String {
 /// tables.
 pub struct ReplicaDb {
     conn: Connection,
-    shapes: HashMap<String, Rc<TableShape>>,
+    shapes: HashMap<String, Arc<TableShape>>,
+    track_segments: bool,
 }
 
 impl ReplicaDb {
@@ -198,7 +207,16 @@ impl ReplicaDb {
         Ok(ReplicaDb {
             conn,
             shapes: HashMap::new(),
+            track_segments: false,
         })
+    }
+
+    /// From now on, applying a segment also moves its row in
+    /// `aerodb_replica_segments` to Applied (dropping its raw bytes) in the
+    /// same transaction, and refuses a segment the Receiver did not persist.
+    /// The runtime's Applier works this way; `aerodb catch-up` does not.
+    pub fn track_segments(&mut self) {
+        self.track_segments = true;
     }
 
     /// The connection (for reads).
@@ -252,7 +270,11 @@ impl ReplicaDb {
         &mut self,
         segment: &ValidatedSegment,
     ) -> Result<ChainPosition, ApplyError> {
-        let ReplicaDb { conn, shapes } = self;
+        let ReplicaDb {
+            conn,
+            shapes,
+            track_segments,
+        } = self;
         // IMMEDIATE: take the write lock before reading the position, so the
         // position checked is the one this transaction replaces.
         let tx = rusqlite::Transaction::new_unchecked(conn, TransactionBehavior::Immediate)
@@ -278,6 +300,28 @@ impl ReplicaDb {
             .and_then(|mut s| s.execute(params![end.commit_id.0 as i64, end.wal_offset.0 as i64, i64::from(end.chain), stored.commit_id.0 as i64]))
             .map_err(sql_err("advancing the replica position", Some(end.commit_id)))?;
         assert_eq!(updated, 1, "the position row was read in this transaction");
+        if *track_segments {
+            // Received -> Validated (if the Supervisor has not recorded it
+            // yet: this segment is a ValidatedSegment) -> Applied; a
+            // Rejected or Applied row does not match.
+            let (first, last) = segment.segment().header.range();
+            let marked = tx
+                .prepare_cached(
+                    "UPDATE aerodb_replica_segments SET state = 'Applied', bytes = NULL, first_wal_offset = ?3, end_wal_offset = ?4 WHERE first_commit_id = ?1 AND last_commit_id = ?2 AND state IN ('Received', 'Validated')",
+                )
+                .and_then(|mut s| {
+                    s.execute(params![
+                        first.0 as i64,
+                        last.0 as i64,
+                        segment.start().wal_offset.0 as i64,
+                        end.wal_offset.0 as i64
+                    ])
+                })
+                .map_err(sql_err("marking the segment Applied", Some(end.commit_id)))?;
+            if marked != 1 {
+                return Err(ApplyError::SegmentNotReceived { first, last });
+            }
+        }
         tx.commit().map_err(sql_err(
             "committing the apply transaction",
             Some(end.commit_id),
@@ -289,13 +333,13 @@ impl ReplicaDb {
 /// The shape of a replicated table, from the cache or the replica's schema.
 fn shape(
     conn: &Connection,
-    shapes: &mut HashMap<String, Rc<TableShape>>,
+    shapes: &mut HashMap<String, Arc<TableShape>>,
     commit_id: CommitId,
     table: &str,
-) -> Result<Rc<TableShape>, ApplyError> {
+) -> Result<Arc<TableShape>, ApplyError> {
     {
         if let Some(s) = shapes.get(table) {
-            return Ok(Rc::clone(s));
+            return Ok(Arc::clone(s));
         }
         let known: Option<i64> = conn
             .query_row(
@@ -338,7 +382,7 @@ fn shape(
                 .collect::<Vec<_>>()
                 .join(" AND ")
         };
-        let shape = Rc::new(TableShape {
+        let shape = Arc::new(TableShape {
             columns: n,
             key_len: key.len(),
             insert: format!(
@@ -354,7 +398,7 @@ fn shape(
             delete: format!("DELETE FROM {t} WHERE {}", key_where(1)),
         });
         drop(stmt);
-        shapes.insert(table.to_owned(), Rc::clone(&shape));
+        shapes.insert(table.to_owned(), Arc::clone(&shape));
         Ok(shape)
     }
 }
@@ -364,7 +408,7 @@ fn shape(
 /// resetting and returning it for every change cost more than binding and
 /// running it.
 struct TableStatements<'c> {
-    shape: Rc<TableShape>,
+    shape: Arc<TableShape>,
     insert: Option<CachedStatement<'c>>,
     update: Option<CachedStatement<'c>>,
     delete: Option<CachedStatement<'c>>,
@@ -388,7 +432,7 @@ impl<'c, 's> Tables<'c, 's> {
     fn get(
         &mut self,
         tx: &'c Connection,
-        shapes: &mut HashMap<String, Rc<TableShape>>,
+        shapes: &mut HashMap<String, Arc<TableShape>>,
         commit_id: CommitId,
         table: &'s str,
     ) -> Result<&mut TableStatements<'c>, ApplyError> {
@@ -454,7 +498,7 @@ fn run<'v>(
 
 fn apply_change<'c, 's>(
     tx: &'c Connection,
-    shapes: &mut HashMap<String, Rc<TableShape>>,
+    shapes: &mut HashMap<String, Arc<TableShape>>,
     tables: &mut Tables<'c, 's>,
     commit_id: CommitId,
     change: &'s Change,

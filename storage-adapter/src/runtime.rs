@@ -1,0 +1,872 @@
+//! The replica runtime on SQLite files: the ports of
+//! [`replication::runtime`] implemented on a replica database, a WAL source
+//! reading a primary file, and the embedding handle [`Replica`].
+//!
+//! Role in the spec: the Replica State Store (5.5) and the storage the
+//! Receiver (WAL storage) and the Applier (rows + position) write; the Read
+//! Safety Gate evaluated in a reader's own SQLite transaction (5.6, G1).
+//!
+//! ```no_run
+//! use replication::wal::CommitId;
+//! use std::time::{Duration, Instant};
+//! use storage_adapter::runtime::Replica;
+//!
+//! let replica = Replica::start_from_file("replica.db", "primary.db", Default::default())?;
+//! replica.wait_for(CommitId(42), Instant::now() + Duration::from_secs(5))?;
+//! println!("{}", replica.snapshot().global);
+//! println!("{}", replica.explain_read(Some(CommitId(42)))?);
+//! let last = replica.stop();
+//! assert!(!last.running);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+use crate::primary::{PrimaryError, PrimaryWalReader};
+use crate::replica::{read_position, ApplyError, ReplicaDb, REPLICA_SQL};
+use replication::read_gate::{self, Decision, ObservedState, ReadRequest};
+use replication::runtime::{
+    ApplyStorage, Component, ComponentStatus, Config, Failure, Fetched, PersistedSegment,
+    Runtime, SegmentReader, Snapshot, StateStore, StopSignal, Storage, StoreOp, StoredState,
+    WaitError, WalSource, WalStorage,
+};
+use replication::state::{BlockReason, GlobalKind, GlobalState, ReadStatus, SegmentState};
+use replication::wal::{ChainPosition, CommitId, Generation, Segment, ValidatedSegment, WalOffset};
+use rusqlite::{params, Connection, OpenFlags, OptionalExtension, TransactionBehavior};
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// How long a connection waits for another's write lock before the write
+/// fails. A lock wait, not coordination: the runtime's own transactions are
+/// short; expiry (another process holding the replica's write lock this
+/// long) is an explicit storage failure, never a silent one.
+const LOCK_WAIT: Duration = Duration::from_secs(60);
+
+/// Applied segment rows kept (their metadata; raw bytes go at apply).
+pub const KEEP_APPLIED_SEGMENTS: i64 = 1000;
+/// Global transitions kept in `aerodb_replica_transitions`.
+pub const KEEP_TRANSITIONS: i64 = 10_000;
+
+fn storage_failure(doing: &str, e: impl std::fmt::Display) -> Failure {
+    let text = e.to_string();
+    let code = if text.contains("database or disk is full") {
+        "DISK_FULL"
+    } else {
+        "STORAGE"
+    };
+    Failure::new(code, format!("{doing}: {text}"))
+}
+
+fn sql(doing: &'static str) -> impl FnOnce(rusqlite::Error) -> Failure {
+    move |e| storage_failure(doing, e)
+}
+
+fn open_replica_connection(path: &Path) -> Result<Connection, Failure> {
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(sql("opening the replica"))?;
+    conn.busy_timeout(LOCK_WAIT)
+        .map_err(sql("setting the lock wait"))?;
+    conn.pragma_update(None, "synchronous", "NORMAL")
+        .map_err(sql("setting synchronous"))?;
+    Ok(conn)
+}
+
+// ------------------------------------------------------------------ source
+
+/// A WAL source reading a primary database file, read-only, each fetch in
+/// its own read transaction. New WAL is noticed by polling `PRAGMA
+/// data_version` (it changes when another connection commits) every
+/// `poll_interval`, waiting on the stop signal in between: the wait decides
+/// only when to look again.
+pub struct FileSource {
+    path: PathBuf,
+    reader: PrimaryWalReader,
+    seen_version: i64,
+    poll_interval: Duration,
+}
+
+/// Default interval between `data_version` polls of a file source.
+pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_millis(1);
+
+impl FileSource {
+    /// Opens the primary file read-only.
+    pub fn open(path: impl AsRef<Path>) -> Result<FileSource, PrimaryError> {
+        let reader = PrimaryWalReader::open(path.as_ref())?;
+        Ok(FileSource {
+            path: path.as_ref().to_path_buf(),
+            seen_version: reader.data_version()?,
+            reader,
+            poll_interval: DEFAULT_POLL_INTERVAL,
+        })
+    }
+
+    /// Sets the polling interval.
+    pub fn with_poll_interval(mut self, d: Duration) -> FileSource {
+        self.poll_interval = d;
+        self
+    }
+
+    /// The primary's generation.
+    pub fn generation(&self) -> Generation {
+        self.reader.generation()
+    }
+}
+
+fn source_failure(path: &Path, e: PrimaryError) -> Failure {
+    Failure::new("SOURCE", format!("primary file {}: {e}", path.display()))
+}
+
+impl WalSource for FileSource {
+    fn describe(&self) -> String {
+        format!("primary file {}", self.path.display())
+    }
+
+    fn fetch(&mut self, from: CommitId, max_bytes: usize) -> Result<Option<Fetched>, Failure> {
+        // Read the version first: a commit after this read is noticed by
+        // the next wait even if this fetch already saw it.
+        self.seen_version = self
+            .reader
+            .data_version()
+            .map_err(|e| source_failure(&self.path, e))?;
+        let (records, head) = self
+            .reader
+            .records_and_head(from, max_bytes)
+            .map_err(|e| source_failure(&self.path, e))?;
+        let (Some(first), Some(last)) = (records.first(), records.last()) else {
+            return Ok(None);
+        };
+        let (first, last) = (first.commit_id, last.commit_id);
+        let bytes = Segment::encode(self.reader.generation(), &records).map_err(|e| {
+            Failure::new("SOURCE", format!("encoding segment {first}..={last}: {e}"))
+                .at(first, last)
+        })?;
+        Ok(Some(Fetched {
+            first,
+            last,
+            bytes,
+            source_head: head,
+        }))
+    }
+
+    fn wait_for_wal(&mut self, stop: &StopSignal) -> Result<bool, Failure> {
+        loop {
+            let v = self
+                .reader
+                .data_version()
+                .map_err(|e| source_failure(&self.path, e))?;
+            if v != self.seen_version {
+                return Ok(true);
+            }
+            if stop.wait(self.poll_interval) {
+                return Ok(false);
+            }
+        }
+    }
+}
+
+// ----------------------------------------------------------------- storage
+
+/// The storage ports on one replica database file.
+pub struct SqliteStorage {
+    path: PathBuf,
+}
+
+impl SqliteStorage {
+    /// The replica file (it must have been made a replica: see
+    /// [`Replica::start`]).
+    pub fn new(path: impl AsRef<Path>) -> SqliteStorage {
+        SqliteStorage {
+            path: path.as_ref().to_path_buf(),
+        }
+    }
+}
+
+impl Storage for SqliteStorage {
+    fn state_store(&self) -> Result<Box<dyn StateStore>, Failure> {
+        Ok(Box::new(SqliteStateStore {
+            conn: open_replica_connection(&self.path)?,
+            records: 0,
+        }))
+    }
+
+    fn wal_storage(&self) -> Result<Box<dyn WalStorage>, Failure> {
+        Ok(Box::new(SqliteWalStorage {
+            conn: open_replica_connection(&self.path)?,
+        }))
+    }
+
+    fn segment_reader(&self) -> Result<Box<dyn SegmentReader>, Failure> {
+        let conn = Connection::open_with_flags(
+            &self.path,
+            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(sql("opening the replica read-only"))?;
+        Ok(Box::new(SqliteSegmentReader { conn }))
+    }
+
+    fn apply_storage(&self) -> Result<Box<dyn ApplyStorage>, Failure> {
+        let conn = open_replica_connection(&self.path)?;
+        let mut db = ReplicaDb::from_connection(conn).map_err(apply_failure)?;
+        db.track_segments();
+        Ok(Box::new(SqliteApply { db }))
+    }
+}
+
+struct SqliteWalStorage {
+    conn: Connection,
+}
+
+impl WalStorage for SqliteWalStorage {
+    fn persist(&mut self, first: CommitId, last: CommitId, bytes: &[u8]) -> Result<(), Failure> {
+        self.conn
+            .prepare_cached(
+                "INSERT INTO aerodb_replica_segments(first_commit_id, last_commit_id, byte_len, bytes, state, received_unix_ms) VALUES (?1, ?2, ?3, ?4, 'Received', ?5)",
+            )
+            .and_then(|mut s| {
+                s.execute(params![
+                    first.0 as i64,
+                    last.0 as i64,
+                    bytes.len() as i64,
+                    bytes,
+                    now_ms()
+                ])
+            })
+            .map_err(sql("persisting a received segment"))?;
+        Ok(())
+    }
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+struct SqliteSegmentReader {
+    conn: Connection,
+}
+
+impl SegmentReader for SqliteSegmentReader {
+    fn next_after(&mut self, after: CommitId) -> Result<Option<PersistedSegment>, Failure> {
+        self.conn
+            .prepare_cached(
+                "SELECT first_commit_id, last_commit_id, bytes FROM aerodb_replica_segments WHERE first_commit_id = ?1 AND state <> 'Applied'",
+            )
+            .and_then(|mut s| {
+                s.query_row([after.next().0 as i64], |r| {
+                    Ok(PersistedSegment {
+                        first: CommitId(r.get::<_, i64>(0)? as u64),
+                        last: CommitId(r.get::<_, i64>(1)? as u64),
+                        bytes: r.get::<_, Option<Vec<u8>>>(2)?.unwrap_or_default(),
+                    })
+                })
+                .optional()
+            })
+            .map_err(sql("reading a persisted segment"))
+    }
+}
+
+struct SqliteApply {
+    db: ReplicaDb,
+}
+
+fn apply_failure(e: ApplyError) -> Failure {
+    let mut f = match &e {
+        ApplyError::Divergence { commit_id, .. } => {
+            let mut f = Failure::new("DIVERGED", e.to_string());
+            f.expected = Some("1 row".into());
+            if let ApplyError::Divergence { matched, .. } = &e {
+                f.actual = Some(format!("{matched} rows"));
+            }
+            f.at(*commit_id, *commit_id)
+        }
+        ApplyError::Continuity(c) => Failure::new("CONTINUITY", c.to_string()),
+        ApplyError::Sqlite { .. } => storage_failure("applying", &e),
+        _ => Failure::new("APPLY", e.to_string()),
+    };
+    if f.code == "STORAGE" {
+        f.reason = e.to_string();
+    }
+    f
+}
+
+impl ApplyStorage for SqliteApply {
+    fn apply(&mut self, segment: &ValidatedSegment) -> Result<ChainPosition, Failure> {
+        self.db.apply(segment).map_err(|e| {
+            let mut f = apply_failure(e);
+            f.wal_offset = Some(segment.start().wal_offset);
+            f
+        })
+    }
+}
+
+struct SqliteStateStore {
+    conn: Connection,
+    records: u64,
+}
+
+fn torn(reason: String) -> Failure {
+    Failure::new("TORN_STATE", reason)
+}
+
+impl StateStore for SqliteStateStore {
+    fn open(&mut self) -> Result<StoredState, Failure> {
+        let tx = rusqlite::Transaction::new_unchecked(&self.conn, TransactionBehavior::Immediate)
+            .map_err(sql("beginning the state store's recovery"))?;
+        let applied = read_position(&tx)
+            .map_err(apply_failure)?
+            .ok_or_else(|| Failure::new("NOT_REPLICA", "the database is not a replica"))?;
+        let a = applied.commit_id.0 as i64;
+        let bad: Option<(i64, i64, String)> = tx
+            .query_row(
+                "SELECT first_commit_id, last_commit_id, state FROM aerodb_replica_segments WHERE (state = 'Applied' AND last_commit_id > ?1) OR (state <> 'Applied' AND first_commit_id <= ?1) LIMIT 1",
+                [a],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .optional()
+            .map_err(sql("checking segment states"))?;
+        if let Some((f, l, s)) = bad {
+            return Err(torn(format!(
+                "segment {f}..={l} is {s}, but the replica's applied commit is {a}: the state store contradicts itself"
+            )));
+        }
+        // Unapplied segments must continue the applied position, contiguous.
+        let mut received = applied.commit_id;
+        {
+            let mut stmt = tx
+                .prepare(
+                    "SELECT first_commit_id, last_commit_id FROM aerodb_replica_segments WHERE first_commit_id > ?1 ORDER BY first_commit_id",
+                )
+                .map_err(sql("listing unapplied segments"))?;
+            let rows = stmt
+                .query_map([a], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?)))
+                .map_err(sql("listing unapplied segments"))?;
+            for row in rows {
+                let (f, l) = row.map_err(sql("listing unapplied segments"))?;
+                if f as u64 != received.0 + 1 {
+                    return Err(torn(format!(
+                        "persisted segment {f}..={l} does not follow commit {received}: commits between them are missing from the state store"
+                    )));
+                }
+                received = CommitId(l as u64);
+            }
+        }
+        let revalidate = tx
+            .execute(
+                "UPDATE aerodb_replica_segments SET state = 'Received' WHERE state = 'Validated'",
+                [],
+            )
+            .map_err(sql("moving Validated segments back to Received"))?
+            as u64;
+        let previous_state: Option<String> = tx
+            .query_row(
+                "SELECT global_state FROM aerodb_replica_state WHERE id = 1",
+                [],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(sql("reading the recorded state"))?;
+        let components = read_components(&tx).map_err(sql("reading component statuses"))?;
+        tx.commit().map_err(sql("committing the state store's recovery"))?;
+        Ok(StoredState {
+            applied,
+            received,
+            previous_state,
+            revalidate,
+            components,
+        })
+    }
+
+    fn record(&mut self, ops: &[StoreOp]) -> Result<(), Failure> {
+        let tx = rusqlite::Transaction::new_unchecked(&self.conn, TransactionBehavior::Immediate)
+            .map_err(sql("beginning a state store write"))?;
+        for op in ops {
+            match op {
+                StoreOp::Transition(t) => {
+                    tx.prepare_cached(
+                        "INSERT INTO aerodb_replica_transitions(at_unix_ms, from_state, to_state, reason, received_commit_id, validated_commit_id, applied_commit_id, applied_wal_offset) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                    )
+                    .and_then(|mut s| {
+                        s.execute(params![
+                            t.at_unix_ms,
+                            t.from,
+                            t.to,
+                            t.reason,
+                            t.progress.received.0 as i64,
+                            t.progress.validated.0 as i64,
+                            t.progress.applied.0 as i64,
+                            t.applied_wal_offset.0 as i64
+                        ])
+                    })
+                    .map_err(sql("recording a transition"))?;
+                    let seq = tx.last_insert_rowid();
+                    tx.prepare_cached(
+                        "INSERT OR REPLACE INTO aerodb_replica_state(id, global_state, read_status, blocking_reason, received_commit_id, validated_commit_id, last_transition_seq) VALUES (1, ?1, ?2, ?3, ?4, ?5, ?6)",
+                    )
+                    .and_then(|mut s| {
+                        s.execute(params![
+                            t.to_kind,
+                            t.read_status,
+                            t.blocking_reason,
+                            t.progress.received.0 as i64,
+                            t.progress.validated.0 as i64,
+                            seq
+                        ])
+                    })
+                    .map_err(sql("recording the global state"))?;
+                }
+                StoreOp::Segment {
+                    first,
+                    last,
+                    wal_offset,
+                    end_wal_offset,
+                    to,
+                } => {
+                    // Each move is checked by the row's current state:
+                    // only Received moves to Validated or Rejected.
+                    let reason = match to {
+                        SegmentState::Rejected { reason } => Some(reason.as_str()),
+                        _ => None,
+                    };
+                    tx.prepare_cached(
+                        "UPDATE aerodb_replica_segments SET state = ?3, reason = ?4, first_wal_offset = coalesce(?5, first_wal_offset), end_wal_offset = coalesce(?6, end_wal_offset) WHERE first_commit_id = ?1 AND last_commit_id = ?2 AND state = 'Received'",
+                    )
+                    .and_then(|mut s| {
+                        s.execute(params![
+                            first.0 as i64,
+                            last.0 as i64,
+                            to.as_str(),
+                            reason,
+                            wal_offset.map(|o| o.0 as i64),
+                            end_wal_offset.map(|o| o.0 as i64)
+                        ])
+                    })
+                    .map_err(sql("recording a segment state"))?;
+                }
+                StoreOp::Component(c) => {
+                    let e = c.last_error.as_ref();
+                    tx.prepare_cached(
+                        "INSERT OR REPLACE INTO aerodb_replica_components(component, state, blocking_reason, last_transition, error_code, error, error_first_commit_id, error_last_commit_id, error_wal_offset, error_expected, error_actual) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+                    )
+                    .and_then(|mut s| {
+                        s.execute(params![
+                            c.component.as_str(),
+                            c.state,
+                            c.blocking_reason,
+                            c.last_transition,
+                            e.map(|e| e.code.as_str()),
+                            e.map(|e| e.reason.as_str()),
+                            e.and_then(|e| e.segment).map(|s| s.0 .0 as i64),
+                            e.and_then(|e| e.segment).map(|s| s.1 .0 as i64),
+                            e.and_then(|e| e.wal_offset).map(|o| o.0 as i64),
+                            e.and_then(|e| e.expected.as_deref()),
+                            e.and_then(|e| e.actual.as_deref())
+                        ])
+                    })
+                    .map_err(sql("recording a component status"))?;
+                }
+            }
+        }
+        self.records += 1;
+        if self.records % 64 == 0 {
+            // Retention: the newest rows of each history are kept.
+            tx.execute(
+                "DELETE FROM aerodb_replica_transitions WHERE seq <= (SELECT max(seq) FROM aerodb_replica_transitions) - ?1",
+                [KEEP_TRANSITIONS],
+            )
+            .map_err(sql("pruning old transitions"))?;
+            tx.execute(
+                "DELETE FROM aerodb_replica_segments WHERE state = 'Applied' AND first_commit_id < (SELECT first_commit_id FROM aerodb_replica_segments WHERE state = 'Applied' ORDER BY first_commit_id DESC LIMIT 1 OFFSET ?1)",
+                [KEEP_APPLIED_SEGMENTS],
+            )
+            .map_err(sql("pruning old applied segments"))?;
+        }
+        tx.commit().map_err(sql("committing a state store write"))
+    }
+}
+
+fn read_components(conn: &Connection) -> rusqlite::Result<Vec<ComponentStatus>> {
+    let mut stmt = conn.prepare(
+        "SELECT component, state, blocking_reason, last_transition, error_code, error, error_first_commit_id, error_last_commit_id, error_wal_offset, error_expected, error_actual FROM aerodb_replica_components",
+    )?;
+    let rows = stmt.query_map([], |r| {
+        let name: String = r.get(0)?;
+        let code: Option<String> = r.get(4)?;
+        let first: Option<i64> = r.get(6)?;
+        let last: Option<i64> = r.get(7)?;
+        let last_error = match code {
+            Some(code) => Some(Failure {
+                code,
+                reason: r.get::<_, Option<String>>(5)?.unwrap_or_default(),
+                segment: first.zip(last).map(|(f, l)| (CommitId(f as u64), CommitId(l as u64))),
+                wal_offset: r.get::<_, Option<i64>>(8)?.map(|o| WalOffset(o as u64)),
+                expected: r.get(9)?,
+                actual: r.get(10)?,
+            }),
+            None => None,
+        };
+        Ok(Component::parse(&name).map(|component| ComponentStatus {
+            component,
+            state: r.get(1).unwrap_or_default(),
+            blocking_reason: r.get(2).unwrap_or_default(),
+            last_transition: r.get(3).unwrap_or_default(),
+            last_error,
+        }))
+    })?;
+    let mut out = Vec::new();
+    for row in rows {
+        out.extend(row?);
+    }
+    Ok(out)
+}
+
+// --------------------------------------------------------- read-side views
+
+/// A row of `aerodb_replica_segments`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SegmentRow {
+    /// First CommitId.
+    pub first_commit_id: CommitId,
+    /// Last CommitId.
+    pub last_commit_id: CommitId,
+    /// WAL offset of its first record, once known.
+    pub first_wal_offset: Option<WalOffset>,
+    /// WAL offset after its last record, once known.
+    pub end_wal_offset: Option<WalOffset>,
+    /// Size of the raw segment.
+    pub byte_len: u64,
+    /// Received, Validated, Applied or Rejected.
+    pub state: String,
+    /// Why it was rejected.
+    pub reason: Option<String>,
+}
+
+/// A row of `aerodb_replica_transitions`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TransitionRow {
+    /// Sequence number (increasing).
+    pub seq: i64,
+    /// Wall-clock time (informational).
+    pub at_unix_ms: i64,
+    /// From.
+    pub from_state: String,
+    /// To.
+    pub to_state: String,
+    /// Why.
+    pub reason: String,
+    /// Received CommitId at that moment.
+    pub received_commit_id: CommitId,
+    /// Validated CommitId.
+    pub validated_commit_id: CommitId,
+    /// Applied CommitId.
+    pub applied_commit_id: CommitId,
+    /// Applied WAL offset.
+    pub applied_wal_offset: WalOffset,
+}
+
+/// The segments in the state store, oldest first.
+pub fn segments_in(conn: &Connection) -> rusqlite::Result<Vec<SegmentRow>> {
+    let mut stmt = conn.prepare(
+        "SELECT first_commit_id, last_commit_id, first_wal_offset, end_wal_offset, byte_len, state, reason FROM aerodb_replica_segments ORDER BY first_commit_id",
+    )?;
+    let rows = stmt.query_map([], |r| {
+        Ok(SegmentRow {
+            first_commit_id: CommitId(r.get::<_, i64>(0)? as u64),
+            last_commit_id: CommitId(r.get::<_, i64>(1)? as u64),
+            first_wal_offset: r.get::<_, Option<i64>>(2)?.map(|o| WalOffset(o as u64)),
+            end_wal_offset: r.get::<_, Option<i64>>(3)?.map(|o| WalOffset(o as u64)),
+            byte_len: r.get::<_, i64>(4)? as u64,
+            state: r.get(5)?,
+            reason: r.get(6)?,
+        })
+    })?;
+    rows.collect()
+}
+
+/// The recorded global transitions, oldest first.
+pub fn transitions_in(conn: &Connection) -> rusqlite::Result<Vec<TransitionRow>> {
+    let mut stmt = conn.prepare(
+        "SELECT seq, at_unix_ms, from_state, to_state, reason, received_commit_id, validated_commit_id, applied_commit_id, applied_wal_offset FROM aerodb_replica_transitions ORDER BY seq",
+    )?;
+    let rows = stmt.query_map([], |r| {
+        Ok(TransitionRow {
+            seq: r.get(0)?,
+            at_unix_ms: r.get(1)?,
+            from_state: r.get(2)?,
+            to_state: r.get(3)?,
+            reason: r.get(4)?,
+            received_commit_id: CommitId(r.get::<_, i64>(5)? as u64),
+            validated_commit_id: CommitId(r.get::<_, i64>(6)? as u64),
+            applied_commit_id: CommitId(r.get::<_, i64>(7)? as u64),
+            applied_wal_offset: WalOffset(r.get::<_, i64>(8)? as u64),
+        })
+    })?;
+    rows.collect()
+}
+
+fn kind_of(name: &str) -> Option<GlobalState> {
+    use GlobalKind::*;
+    let kinds = [
+        Disabled,
+        Initializing,
+        ReceivingWal,
+        ValidatingWal,
+        ApplyingWal,
+        Recovering,
+    ];
+    let plain = |k: GlobalKind| match k {
+        Disabled => GlobalState::Disabled,
+        Initializing => GlobalState::Initializing,
+        ReceivingWal => GlobalState::ReceivingWal,
+        ValidatingWal => GlobalState::ValidatingWal,
+        ApplyingWal => GlobalState::ApplyingWal,
+        _ => GlobalState::Recovering,
+    };
+    kinds
+        .into_iter()
+        .find(|k| k.as_str() == name)
+        .map(plain)
+}
+
+/// The Read Safety Gate over the state `conn` sees: the recorded global
+/// state and the applied position, read in ONE read transaction. Call it
+/// inside the transaction that performs the read and the decision is true
+/// of exactly the snapshot the read sees (G1); outside one, it opens its
+/// own. A state it cannot read refuses the read (F5).
+pub fn read_gate_in(conn: &Connection, min_commit_id: Option<CommitId>) -> Decision {
+    let observe = || -> Result<ObservedState, String> {
+        let own_tx = conn.is_autocommit();
+        if own_tx {
+            conn.execute_batch("BEGIN DEFERRED")
+                .map_err(|e| e.to_string())?;
+        }
+        let result = (|| {
+            let position = read_position(conn)
+                .map_err(|e| e.to_string())?
+                .ok_or("this database is not an AeroDB replica")?;
+            let state: Option<(String, String, Option<String>)> = conn
+                .query_row(
+                    "SELECT global_state, read_status, blocking_reason FROM aerodb_replica_state WHERE id = 1",
+                    [],
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+                )
+                .optional()
+                .map_err(|e| e.to_string())?;
+            let global = match state {
+                None => GlobalState::Disabled,
+                Some((kind, read, reason)) if kind == "Ready" => GlobalState::Ready {
+                    read: if read == "read-blocked" {
+                        ReadStatus::Blocked(BlockReason::Recorded {
+                            reason: reason.unwrap_or_default(),
+                        })
+                    } else {
+                        ReadStatus::Safe
+                    },
+                },
+                Some((kind, _, _)) => kind_of(&kind)
+                    .ok_or_else(|| format!("recorded global state '{kind}' is unknown"))?,
+            };
+            Ok(ObservedState {
+                global,
+                applied_commit_id: position.commit_id,
+                applied_wal_offset: position.wal_offset,
+            })
+        })();
+        if own_tx {
+            let _ = conn.execute_batch("COMMIT");
+        }
+        result
+    };
+    match observe() {
+        Ok(state) => read_gate::evaluate(&state, &ReadRequest { min_commit_id }),
+        Err(e) => read_gate::refuse_unobservable(&e),
+    }
+}
+
+// ------------------------------------------------------------------ handle
+
+/// Why a replica could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The WAL source could not be opened.
+    #[error("WAL source: {0}")]
+    Source(#[from] PrimaryError),
+    /// The replica database could not be prepared.
+    #[error("replica {path}: {reason}")]
+    Replica {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
+    /// Another replica runtime holds this file.
+    #[error("replica {path} is already running (its lock file {lock} is held by another runtime)")]
+    AlreadyRunning {
+        /// The file.
+        path: PathBuf,
+        /// The lock file.
+        lock: PathBuf,
+    },
+}
+
+/// A running replica (the embedding API). Stop it with
+/// [`stop`](Replica::stop); dropping it stops it too.
+pub struct Replica {
+    runtime: Option<Runtime>,
+    path: PathBuf,
+    _lock: File,
+}
+
+impl Replica {
+    /// Starts a replica of the primary file `primary` in the database file
+    /// `replica` (created if missing).
+    pub fn start_from_file(
+        replica: impl AsRef<Path>,
+        primary: impl AsRef<Path>,
+        config: Config,
+    ) -> Result<Replica, StartError> {
+        let source = FileSource::open(primary)?;
+        let generation = source.generation();
+        Replica::start(replica, Box::new(source), generation, config)
+    }
+
+    /// Starts a replica in `replica` fed by `source`, whose primary has
+    /// `generation` (a new replica follows it; an existing replica of
+    /// another generation stays what it is and rejects the foreign WAL).
+    pub fn start(
+        replica: impl AsRef<Path>,
+        source: Box<dyn WalSource>,
+        generation: Generation,
+        config: Config,
+    ) -> Result<Replica, StartError> {
+        Replica::start_with_storage(replica, source, generation, config, |p| {
+            Box::new(SqliteStorage::new(p))
+        })
+    }
+
+    /// [`start`](Self::start) with the storage ports made by `storage`
+    /// (tests inject faults this way).
+    pub fn start_with_storage(
+        replica: impl AsRef<Path>,
+        source: Box<dyn WalSource>,
+        generation: Generation,
+        config: Config,
+        storage: impl FnOnce(&Path) -> Box<dyn Storage>,
+    ) -> Result<Replica, StartError> {
+        let path = replica.as_ref().to_path_buf();
+        let err = |reason: String| StartError::Replica {
+            path: path.clone(),
+            reason,
+        };
+        let mut lock_path = path.clone().into_os_string();
+        lock_path.push(".aerodb-lock");
+        let lock_path = PathBuf::from(lock_path);
+        let lock = File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(|e| err(format!("opening lock file {}: {e}", lock_path.display())))?;
+        if lock.try_lock().is_err() {
+            return Err(StartError::AlreadyRunning {
+                path,
+                lock: lock_path,
+            });
+        }
+        {
+            let db = ReplicaDb::open(&path).map_err(|e| err(e.to_string()))?;
+            let is_primary: bool = db
+                .connection()
+                .query_row(
+                    "SELECT count(*) FROM sqlite_schema WHERE name = 'aerodb_meta'",
+                    [],
+                    |r| r.get::<_, i64>(0),
+                )
+                .map(|n| n > 0)
+                .map_err(|e| err(e.to_string()))?;
+            if is_primary {
+                return Err(err(
+                    "is an AeroDB primary (it has aerodb_meta); a database cannot be both".into(),
+                ));
+            }
+            if db.position().map_err(|e| err(e.to_string()))?.is_none() {
+                db.init(generation).map_err(|e| err(e.to_string()))?;
+            }
+        }
+        let runtime = Runtime::start(source, storage(&path), generation, config);
+        Ok(Replica {
+            runtime: Some(runtime),
+            path,
+            _lock: lock,
+        })
+    }
+
+    fn runtime(&self) -> &Runtime {
+        self.runtime.as_ref().expect("present until stop")
+    }
+
+    /// The live state: global state, progress, components.
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.runtime().snapshot()
+    }
+
+    /// Each component's status (state, blocking reason, last successful
+    /// transition, last error).
+    pub fn components(&self) -> Vec<ComponentStatus> {
+        self.snapshot().components.clone()
+    }
+
+    fn reader(&self) -> rusqlite::Result<Connection> {
+        Connection::open_with_flags(&self.path, OpenFlags::SQLITE_OPEN_READ_ONLY)
+    }
+
+    /// The segments in the state store.
+    pub fn segments(&self) -> rusqlite::Result<Vec<SegmentRow>> {
+        segments_in(&self.reader()?)
+    }
+
+    /// The recorded global transitions.
+    pub fn transitions(&self) -> rusqlite::Result<Vec<TransitionRow>> {
+        transitions_in(&self.reader()?)
+    }
+
+    /// Explains whether a read needing `min_commit_id` is served, over the
+    /// state recorded in the replica file (one read transaction).
+    pub fn explain_read(&self, min_commit_id: Option<CommitId>) -> rusqlite::Result<Decision> {
+        Ok(read_gate_in(&self.reader()?, min_commit_id))
+    }
+
+    /// Waits for the replica to apply `commit_id` (client-side deadline).
+    pub fn wait_for(
+        &self,
+        commit_id: CommitId,
+        deadline: Instant,
+    ) -> Result<ChainPosition, WaitError> {
+        self.runtime().wait_for(commit_id, deadline)
+    }
+
+    /// Waits until `done` holds for the live state (client-side deadline).
+    pub fn wait_until(
+        &self,
+        deadline: Instant,
+        done: impl FnMut(&Snapshot) -> bool,
+    ) -> Result<Arc<Snapshot>, Arc<Snapshot>> {
+        self.runtime().wait_until(deadline, done)
+    }
+
+    /// Stops the replica (threads joined, stop recorded); returns the last
+    /// state.
+    pub fn stop(mut self) -> Arc<Snapshot> {
+        self.runtime.take().expect("present until stop").stop()
+    }
+}
+
+/// Creates the replica tables in `conn` (for tools that read a replica
+/// file that no runtime has opened yet).
+pub fn ensure_replica_tables(conn: &Connection) -> rusqlite::Result<()> {
+    conn.execute_batch(REPLICA_SQL)
+}
