@@ -461,8 +461,8 @@ fn run_validator(
 ) {
     let mut core = Validator::new(applied);
     // Returns false when validation must stop (rejected or no Applier).
-    let mut validate = |first, last, bytes| {
-        match core.handle(ValidatorInput::Persisted { first, last, bytes }) {
+    let mut validate =
+        |first, last, bytes| match core.handle(ValidatorInput::Persisted { first, last, bytes }) {
             Ok(ValidatorOutput::Validated(segment)) => {
                 let (first, last) = segment.segment().header.range();
                 send(
@@ -487,8 +487,7 @@ fn run_validator(
                 );
                 false
             }
-        }
-    };
+        };
     // Recovery: what was persisted but not applied before this run is
     // validated again, in order, from the applied checkpoint (V2).
     let mut after = applied.commit_id;
@@ -587,7 +586,9 @@ fn run_applier(
             Err(e) => {
                 send(
                     &events,
-                    Event::ApplierFailed(Failure::new("PROTOCOL", e.to_string()).at(range.0, range.1)),
+                    Event::ApplierFailed(
+                        Failure::new("PROTOCOL", e.to_string()).at(range.0, range.1),
+                    ),
                 );
                 return;
             }
@@ -678,8 +679,10 @@ impl SupervisorRunner {
         let record = TransitionRecord::new(&t, self.applied);
         self.status(Component::Supervisor).state = record.to.clone();
         self.status(Component::Supervisor).blocking_reason = record.blocking_reason.clone();
-        self.status(Component::Supervisor).last_transition =
-            Some(format!("{} -> {}: {}", record.from, record.to, record.reason));
+        self.status(Component::Supervisor).last_transition = Some(format!(
+            "{} -> {}: {}",
+            record.from, record.to, record.reason
+        ));
         self.pending.push(StoreOp::Transition(record.clone()));
         // Component rows are written with every transition, so the store's
         // view of each component is never older than the global state.
@@ -749,16 +752,18 @@ impl SupervisorRunner {
 
     /// Starts the pipeline from what the store holds.
     fn start_pipeline(&mut self, stored: &StoredState) -> Result<(), Failure> {
-        let source = self.source.take().ok_or_else(|| {
-            Failure::new("SOURCE", "the WAL source was lost by a previous run")
-        })?;
+        let source = self
+            .source
+            .take()
+            .ok_or_else(|| Failure::new("SOURCE", "the WAL source was lost by a previous run"))?;
         let wal_storage = self.storage.wal_storage()?;
         let reader = self.storage.segment_reader()?;
         let apply = self.storage.apply_storage()?;
         let (stop_tx, stop_rx) = mpsc::channel();
         let (seg_tx, seg_rx) = mpsc::sync_channel(self.config.queue_depth);
         let (val_tx, val_rx) = mpsc::sync_channel(self.config.queue_depth);
-        let spawn_err = |e: std::io::Error| Failure::new("THREAD", format!("spawning a thread: {e}"));
+        let spawn_err =
+            |e: std::io::Error| Failure::new("THREAD", format!("spawning a thread: {e}"));
         let (ev, config, applied, received) = (
             self.events_tx.clone(),
             self.config.clone(),
@@ -796,7 +801,10 @@ impl SupervisorRunner {
             applier,
         });
         let next = received.next();
-        self.set_state(Component::Receiver, &format!("Receiving (next commit {next})"));
+        self.set_state(
+            Component::Receiver,
+            &format!("Receiving (next commit {next})"),
+        );
         self.set_state(
             Component::Validator,
             &format!("Validating (after commit {})", applied.commit_id),
@@ -1043,10 +1051,7 @@ impl SupervisorRunner {
         })?;
         self.flush()?;
         self.publish(true);
-        loop {
-            let Ok(event) = self.events.recv() else {
-                break;
-            };
+        while let Ok(event) = self.events.recv() {
             self.handle(event)?;
             // Record everything already queued in one transaction.
             while let Ok(event) = self.events.try_recv() {
@@ -1059,7 +1064,11 @@ impl SupervisorRunner {
                 self.stop_pipeline()?;
                 self.drive(SupervisorInput::Stop { reason })?;
                 self.set_state(Component::StateStore, "Closed");
-                for c in [Component::Receiver, Component::Validator, Component::Applier] {
+                for c in [
+                    Component::Receiver,
+                    Component::Validator,
+                    Component::Applier,
+                ] {
                     if self.status(c).last_error.is_none() {
                         self.set_state(c, "Stopped");
                     }

@@ -236,10 +236,7 @@ impl Validator {
             }
             Err((header, code, expected, actual, reason)) => {
                 // A stored range names the segment when its header cannot.
-                let (first, last) = header
-                    .map(|h| h.range())
-                    .or(stored)
-                    .unwrap_or_default();
+                let (first, last) = header.map(|h| h.range()).or(stored).unwrap_or_default();
                 let rejection = Rejection {
                     first,
                     last,
@@ -328,7 +325,9 @@ mod tests {
     #[test]
     fn corrupt_bytes_are_rejected_with_the_decode_error() {
         let r = records(2);
-        let ValidatorInput::Received { mut bytes } = seg(&r);
+        let ValidatorInput::Received { mut bytes } = seg(&r) else {
+            unreachable!("seg makes Received inputs")
+        };
         let n = bytes.len();
         bytes[n - 1] ^= 1;
         let mut v = Validator::new(ChainPosition::genesis(GEN));
@@ -339,6 +338,27 @@ mod tests {
         assert!(rej.reason.contains("segment CRC32"), "{}", rej.reason);
         // E2: the readable header still names the segment.
         assert_eq!((rej.first, rej.last), (CommitId(1), CommitId(2)));
+    }
+
+    #[test]
+    fn a_segment_stored_under_another_range_is_rejected() {
+        // The stored row and the bytes must agree: the Receiver persisted
+        // these bytes as commits 1..=1, the header says 1..=2.
+        let r = records(2);
+        let ValidatorInput::Received { bytes } = seg(&r) else {
+            unreachable!("seg makes Received inputs")
+        };
+        let mut v = Validator::new(ChainPosition::genesis(GEN));
+        let Ok(ValidatorOutput::Rejected(rej)) = v.handle(ValidatorInput::Persisted {
+            first: CommitId(1),
+            last: CommitId(1),
+            bytes,
+        }) else {
+            panic!("rejected")
+        };
+        assert_eq!(rej.code, "MISLABELED");
+        assert_eq!(rej.expected.as_deref(), Some("commits 1..=1"));
+        assert_eq!(rej.actual.as_deref(), Some("commits 1..=2"));
     }
 
     #[test]

@@ -24,9 +24,9 @@ use crate::primary::{PrimaryError, PrimaryWalReader};
 use crate::replica::{read_position, ApplyError, ReplicaDb, REPLICA_SQL};
 use replication::read_gate::{self, Decision, ObservedState, ReadRequest};
 use replication::runtime::{
-    ApplyStorage, Component, ComponentStatus, Config, Failure, Fetched, PersistedSegment,
-    Runtime, SegmentReader, Snapshot, StateStore, StopSignal, Storage, StoreOp, StoredState,
-    WaitError, WalSource, WalStorage,
+    ApplyStorage, Component, ComponentStatus, Config, Failure, Fetched, PersistedSegment, Runtime,
+    SegmentReader, Snapshot, StateStore, StopSignal, Storage, StoreOp, StoredState, WaitError,
+    WalSource, WalStorage,
 };
 use replication::state::{BlockReason, GlobalKind, GlobalState, ReadStatus, SegmentState};
 use replication::wal::{ChainPosition, CommitId, Generation, Segment, ValidatedSegment, WalOffset};
@@ -355,13 +355,12 @@ impl StateStore for SqliteStateStore {
                 received = CommitId(l as u64);
             }
         }
-        let revalidate = tx
-            .execute(
+        let revalidate =
+            tx.execute(
                 "UPDATE aerodb_replica_segments SET state = 'Received' WHERE state = 'Validated'",
                 [],
             )
-            .map_err(sql("moving Validated segments back to Received"))?
-            as u64;
+            .map_err(sql("moving Validated segments back to Received"))? as u64;
         let previous_state: Option<String> = tx
             .query_row(
                 "SELECT global_state FROM aerodb_replica_state WHERE id = 1",
@@ -371,7 +370,8 @@ impl StateStore for SqliteStateStore {
             .optional()
             .map_err(sql("reading the recorded state"))?;
         let components = read_components(&tx).map_err(sql("reading component statuses"))?;
-        tx.commit().map_err(sql("committing the state store's recovery"))?;
+        tx.commit()
+            .map_err(sql("committing the state store's recovery"))?;
         Ok(StoredState {
             applied,
             received,
@@ -472,7 +472,7 @@ impl StateStore for SqliteStateStore {
             }
         }
         self.records += 1;
-        if self.records % 64 == 0 {
+        if self.records.is_multiple_of(64) {
             // Retention: the newest rows of each history are kept.
             tx.execute(
                 "DELETE FROM aerodb_replica_transitions WHERE seq <= (SELECT max(seq) FROM aerodb_replica_transitions) - ?1",
@@ -502,7 +502,9 @@ fn read_components(conn: &Connection) -> rusqlite::Result<Vec<ComponentStatus>> 
             Some(code) => Some(Failure {
                 code,
                 reason: r.get::<_, Option<String>>(5)?.unwrap_or_default(),
-                segment: first.zip(last).map(|(f, l)| (CommitId(f as u64), CommitId(l as u64))),
+                segment: first
+                    .zip(last)
+                    .map(|(f, l)| (CommitId(f as u64), CommitId(l as u64))),
                 wal_offset: r.get::<_, Option<i64>>(8)?.map(|o| WalOffset(o as u64)),
                 expected: r.get(9)?,
                 actual: r.get(10)?,
@@ -626,10 +628,7 @@ fn kind_of(name: &str) -> Option<GlobalState> {
         ApplyingWal => GlobalState::ApplyingWal,
         _ => GlobalState::Recovering,
     };
-    kinds
-        .into_iter()
-        .find(|k| k.as_str() == name)
-        .map(plain)
+    kinds.into_iter().find(|k| k.as_str() == name).map(plain)
 }
 
 /// The Read Safety Gate over the state `conn` sees: the recorded global

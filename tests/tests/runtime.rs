@@ -50,8 +50,9 @@ fn replica_follows_a_primary_file_and_records_everything() {
         segment_bytes: 512,
         ..Config::default()
     };
-    let replica = Replica::start_from_file(dir.path().join("r.db"), dir.path().join("p.db"), config)
-        .expect("start");
+    let replica =
+        Replica::start_from_file(dir.path().join("r.db"), dir.path().join("p.db"), config)
+            .expect("start");
     replica.wait_for(head, deadline()).expect("caught up");
     let s = replica
         .wait_until(deadline(), ready)
@@ -68,7 +69,10 @@ fn replica_follows_a_primary_file_and_records_everything() {
     assert!(!d.allowed(), "{d}");
     let segments = replica.segments().expect("segments");
     assert!(segments.len() > 3, "{segments:?}");
-    assert!(segments.iter().all(|s| s.state == "Applied"), "{segments:?}");
+    assert!(
+        segments.iter().all(|s| s.state == "Applied"),
+        "{segments:?}"
+    );
     let last = replica.stop();
     assert!(!last.running);
     assert_eq!(last.global, GlobalState::Disabled);

@@ -1,21 +1,102 @@
 //! `aerodb`: command-line tool.
 //!
+//! `aerodb replica --primary P.db --replica R.db [--segment-bytes N]
+//! [--until-caught-up]` runs the threaded replica runtime: it prints each
+//! change of the applied CommitId and of the global state, and runs until
+//! stdin closes (or, with `--until-caught-up`, until the replica is Ready
+//! with everything the primary had), then stops cleanly.
+//!
 //! `aerodb catch-up --primary P.db --replica R.db [--segment-bytes N]`
 //! applies everything the primary has that the replica lacks, one segment
-//! per SQLite transaction, single-threaded, then exits. It reads the primary
-//! read-only. (The threaded replica runtime builds on the same steps:
-//! read, decode, validate, apply.)
+//! per SQLite transaction, single-threaded, without the runtime, then exits.
+//! Both read the primary read-only.
 
-use replication::wal::{validate, Segment};
+use replication::runtime::{is_blocked, Config};
+use replication::state::GlobalKind;
+use replication::wal::{validate, CommitId, Segment};
+use std::io::Write;
 use std::process::ExitCode;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
 use storage_adapter::primary::PrimaryWalReader;
 use storage_adapter::replica::ReplicaDb;
+use storage_adapter::runtime::Replica;
 
-const USAGE: &str =
-    "usage: aerodb catch-up --primary PRIMARY.db --replica REPLICA.db [--segment-bytes N]";
+const USAGE: &str = "usage: aerodb replica --primary PRIMARY.db --replica REPLICA.db [--segment-bytes N] [--until-caught-up]
+       aerodb catch-up --primary PRIMARY.db --replica REPLICA.db [--segment-bytes N]";
 
 /// Default target size of a segment read from the primary.
 const DEFAULT_SEGMENT_BYTES: usize = 1 << 20;
+
+fn run_replica(
+    primary: &str,
+    replica: &str,
+    segment_bytes: usize,
+    until_caught_up: bool,
+) -> Result<(), String> {
+    let head = PrimaryWalReader::open(primary)
+        .and_then(|r| r.head())
+        .map_err(|e| format!("primary {primary}: {e}"))?;
+    let config = Config {
+        segment_bytes,
+        ..Config::default()
+    };
+    let handle = Replica::start_from_file(replica, primary, config).map_err(|e| e.to_string())?;
+    // stdin closing asks for a stop (so a parent can stop it cleanly).
+    let (closed_tx, closed_rx) = mpsc::channel::<()>();
+    if !until_caught_up {
+        std::thread::spawn(move || {
+            let _ = std::io::copy(&mut std::io::stdin(), &mut std::io::sink());
+            let _ = closed_tx.send(());
+        });
+    }
+    let mut shown = (CommitId(0), String::new());
+    let out = std::io::stdout();
+    loop {
+        // Wake on every published change; the deadline only bounds how long
+        // a check of stdin can be delayed (no decision depends on it).
+        let s = handle
+            .wait_until(Instant::now() + Duration::from_millis(50), |s| {
+                (s.applied.commit_id, s.global.to_string()) != shown || !s.running
+            })
+            .unwrap_or_else(|s| s);
+        let now = (s.applied.commit_id, s.global.to_string());
+        if now != shown {
+            let mut o = out.lock();
+            let _ = writeln!(
+                o,
+                "applied commit {} (WAL offset {}); state {}",
+                s.applied.commit_id, s.applied.wal_offset, s.global
+            );
+            let _ = o.flush();
+            shown = now;
+        }
+        if !s.running || is_blocked(&s.global) {
+            break;
+        }
+        if until_caught_up && s.applied.commit_id >= head && s.global.kind() == GlobalKind::Ready {
+            break;
+        }
+        if closed_rx.try_recv().is_ok() {
+            break;
+        }
+    }
+    let blocked = handle.snapshot().global.clone();
+    let last = handle.stop();
+    println!(
+        "stopped: applied commit {}; state {}",
+        last.applied.commit_id, last.global
+    );
+    for c in &last.components {
+        if let Some(e) = &c.last_error {
+            println!("{}: last error {e}", c.component);
+        }
+    }
+    if is_blocked(&blocked) {
+        return Err(format!("replication was blocked: {blocked}"));
+    }
+    Ok(())
+}
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -39,17 +120,29 @@ fn flag<'a>(args: &'a [String], name: &str) -> Result<Option<&'a str>, String> {
 }
 
 fn run(args: &[String]) -> Result<(), String> {
-    match args.first().map(String::as_str) {
-        Some("catch-up") => {}
+    let command = match args.first().map(String::as_str) {
+        Some(c @ ("catch-up" | "replica")) => c,
         Some(other) => return Err(format!("unknown command '{other}'\n{USAGE}")),
         None => return Err(USAGE.into()),
+    };
+    let until_caught_up = args.iter().any(|a| a == "--until-caught-up");
+    if until_caught_up && command != "replica" {
+        return Err(format!(
+            "--until-caught-up is an option of 'replica'\n{USAGE}"
+        ));
     }
+    let rest: Vec<String> = args[1..]
+        .iter()
+        .filter(|a| *a != "--until-caught-up")
+        .cloned()
+        .collect();
     let known = ["--primary", "--replica", "--segment-bytes"];
-    for pair in args[1..].chunks(2) {
+    for pair in rest.chunks(2) {
         if !known.contains(&pair[0].as_str()) {
             return Err(format!("unknown argument '{}'\n{USAGE}", pair[0]));
         }
     }
+    let args = &rest[..];
     let primary =
         flag(args, "--primary")?.ok_or_else(|| format!("--primary is required\n{USAGE}"))?;
     let replica =
@@ -62,6 +155,9 @@ fn run(args: &[String]) -> Result<(), String> {
             .filter(|n| *n > 0)
             .ok_or_else(|| format!("--segment-bytes: '{v}' is not a positive integer"))?,
     };
+    if command == "replica" {
+        return run_replica(primary, replica, segment_bytes, until_caught_up);
+    }
     let reader = PrimaryWalReader::open(primary).map_err(|e| format!("primary {primary}: {e}"))?;
     let mut db = ReplicaDb::open(replica).map_err(|e| format!("replica {replica}: {e}"))?;
     let mut position = db
