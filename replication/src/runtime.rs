@@ -883,7 +883,7 @@ impl SupervisorRunner {
                 self.drive(SupervisorInput::CaughtUp)?;
             }
             Event::ReceiverFailed(f) => {
-                let reason = f.reason.clone();
+                let reason = f.to_string();
                 self.failed(Component::Receiver, "Failed", f);
                 self.drive(SupervisorInput::ReceiverStopped { reason })?;
             }
@@ -972,7 +972,7 @@ impl SupervisorRunner {
             }
             Event::ApplierFailed(f) => {
                 let range = f.segment.unwrap_or_default();
-                let reason = f.reason.clone();
+                let reason = f.to_string();
                 let again = self.failed_segment == Some(range);
                 self.failed_segment = Some(range);
                 self.failed(Component::Applier, "Failed", f);

@@ -184,6 +184,7 @@ pub const GLOBAL_TRANSITIONS: &[(GlobalKind, GlobalKind)] = {
         (Initializing, ReceivingWal),
         (Recovering, ReceivingWal),
         (Recovering, ValidatingWal),
+        (Recovering, ApplyingWal),
         (Recovering, Ready),
         (ReceivingWal, ValidatingWal),
         (ReceivingWal, Ready),
@@ -329,7 +330,7 @@ mod tests {
     #[case(GlobalState::Disabled, GlobalState::ApplyingWal)]
     #[case(GlobalState::Disabled, ready())]
     #[case(GlobalState::Initializing, GlobalState::ApplyingWal)]
-    #[case(GlobalState::Recovering, GlobalState::ApplyingWal)]
+    #[case(GlobalState::Recovering, GlobalState::Initializing)]
     #[case(ready(), ready())]
     #[case(GlobalState::Disabled, GlobalState::Disabled)]
     fn refuses_illegal_global_moves(#[case] from: GlobalState, #[case] to: GlobalState) {

@@ -89,3 +89,461 @@ fn replica_follows_a_primary_file_and_records_everything() {
     );
     let _ = GlobalKind::Ready;
 }
+
+// ------------------------------------------------------ failure boundaries
+
+use replication::runtime::{
+    ApplyStorage, Failure, Fetched, Snapshot, StateStore, StopSignal, Storage, StoreOp,
+    StoredState, WaitError, WalSource,
+};
+use replication::wal::{ChainPosition, ValidatedSegment};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use storage_adapter::runtime::{read_gate_in, segments_in, FileSource, SqliteStorage};
+
+/// A file source with faults: fails the fetch numbered `fail_at` (counting
+/// from 0), or flips one byte of the segment numbered `corrupt_at`.
+struct FaultySource {
+    inner: FileSource,
+    fetches: usize,
+    fail_at: Option<usize>,
+    corrupt_at: Option<usize>,
+}
+
+impl WalSource for FaultySource {
+    fn describe(&self) -> String {
+        format!("faulty {}", self.inner.describe())
+    }
+    fn fetch(&mut self, from: CommitId, max: usize) -> Result<Option<Fetched>, Failure> {
+        let n = self.fetches;
+        let fetched = self.inner.fetch(from, max)?;
+        if fetched.is_some() {
+            self.fetches += 1;
+        }
+        if self.fail_at == Some(n) {
+            return Err(Failure::new(
+                "SOURCE",
+                "injected: connection to the primary lost",
+            ));
+        }
+        Ok(fetched.map(|mut f| {
+            if self.corrupt_at == Some(n) {
+                let i = f.bytes.len() - 10;
+                f.bytes[i] ^= 0x40;
+            }
+            f
+        }))
+    }
+    fn wait_for_wal(&mut self, stop: &StopSignal) -> Result<bool, Failure> {
+        self.inner.wait_for_wal(stop)
+    }
+}
+
+fn faulty(dir: &Path, fail_at: Option<usize>, corrupt_at: Option<usize>) -> Box<FaultySource> {
+    Box::new(FaultySource {
+        inner: FileSource::open(dir.join("p.db")).expect("source"),
+        fetches: 0,
+        fail_at,
+        corrupt_at,
+    })
+}
+
+fn small() -> Config {
+    Config {
+        segment_bytes: 300,
+        ..Config::default()
+    }
+}
+
+fn blocked(s: &Snapshot) -> bool {
+    replication::runtime::is_blocked(&s.global)
+}
+
+fn generation(dir: &Path) -> replication::wal::Generation {
+    FileSource::open(dir.join("p.db"))
+        .expect("source")
+        .generation()
+}
+
+#[test]
+fn receiver_failure_stops_replication_explicitly() {
+    // F1: the source fails; replication stops, read-blocked, reason visible.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let p = primary(&dir.path().join("p.db"));
+    let head = write(&p, 1..=20);
+    let replica = Replica::start(
+        dir.path().join("r.db"),
+        faulty(dir.path(), Some(2), None),
+        generation(dir.path()),
+        small(),
+    )
+    .expect("start");
+    let s = replica.wait_until(deadline(), blocked).expect("blocked");
+    assert!(
+        s.global
+            .to_string()
+            .contains("WAL receiver failed: SOURCE: injected: connection to the primary lost"),
+        "{}",
+        s.global
+    );
+    let r = s.component(Component::Receiver);
+    assert_eq!(r.state, "Failed");
+    assert_eq!(
+        r.last_error.as_ref().map(|e| e.code.as_str()),
+        Some("SOURCE")
+    );
+    // Nothing after the failure is received; reads are refused, with why.
+    assert!(s.progress.received < head);
+    let d = replica.explain_read(None).expect("gate");
+    assert!(!d.allowed(), "{d}");
+    assert!(d.explanation.contains("replication is blocked"), "{d}");
+    match replica.wait_for(head, deadline()) {
+        Err(WaitError::Unreachable { .. }) => {}
+        other => panic!("waiting on a blocked replica must fail at once: {other:?}"),
+    }
+    replica.stop();
+}
+
+#[test]
+fn validator_rejection_blocks_application_and_names_the_segment() {
+    // F2 + E1/E2: a corrupt segment is rejected, named by CommitIds and WAL
+    // offset; nothing after it is applied; the replica keeps what it had.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let p = primary(&dir.path().join("p.db"));
+    let head = write(&p, 1..=20);
+    let replica = Replica::start(
+        dir.path().join("r.db"),
+        faulty(dir.path(), None, Some(1)),
+        generation(dir.path()),
+        small(),
+    )
+    .expect("start");
+    // Blocked, and everything validated before the rejection applied.
+    let s = replica
+        .wait_until(deadline(), |s| {
+            blocked(s) && s.progress.applied == s.progress.validated
+        })
+        .expect("blocked");
+    let v = s.component(Component::Validator);
+    let e = v.last_error.clone().expect("validator error");
+    assert_eq!(e.code, "CORRUPT", "{e:?}");
+    let (first, last) = e.segment.expect("segment named");
+    assert_eq!(first, s.applied.commit_id.next(), "the next segment");
+    assert_eq!(e.wal_offset, Some(s.applied.wal_offset), "{e:?}");
+    assert!(e.expected.is_some() && e.actual.is_some(), "{e:?}");
+    assert!(
+        s.global.to_string().contains(&format!(
+            "segment {first}..={last} at WAL offset {} rejected",
+            s.applied.wal_offset
+        )),
+        "{}",
+        s.global
+    );
+    let applied_before = s.applied;
+    replica.stop();
+    let conn = rusqlite::Connection::open(dir.path().join("r.db")).expect("open");
+    let rows = segments_in(&conn).expect("segments");
+    let rejected: Vec<_> = rows.iter().filter(|r| r.state == "Rejected").collect();
+    assert_eq!(rejected.len(), 1, "{rows:?}");
+    assert_eq!(rejected[0].first_commit_id, first);
+    assert!(
+        rejected[0]
+            .reason
+            .as_deref()
+            .unwrap_or("")
+            .contains("segment CRC32"),
+        "{rows:?}"
+    );
+    // The replica holds exactly the prefix it applied.
+    let t = dump_table(&conn, "t");
+    assert_eq!(
+        t.len() as u64,
+        applied_before.commit_id.0 - 1,
+        "schema commit + rows"
+    );
+    // A restart re-validates the persisted segment (deterministic): still
+    // blocked, same reason; the last error survived the restart.
+    let replica = Replica::start(
+        dir.path().join("r.db"),
+        faulty(dir.path(), None, None),
+        generation(dir.path()),
+        small(),
+    )
+    .expect("restart");
+    let s = replica
+        .wait_until(deadline(), blocked)
+        .expect("still blocked");
+    assert_eq!(s.applied, applied_before);
+    assert_eq!(
+        s.component(Component::Validator)
+            .last_error
+            .as_ref()
+            .map(|e| e.code.as_str()),
+        Some("CORRUPT")
+    );
+    assert!(s.progress.applied < head);
+    replica.stop();
+}
+
+/// Storage with faults: the Applier's storage fails `apply_failures` times
+/// (as a full disk would), the state store fails after `records_ok`
+/// writes.
+struct FaultyStorage {
+    inner: SqliteStorage,
+    apply_failures: Arc<AtomicUsize>,
+    records_ok: Option<usize>,
+}
+
+struct FaultyApply {
+    inner: Box<dyn ApplyStorage>,
+    failures: Arc<AtomicUsize>,
+}
+
+impl ApplyStorage for FaultyApply {
+    fn apply(&mut self, segment: &ValidatedSegment) -> Result<ChainPosition, Failure> {
+        let left = self.failures.load(Ordering::SeqCst);
+        if left > 0 && segment.start().commit_id.0 >= 3 {
+            self.failures.store(left - 1, Ordering::SeqCst);
+            return Err(Failure::new(
+                "DISK_FULL",
+                "injected: database or disk is full",
+            ));
+        }
+        self.inner.apply(segment)
+    }
+}
+
+struct FaultyStore {
+    inner: Box<dyn StateStore>,
+    left: Option<usize>,
+}
+
+impl StateStore for FaultyStore {
+    fn open(&mut self) -> Result<StoredState, Failure> {
+        self.inner.open()
+    }
+    fn record(&mut self, ops: &[StoreOp]) -> Result<(), Failure> {
+        match &mut self.left {
+            Some(0) => Err(Failure::new("STORAGE", "injected: disk I/O error")),
+            Some(n) => {
+                *n -= 1;
+                self.inner.record(ops)
+            }
+            None => self.inner.record(ops),
+        }
+    }
+}
+
+impl Storage for FaultyStorage {
+    fn state_store(&self) -> Result<Box<dyn StateStore>, Failure> {
+        Ok(Box::new(FaultyStore {
+            inner: self.inner.state_store()?,
+            left: self.records_ok,
+        }))
+    }
+    fn wal_storage(&self) -> Result<Box<dyn replication::runtime::WalStorage>, Failure> {
+        self.inner.wal_storage()
+    }
+    fn segment_reader(&self) -> Result<Box<dyn replication::runtime::SegmentReader>, Failure> {
+        self.inner.segment_reader()
+    }
+    fn apply_storage(&self) -> Result<Box<dyn ApplyStorage>, Failure> {
+        Ok(Box::new(FaultyApply {
+            inner: self.inner.apply_storage()?,
+            failures: Arc::clone(&self.apply_failures),
+        }))
+    }
+}
+
+fn start_faulty(dir: &Path, failures: Arc<AtomicUsize>, records_ok: Option<usize>) -> Replica {
+    Replica::start_with_storage(
+        dir.join("r.db"),
+        faulty(dir, None, None),
+        generation(dir),
+        small(),
+        move |path| {
+            Box::new(FaultyStorage {
+                inner: SqliteStorage::new(path),
+                apply_failures: failures,
+                records_ok,
+            })
+        },
+    )
+    .expect("start")
+}
+
+#[test]
+fn applier_failure_triggers_recovery_which_resumes() {
+    // F3: a failed apply (disk full) -> Recovering -> re-validation from
+    // the applied position -> applied; the error is kept until a success.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let p = primary(&dir.path().join("p.db"));
+    let head = write(&p, 1..=20);
+    let replica = start_faulty(dir.path(), Arc::new(AtomicUsize::new(1)), None);
+    replica
+        .wait_for(head, deadline())
+        .expect("recovered and caught up");
+    let s = replica.wait_until(deadline(), ready).expect("ready");
+    assert_eq!(
+        s.component(Component::Applier).last_error,
+        None,
+        "cleared by a later success"
+    );
+    let history = replica.transitions().expect("history");
+    let i = history
+        .iter()
+        .position(|t| t.to_state == "Recovering")
+        .expect("went through Recovering");
+    assert!(
+        history[i]
+            .reason
+            .contains("failed: DISK_FULL: injected: database or disk is full"),
+        "{:?}",
+        history[i]
+    );
+    assert_eq!(history[i].from_state, "ApplyingWAL");
+    assert_eq!(history[i + 1].reason, "recovery finished", "{history:?}");
+    let r = rusqlite::Connection::open(dir.path().join("r.db")).expect("open");
+    assert_eq!(dump_table(&r, "t"), dump_table(p.connection(), "t"));
+    replica.stop();
+}
+
+#[test]
+fn an_applier_failure_that_recovery_cannot_fix_blocks_instead_of_retrying() {
+    // X4: no hidden retry loop: the same segment failing again after
+    // recovery stops replication, read-blocked, with both failures told.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let p = primary(&dir.path().join("p.db"));
+    let _ = write(&p, 1..=20);
+    let failures = Arc::new(AtomicUsize::new(usize::MAX));
+    let replica = start_faulty(dir.path(), Arc::clone(&failures), None);
+    let s = replica.wait_until(deadline(), blocked).expect("blocked");
+    assert!(
+        s.global
+            .to_string()
+            .contains("failed again after recovery: DISK_FULL: injected: database or disk is full"),
+        "{}",
+        s.global
+    );
+    let history = replica.transitions().expect("history");
+    // Exactly two attempts: the first and the one after recovery.
+    assert_eq!(
+        usize::MAX - failures.load(Ordering::SeqCst),
+        2,
+        "{history:?}"
+    );
+    let finished = history
+        .iter()
+        .filter(|t| t.reason == "recovery finished")
+        .count();
+    assert!(finished <= 1, "{history:?}");
+    let last = history.last().expect("transitions");
+    assert!(
+        last.reason.starts_with("recovery failed: applying segment"),
+        "{last:?}"
+    );
+    let e = s
+        .component(Component::Applier)
+        .last_error
+        .clone()
+        .expect("error");
+    assert_eq!(e.code, "DISK_FULL");
+    assert!(e.segment.is_some(), "{e:?}");
+    replica.stop();
+}
+
+#[test]
+fn supervisor_failure_makes_the_replica_unavailable() {
+    // F4: the state store stops accepting writes; the Supervisor cannot
+    // record transitions, so the replica goes Disabled, stops its threads,
+    // and says why.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let p = primary(&dir.path().join("p.db"));
+    let head = write(&p, 1..=20);
+    let replica = start_faulty(dir.path(), Arc::new(AtomicUsize::new(0)), Some(1));
+    let s = replica
+        .wait_until(deadline(), |s| !s.running)
+        .expect("stopped");
+    assert_eq!(s.global, GlobalState::Disabled);
+    let e = s
+        .component(Component::Supervisor)
+        .last_error
+        .clone()
+        .expect("error");
+    assert_eq!(e.code, "STORAGE");
+    assert!(e.reason.contains("injected: disk I/O error"), "{e:?}");
+    match replica.wait_for(head.next(), deadline()) {
+        Err(WaitError::Unreachable { .. }) => {}
+        other => panic!("an unavailable replica cannot be waited on: {other:?}"),
+    }
+    replica.stop();
+}
+
+#[test]
+fn read_gate_failure_refuses_reads() {
+    // F5: state that cannot be read refuses the read, saying why.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let plain = rusqlite::Connection::open(dir.path().join("plain.db")).expect("open");
+    let d = read_gate_in(&plain, None);
+    assert!(!d.allowed());
+    assert_eq!(d.code.as_str(), "unobservable", "{d}");
+    // A replica whose recorded state is unreadable is refused too.
+    let p = primary(&dir.path().join("p.db"));
+    let head = write(&p, 1..=3);
+    let replica =
+        Replica::start_from_file(dir.path().join("r.db"), dir.path().join("p.db"), small())
+            .expect("start");
+    replica.wait_for(head, deadline()).expect("caught up");
+    replica.stop();
+    let r = rusqlite::Connection::open(dir.path().join("r.db")).expect("open");
+    assert!(read_gate_in(&r, Some(head)).allowed());
+    r.execute("UPDATE aerodb_replica_state SET global_state = 'Bogus'", [])
+        .expect("tamper");
+    let d = read_gate_in(&r, Some(head));
+    assert!(!d.allowed(), "{d}");
+    assert!(d.explanation.contains("'Bogus' is unknown"), "{d}");
+}
+
+#[test]
+fn the_gate_answers_for_the_readers_own_snapshot() {
+    // G1: inside a read transaction, the decision and the data agree even
+    // while the replica applies more.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let p = primary(&dir.path().join("p.db"));
+    let first = write(&p, 1..=5);
+    let replica =
+        Replica::start_from_file(dir.path().join("r.db"), dir.path().join("p.db"), small())
+            .expect("start");
+    replica.wait_for(first, deadline()).expect("caught up");
+    let r = rusqlite::Connection::open(dir.path().join("r.db")).expect("open");
+    r.execute_batch("BEGIN").expect("begin");
+    let rows_before = dump_table(&r, "t").len();
+    let later = write(&p, 6..=10);
+    replica
+        .wait_for(later, deadline())
+        .expect("applied later commits");
+    // This transaction still sees the old snapshot: the gate says so.
+    let d = read_gate_in(&r, Some(later));
+    assert!(!d.allowed(), "{d}");
+    assert!(read_gate_in(&r, Some(first)).allowed());
+    assert_eq!(dump_table(&r, "t").len(), rows_before);
+    r.execute_batch("COMMIT").expect("end");
+    assert!(read_gate_in(&r, Some(later)).allowed());
+    replica.stop();
+}
+
+#[test]
+fn a_second_runtime_on_the_same_replica_is_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let _p = primary(&dir.path().join("p.db"));
+    let a = Replica::start_from_file(dir.path().join("r.db"), dir.path().join("p.db"), small())
+        .expect("start");
+    let err = Replica::start_from_file(dir.path().join("r.db"), dir.path().join("p.db"), small())
+        .err()
+        .expect("refused");
+    assert!(err.to_string().contains("is already running"), "{err}");
+    a.stop();
+    let b = Replica::start_from_file(dir.path().join("r.db"), dir.path().join("p.db"), small())
+        .expect("free again after stop");
+    b.stop();
+}
