@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # AeroDB demo: a primary written from the stock sqlite3 shell with the
-# extension loaded, a replica that catches up from it, and replica_state.
+# extension loaded, a replica runtime (Receiver, Validator, Applier and
+# Supervisor threads) that catches up from it, and replica_state.
 # Usage: ./demo.sh            (outputs go to ./demo-out/, recreated each run)
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -23,13 +24,15 @@ if sqlite3 demo-out/primary.db "INSERT INTO accounts(id, owner) VALUES (99, 'nob
 fi
 
 echo
-echo "== replica: aerodb catch-up (read primary read-only, decode, validate, apply one segment per transaction)"
-./target/release/aerodb catch-up --primary demo-out/primary.db --replica demo-out/replica.db --segment-bytes 200
+echo "== replica: aerodb replica --until-caught-up (the threaded runtime: receive, persist, validate, apply one segment per transaction)"
+./target/release/aerodb replica --primary demo-out/primary.db --replica demo-out/replica.db --segment-bytes 200 --until-caught-up
 
 echo
 echo "== replica: SELECT * FROM replica_state; and the replicated table"
 sqlite3 -box demo-out/replica.db ".load $EXT" \
   "SELECT * FROM replica_state;" \
+  "SELECT seq, from_state, to_state, reason, applied_commit_id FROM aerodb_replica_transitions ORDER BY seq;" \
+  "SELECT first_commit_id, last_commit_id, first_wal_offset, end_wal_offset, state FROM aerodb_replica_segments;" \
   "SELECT id, owner, balance, quote(note) AS note FROM accounts ORDER BY id;"
 
 echo

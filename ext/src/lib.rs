@@ -63,7 +63,7 @@ struct ReplicaStateTab {
     db: *mut ffi::sqlite3,
 }
 
-const COLUMNS: &str = "CREATE TABLE x(role TEXT, generation TEXT, applied_commit_id INTEGER, applied_wal_offset INTEGER, applied_chain TEXT, replicated_tables INTEGER)";
+const COLUMNS: &str = "CREATE TABLE x(role TEXT, generation TEXT, applied_commit_id INTEGER, applied_wal_offset INTEGER, applied_chain TEXT, replicated_tables INTEGER, global_state TEXT, read_status TEXT, blocking_reason TEXT, received_commit_id INTEGER, validated_commit_id INTEGER, last_transition TEXT, last_transition_reason TEXT)";
 
 unsafe impl<'vtab> VTab<'vtab> for ReplicaStateTab {
     type Aux = ();
@@ -155,6 +155,20 @@ unsafe impl VTabCursor for ReplicaStateCursor<'_> {
                 3 => ctx.set_result(&s.applied_wal_offset.map(|o| o.0 as i64)),
                 4 => ctx.set_result(&s.applied_chain.map(|c| format!("0x{c:08x}"))),
                 5 => ctx.set_result(&s.replicated_tables),
+                6..=12 => {
+                    let Some(r) = &s.runtime else {
+                        return ctx.set_result(&rusqlite::types::Null);
+                    };
+                    match i {
+                        6 => ctx.set_result(&r.global_state),
+                        7 => ctx.set_result(&r.read_status),
+                        8 => ctx.set_result(&r.blocking_reason),
+                        9 => ctx.set_result(&(r.received_commit_id.0 as i64)),
+                        10 => ctx.set_result(&(r.validated_commit_id.0 as i64)),
+                        11 => ctx.set_result(&r.last_transition),
+                        _ => ctx.set_result(&r.last_transition_reason),
+                    }
+                }
                 _ => ctx.set_result(&rusqlite::types::Null),
             }
         })

@@ -433,6 +433,10 @@ fn run_receiver(
                     if out.send(ReceivedSegment { first, last, bytes }).is_err() {
                         // The Validator stopped (it rejected a segment or
                         // the pipeline is stopping): nothing more to pass on.
+                        send(
+                            &events,
+                            Event::ReceiverExited("the validator stopped taking segments".into()),
+                        );
                         return source;
                     }
                 }
@@ -706,7 +710,16 @@ impl SupervisorRunner {
 
     fn flush(&mut self) -> Result<(), Failure> {
         if !self.pending.is_empty() {
-            let ops = std::mem::take(&mut self.pending);
+            let mut ops = std::mem::take(&mut self.pending);
+            // A component's row is written once per batch: its last status.
+            let mut seen = [false; Component::ALL.len()];
+            for i in (0..ops.len()).rev() {
+                if let StoreOp::Component(c) = &ops[i] {
+                    if std::mem::replace(&mut seen[c.component.index()], true) {
+                        ops.remove(i);
+                    }
+                }
+            }
             match self.store.as_mut() {
                 Some(store) => store.record(&ops)?,
                 None => {

@@ -6,16 +6,38 @@
 //! Receiver (WAL storage) and the Applier (rows + position) write; the Read
 //! Safety Gate evaluated in a reader's own SQLite transaction (5.6, G1).
 //!
-//! ```no_run
+//! ```
+//! use replication::runtime::{Component, Config};
 //! use replication::wal::CommitId;
 //! use std::time::{Duration, Instant};
+//! use storage_adapter::primary::Primary;
 //! use storage_adapter::runtime::Replica;
 //!
-//! let replica = Replica::start_from_file("replica.db", "primary.db", Default::default())?;
-//! replica.wait_for(CommitId(42), Instant::now() + Duration::from_secs(5))?;
-//! println!("{}", replica.snapshot().global);
-//! println!("{}", replica.explain_read(Some(CommitId(42)))?);
-//! let last = replica.stop();
+//! let dir = tempfile::tempdir()?;
+//! // A primary: capture a table, write to it.
+//! let primary = Primary::open(dir.path().join("primary.db"))?;
+//! primary.connection().execute_batch("CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT)")?;
+//! primary.replicate("t")?;
+//! primary.connection().execute("INSERT INTO t VALUES (1, 'one')", [])?;
+//! let token = primary.last_commit_id()?.expect("this connection committed");
+//!
+//! // A replica of it, running on its own threads.
+//! let replica = Replica::start_from_file(
+//!     dir.path().join("replica.db"),
+//!     dir.path().join("primary.db"),
+//!     Config::default(),
+//! )?;
+//! replica.wait_for(token, Instant::now() + Duration::from_secs(10))?;
+//! let state = replica.snapshot();
+//! println!("{} at commit {}", state.global, state.applied.commit_id);
+//! println!("{}", state.component(Component::Applier).state);
+//! assert!(replica.explain_read(Some(token))?.allowed());
+//! let future = replica.explain_read(Some(CommitId(token.0 + 1)))?;
+//! assert!(!future.allowed(), "{future}");
+//! for t in replica.transitions()? {
+//!     println!("{} -> {}: {}", t.from_state, t.to_state, t.reason);
+//! }
+//! let last = replica.stop(); // threads joined, stop recorded
 //! assert!(!last.running);
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
@@ -45,7 +67,7 @@ const LOCK_WAIT: Duration = Duration::from_secs(60);
 /// Applied segment rows kept (their metadata; raw bytes go at apply).
 pub const KEEP_APPLIED_SEGMENTS: i64 = 1000;
 /// Global transitions kept in `aerodb_replica_transitions`.
-pub const KEEP_TRANSITIONS: i64 = 10_000;
+pub const KEEP_TRANSITIONS: i64 = 100_000;
 
 fn storage_failure(doing: &str, e: impl std::fmt::Display) -> Failure {
     let text = e.to_string();

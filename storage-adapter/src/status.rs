@@ -47,6 +47,50 @@ pub struct ReplicaStatus {
     pub applied_chain: Option<u32>,
     /// Tables replicated (received schema records / captured).
     pub replicated_tables: i64,
+    /// The replica runtime's recorded state (None if no runtime ever ran).
+    pub runtime: Option<RecordedState>,
+}
+
+/// What the Supervisor last recorded in `aerodb_replica_state`, and the
+/// last transition.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordedState {
+    /// Global state: Disabled, Initializing, ..., Ready.
+    pub global_state: String,
+    /// read-safe / read-blocked (empty unless Ready).
+    pub read_status: String,
+    /// Why reads are blocked.
+    pub blocking_reason: Option<String>,
+    /// Last CommitId persisted by the Receiver.
+    pub received_commit_id: CommitId,
+    /// Last CommitId validated.
+    pub validated_commit_id: CommitId,
+    /// The last transition, "From -> To".
+    pub last_transition: Option<String>,
+    /// Its reason.
+    pub last_transition_reason: Option<String>,
+}
+
+fn recorded(conn: RawConn) -> Result<Option<RecordedState>, RawError> {
+    if !table_exists(conn, "aerodb_replica_state")? {
+        return Ok(None);
+    }
+    let mut s = conn.prepare(
+        "SELECT s.global_state, s.read_status, s.blocking_reason, s.received_commit_id, s.validated_commit_id, t.from_state || ' -> ' || t.to_state, t.reason FROM aerodb_replica_state s LEFT JOIN aerodb_replica_transitions t ON t.seq = s.last_transition_seq WHERE s.id = 1",
+    )?;
+    if !s.step()? {
+        return Ok(None);
+    }
+    let text = |k| s.column(k).into_string();
+    Ok(Some(RecordedState {
+        global_state: text(0).unwrap_or_default(),
+        read_status: text(1).unwrap_or_default(),
+        blocking_reason: text(2),
+        received_commit_id: CommitId(s.column(3).as_i64().unwrap_or(0) as u64),
+        validated_commit_id: CommitId(s.column(4).as_i64().unwrap_or(0) as u64),
+        last_transition: text(5),
+        last_transition_reason: text(6),
+    }))
 }
 
 fn table_exists(conn: RawConn, name: &str) -> Result<bool, RawError> {
@@ -72,7 +116,9 @@ pub(crate) fn read_raw(conn: RawConn) -> Result<ReplicaStatus, RawError> {
         )?;
         if s.step()? {
             let i = |k| s.column(k).as_i64().unwrap_or(0);
+            let runtime = recorded(conn)?;
             return Ok(ReplicaStatus {
+                runtime,
                 role: Role::Replica,
                 generation: Some(Generation(i(0) as u64)),
                 applied_commit_id: Some(CommitId(i(1) as u64)),
@@ -93,6 +139,7 @@ pub(crate) fn read_raw(conn: RawConn) -> Result<ReplicaStatus, RawError> {
                 applied_wal_offset: None,
                 applied_chain: None,
                 replicated_tables: count(conn, "SELECT count(*) FROM aerodb_tables")?,
+                runtime: None,
             });
         }
     }
@@ -103,6 +150,7 @@ pub(crate) fn read_raw(conn: RawConn) -> Result<ReplicaStatus, RawError> {
         applied_wal_offset: None,
         applied_chain: None,
         replicated_tables: 0,
+        runtime: None,
     })
 }
 
