@@ -44,6 +44,7 @@ CREATE TABLE IF NOT EXISTS aerodb_replica_state(
   id                  INTEGER PRIMARY KEY CHECK (id = 1),
   global_state        TEXT NOT NULL,   -- Disabled, Initializing, ..., Ready
   read_status         TEXT NOT NULL,   -- read-safe / read-blocked ('' unless Ready)
+  blocking_code       TEXT,            -- BLOCKED or DIVERGED when read-blocked
   blocking_reason     TEXT,
   received_commit_id  INTEGER NOT NULL,
   validated_commit_id INTEGER NOT NULL,

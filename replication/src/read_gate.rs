@@ -32,15 +32,23 @@ pub struct ReadRequest {
     pub min_commit_id: Option<CommitId>,
 }
 
-/// Why the gate decided as it did (a stable code for SQL and APIs).
+/// Why the gate decided as it did: a stable code an application can
+/// branch on (shown upper-case in SQL).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DecisionCode {
     /// The snapshot holds everything the read requires.
     Allowed,
-    /// The read requires a commit the snapshot does not hold yet.
-    BelowMinimum,
+    /// The read requires a commit the snapshot does not hold yet; the
+    /// replica is running, so it may get there.
+    Behind,
+    /// The read requires a commit the snapshot does not hold, and the
+    /// replica is not running (Disabled or starting): nothing will bring it.
+    NotStarted,
     /// Replication is blocked; reads are refused until it is resolved.
-    ReplicationBlocked,
+    Blocked,
+    /// Replication is blocked because the replica's history and the
+    /// primary's differ (fork, foreign primary, divergent rows).
+    Diverged,
     /// The replica's state could not be observed: the read is refused
     /// (rule F5: a gate failure refuses reads).
     Unobservable,
@@ -50,10 +58,12 @@ impl DecisionCode {
     /// The code as shown in SQL.
     pub fn as_str(self) -> &'static str {
         match self {
-            DecisionCode::Allowed => "allowed",
-            DecisionCode::BelowMinimum => "below_minimum",
-            DecisionCode::ReplicationBlocked => "replication_blocked",
-            DecisionCode::Unobservable => "unobservable",
+            DecisionCode::Allowed => "ALLOWED",
+            DecisionCode::Behind => "BEHIND",
+            DecisionCode::NotStarted => "NOT_STARTED",
+            DecisionCode::Blocked => "BLOCKED",
+            DecisionCode::Diverged => "DIVERGED",
+            DecisionCode::Unobservable => "UNOBSERVABLE",
         }
     }
 }
@@ -102,14 +112,28 @@ pub fn evaluate(state: &ObservedState, request: &ReadRequest) -> Decision {
     } = &state.global
     {
         return Decision {
-            code: DecisionCode::ReplicationBlocked,
+            code: if reason.is_divergence() {
+                DecisionCode::Diverged
+            } else {
+                DecisionCode::Blocked
+            },
             explanation: format!("read refused: replication is blocked ({reason}); {at}"),
         };
     }
+    let running = !matches!(
+        state.global,
+        GlobalState::Disabled | GlobalState::Initializing
+    );
     match request.min_commit_id {
-        Some(min) if min > state.applied_commit_id => Decision {
-            code: DecisionCode::BelowMinimum,
+        Some(min) if min > state.applied_commit_id && running => Decision {
+            code: DecisionCode::Behind,
             explanation: format!("read refused: it needs commit {min}, but the {at}"),
+        },
+        Some(min) if min > state.applied_commit_id => Decision {
+            code: DecisionCode::NotStarted,
+            explanation: format!(
+                "read refused: it needs commit {min}, but the {at} and is not running"
+            ),
         },
         Some(min) => Decision {
             code: DecisionCode::Allowed,
@@ -146,10 +170,12 @@ mod tests {
     #[rstest]
     #[case(ready(), 10, None, DecisionCode::Allowed)]
     #[case(ready(), 10, Some(10), DecisionCode::Allowed)]
-    #[case(ready(), 10, Some(11), DecisionCode::BelowMinimum)]
+    #[case(ready(), 10, Some(11), DecisionCode::Behind)]
     #[case(GlobalState::ApplyingWal, 10, Some(3), DecisionCode::Allowed)]
-    #[case(GlobalState::Recovering, 10, Some(12), DecisionCode::BelowMinimum)]
-    #[case(GlobalState::Disabled, 0, Some(1), DecisionCode::BelowMinimum)]
+    #[case(GlobalState::Recovering, 10, Some(12), DecisionCode::Behind)]
+    #[case(GlobalState::Disabled, 0, Some(1), DecisionCode::NotStarted)]
+    #[case(GlobalState::Disabled, 5, Some(5), DecisionCode::Allowed)]
+    #[case(GlobalState::Initializing, 5, Some(6), DecisionCode::NotStarted)]
     fn decides_by_commit_id_only(
         #[case] global: GlobalState,
         #[case] applied: u64,
@@ -172,6 +198,22 @@ mod tests {
     }
 
     #[test]
+    fn a_forked_history_is_reported_as_diverged() {
+        let global = GlobalState::Ready {
+            read: ReadStatus::Blocked(BlockReason::SegmentRejected {
+                first: CommitId(8),
+                last: CommitId(9),
+                wal_offset: WalOffset(800),
+                code: "FORK",
+                reason: "chained checksum differs".into(),
+            }),
+        };
+        let d = evaluate(&observed(global, 7), &ReadRequest::default());
+        assert_eq!(d.code, DecisionCode::Diverged, "{d}");
+        assert_eq!(d.code.as_str(), "DIVERGED");
+    }
+
+    #[test]
     fn blocked_replication_refuses_every_read_with_its_reason() {
         // F5 / read-blocked: even a read with no minimum is refused.
         let global = GlobalState::Ready {
@@ -180,7 +222,7 @@ mod tests {
             }),
         };
         let d = evaluate(&observed(global, 7), &ReadRequest::default());
-        assert_eq!(d.code, DecisionCode::ReplicationBlocked);
+        assert_eq!(d.code, DecisionCode::Blocked);
         assert_eq!(
             d.explanation,
             "read refused: replication is blocked (WAL receiver failed: primary file missing); \
@@ -199,7 +241,7 @@ mod tests {
         );
         assert_eq!(
             d.to_string(),
-            "below_minimum: read refused: it needs commit 9, but the replica in state Ready (read-safe) has applied commit 4 (WAL offset 400)"
+            "BEHIND: read refused: it needs commit 9, but the replica in state Ready (read-safe) has applied commit 4 (WAL offset 400)"
         );
     }
 }

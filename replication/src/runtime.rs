@@ -199,6 +199,8 @@ pub struct TransitionRecord {
     pub to_kind: &'static str,
     /// Read status after it ("read-safe", "read-blocked" or "").
     pub read_status: &'static str,
+    /// The blocking code after it (BLOCKED or DIVERGED), if read-blocked.
+    pub blocking_code: Option<&'static str>,
     /// The blocking reason after it, if read-blocked.
     pub blocking_reason: Option<String>,
     /// Why.
@@ -218,26 +220,27 @@ fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
-fn read_status(state: &GlobalState) -> (&'static str, Option<String>) {
+fn read_status(state: &GlobalState) -> (&'static str, Option<&'static str>, Option<String>) {
     match state {
         GlobalState::Ready {
             read: ReadStatus::Safe,
-        } => ("read-safe", None),
+        } => ("read-safe", None, None),
         GlobalState::Ready {
             read: ReadStatus::Blocked(r),
-        } => ("read-blocked", Some(r.to_string())),
-        _ => ("", None),
+        } => ("read-blocked", Some(r.code()), Some(r.to_string())),
+        _ => ("", None, None),
     }
 }
 
 impl TransitionRecord {
     fn new(t: &Transition, applied: ChainPosition) -> TransitionRecord {
-        let (read, blocking) = read_status(&t.to);
+        let (read, blocking_code, blocking) = read_status(&t.to);
         TransitionRecord {
             from: t.from.to_string(),
             to: t.to.to_string(),
             to_kind: t.to.kind().as_str(),
             read_status: read,
+            blocking_code,
             blocking_reason: blocking,
             reason: t.reason.clone(),
             progress: t.progress,

@@ -21,6 +21,8 @@ pub enum BlockReason {
         last: CommitId,
         /// WAL offset of its first record.
         wal_offset: WalOffset,
+        /// The rejection's code (CORRUPT, GAP, FORK, ...).
+        code: &'static str,
         /// The Validator's explanation.
         reason: String,
     },
@@ -38,12 +40,41 @@ pub enum BlockReason {
         /// The storage error.
         reason: String,
     },
-    /// A block reason as the state store recorded it (its sentence), when
-    /// the state is read back from storage by another process or reader.
+    /// A block reason as the state store recorded it, when the state is
+    /// read back from storage by another process or reader.
     Recorded {
+        /// The recorded code ([`BlockReason::code`]).
+        code: String,
         /// The recorded sentence.
         reason: String,
     },
+}
+
+/// Rejection and failure codes that mean the replica's history and the
+/// primary's differ.
+const DIVERGENCE_CODES: [&str; 3] = ["FORK", "FOREIGN_GENERATION", "DIVERGED"];
+
+impl BlockReason {
+    /// A stable code: DIVERGED when the histories differ (fork, foreign
+    /// generation, divergent rows), otherwise BLOCKED.
+    pub fn code(&self) -> &'static str {
+        if self.is_divergence() {
+            "DIVERGED"
+        } else {
+            "BLOCKED"
+        }
+    }
+
+    /// Whether the block means the replica's history and the primary's
+    /// differ.
+    pub fn is_divergence(&self) -> bool {
+        match self {
+            BlockReason::SegmentRejected { code, .. } => DIVERGENCE_CODES.contains(code),
+            BlockReason::ApplierFailed { reason, .. } => reason.starts_with("DIVERGED"),
+            BlockReason::Recorded { code, .. } => code == "DIVERGED",
+            BlockReason::ReceiverFailed { .. } => false,
+        }
+    }
 }
 
 impl fmt::Display for BlockReason {
@@ -54,6 +85,7 @@ impl fmt::Display for BlockReason {
                 last,
                 wal_offset,
                 reason,
+                ..
             } => write!(
                 f,
                 "segment {first}..={last} at WAL offset {wal_offset} rejected: {reason}"
@@ -67,7 +99,7 @@ impl fmt::Display for BlockReason {
                 f,
                 "applying segment {first}..={last} failed again after recovery: {reason}"
             ),
-            BlockReason::Recorded { reason } => write!(f, "{reason}"),
+            BlockReason::Recorded { reason, .. } => write!(f, "{reason}"),
         }
     }
 }
@@ -390,6 +422,7 @@ mod tests {
             first: CommitId(5),
             last: CommitId(9),
             wal_offset: WalOffset(640),
+            code: "GAP",
             reason: "gap".into(),
         };
         assert_eq!(

@@ -265,6 +265,7 @@ impl Supervisor {
                             first: r.first,
                             last: r.last,
                             wal_offset: r.wal_offset,
+                            code: r.code,
                             reason: r.reason,
                         }),
                     },

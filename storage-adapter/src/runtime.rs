@@ -427,7 +427,7 @@ impl StateStore for SqliteStateStore {
                     .map_err(sql("recording a transition"))?;
                     let seq = tx.last_insert_rowid();
                     tx.prepare_cached(
-                        "INSERT OR REPLACE INTO aerodb_replica_state(id, global_state, read_status, blocking_reason, received_commit_id, validated_commit_id, last_transition_seq) VALUES (1, ?1, ?2, ?3, ?4, ?5, ?6)",
+                        "INSERT OR REPLACE INTO aerodb_replica_state(id, global_state, read_status, blocking_code, blocking_reason, received_commit_id, validated_commit_id, last_transition_seq) VALUES (1, ?1, ?2, ?7, ?3, ?4, ?5, ?6)",
                     )
                     .and_then(|mut s| {
                         s.execute(params![
@@ -436,7 +436,8 @@ impl StateStore for SqliteStateStore {
                             t.blocking_reason,
                             t.progress.received.0 as i64,
                             t.progress.validated.0 as i64,
-                            seq
+                            seq,
+                            t.blocking_code
                         ])
                     })
                     .map_err(sql("recording the global state"))?;
@@ -669,26 +670,27 @@ pub fn read_gate_in(conn: &Connection, min_commit_id: Option<CommitId>) -> Decis
             let position = read_position(conn)
                 .map_err(|e| e.to_string())?
                 .ok_or("this database is not an AeroDB replica")?;
-            let state: Option<(String, String, Option<String>)> = conn
+            let state: Option<(String, String, Option<String>, Option<String>)> = conn
                 .query_row(
-                    "SELECT global_state, read_status, blocking_reason FROM aerodb_replica_state WHERE id = 1",
+                    "SELECT global_state, read_status, blocking_reason, blocking_code FROM aerodb_replica_state WHERE id = 1",
                     [],
-                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
                 )
                 .optional()
                 .map_err(|e| e.to_string())?;
             let global = match state {
                 None => GlobalState::Disabled,
-                Some((kind, read, reason)) if kind == "Ready" => GlobalState::Ready {
+                Some((kind, read, reason, code)) if kind == "Ready" => GlobalState::Ready {
                     read: if read == "read-blocked" {
                         ReadStatus::Blocked(BlockReason::Recorded {
+                            code: code.unwrap_or_else(|| "BLOCKED".into()),
                             reason: reason.unwrap_or_default(),
                         })
                     } else {
                         ReadStatus::Safe
                     },
                 },
-                Some((kind, _, _)) => kind_of(&kind)
+                Some((kind, ..)) => kind_of(&kind)
                     .ok_or_else(|| format!("recorded global state '{kind}' is unknown"))?,
             };
             Ok(ObservedState {

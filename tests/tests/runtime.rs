@@ -486,7 +486,7 @@ fn read_gate_failure_refuses_reads() {
     let plain = rusqlite::Connection::open(dir.path().join("plain.db")).expect("open");
     let d = read_gate_in(&plain, None);
     assert!(!d.allowed());
-    assert_eq!(d.code.as_str(), "unobservable", "{d}");
+    assert_eq!(d.code.as_str(), "UNOBSERVABLE", "{d}");
     // A replica whose recorded state is unreadable is refused too.
     let p = primary(&dir.path().join("p.db"));
     let head = write(&p, 1..=3);
