@@ -2,8 +2,10 @@
 //! `sqlite3_aerodb_init`.
 //!
 //! The SQL surface is thin (STYLE 9): it registers the functions of
-//! `storage_adapter::capture` and the `replica_state` virtual table over
-//! `storage_adapter::status`; no replication logic lives here. Calls go
+//! `storage_adapter::capture`, the `replica_state` virtual table over
+//! `storage_adapter::status`, and the replica functions and views of
+//! [`replica`] over `storage_adapter::runtime`; no replication logic lives
+//! here. `docs/sql.md` documents every name and column. Calls go
 //! through the host's `sqlite3_api_routines` (rusqlite `loadable_extension`),
 //! so the extension uses the SQLite of the program that loads it. No panic
 //! crosses into SQLite: the entry point and every virtual table method catch
@@ -17,6 +19,8 @@ use rusqlite::{Connection, Error, Result};
 use std::ffi::{c_char, c_int};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use storage_adapter::status::ReplicaStatus;
+
+mod replica;
 
 /// Entry point SQLite derives from the file name `libaerodb.so`.
 ///
@@ -44,6 +48,7 @@ fn init(conn: Connection) -> Result<bool> {
         eponymous_only_module::<ReplicaStateTab>(),
         None,
     )?;
+    replica::register(&conn)?;
     Ok(false)
 }
 

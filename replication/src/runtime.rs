@@ -887,6 +887,10 @@ impl SupervisorRunner {
                 );
                 self.drive(SupervisorInput::Received { last })?;
                 if caught_up {
+                    self.set_state(
+                        Component::Receiver,
+                        &format!("Waiting for WAL (next commit {})", last.next()),
+                    );
                     self.drive(SupervisorInput::CaughtUp)?;
                 }
             }

@@ -68,6 +68,9 @@ pub enum CaptureError {
     /// The database has not been made a primary.
     #[error("not an AeroDB primary: run aerodb_primary_init() first")]
     NotPrimary,
+    /// The database is a replica: it cannot also be a primary.
+    #[error("aerodb_primary_init(): this database is an AeroDB replica (it has aerodb_replica_position); a database cannot be both")]
+    IsReplica,
     /// No such table in the main database.
     #[error("aerodb_replicate('{table}'): no table named '{table}' in the main database")]
     NoSuchTable {
@@ -673,6 +676,15 @@ fn random_u64() -> u64 {
 /// `aerodb_primary_init()`: creates the capture tables and the generation
 /// (idempotent); returns the generation.
 fn primary_init(conn: RawConn) -> Result<Generation, CaptureError> {
+    let replica = conn
+        .query_value(
+            "SELECT 1 FROM main.sqlite_schema WHERE type = 'table' AND name = 'aerodb_replica_position'",
+            &[],
+        )
+        .map_err(sqlite("checking whether this database is a replica"))?;
+    if replica.is_some() {
+        return Err(CaptureError::IsReplica);
+    }
     conn.execute_batch(PRIMARY_SQL)
         .map_err(sqlite("creating the primary's tables (sql/primary.sql)"))?;
     if let Ok(g) = WalTables::new(conn).generation() {

@@ -655,54 +655,55 @@ fn kind_of(name: &str) -> Option<GlobalState> {
 }
 
 /// The Read Safety Gate over the state `conn` sees: the recorded global
-/// state and the applied position, read in ONE read transaction. Call it
-/// inside the transaction that performs the read and the decision is true
-/// of exactly the snapshot the read sees (G1); outside one, it opens its
-/// own. A state it cannot read refuses the read (F5).
+/// state and the applied position, read by ONE statement (one snapshot).
+/// Inside a transaction it answers for exactly the snapshot that
+/// transaction reads (G1). A state it cannot read refuses the read (F5).
 pub fn read_gate_in(conn: &Connection, min_commit_id: Option<CommitId>) -> Decision {
+    type Row = (
+        i64,
+        i64,
+        Option<String>,
+        Option<String>,
+        Option<String>,
+        Option<String>,
+    );
     let observe = || -> Result<ObservedState, String> {
-        let own_tx = conn.is_autocommit();
-        if own_tx {
-            conn.execute_batch("BEGIN DEFERRED")
-                .map_err(|e| e.to_string())?;
-        }
-        let result = (|| {
-            let position = read_position(conn)
-                .map_err(|e| e.to_string())?
-                .ok_or("this database is not an AeroDB replica")?;
-            let state: Option<(String, String, Option<String>, Option<String>)> = conn
-                .query_row(
-                    "SELECT global_state, read_status, blocking_reason, blocking_code FROM aerodb_replica_state WHERE id = 1",
-                    [],
-                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
-                )
-                .optional()
-                .map_err(|e| e.to_string())?;
-            let global = match state {
-                None => GlobalState::Disabled,
-                Some((kind, read, reason, code)) if kind == "Ready" => GlobalState::Ready {
-                    read: if read == "read-blocked" {
-                        ReadStatus::Blocked(BlockReason::Recorded {
-                            code: code.unwrap_or_else(|| "BLOCKED".into()),
-                            reason: reason.unwrap_or_default(),
-                        })
-                    } else {
-                        ReadStatus::Safe
-                    },
+        let row: Option<Row> = conn
+            .query_row(
+                "SELECT p.applied_commit_id, p.applied_wal_offset, s.global_state, s.read_status, s.blocking_reason, s.blocking_code FROM main.aerodb_replica_position p LEFT JOIN main.aerodb_replica_state s ON s.id = 1 WHERE p.id = 1",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?)),
+            )
+            .optional()
+            .map_err(|e| {
+                if e.to_string().contains("no such table") {
+                    "this database is not an AeroDB replica".to_string()
+                } else {
+                    e.to_string()
+                }
+            })?;
+        let (applied, offset, kind, read, reason, code) =
+            row.ok_or("this database is not an AeroDB replica")?;
+        let global = match kind {
+            None => GlobalState::Disabled,
+            Some(kind) if kind == "Ready" => GlobalState::Ready {
+                read: if read.as_deref() == Some("read-blocked") {
+                    ReadStatus::Blocked(BlockReason::Recorded {
+                        code: code.unwrap_or_else(|| "BLOCKED".into()),
+                        reason: reason.unwrap_or_default(),
+                    })
+                } else {
+                    ReadStatus::Safe
                 },
-                Some((kind, ..)) => kind_of(&kind)
-                    .ok_or_else(|| format!("recorded global state '{kind}' is unknown"))?,
-            };
-            Ok(ObservedState {
-                global,
-                applied_commit_id: position.commit_id,
-                applied_wal_offset: position.wal_offset,
-            })
-        })();
-        if own_tx {
-            let _ = conn.execute_batch("COMMIT");
-        }
-        result
+            },
+            Some(kind) => kind_of(&kind)
+                .ok_or_else(|| format!("recorded global state '{kind}' is unknown"))?,
+        };
+        Ok(ObservedState {
+            global,
+            applied_commit_id: CommitId(applied as u64),
+            applied_wal_offset: WalOffset(offset as u64),
+        })
     };
     match observe() {
         Ok(state) => read_gate::evaluate(&state, &ReadRequest { min_commit_id }),
