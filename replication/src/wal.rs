@@ -626,6 +626,19 @@ pub struct EncodedRecord {
 }
 
 impl EncodedRecord {
+    /// The same record carrying the checksums a store holds for it instead
+    /// of the computed ones: a primary serves its WAL as stored, and a
+    /// record whose stored checksums disagree with its bytes is then
+    /// refused by the replica's Validator, naming its CommitId and offset.
+    pub fn with_stored_checksums(mut self, chain: u32, crc: u32) -> EncodedRecord {
+        let n = self.bytes.len();
+        self.bytes[n - 8..n - 4].copy_from_slice(&chain.to_le_bytes());
+        self.bytes[n - 4..].copy_from_slice(&crc.to_le_bytes());
+        self.chain = chain;
+        self.crc = crc;
+        self
+    }
+
     /// The chain position just after this record.
     pub fn end_position(&self, generation: Generation) -> ChainPosition {
         ChainPosition {
