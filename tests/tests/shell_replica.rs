@@ -448,7 +448,7 @@ fn bad_calls_get_clear_errors_and_change_nothing() {
     let run = shell(
         &r,
         &format!(
-            "{}SELECT aerodb_replica_start('{pp}');\n",
+            "{}SELECT aerodb_wait(3, 60000);\nSELECT aerodb_replica_start('{pp}');\n",
             replica_prelude(&p, "{}")
         ),
     );
