@@ -1,14 +1,16 @@
 #!/usr/bin/env bash
-# AeroDB demo: a primary written from the stock sqlite3 shell with the
-# extension loaded, a replica runtime (Receiver, Validator, Applier and
-# Supervisor threads) that catches up from it, and replica_state.
+# AeroDB demo, in the stock sqlite3 shell with the extension loaded: a
+# primary written in several transactions, then a replica started in a
+# second shell (the runtime's Receiver, Validator, Applier and Supervisor
+# threads run inside it) that waits for the primary's last CommitId and
+# shows replica_state, replica_components, read_safety, the segments, the
+# transition history and the rows.
 # Usage: ./demo.sh            (outputs go to ./demo-out/, recreated each run)
 set -euo pipefail
 cd "$(dirname "$0")"
 
-echo "== building the extension (libaerodb.so) and the aerodb tool (release)"
+echo "== building the extension (libaerodb.so, release)"
 cargo build --release --quiet --manifest-path ext/Cargo.toml --target-dir target
-cargo build --release --quiet -p storage-adapter --bin aerodb
 
 rm -rf demo-out && mkdir demo-out
 EXT="$PWD/target/release/libaerodb"
@@ -24,16 +26,11 @@ if sqlite3 demo-out/primary.db "INSERT INTO accounts(id, owner) VALUES (99, 'nob
 fi
 
 echo
-echo "== replica: aerodb replica --until-caught-up (the threaded runtime: receive, persist, validate, apply one segment per transaction)"
-./target/release/aerodb replica --primary demo-out/primary.db --replica demo-out/replica.db --segment-bytes 200 --until-caught-up
-
-echo
-echo "== replica: SELECT * FROM replica_state; and the replicated table"
-sqlite3 -box demo-out/replica.db ".load $EXT" \
-  "SELECT * FROM replica_state;" \
-  "SELECT seq, from_state, to_state, reason, applied_commit_id FROM aerodb_replica_transitions ORDER BY seq;" \
-  "SELECT first_commit_id, last_commit_id, first_wal_offset, end_wal_offset, state FROM aerodb_replica_segments;" \
-  "SELECT id, owner, balance, quote(note) AS note FROM accounts ORDER BY id;"
+TOKEN=$(sqlite3 demo-out/primary.db ".load $EXT" "SELECT aerodb_head();")
+echo "== replica, in a second sqlite3 shell: sqlite3 demo-out/replica.db < sql/demo_replica.sql (primary's last CommitId: $TOKEN)"
+sqlite3 demo-out/replica.db -cmd ".load $EXT" \
+  -cmd ".parameter set @primary 'demo-out/primary.db'" \
+  -cmd ".parameter set @token $TOKEN" < sql/demo_replica.sql
 
 echo
 echo "== the replica equals the primary:"

@@ -568,7 +568,7 @@ fn decision_row(d: &Decision) -> Vec<Value> {
     vec![
         Value::Integer(i64::from(d.allowed())),
         text(d.code.as_str()),
-        text(d.to_string()),
+        text(d.explanation.clone()),
     ]
 }
 

@@ -140,7 +140,7 @@ SELECT global_state, last_transition_reason FROM replica_state;
     assert_eq!(lines[4], "1|ALLOWED");
     assert!(
         lines[5].starts_with(&format!(
-            "0|BEHIND|BEHIND: read refused: it needs commit {}, but the replica in state",
+            "0|BEHIND|read refused: it needs commit {}, but the replica in state",
             token + 1
         )),
         "{}",
