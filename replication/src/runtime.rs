@@ -33,7 +33,7 @@ mod ports;
 
 pub use ports::{
     ApplyStorage, Fetched, PersistedSegment, SegmentReader, StateStore, StopSignal, Storage,
-    StoreOp, StoredState, WalSource, WalStorage,
+    StoreOp, StoredState, WalSource, WalStorage, SOURCE_UNAVAILABLE,
 };
 
 use crate::applier::{Applier, ApplierInput, ApplierOutput, ApplierState};
@@ -325,6 +325,10 @@ enum Event {
     },
     ReceiverIdle,
     ReceiverFailed(Failure),
+    ReceiverResumed {
+        source: String,
+        next: CommitId,
+    },
     ReceiverExited(String),
     ValidatorValidated {
         first: CommitId,
@@ -397,8 +401,33 @@ fn run_receiver(
                 }
             }
             Err(f) => {
+                let transient = f.code == SOURCE_UNAVAILABLE;
                 fail(&mut core, f.at(next, next));
-                break "failed".to_string();
+                if !transient {
+                    break "failed".to_string();
+                }
+                // Replication is stopped (F1). The transport waits for the
+                // source to answer again; resuming is an explicit event the
+                // Supervisor records, never a silent retry.
+                match source.wait_until_available(&stop) {
+                    Ok(true) => {
+                        core = Receiver::new(CommitId(next.0 - 1));
+                        idle = false;
+                        send(
+                            &events,
+                            Event::ReceiverResumed {
+                                source: source.describe(),
+                                next,
+                            },
+                        );
+                        continue;
+                    }
+                    Ok(false) => break "failed".to_string(),
+                    Err(f) => {
+                        send(&events, Event::ReceiverFailed(f));
+                        break "failed".to_string();
+                    }
+                }
             }
         };
         let caught_up = fetched.source_head == fetched.last;
@@ -906,6 +935,16 @@ impl SupervisorRunner {
                 let reason = f.to_string();
                 self.failed(Component::Receiver, "Failed", f);
                 self.drive(SupervisorInput::ReceiverStopped { reason })?;
+            }
+            Event::ReceiverResumed { source, next } => {
+                self.succeeded(
+                    Component::Receiver,
+                    &format!("Receiving (next commit {next})"),
+                    format!("{source} answers again; resuming at commit {next}"),
+                );
+                self.drive(SupervisorInput::SourceBack {
+                    reason: format!("WAL source {source} answers again; resuming at commit {next}"),
+                })?;
             }
             Event::ReceiverExited(why) => {
                 if self.status(Component::Receiver).state != "Failed" {

@@ -49,6 +49,13 @@ pub enum SupervisorInput {
         /// Why.
         reason: String,
     },
+    /// The source answers again after the Receiver stopped on a transport
+    /// failure: replication resumes, as an explicit, recorded transition
+    /// (only from Ready(read-blocked: WAL receiver failed)).
+    SourceBack {
+        /// What came back.
+        reason: String,
+    },
     /// The Applier's storage write failed (F3).
     ApplierFailed {
         /// The segment.
@@ -280,6 +287,19 @@ impl Supervisor {
                 },
                 format!("replication stopped: {reason}"),
             ),
+            SupervisorInput::SourceBack { reason } => {
+                let receiver_failed = matches!(
+                    self.state,
+                    GlobalState::Ready {
+                        read: ReadStatus::Blocked(BlockReason::ReceiverFailed { .. })
+                    }
+                );
+                if !receiver_failed {
+                    return Ok(None);
+                }
+                self.source_head = None;
+                (self.running_state(), reason)
+            }
             SupervisorInput::Received { last } => {
                 self.progress.received = self.progress.received.max(last);
                 return self.progress_made(blocked, format!("received WAL through commit {last}"));
@@ -492,6 +512,47 @@ mod tests {
         assert_eq!(t.to, GlobalState::ValidatingWal);
         assert_eq!(t.progress.validated, CommitId(0));
         assert_eq!(t.progress.received, CommitId(4));
+    }
+
+    #[test]
+    fn a_source_that_answers_again_resumes_only_a_receiver_failure() {
+        let mut s = Supervisor::new();
+        s.start().expect("legal");
+        s.handle(SupervisorInput::Started {
+            applied: pos(2),
+            received: CommitId(2),
+        })
+        .expect("legal");
+        s.handle(SupervisorInput::ReceiverStopped {
+            reason: "connection refused".into(),
+        })
+        .expect("legal");
+        let t = s
+            .handle(SupervisorInput::SourceBack {
+                reason: "source reachable again".into(),
+            })
+            .expect("legal")
+            .expect("moves");
+        assert_eq!(t.to, GlobalState::ReceivingWal);
+        assert_eq!(t.reason, "source reachable again");
+        // A rejection is not undone by the source coming back.
+        s.handle(SupervisorInput::Rejected(Rejection {
+            first: CommitId(3),
+            last: CommitId(3),
+            wal_offset: WalOffset(30),
+            code: "CORRUPT",
+            expected: None,
+            actual: None,
+            reason: "crc".into(),
+        }))
+        .expect("legal");
+        assert_eq!(
+            s.handle(SupervisorInput::SourceBack {
+                reason: "again".into()
+            })
+            .expect("legal"),
+            None
+        );
     }
 
     #[test]

@@ -73,7 +73,20 @@ pub trait WalSource: Send {
     /// Returns when the source may have WAL it did not have at the last
     /// `fetch` (true), or when `stop` is requested (false).
     fn wait_for_wal(&mut self, stop: &StopSignal) -> Result<bool, Failure>;
+
+    /// After a failure with code [`SOURCE_UNAVAILABLE`]: returns true when
+    /// the source answers again (the Receiver then resumes, recorded as a
+    /// transition), false on stop or if this source cannot come back. The
+    /// default cannot.
+    fn wait_until_available(&mut self, stop: &StopSignal) -> Result<bool, Failure> {
+        let _ = stop;
+        Ok(false)
+    }
 }
+
+/// The failure code of a transport failure a source may recover from
+/// (connection refused or reset, server gone).
+pub const SOURCE_UNAVAILABLE: &str = "SOURCE_UNAVAILABLE";
 
 /// The Receiver's WAL storage: raw bytes, persisted before they are passed
 /// on (rule R1). The only storage the Receiver writes (R2).
