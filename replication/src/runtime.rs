@@ -1097,9 +1097,14 @@ impl SupervisorRunner {
             Some("Disabled") => "replica starting after a clean stop".to_string(),
             Some(s) => format!("replica starting after an unclean end (last recorded state: {s})"),
         };
+        let stored_progress = Progress {
+            received: stored.received.max(stored.applied.commit_id),
+            validated: stored.applied.commit_id,
+            applied: stored.applied.commit_id,
+        };
         let t = self
             .core
-            .start_because(how)
+            .start_because(how, stored_progress)
             .map_err(|e| Failure::new("ILLEGAL_TRANSITION", e.to_string()))?;
         self.transition(t);
         self.start_pipeline(&stored)?;

@@ -140,13 +140,19 @@ impl Supervisor {
 
     /// Begins starting: Disabled -> Initializing.
     pub fn start(&mut self) -> Result<Transition, IllegalTransition> {
-        self.start_because("replica starting".into())
+        self.start_because("replica starting".into(), Progress::default())
     }
 
     /// Begins starting, with the reason to record (e.g. how the previous
-    /// run ended).
-    pub fn start_because(&mut self, reason: String) -> Result<Transition, IllegalTransition> {
+    /// run ended) and the progress the store holds (so the recorded
+    /// transition names where the replica stands, not zeros).
+    pub fn start_because(
+        &mut self,
+        reason: String,
+        stored: Progress,
+    ) -> Result<Transition, IllegalTransition> {
         self.source_head = None;
+        self.progress = stored;
         self.move_to(GlobalState::Initializing, reason)
     }
 
