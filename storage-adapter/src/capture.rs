@@ -1099,6 +1099,18 @@ fn replicate(shared: &Shared, conn: RawConn, table: &str) -> Result<CommitId, Ca
     }
 }
 
+/// `aerodb_truncate_wal(below)`: drops the primary's WAL below `below`;
+/// returns the oldest CommitId the WAL still has. Replicas that need older
+/// WAL bootstrap from a snapshot.
+fn truncate_wal(conn: RawConn, below: CommitId) -> Result<CommitId, CaptureError> {
+    let wal = WalTables::new(conn);
+    let generation = wal.generation().map_err(|e| match e {
+        WalReadError::NotPrimary => CaptureError::NotPrimary,
+        other => other.into(),
+    })?;
+    Ok(wal.truncate_below(generation, below)?)
+}
+
 fn head(conn: RawConn) -> Result<CommitId, CaptureError> {
     let wal = WalTables::new(conn);
     wal.generation().map_err(|e| match e {
@@ -1294,6 +1306,22 @@ pub fn register(conn: &Connection) -> Result<CaptureHandle, rusqlite::Error> {
         head(raw(&s)).map(|c| c.0 as i64).map_err(user_err)
     })?;
     let s = shared.clone();
+    conn.create_scalar_function("aerodb_truncate_wal", 1, direct, move |ctx| {
+        let below = match ctx.get_raw(0) {
+            ValueRef::Integer(n) if n >= 1 => CommitId(n as u64),
+            other => {
+                return Err(user_err(CaptureError::BadArgument {
+                    function: "aerodb_truncate_wal",
+                    argument: "1 (below_commit_id)".into(),
+                    problem: format!("is {other:?}, expected a CommitId >= 1 (INTEGER)"),
+                }))
+            }
+        };
+        truncate_wal(raw(&s), below)
+            .map(|c| c.0 as i64)
+            .map_err(user_err)
+    })?;
+    let s = shared.clone();
     conn.create_scalar_function("aerodb_last_commit_id", 0, utf8, move |_ctx| {
         last_commit_id(&s, raw(&s))
             .map(|c| c.map(|c| c.0 as i64))
@@ -1330,6 +1358,11 @@ impl CaptureHandle {
     /// As `aerodb_head()`.
     pub fn head(&self) -> Result<CommitId, CaptureError> {
         head(raw(&self.shared))
+    }
+
+    /// As `aerodb_truncate_wal(below)`.
+    pub fn truncate_wal(&self, below: CommitId) -> Result<CommitId, CaptureError> {
+        truncate_wal(raw(&self.shared), below)
     }
 
     /// As `aerodb_last_commit_id()`.

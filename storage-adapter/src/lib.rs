@@ -45,11 +45,13 @@
 #![allow(clippy::result_large_err)]
 
 pub mod capture;
+pub mod http_source;
 pub mod primary;
 mod primary_wal;
 mod raw;
 pub mod replica;
 pub mod runtime;
+pub mod snapshot;
 pub mod status;
 
 pub use primary_wal::{WalReadError, MAX_SEQ, SEAL_BATCH, SEQ_BITS};

@@ -86,6 +86,13 @@ impl Primary {
         Ok(self.capture.head()?)
     }
 
+    /// Drops the WAL below `below` (WAL retention); returns the oldest
+    /// CommitId kept. A replica that needs older WAL bootstraps from a
+    /// snapshot ([`crate::snapshot::take`]).
+    pub fn truncate_wal(&self, below: CommitId) -> Result<CommitId, PrimaryError> {
+        Ok(self.capture.truncate_wal(below)?)
+    }
+
     /// The capturing connection: write through it (or through any other
     /// connection that called [`capture::register`]).
     pub fn connection(&self) -> &Connection {
@@ -142,6 +149,11 @@ impl PrimaryWalReader {
     /// The newest CommitId.
     pub fn head(&self) -> Result<CommitId, PrimaryError> {
         self.in_read_transaction(|wal| Ok(wal.head()?.0))
+    }
+
+    /// The oldest CommitId whose WAL the primary still has.
+    pub fn oldest(&self) -> Result<CommitId, PrimaryError> {
+        self.in_read_transaction(|wal| Ok(wal.oldest()?))
     }
 
     /// `PRAGMA data_version`: changes when another connection commits. A

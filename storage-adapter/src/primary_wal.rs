@@ -198,6 +198,57 @@ impl WalTables {
         }
     }
 
+    /// The oldest CommitId whose WAL the primary still has (1 unless the
+    /// WAL was truncated).
+    pub(crate) fn oldest(&self) -> Result<CommitId, WalReadError> {
+        Ok(CommitId(
+            self.conn
+                .query_value(
+                    "SELECT value FROM main.aerodb_meta WHERE key = 'oldest_commit'",
+                    &[],
+                )?
+                .and_then(|v| v.as_i64())
+                .unwrap_or(1)
+                .max(1) as u64,
+        ))
+    }
+
+    /// Drops the WAL below `below` (inside the caller's write
+    /// transaction): seals every commit first, so the record of
+    /// `below - 1` stays as the base later records chain from; returns the
+    /// new oldest CommitId. Refuses to drop WAL past the head.
+    pub(crate) fn truncate_below(
+        &self,
+        generation: Generation,
+        below: CommitId,
+    ) -> Result<CommitId, WalReadError> {
+        let (head, _) = self.head()?;
+        let oldest = self.oldest()?;
+        if below.0 > head.0 + 1 {
+            return Err(WalReadError::Truncated {
+                requested: below,
+                oldest_sealed: head,
+            });
+        }
+        if below <= oldest {
+            return Ok(oldest);
+        }
+        self.seal_through(generation, head)?;
+        self.conn.execute(
+            "DELETE FROM main.aerodb_changes WHERE pos < ?1",
+            &[ValueRef::Integer(first_pos(below))],
+        )?;
+        self.conn.execute(
+            "DELETE FROM main.aerodb_commits WHERE commit_id < ?1",
+            &[ValueRef::Integer(below.0 as i64 - 1)],
+        )?;
+        self.conn.execute(
+            "INSERT OR REPLACE INTO main.aerodb_meta(key, value) VALUES ('oldest_commit', ?1)",
+            &[ValueRef::Integer(below.0 as i64)],
+        )?;
+        Ok(below)
+    }
+
     /// Records from `from` on, at most up to `last`, until their bytes reach
     /// `max_bytes` (at least one record if any exists).
     pub(crate) fn records(

@@ -719,6 +719,9 @@ pub enum StartError {
     /// The WAL source could not be opened.
     #[error("WAL source: {0}")]
     Source(#[from] PrimaryError),
+    /// The HTTP WAL source could not be reached.
+    #[error("WAL source: {0}")]
+    Http(String),
     /// The replica database could not be prepared.
     #[error("replica {path}: {reason}")]
     Replica {
@@ -754,6 +757,20 @@ impl Replica {
         config: Config,
     ) -> Result<Replica, StartError> {
         let source = FileSource::open(primary)?;
+        let generation = source.generation();
+        Replica::start(replica, Box::new(source), generation, config)
+    }
+
+    /// Starts a replica of the primary served by `aerodb serve` at `url`
+    /// (e.g. `http://127.0.0.1:7070`), authenticating with `token`.
+    pub fn start_from_url(
+        replica: impl AsRef<Path>,
+        url: &str,
+        token: &str,
+        config: Config,
+    ) -> Result<Replica, StartError> {
+        let source = crate::http_source::HttpSource::open(url, token)
+            .map_err(|f| StartError::Http(f.to_string()))?;
         let generation = source.generation();
         Replica::start(replica, Box::new(source), generation, config)
     }

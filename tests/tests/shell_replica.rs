@@ -400,7 +400,7 @@ fn bad_calls_get_clear_errors_and_change_nothing() {
         ),
         (
             "SELECT aerodb_replica_start('http://127.0.0.1:1');".into(),
-            "http:// WAL sources are not supported",
+            "needs the option \"token_file\"",
         ),
         (
             "SELECT aerodb_replica_stop();".into(),

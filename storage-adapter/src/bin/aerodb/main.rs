@@ -22,8 +22,9 @@ use storage_adapter::primary::PrimaryWalReader;
 use storage_adapter::replica::ReplicaDb;
 use storage_adapter::runtime::Replica;
 
-const USAGE: &str = "usage: aerodb replica --primary PRIMARY.db --replica REPLICA.db [--segment-bytes N] [--until-caught-up]
-       aerodb catch-up --primary PRIMARY.db --replica REPLICA.db [--segment-bytes N]";
+const USAGE: &str = "usage: aerodb replica --primary PRIMARY.db|http://HOST:PORT --replica REPLICA.db [--token-file FILE] [--segment-bytes N] [--until-caught-up]
+       aerodb catch-up --primary PRIMARY.db --replica REPLICA.db [--segment-bytes N]
+       aerodb serve --db PRIMARY.db --listen 127.0.0.1:PORT --token-file FILE [--allow-remote]";
 
 /// Default target size of a segment read from the primary.
 const DEFAULT_SEGMENT_BYTES: usize = 1 << 20;
@@ -33,15 +34,32 @@ fn run_replica(
     replica: &str,
     segment_bytes: usize,
     until_caught_up: bool,
+    token_file: Option<&str>,
 ) -> Result<(), String> {
-    let head = PrimaryWalReader::open(primary)
-        .and_then(|r| r.head())
-        .map_err(|e| format!("primary {primary}: {e}"))?;
     let config = Config {
         segment_bytes,
         ..Config::default()
     };
-    let handle = Replica::start_from_file(replica, primary, config).map_err(|e| e.to_string())?;
+    let (head, handle) = if primary.starts_with("http://") {
+        let token_file =
+            token_file.ok_or_else(|| format!("--primary {primary} needs --token-file\n{USAGE}"))?;
+        let token = std::fs::read_to_string(token_file)
+            .map_err(|e| format!("--token-file {token_file}: {e}"))?;
+        let source = storage_adapter::http_source::HttpSource::open(primary, token.trim())
+            .map_err(|e| e.to_string())?;
+        let head = source.head().map_err(|e| e.to_string())?.head;
+        let generation = source.generation();
+        let handle = Replica::start(replica, Box::new(source), generation, config)
+            .map_err(|e| e.to_string())?;
+        (head, handle)
+    } else {
+        let head = PrimaryWalReader::open(primary)
+            .and_then(|r| r.head())
+            .map_err(|e| format!("primary {primary}: {e}"))?;
+        let handle =
+            Replica::start_from_file(replica, primary, config).map_err(|e| e.to_string())?;
+        (head, handle)
+    };
     // stdin closing asks for a stop (so a parent can stop it cleanly).
     let (closed_tx, closed_rx) = mpsc::channel::<()>();
     if !until_caught_up {
@@ -119,7 +137,12 @@ fn flag<'a>(args: &'a [String], name: &str) -> Result<Option<&'a str>, String> {
     }
 }
 
+mod serve;
+
 fn run(args: &[String]) -> Result<(), String> {
+    if args.first().map(String::as_str) == Some("serve") {
+        return serve::run(&args[1..]);
+    }
     let command = match args.first().map(String::as_str) {
         Some(c @ ("catch-up" | "replica")) => c,
         Some(other) => return Err(format!("unknown command '{other}'\n{USAGE}")),
@@ -136,7 +159,7 @@ fn run(args: &[String]) -> Result<(), String> {
         .filter(|a| *a != "--until-caught-up")
         .cloned()
         .collect();
-    let known = ["--primary", "--replica", "--segment-bytes"];
+    let known = ["--primary", "--replica", "--segment-bytes", "--token-file"];
     for pair in rest.chunks(2) {
         if !known.contains(&pair[0].as_str()) {
             return Err(format!("unknown argument '{}'\n{USAGE}", pair[0]));
@@ -156,7 +179,13 @@ fn run(args: &[String]) -> Result<(), String> {
             .ok_or_else(|| format!("--segment-bytes: '{v}' is not a positive integer"))?,
     };
     if command == "replica" {
-        return run_replica(primary, replica, segment_bytes, until_caught_up);
+        return run_replica(
+            primary,
+            replica,
+            segment_bytes,
+            until_caught_up,
+            flag(args, "--token-file")?,
+        );
     }
     let reader = PrimaryWalReader::open(primary).map_err(|e| format!("primary {primary}: {e}"))?;
     let mut db = ReplicaDb::open(replica).map_err(|e| format!("replica {replica}: {e}"))?;

@@ -1,0 +1,356 @@
+//! `aerodb serve --db PRIMARY.db --listen 127.0.0.1:PORT --token-file FILE`:
+//! serves a primary's WAL read-only over HTTP (protocol:
+//! `storage_adapter::http_source`). It opens the primary read-only and
+//! never writes it; the primary itself runs no replication threads.
+//!
+//! Requests are handled by a fixed pool of worker threads, each with its
+//! own read-only connection. A long-poll waits for the primary's
+//! `PRAGMA data_version` to move (checked every millisecond), at most the
+//! time the client asked for and never more than `MAX_WAIT`: a transport
+//! wait that decides nothing but when to answer.
+
+use replication::wal::{CommitId, Segment};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+use storage_adapter::primary::PrimaryWalReader;
+use storage_adapter::snapshot;
+use tiny_http::{Header, Method, Request, Response, Server};
+
+pub const USAGE: &str =
+    "aerodb serve --db PRIMARY.db --listen 127.0.0.1:PORT --token-file FILE [--allow-remote]";
+
+/// Longest long-poll a client may ask for.
+const MAX_WAIT: Duration = Duration::from_secs(30);
+/// Largest segment a client may ask for.
+const MAX_SEGMENT_BYTES: usize = 64 << 20;
+/// Longest request target accepted.
+const MAX_URL: usize = 2048;
+/// Worker threads (each may hold one long-poll).
+const WORKERS: usize = 16;
+
+struct Config {
+    db: String,
+    token: String,
+}
+
+fn flag<'a>(args: &'a [String], name: &str) -> Result<Option<&'a str>, String> {
+    match args.iter().position(|a| a == name) {
+        None => Ok(None),
+        Some(i) => args
+            .get(i + 1)
+            .map(|v| Some(v.as_str()))
+            .ok_or_else(|| format!("{name} needs a value\nusage: {USAGE}")),
+    }
+}
+
+pub fn run(args: &[String]) -> Result<(), String> {
+    let allow_remote = args.iter().any(|a| a == "--allow-remote");
+    let rest: Vec<String> = args
+        .iter()
+        .filter(|a| *a != "--allow-remote")
+        .cloned()
+        .collect();
+    for pair in rest.chunks(2) {
+        if !["--db", "--listen", "--token-file"].contains(&pair[0].as_str()) {
+            return Err(format!("unknown argument '{}'\nusage: {USAGE}", pair[0]));
+        }
+    }
+    let need = |name: &str| -> Result<String, String> {
+        flag(&rest, name)?
+            .map(str::to_owned)
+            .ok_or_else(|| format!("{name} is required\nusage: {USAGE}"))
+    };
+    let (db, listen, token_file) = (need("--db")?, need("--listen")?, need("--token-file")?);
+    let addr: SocketAddr = listen
+        .parse()
+        .map_err(|e| format!("--listen '{listen}': {e} (expected IP:PORT)"))?;
+    if !addr.ip().is_loopback() && !allow_remote {
+        return Err(format!(
+            "--listen {addr} is not a loopback address; the WAL is served over plain HTTP (no TLS), so pass --allow-remote to bind it anyway"
+        ));
+    }
+    let token = std::fs::read_to_string(&token_file)
+        .map_err(|e| format!("--token-file {token_file}: {e}"))?
+        .trim()
+        .to_owned();
+    if token.len() < 16 {
+        return Err(format!(
+            "--token-file {token_file}: the token must be at least 16 characters"
+        ));
+    }
+    // Fail now, not at the first request, if this is not a primary.
+    PrimaryWalReader::open(&db).map_err(|e| format!("--db {db}: {e}"))?;
+    let server = Server::http(addr).map_err(|e| format!("listening on {addr}: {e}"))?;
+    let bound = server
+        .server_addr()
+        .to_ip()
+        .ok_or("the server is not bound to an IP address")?;
+    println!("aerodb serve: serving the WAL of {db} on http://{bound}");
+    use std::io::Write;
+    let _ = std::io::stdout().flush();
+    let config = std::sync::Arc::new(Config { db, token });
+    let server = std::sync::Arc::new(server);
+    let workers: Vec<_> = (0..WORKERS)
+        .map(|i| {
+            let (server, config) = (server.clone(), config.clone());
+            std::thread::Builder::new()
+                .name(format!("aerodb-serve-{i}"))
+                .spawn(move || worker(&server, &config))
+                .map_err(|e| format!("spawning a worker: {e}"))
+        })
+        .collect::<Result<_, _>>()?;
+    for w in workers {
+        let _ = w.join();
+    }
+    Ok(())
+}
+
+fn worker(server: &Server, config: &Config) {
+    // Each worker reads the primary through its own read-only connection.
+    let mut reader = None;
+    while let Ok(request) = server.recv() {
+        if reader.is_none() {
+            reader = PrimaryWalReader::open(&config.db).ok();
+        }
+        let response = match reader.as_ref() {
+            Some(r) => handle(&request, r, config),
+            None => error(503, "the primary database cannot be opened"),
+        };
+        let _ = request.respond(response);
+    }
+}
+
+type Reply = Response<std::io::Cursor<Vec<u8>>>;
+
+fn header(name: &str, value: &str) -> Header {
+    Header::from_bytes(name.as_bytes(), value.as_bytes()).expect("ASCII header")
+}
+
+fn json(status: u16, body: serde_json::Value) -> Reply {
+    Response::from_data(body.to_string().into_bytes())
+        .with_status_code(status)
+        .with_header(header("Content-Type", "application/json"))
+}
+
+fn error(status: u16, message: &str) -> Reply {
+    json(status, serde_json::json!({ "error": message }))
+}
+
+/// Compares in time independent of where the inputs differ.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn authorized(request: &Request, token: &str) -> bool {
+    let expected = format!("Bearer {token}");
+    request
+        .headers()
+        .iter()
+        .find(|h| h.field.equiv("Authorization"))
+        .is_some_and(|h| constant_time_eq(h.value.as_bytes(), expected.as_bytes()))
+}
+
+fn query<'a>(url: &'a str) -> Vec<(&'a str, &'a str)> {
+    url.split_once('?')
+        .map(|(_, q)| q)
+        .unwrap_or("")
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .map(|p| p.split_once('=').unwrap_or((p, "")))
+        .collect()
+}
+
+fn number(
+    params: &[(&str, &str)],
+    name: &str,
+    default: Option<u64>,
+    range: std::ops::RangeInclusive<u64>,
+) -> Result<u64, Reply> {
+    let value = match params.iter().find(|(k, _)| *k == name) {
+        None => {
+            default.ok_or_else(|| error(400, &format!("query parameter '{name}' is required")))?
+        }
+        Some((_, v)) => v.parse::<u64>().map_err(|_| {
+            error(
+                400,
+                &format!("query parameter '{name}' must be a non-negative integer, got '{v}'"),
+            )
+        })?,
+    };
+    if !range.contains(&value) {
+        return Err(error(
+            400,
+            &format!(
+                "query parameter '{name}' is {value}, it must be from {} to {}",
+                range.start(),
+                range.end()
+            ),
+        ));
+    }
+    Ok(value)
+}
+
+fn handle(request: &Request, reader: &PrimaryWalReader, config: &Config) -> Reply {
+    let url = request.url();
+    let path = url.split('?').next().unwrap_or("");
+    if url.len() > MAX_URL {
+        return error(414, &format!("request target longer than {MAX_URL} bytes"));
+    }
+    if !authorized(request, &config.token) {
+        // Never log the presented credentials.
+        eprintln!(
+            "aerodb serve: 401 for {} {path} from {}",
+            request.method(),
+            request
+                .remote_addr()
+                .map(|a| a.to_string())
+                .unwrap_or_default()
+        );
+        return error(401, "missing or wrong bearer token")
+            .with_header(header("WWW-Authenticate", "Bearer"));
+    }
+    if request.method() != &Method::Get {
+        return error(
+            405,
+            &format!("{} is not allowed; use GET", request.method()),
+        );
+    }
+    if request.body_length().unwrap_or(0) > 0 {
+        return error(413, "requests carry no body");
+    }
+    let params = query(url);
+    let result = match path {
+        "/v1/head" => head(reader),
+        "/v1/segments" => segments(reader, &params),
+        "/v1/snapshot" => snapshot_reply(config),
+        _ => Err(error(
+            404,
+            &format!("no such endpoint '{path}' (endpoints: /v1/head, /v1/segments, /v1/snapshot)"),
+        )),
+    };
+    result.unwrap_or_else(|e| e)
+}
+
+fn head(reader: &PrimaryWalReader) -> Result<Reply, Reply> {
+    let head = reader.head().map_err(|e| error(500, &e.to_string()))?;
+    let oldest = reader.oldest().map_err(|e| error(500, &e.to_string()))?;
+    Ok(json(
+        200,
+        serde_json::json!({
+            "generation": reader.generation().to_string(),
+            "head": head.0,
+            "oldest": oldest.0,
+        }),
+    ))
+}
+
+fn segments(reader: &PrimaryWalReader, params: &[(&str, &str)]) -> Result<Reply, Reply> {
+    for (k, _) in params {
+        if !["from", "max_bytes", "wait_ms"].contains(k) {
+            return Err(error(
+                400,
+                &format!("unknown query parameter '{k}' (known: from, max_bytes, wait_ms)"),
+            ));
+        }
+    }
+    let from = CommitId(number(params, "from", None, 1..=i64::MAX as u64)?);
+    let max_bytes = number(
+        params,
+        "max_bytes",
+        Some(1 << 20),
+        1..=MAX_SEGMENT_BYTES as u64,
+    )? as usize;
+    let wait = Duration::from_millis(number(
+        params,
+        "wait_ms",
+        Some(0),
+        0..=MAX_WAIT.as_millis() as u64,
+    )?);
+    let deadline = Instant::now() + wait;
+    let fail = |e: storage_adapter::primary::PrimaryError| error(500, &e.to_string());
+    loop {
+        let version = reader.data_version().map_err(fail)?;
+        let oldest = reader.oldest().map_err(fail)?;
+        if from < oldest {
+            return Err(json(
+                410,
+                serde_json::json!({
+                    "error": format!("commit {from} is no longer in the primary's WAL (oldest retained commit is {oldest}); bootstrap from /v1/snapshot"),
+                    "oldest": oldest.0,
+                }),
+            ));
+        }
+        let (records, head) = reader.records_and_head(from, max_bytes).map_err(fail)?;
+        if from.0 > head.0 + 1 {
+            return Err(json(
+                409,
+                serde_json::json!({
+                    "error": format!("commit {from} is beyond the primary's head {head}: the primary is behind this replica (was it restored from an older backup?)"),
+                    "head": head.0,
+                }),
+            ));
+        }
+        if let (Some(first), Some(last)) = (records.first(), records.last()) {
+            let (first, last) = (first.commit_id, last.commit_id);
+            let bytes = Segment::encode(reader.generation(), &records)
+                .map_err(|e| error(500, &e.to_string()))?;
+            return Ok(Response::from_data(bytes)
+                .with_status_code(200)
+                .with_header(header("Content-Type", "application/octet-stream"))
+                .with_header(header("X-AeroDB-First", &first.0.to_string()))
+                .with_header(header("X-AeroDB-Last", &last.0.to_string()))
+                .with_header(header("X-AeroDB-Head", &head.0.to_string())));
+        }
+        // Nothing from `from` on: wait for the primary to commit, up to the
+        // deadline (data_version moves when another connection commits).
+        loop {
+            if Instant::now() >= deadline {
+                return Ok(Response::from_data(Vec::new())
+                    .with_status_code(204)
+                    .with_header(header("X-AeroDB-Head", &head.0.to_string())));
+            }
+            std::thread::sleep(Duration::from_millis(1));
+            if reader.data_version().map_err(fail)? != version {
+                break;
+            }
+        }
+    }
+}
+
+fn snapshot_reply(config: &Config) -> Result<Reply, Reply> {
+    let dir = tempfile_dir().map_err(|e| error(500, &e))?;
+    let path = dir.join("snapshot.db");
+    let info = snapshot::take(&config.db, &path).map_err(|e| error(500, &e.to_string()))?;
+    let bytes = std::fs::read(&path).map_err(|e| error(500, &e.to_string()))?;
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(Response::from_data(bytes)
+        .with_status_code(200)
+        .with_header(header("Content-Type", "application/vnd.sqlite3"))
+        .with_header(header(
+            "X-AeroDB-Snapshot-Commit",
+            &info.commit_id.0.to_string(),
+        ))
+        .with_header(header("X-AeroDB-Generation", &info.generation.to_string()))
+        .with_header(header(
+            "X-AeroDB-Checksum",
+            &format!("{:016x}", info.checksum),
+        )))
+}
+
+/// A fresh private directory for one snapshot.
+fn tempfile_dir() -> Result<std::path::PathBuf, String> {
+    let base = std::env::temp_dir();
+    for n in 0..1000u32 {
+        let dir = base.join(format!("aerodb-snapshot-{}-{n}", std::process::id()));
+        if std::fs::create_dir(&dir).is_ok() {
+            return Ok(dir);
+        }
+    }
+    Err(format!(
+        "cannot create a directory under {}",
+        base.display()
+    ))
+}

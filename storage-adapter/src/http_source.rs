@@ -1,0 +1,249 @@
+//! A WAL source reading a primary through `aerodb serve` over HTTP.
+//!
+//! Role in the spec: the WAL Receiver's transport (5.2, input "primary WAL
+//! stream"). It trusts nothing it receives (the Validator proves it); it
+//! only maps HTTP to [`WalSource`]: `GET /v1/segments` (long-poll: the
+//! server answers as soon as the primary's head moves, or 204 after its
+//! wait limit), `GET /v1/head`. Transport failures are
+//! [`SOURCE_UNAVAILABLE`]: replication stops, explicitly; when the server
+//! answers again the Receiver resumes and the Supervisor records it.
+//!
+//! Protocol (all requests carry `Authorization: Bearer <token>`):
+//! - `GET /v1/head` -> 200, JSON `{"generation": "hex", "head": N, "oldest": M}`
+//! - `GET /v1/segments?from=N&max_bytes=B&wait_ms=W` -> 200 with the segment
+//!   bytes and headers `X-AeroDB-First`, `X-AeroDB-Last`, `X-AeroDB-Head`;
+//!   204 if nothing from `N` on within `W` ms; 410 if the primary no longer
+//!   has commit `N` (JSON with `oldest`).
+//! - `GET /v1/snapshot` -> 200 with a snapshot database file and headers
+//!   `X-AeroDB-Snapshot-Commit`, `X-AeroDB-Generation`, `X-AeroDB-Checksum`.
+
+use replication::runtime::{Failure, Fetched, StopSignal, WalSource, SOURCE_UNAVAILABLE};
+use replication::wal::{CommitId, Generation};
+use std::io::Read;
+use std::time::Duration;
+
+/// How long the server may hold a long-poll (the client asks for this).
+pub const LONG_POLL: Duration = Duration::from_millis(500);
+
+/// Longest segment body accepted (a segment is at most a few records of
+/// at most 64 MiB each; the client asks for far less).
+const MAX_BODY: u64 = 256 << 20;
+
+/// The primary's head as the server reports it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RemoteHead {
+    /// Generation.
+    pub generation: Generation,
+    /// Newest CommitId.
+    pub head: CommitId,
+    /// Oldest CommitId the primary still has WAL for.
+    pub oldest: CommitId,
+}
+
+/// A WAL source over HTTP.
+pub struct HttpSource {
+    base: String,
+    token: String,
+    agent: ureq::Agent,
+    generation: Generation,
+    /// Where the last fetch asked from (long-polls ask from there).
+    next: Option<(CommitId, usize)>,
+    /// A segment a long-poll brought, returned by the next fetch.
+    pending: Option<Fetched>,
+    poll_interval: Duration,
+}
+
+fn unavailable(base: &str, e: impl std::fmt::Display) -> Failure {
+    Failure::new(SOURCE_UNAVAILABLE, format!("WAL server {base}: {e}"))
+}
+
+fn header_u64(r: &ureq::Response, name: &str, base: &str) -> Result<u64, Failure> {
+    r.header(name).and_then(|v| v.parse().ok()).ok_or_else(|| {
+        Failure::new(
+            "SOURCE",
+            format!("WAL server {base}: response lacks a numeric {name} header"),
+        )
+    })
+}
+
+impl HttpSource {
+    /// Connects to `url` (e.g. `http://127.0.0.1:7070`) with `token` and
+    /// reads the primary's generation.
+    pub fn open(url: &str, token: &str) -> Result<HttpSource, Failure> {
+        let base = url.trim_end_matches('/').to_owned();
+        if !base.starts_with("http://") {
+            return Err(Failure::new(
+                "SOURCE",
+                format!("'{url}' is not an http:// URL (https is not supported by this build)"),
+            ));
+        }
+        if token.is_empty() {
+            return Err(Failure::new("SOURCE", "the bearer token is empty"));
+        }
+        let agent = ureq::AgentBuilder::new()
+            .timeout_connect(Duration::from_secs(5))
+            // Long-polls are held at most LONG_POLL by the server; this
+            // only bounds a server that stops answering mid-response
+            // (an explicit transport failure, never a correctness input).
+            .timeout_read(LONG_POLL + Duration::from_secs(30))
+            .build();
+        let mut source = HttpSource {
+            base,
+            token: token.to_owned(),
+            agent,
+            generation: Generation(0),
+            next: None,
+            pending: None,
+            poll_interval: Duration::from_millis(50),
+        };
+        source.generation = source.head()?.generation;
+        Ok(source)
+    }
+
+    /// The primary's generation.
+    pub fn generation(&self) -> Generation {
+        self.generation
+    }
+
+    fn get(&self, path: &str) -> Result<ureq::Response, Failure> {
+        let url = format!("{}{path}", self.base);
+        match self
+            .agent
+            .get(&url)
+            .set("Authorization", &format!("Bearer {}", self.token))
+            .call()
+        {
+            Ok(r) => Ok(r),
+            Err(ureq::Error::Status(code, r)) => {
+                let body = r.into_string().unwrap_or_default();
+                let code_name = match code {
+                    401 => "UNAUTHORIZED",
+                    410 => "WAL_TRUNCATED",
+                    _ => "SOURCE",
+                };
+                Err(Failure::new(
+                    code_name,
+                    format!(
+                        "WAL server {}: {path} answered {code}: {}",
+                        self.base,
+                        body.trim()
+                    ),
+                ))
+            }
+            Err(ureq::Error::Transport(t)) => Err(unavailable(&self.base, t)),
+        }
+    }
+
+    /// `GET /v1/head`.
+    pub fn head(&self) -> Result<RemoteHead, Failure> {
+        let r = self.get("/v1/head")?;
+        let text = r.into_string().map_err(|e| unavailable(&self.base, e))?;
+        let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| {
+            Failure::new("SOURCE", format!("WAL server {}: /v1/head: {e}", self.base))
+        })?;
+        let num = |k: &str| v.get(k).and_then(|x| x.as_u64());
+        let generation = v
+            .get("generation")
+            .and_then(|g| g.as_str())
+            .and_then(|g| u64::from_str_radix(g, 16).ok());
+        match (generation, num("head"), num("oldest")) {
+            (Some(g), Some(h), Some(o)) => Ok(RemoteHead {
+                generation: Generation(g),
+                head: CommitId(h),
+                oldest: CommitId(o),
+            }),
+            _ => Err(Failure::new(
+                "SOURCE",
+                format!("WAL server {}: /v1/head answered {text}", self.base),
+            )),
+        }
+    }
+
+    fn segments(
+        &self,
+        from: CommitId,
+        max_bytes: usize,
+        wait: Duration,
+    ) -> Result<Option<Fetched>, Failure> {
+        let path = format!(
+            "/v1/segments?from={}&max_bytes={max_bytes}&wait_ms={}",
+            from.0,
+            wait.as_millis()
+        );
+        let r = self.get(&path)?;
+        if r.status() == 204 {
+            return Ok(None);
+        }
+        let first = CommitId(header_u64(&r, "X-AeroDB-First", &self.base)?);
+        let last = CommitId(header_u64(&r, "X-AeroDB-Last", &self.base)?);
+        let head = CommitId(header_u64(&r, "X-AeroDB-Head", &self.base)?);
+        let mut bytes = Vec::new();
+        r.into_reader()
+            .take(MAX_BODY)
+            .read_to_end(&mut bytes)
+            .map_err(|e| unavailable(&self.base, e))?;
+        Ok(Some(Fetched {
+            first,
+            last,
+            bytes,
+            source_head: head,
+        }))
+    }
+}
+
+impl WalSource for HttpSource {
+    fn describe(&self) -> String {
+        format!("WAL server {}", self.base)
+    }
+
+    fn fetch(&mut self, from: CommitId, max_bytes: usize) -> Result<Option<Fetched>, Failure> {
+        self.next = Some((from, max_bytes));
+        if let Some(p) = self.pending.take() {
+            if p.first == from {
+                return Ok(Some(p));
+            }
+        }
+        self.segments(from, max_bytes, Duration::ZERO)
+    }
+
+    fn wait_for_wal(&mut self, stop: &StopSignal) -> Result<bool, Failure> {
+        let Some((from, max_bytes)) = self.next else {
+            return Ok(!stop.is_set());
+        };
+        // Long-poll: the server answers as soon as the head moves. Between
+        // polls, only the stop signal is checked.
+        loop {
+            if stop.is_set() {
+                return Ok(false);
+            }
+            if let Some(f) = self.segments(from, max_bytes, LONG_POLL)? {
+                self.pending = Some(f);
+                return Ok(true);
+            }
+        }
+    }
+
+    fn wait_until_available(&mut self, stop: &StopSignal) -> Result<bool, Failure> {
+        self.pending = None;
+        loop {
+            match self.head() {
+                Ok(h) if h.generation == self.generation => return Ok(true),
+                Ok(h) => {
+                    return Err(Failure::new(
+                        "FOREIGN_GENERATION",
+                        format!(
+                            "WAL server {} came back serving generation {}, not {}",
+                            self.base, h.generation, self.generation
+                        ),
+                    ))
+                }
+                Err(f) if f.code == SOURCE_UNAVAILABLE => {
+                    if stop.wait(self.poll_interval) {
+                        return Ok(false);
+                    }
+                }
+                Err(f) => return Err(f),
+            }
+        }
+    }
+}
