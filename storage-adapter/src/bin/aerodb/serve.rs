@@ -153,7 +153,7 @@ fn authorized(request: &Request, token: &str) -> bool {
         .is_some_and(|h| constant_time_eq(h.value.as_bytes(), expected.as_bytes()))
 }
 
-fn query<'a>(url: &'a str) -> Vec<(&'a str, &'a str)> {
+fn query(url: &str) -> Vec<(&str, &str)> {
     url.split_once('?')
         .map(|(_, q)| q)
         .unwrap_or("")
