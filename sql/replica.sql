@@ -35,7 +35,22 @@ CREATE TABLE IF NOT EXISTS aerodb_replica_segments(
   state            TEXT NOT NULL
                    CHECK (state IN ('Received', 'Validated', 'Applied', 'Rejected')),
   reason           TEXT,             -- why Rejected
-  received_unix_ms INTEGER NOT NULL  -- informational; nothing compares it
+  received_unix_ms INTEGER NOT NULL, -- informational; nothing compares it
+  snapshot_path    TEXT              -- set when the item is a snapshot file
+                                     -- standing for these commits (bootstrap)
+);
+
+-- Snapshot bootstraps (spec 5.5: snapshot bootstrap metadata), written by
+-- the Applier in the transaction that installs the snapshot.
+CREATE TABLE IF NOT EXISTS aerodb_replica_bootstrap(
+  commit_id        INTEGER PRIMARY KEY,  -- the snapshot's CommitId
+  generation       INTEGER NOT NULL,
+  wal_offset       INTEGER NOT NULL,
+  chain            INTEGER NOT NULL,
+  checksum         INTEGER NOT NULL,     -- CRC32 of the tables' canonical content
+  replaced_from    INTEGER NOT NULL,     -- first commit the snapshot stood for
+  tables           TEXT NOT NULL,        -- replicated tables installed, one per line
+  at_unix_ms       INTEGER NOT NULL      -- informational
 );
 
 -- The replica's current global state (one row), written by the Supervisor

@@ -46,6 +46,18 @@ pub enum ApplierState {
 pub enum ApplierInput {
     /// A segment from the Validator's queue.
     Validated(ValidatedSegment),
+    /// A validated snapshot from the Validator's queue, standing for
+    /// commits `first..=last`.
+    ValidatedSnapshot {
+        /// First CommitId it stands for.
+        first: CommitId,
+        /// The commit it is at.
+        last: CommitId,
+        /// The position it was validated against.
+        start: ChainPosition,
+        /// Where it ends.
+        end: ChainPosition,
+    },
     /// The runner committed the segment in flight; storage now holds `end`.
     StorageCommitted {
         /// The position the storage transaction committed.
@@ -63,6 +75,16 @@ pub enum ApplierInput {
 pub enum ApplierOutput {
     /// Runner: apply this segment in one storage transaction.
     ApplyToStorage(ValidatedSegment),
+    /// Runner: install the snapshot standing for `first..=last` in one
+    /// storage transaction (tables, position, bootstrap metadata).
+    InstallSnapshot {
+        /// First CommitId it stands for.
+        first: CommitId,
+        /// The commit it is at.
+        last: CommitId,
+        /// Where it ends.
+        end: ChainPosition,
+    },
     /// Supervisor: the replica now holds everything up to `end`.
     Applied {
         /// New applied position.
@@ -162,6 +184,36 @@ impl Applier {
                 };
                 Ok(ApplierOutput::ApplyToStorage(segment))
             }
+            (
+                ApplierState::Idle { applied },
+                ApplierInput::ValidatedSnapshot {
+                    first,
+                    last,
+                    start,
+                    end,
+                },
+            ) => {
+                if start != *applied {
+                    return Err(ApplierError::NotNext {
+                        range: (first, last),
+                        validated_after: start.commit_id,
+                        applied: applied.commit_id,
+                    });
+                }
+                self.state = ApplierState::Applying {
+                    applied: *applied,
+                    range: (first, last),
+                    end,
+                };
+                Ok(ApplierOutput::InstallSnapshot { first, last, end })
+            }
+            (
+                ApplierState::Applying { range: busy, .. },
+                ApplierInput::ValidatedSnapshot { first, last, .. },
+            ) => Err(ApplierError::Busy {
+                busy: *busy,
+                offered: (first, last),
+            }),
             (ApplierState::Applying { range: busy, .. }, ApplierInput::Validated(offered)) => {
                 Err(ApplierError::Busy {
                     busy: *busy,

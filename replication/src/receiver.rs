@@ -46,7 +46,16 @@ pub enum ReceiverInput {
         /// The raw bytes.
         bytes: Vec<u8>,
     },
-    /// The runner persisted the segment in flight.
+    /// The source cannot serve WAL from the expected commit any more (it
+    /// was truncated) and delivered a snapshot of its tables at `last`
+    /// instead; it stands for commits `first..=last`.
+    SnapshotDelivered {
+        /// The first commit it replaces (the one expected next).
+        first: CommitId,
+        /// The commit the snapshot is at.
+        last: CommitId,
+    },
+    /// The runner persisted the segment (or snapshot) in flight.
     Persisted,
     /// The source or the persistence failed.
     Failed {
@@ -67,7 +76,15 @@ pub enum ReceiverOutput {
         /// The raw bytes.
         bytes: Vec<u8>,
     },
-    /// Validator: a persisted segment, in order.
+    /// Runner: keep the downloaded snapshot file as the item covering
+    /// `first..=last`, Received.
+    PersistSnapshot {
+        /// First CommitId it stands for.
+        first: CommitId,
+        /// The commit it is at.
+        last: CommitId,
+    },
+    /// Validator: a persisted segment (or snapshot), in order.
     Forward {
         /// First CommitId.
         first: CommitId,
@@ -134,6 +151,28 @@ impl Receiver {
                 }
                 self.state = ReceiverState::Persisting { first, last };
                 vec![ReceiverOutput::Persist { first, last, bytes }]
+            }
+            (
+                ReceiverState::Receiving { next },
+                ReceiverInput::SnapshotDelivered { first, last },
+            ) => {
+                if first != *next || last < first {
+                    let next = *next;
+                    return self.fail(format!(
+                        "source delivered a snapshot standing for commits {first}..={last}; expected one starting at commit {next}"
+                    ));
+                }
+                self.state = ReceiverState::Persisting { first, last };
+                vec![ReceiverOutput::PersistSnapshot { first, last }]
+            }
+            (
+                ReceiverState::Persisting { first, last },
+                ReceiverInput::SnapshotDelivered { .. },
+            ) => {
+                let (first, last) = (*first, *last);
+                self.fail(format!(
+                    "source delivered a snapshot while segment {first}..={last} was being persisted"
+                ))
             }
             (ReceiverState::Persisting { first, last }, ReceiverInput::Persisted) => {
                 let (first, last) = (*first, *last);

@@ -32,8 +32,8 @@
 mod ports;
 
 pub use ports::{
-    ApplyStorage, Fetched, PersistedSegment, SegmentReader, StateStore, StopSignal, Storage,
-    StoreOp, StoredState, WalSource, WalStorage, SOURCE_UNAVAILABLE,
+    ApplyStorage, Fetched, PersistedSegment, SegmentReader, SnapshotFacts, StateStore, StopSignal,
+    Storage, StoreOp, StoredState, WalSource, WalStorage, SOURCE_UNAVAILABLE, WAL_TRUNCATED,
 };
 
 use crate::applier::{Applier, ApplierInput, ApplierOutput, ApplierState};
@@ -44,6 +44,7 @@ use crate::supervisor::{Progress, Supervisor, SupervisorInput, Transition};
 use crate::validator::{Rejection, Validator, ValidatorInput, ValidatorOutput, ValidatorState};
 use crate::wal::{ChainPosition, CommitId, Generation, ValidatedSegment, WalOffset};
 use std::fmt;
+use std::path::PathBuf;
 use std::sync::mpsc::{self, Receiver as Rx, Sender, SyncSender};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::{self, JoinHandle};
@@ -308,11 +309,36 @@ impl Default for Config {
     }
 }
 
-/// A segment the Receiver persisted and passes on (immutable).
+/// A segment (or snapshot) the Receiver persisted and passes on
+/// (immutable).
 struct ReceivedSegment {
     first: CommitId,
     last: CommitId,
     bytes: Vec<u8>,
+    snapshot: Option<PathBuf>,
+}
+
+/// What the source delivered to the Receiver.
+enum Delivery {
+    Segment(Fetched),
+    Snapshot {
+        first: CommitId,
+        last: CommitId,
+        path: PathBuf,
+        why: String,
+    },
+}
+
+/// What the Validator passes to the Applier (immutable).
+enum ToApply {
+    Segment(ValidatedSegment),
+    Snapshot {
+        first: CommitId,
+        last: CommitId,
+        start: ChainPosition,
+        end: ChainPosition,
+        path: PathBuf,
+    },
 }
 
 /// What runners tell the Supervisor (immutable values).
@@ -328,6 +354,11 @@ enum Event {
     ReceiverResumed {
         source: String,
         next: CommitId,
+    },
+    ReceiverSnapshot {
+        first: CommitId,
+        last: CommitId,
+        why: String,
     },
     ReceiverExited(String),
     ValidatorValidated {
@@ -384,8 +415,8 @@ fn run_receiver(
         let Some(next) = core.next() else {
             break "failed".to_string();
         };
-        let fetched = match source.fetch(next, config.segment_bytes) {
-            Ok(Some(f)) => f,
+        let delivery = match source.fetch(next, config.segment_bytes) {
+            Ok(Some(f)) => Delivery::Segment(f),
             Ok(None) => {
                 if !idle {
                     idle = true;
@@ -396,6 +427,24 @@ fn run_receiver(
                     Ok(false) => break "stop requested".to_string(),
                     Err(f) => {
                         fail(&mut core, f);
+                        break "failed".to_string();
+                    }
+                }
+            }
+            Err(f) if f.code == WAL_TRUNCATED => {
+                // The primary no longer has WAL from `next`: bootstrap from
+                // a snapshot standing for `next..=S`.
+                let path = storage.snapshot_path();
+                let _ = std::fs::remove_file(&path);
+                match source.snapshot(&path) {
+                    Ok(at) => Delivery::Snapshot {
+                        first: next,
+                        last: at,
+                        path,
+                        why: f.reason,
+                    },
+                    Err(e) => {
+                        fail(&mut core, e.at(next, next));
                         break "failed".to_string();
                     }
                 }
@@ -430,15 +479,52 @@ fn run_receiver(
                 }
             }
         };
-        let caught_up = fetched.source_head == fetched.last;
         let mut forward = None;
-        let mut outputs = core.handle(ReceiverInput::Delivered {
-            first: fetched.first,
-            last: fetched.last,
-            bytes: fetched.bytes,
-        });
+        let mut snapshot = None;
+        let (caught_up, range, mut outputs) = match delivery {
+            Delivery::Segment(fetched) => (
+                fetched.source_head == fetched.last,
+                (fetched.first, fetched.last),
+                core.handle(ReceiverInput::Delivered {
+                    first: fetched.first,
+                    last: fetched.last,
+                    bytes: fetched.bytes,
+                }),
+            ),
+            Delivery::Snapshot {
+                first,
+                last,
+                path,
+                why,
+            } => {
+                send(
+                    &events,
+                    Event::ReceiverSnapshot {
+                        first,
+                        last,
+                        why: why.clone(),
+                    },
+                );
+                snapshot = Some(path);
+                (
+                    false,
+                    (first, last),
+                    core.handle(ReceiverInput::SnapshotDelivered { first, last }),
+                )
+            }
+        };
         while let Some(output) = outputs.pop() {
             match output {
+                ReceiverOutput::PersistSnapshot { first, last } => {
+                    let path = snapshot.clone().unwrap_or_default();
+                    match storage.persist_snapshot(first, last, &path) {
+                        Ok(()) => outputs.extend(core.handle(ReceiverInput::Persisted)),
+                        Err(f) => {
+                            fail(&mut core, f.at(first, last));
+                            outputs.clear();
+                        }
+                    }
+                }
                 ReceiverOutput::Persist { first, last, bytes } => {
                     match storage.persist(first, last, &bytes) {
                         Ok(()) => {
@@ -462,7 +548,13 @@ fn run_receiver(
                         },
                     );
                     let bytes = forward.take().unwrap_or_default();
-                    if out.send(ReceivedSegment { first, last, bytes }).is_err() {
+                    let item = ReceivedSegment {
+                        first,
+                        last,
+                        bytes,
+                        snapshot: snapshot.take(),
+                    };
+                    if out.send(item).is_err() {
                         // The Validator stopped (it rejected a segment or
                         // the pipeline is stopping): nothing more to pass on.
                         send(
@@ -476,7 +568,7 @@ fn run_receiver(
                     send(
                         &events,
                         Event::ReceiverFailed(
-                            Failure::new("OUT_OF_ORDER", reason).at(fetched.first, fetched.last),
+                            Failure::new("OUT_OF_ORDER", reason).at(range.0, range.1),
                         ),
                     );
                 }
@@ -492,13 +584,34 @@ fn run_validator(
     applied: ChainPosition,
     recover_through: CommitId,
     input: Rx<ReceivedSegment>,
-    out: SyncSender<ValidatedSegment>,
+    out: SyncSender<ToApply>,
     events: Sender<Event>,
 ) {
     let mut core = Validator::new(applied);
-    // Returns false when validation must stop (rejected or no Applier).
-    let mut validate =
-        |first, last, bytes| match core.handle(ValidatorInput::Persisted { first, last, bytes }) {
+    // Returns false when validation must stop (rejected, unreadable, or no
+    // Applier).
+    let mut validate = |reader: &mut dyn SegmentReader, item: ReceivedSegment| {
+        let input = match &item.snapshot {
+            None => ValidatorInput::Persisted {
+                first: item.first,
+                last: item.last,
+                bytes: item.bytes,
+            },
+            Some(path) => match reader.inspect_snapshot(path) {
+                Ok(facts) => ValidatorInput::Snapshot {
+                    first: item.first,
+                    last: item.last,
+                    recorded: facts.recorded,
+                    recorded_checksum: facts.recorded_checksum,
+                    computed_checksum: facts.computed_checksum,
+                },
+                Err(f) => {
+                    send(&events, Event::ValidatorFailed(f.at(item.first, item.last)));
+                    return false;
+                }
+            },
+        };
+        match core.handle(input) {
             Ok(ValidatorOutput::Validated(segment)) => {
                 let (first, last) = segment.segment().header.range();
                 send(
@@ -510,7 +623,32 @@ fn run_validator(
                         end: segment.end(),
                     },
                 );
-                out.send(segment).is_ok()
+                out.send(ToApply::Segment(segment)).is_ok()
+            }
+            Ok(ValidatorOutput::SnapshotValidated {
+                first,
+                last,
+                start,
+                end,
+            }) => {
+                send(
+                    &events,
+                    Event::ValidatorValidated {
+                        first,
+                        last,
+                        start,
+                        end,
+                    },
+                );
+                let path = item.snapshot.unwrap_or_default();
+                out.send(ToApply::Snapshot {
+                    first,
+                    last,
+                    start,
+                    end,
+                    path,
+                })
+                .is_ok()
             }
             Ok(ValidatorOutput::Rejected(r)) => {
                 send(&events, Event::ValidatorRejected(r));
@@ -523,7 +661,8 @@ fn run_validator(
                 );
                 false
             }
-        };
+        }
+    };
     // Recovery: what was persisted but not applied before this run is
     // validated again, in order, from the applied checkpoint (V2).
     let mut after = applied.commit_id;
@@ -533,7 +672,13 @@ fn run_validator(
             Ok(Some(s)) => {
                 after = s.last;
                 revalidated += 1;
-                if !validate(s.first, s.last, s.bytes) {
+                let item = ReceivedSegment {
+                    first: s.first,
+                    last: s.last,
+                    bytes: s.bytes,
+                    snapshot: s.snapshot,
+                };
+                if !validate(reader.as_mut(), item) {
                     send(&events, Event::ValidatorExited("blocked".into()));
                     return;
                 }
@@ -564,8 +709,8 @@ fn run_validator(
             through: after,
         },
     );
-    for s in input {
-        if !validate(s.first, s.last, s.bytes) {
+    for item in input {
+        if !validate(reader.as_mut(), item) {
             break;
         }
     }
@@ -579,26 +724,54 @@ fn run_validator(
 fn run_applier(
     mut storage: Box<dyn ApplyStorage>,
     applied: ChainPosition,
-    input: Rx<ValidatedSegment>,
+    input: Rx<ToApply>,
     events: Sender<Event>,
 ) {
     let mut core = Applier::new(applied);
-    for segment in input {
-        let range = segment.segment().header.range();
-        let result = match core.handle(ApplierInput::Validated(segment)) {
-            Ok(ApplierOutput::ApplyToStorage(segment)) => {
-                let outcome = match storage.apply(&segment) {
-                    Ok(end) => ApplierInput::StorageCommitted { end },
-                    Err(f) => {
-                        let reason = f.to_string();
-                        let _ = core.handle(ApplierInput::StorageFailed { reason });
-                        send(&events, Event::ApplierFailed(f.at(range.0, range.1)));
-                        return;
-                    }
-                };
-                core.handle(outcome)
+    for item in input {
+        let (range, asked) = match item {
+            ToApply::Segment(segment) => (
+                segment.segment().header.range(),
+                core.handle(ApplierInput::Validated(segment))
+                    .map(|o| (o, None)),
+            ),
+            ToApply::Snapshot {
+                first,
+                last,
+                start,
+                end,
+                path,
+            } => (
+                (first, last),
+                core.handle(ApplierInput::ValidatedSnapshot {
+                    first,
+                    last,
+                    start,
+                    end,
+                })
+                .map(|o| (o, Some(path))),
+            ),
+        };
+        let stored = match asked {
+            Ok((ApplierOutput::ApplyToStorage(segment), _)) => storage.apply(&segment),
+            Ok((ApplierOutput::InstallSnapshot { first, last, end }, Some(path))) => {
+                storage.install_snapshot(first, last, &path, end)
             }
-            other => other,
+            Ok((other, _)) => Err(Failure::new(
+                "PROTOCOL",
+                format!("unexpected applier output {other:?}"),
+            )),
+            Err(e) => Err(Failure::new("PROTOCOL", e.to_string())),
+        };
+        let result = match stored {
+            Ok(end) => core.handle(ApplierInput::StorageCommitted { end }),
+            Err(f) => {
+                let _ = core.handle(ApplierInput::StorageFailed {
+                    reason: f.to_string(),
+                });
+                send(&events, Event::ApplierFailed(f.at(range.0, range.1)));
+                return;
+            }
         };
         match result {
             Ok(ApplierOutput::Applied { end }) => send(
@@ -945,6 +1118,13 @@ impl SupervisorRunner {
                 self.drive(SupervisorInput::SourceBack {
                     reason: format!("WAL source {source} answers again; resuming at commit {next}"),
                 })?;
+            }
+            Event::ReceiverSnapshot { first, last, why } => {
+                let text = format!(
+                    "the source no longer has WAL from commit {first} ({why}); bootstrapping from a snapshot at commit {last}"
+                );
+                tracing::info!(first = first.0, last = last.0, "{text}");
+                self.status(Component::Receiver).last_transition = Some(text);
             }
             Event::ReceiverExited(why) => {
                 if self.status(Component::Receiver).state != "Failed" {

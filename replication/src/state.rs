@@ -72,7 +72,11 @@ impl BlockReason {
             BlockReason::SegmentRejected { code, .. } => DIVERGENCE_CODES.contains(code),
             BlockReason::ApplierFailed { reason, .. } => reason.starts_with("DIVERGED"),
             BlockReason::Recorded { code, .. } => code == "DIVERGED",
-            BlockReason::ReceiverFailed { .. } => false,
+            // A source behind the replica (restored from an older backup)
+            // or serving another generation.
+            BlockReason::ReceiverFailed { reason } => {
+                reason.starts_with("SOURCE_BEHIND") || reason.starts_with("FOREIGN_GENERATION")
+            }
         }
     }
 }

@@ -132,6 +132,21 @@ pub enum ValidatorInput {
         /// The segment's bytes.
         bytes: Vec<u8>,
     },
+    /// A snapshot the Receiver persisted as the item covering
+    /// `first..=last`, with what it records and the checksum recomputed
+    /// over its tables (by the runner, read-only).
+    Snapshot {
+        /// First CommitId it stands for, as stored.
+        first: CommitId,
+        /// Last CommitId (the snapshot's), as stored.
+        last: CommitId,
+        /// The position the snapshot records.
+        recorded: ChainPosition,
+        /// The checksum it records.
+        recorded_checksum: u32,
+        /// The checksum of its tables, recomputed.
+        computed_checksum: u32,
+    },
     /// Raw bytes the Receiver persisted as segment `first..=last` (the
     /// range the source announced): a header claiming another range is
     /// rejected, so the stored row and its bytes always agree.
@@ -152,6 +167,17 @@ pub enum ValidatorOutput {
     Validated(ValidatedSegment),
     /// The segment is refused; application is blocked.
     Rejected(Rejection),
+    /// The snapshot continues the checkpoint: hand it to the Applier.
+    SnapshotValidated {
+        /// First CommitId it stands for.
+        first: CommitId,
+        /// The commit it is at.
+        last: CommitId,
+        /// Where it was validated to start (the checkpoint).
+        start: ChainPosition,
+        /// Where it ends.
+        end: ChainPosition,
+    },
 }
 
 /// An input the Validator may not act on.
@@ -182,6 +208,85 @@ impl Validator {
         &self.state
     }
 
+    fn snapshot(
+        &mut self,
+        next: ChainPosition,
+        (first, last): (CommitId, CommitId),
+        recorded: ChainPosition,
+        recorded_checksum: u32,
+        computed_checksum: u32,
+    ) -> ValidatorOutput {
+        let problem = if recorded.generation != next.generation {
+            Some((
+                "FOREIGN_GENERATION",
+                next.generation.to_string(),
+                recorded.generation.to_string(),
+                format!(
+                    "snapshot at commit {} is of generation {}, the replica follows generation {}",
+                    recorded.commit_id, recorded.generation, next.generation
+                ),
+            ))
+        } else if recorded.commit_id != last || last < first {
+            Some((
+                "MISLABELED",
+                format!("commit {last}"),
+                format!("commit {}", recorded.commit_id),
+                format!(
+                    "snapshot received as commits {first}..={last} records commit {}",
+                    recorded.commit_id
+                ),
+            ))
+        } else if first != next.commit_id.next() {
+            Some((
+                if first <= next.commit_id { "DUPLICATE" } else { "GAP" },
+                format!("commit {}", next.commit_id.next()),
+                format!("commit {first}"),
+                format!(
+                    "snapshot standing for commits {first}..={last} does not continue the replica at commit {}",
+                    next.commit_id
+                ),
+            ))
+        } else if computed_checksum != recorded_checksum {
+            Some((
+                "SNAPSHOT_CHECKSUM",
+                format!("0x{recorded_checksum:08x}"),
+                format!("0x{computed_checksum:08x}"),
+                format!(
+                    "snapshot at commit {last}: its tables' checksum is 0x{computed_checksum:08x}, it records 0x{recorded_checksum:08x}"
+                ),
+            ))
+        } else {
+            None
+        };
+        match problem {
+            None => {
+                self.state = ValidatorState::Validating { next: recorded };
+                ValidatorOutput::SnapshotValidated {
+                    first,
+                    last,
+                    start: next,
+                    end: recorded,
+                }
+            }
+            Some((code, expected, actual, reason)) => {
+                let rejection = Rejection {
+                    first,
+                    last,
+                    wal_offset: next.wal_offset,
+                    code,
+                    expected: Some(expected),
+                    actual: Some(actual),
+                    reason,
+                };
+                tracing::warn!(first = first.0, last = last.0, reason = %rejection.reason, "snapshot rejected");
+                self.state = ValidatorState::Blocked {
+                    rejection: rejection.clone(),
+                };
+                ValidatorOutput::Rejected(rejection)
+            }
+        }
+    }
+
     /// Validates one received segment.
     pub fn handle(&mut self, input: ValidatorInput) -> Result<ValidatorOutput, ValidatorBlocked> {
         let next = match &self.state {
@@ -195,6 +300,21 @@ impl Validator {
         let (bytes, stored) = match input {
             ValidatorInput::Received { bytes } => (bytes, None),
             ValidatorInput::Persisted { first, last, bytes } => (bytes, Some((first, last))),
+            ValidatorInput::Snapshot {
+                first,
+                last,
+                recorded,
+                recorded_checksum,
+                computed_checksum,
+            } => {
+                return Ok(self.snapshot(
+                    next,
+                    (first, last),
+                    recorded,
+                    recorded_checksum,
+                    computed_checksum,
+                ))
+            }
         };
         let result = Segment::decode(&bytes)
             .map_err(|e| {

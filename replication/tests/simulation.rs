@@ -299,6 +299,9 @@ fn run(seed: u64) -> Stats {
                                 .expect("legal");
                         }
                         ReceiverOutput::Forward { .. } => unreachable!("only after Persisted"),
+                        ReceiverOutput::PersistSnapshot { .. } => {
+                            unreachable!("the simulated source delivers no snapshots")
+                        }
                     }
                 }
             }
@@ -323,6 +326,9 @@ fn run(seed: u64) -> Stats {
                             })
                             .expect("legal");
                         cores.to_apply.push_back((key, v));
+                    }
+                    Ok(ValidatorOutput::SnapshotValidated { .. }) => {
+                        unreachable!("the simulated source delivers no snapshots")
                     }
                     Ok(ValidatorOutput::Rejected(r)) => {
                         stats.rejected += 1;

@@ -20,6 +20,7 @@
 use replication::runtime::{Failure, Fetched, StopSignal, WalSource, SOURCE_UNAVAILABLE};
 use replication::wal::{CommitId, Generation};
 use std::io::Read;
+use std::path::Path;
 use std::time::Duration;
 
 /// How long the server may hold a long-poll (the client asks for this).
@@ -118,6 +119,7 @@ impl HttpSource {
                 let body = r.into_string().unwrap_or_default();
                 let code_name = match code {
                     401 => "UNAUTHORIZED",
+                    409 => "SOURCE_BEHIND",
                     410 => "WAL_TRUNCATED",
                     _ => "SOURCE",
                 };
@@ -221,6 +223,17 @@ impl WalSource for HttpSource {
                 return Ok(true);
             }
         }
+    }
+
+    fn snapshot(&mut self, dest: &Path) -> Result<CommitId, Failure> {
+        let r = self.get("/v1/snapshot")?;
+        let commit = CommitId(header_u64(&r, "X-AeroDB-Snapshot-Commit", &self.base)?);
+        let mut file = std::fs::File::create_new(dest)
+            .map_err(|e| Failure::new("STORAGE", format!("creating {}: {e}", dest.display())))?;
+        std::io::copy(&mut r.into_reader(), &mut file)
+            .and_then(|_| file.sync_all())
+            .map_err(|e| unavailable(&self.base, format!("downloading the snapshot: {e}")))?;
+        Ok(commit)
     }
 
     fn wait_until_available(&mut self, stop: &StopSignal) -> Result<bool, Failure> {

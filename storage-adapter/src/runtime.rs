@@ -47,8 +47,8 @@ use crate::replica::{read_position, ApplyError, ReplicaDb, REPLICA_SQL};
 use replication::read_gate::{self, Decision, ObservedState, ReadRequest};
 use replication::runtime::{
     ApplyStorage, Component, ComponentStatus, Config, Failure, Fetched, PersistedSegment, Runtime,
-    SegmentReader, Snapshot, StateStore, StopSignal, Storage, StoreOp, StoredState, WaitError,
-    WalSource, WalStorage,
+    SegmentReader, Snapshot, SnapshotFacts, StateStore, StopSignal, Storage, StoreOp, StoredState,
+    WaitError, WalSource, WalStorage, WAL_TRUNCATED,
 };
 use replication::state::{BlockReason, GlobalKind, GlobalState, ReadStatus, SegmentState};
 use replication::wal::{ChainPosition, CommitId, Generation, Segment, ValidatedSegment, WalOffset};
@@ -153,10 +153,32 @@ impl WalSource for FileSource {
             .reader
             .data_version()
             .map_err(|e| source_failure(&self.path, e))?;
+        let oldest = self
+            .reader
+            .oldest()
+            .map_err(|e| source_failure(&self.path, e))?;
+        if from < oldest {
+            return Err(Failure::new(
+                WAL_TRUNCATED,
+                format!(
+                    "primary file {}: commit {from} is no longer in its WAL (oldest retained commit is {oldest})",
+                    self.path.display()
+                ),
+            ));
+        }
         let (records, head) = self
             .reader
             .records_and_head(from, max_bytes)
             .map_err(|e| source_failure(&self.path, e))?;
+        if from.0 > head.0 + 1 {
+            return Err(Failure::new(
+                "SOURCE_BEHIND",
+                format!(
+                    "primary file {}: its head is commit {head}, behind this replica (which needs commit {from} next): was it restored from an older backup?",
+                    self.path.display()
+                ),
+            ));
+        }
         let (Some(first), Some(last)) = (records.first(), records.last()) else {
             return Ok(None);
         };
@@ -171,6 +193,17 @@ impl WalSource for FileSource {
             bytes,
             source_head: head,
         }))
+    }
+
+    fn snapshot(&mut self, dest: &Path) -> Result<CommitId, Failure> {
+        crate::snapshot::take(&self.path, dest)
+            .map(|info| info.commit_id)
+            .map_err(|e| {
+                Failure::new(
+                    "SOURCE",
+                    format!("snapshot of primary file {}: {e}", self.path.display()),
+                )
+            })
     }
 
     fn wait_for_wal(&mut self, stop: &StopSignal) -> Result<bool, Failure> {
@@ -215,8 +248,11 @@ impl Storage for SqliteStorage {
     }
 
     fn wal_storage(&self) -> Result<Box<dyn WalStorage>, Failure> {
+        let mut snapshot = self.path.clone().into_os_string();
+        snapshot.push(".aerodb-snapshot");
         Ok(Box::new(SqliteWalStorage {
             conn: open_replica_connection(&self.path)?,
+            snapshot: PathBuf::from(snapshot),
         }))
     }
 
@@ -239,6 +275,7 @@ impl Storage for SqliteStorage {
 
 struct SqliteWalStorage {
     conn: Connection,
+    snapshot: PathBuf,
 }
 
 impl WalStorage for SqliteWalStorage {
@@ -259,6 +296,34 @@ impl WalStorage for SqliteWalStorage {
             .map_err(sql("persisting a received segment"))?;
         Ok(())
     }
+
+    fn snapshot_path(&self) -> PathBuf {
+        self.snapshot.clone()
+    }
+
+    fn persist_snapshot(
+        &mut self,
+        first: CommitId,
+        last: CommitId,
+        path: &Path,
+    ) -> Result<(), Failure> {
+        let len = std::fs::metadata(path)
+            .map_err(|e| storage_failure(&format!("reading {}", path.display()), e))?
+            .len();
+        self.conn
+            .execute(
+                "INSERT INTO aerodb_replica_segments(first_commit_id, last_commit_id, byte_len, bytes, state, received_unix_ms, snapshot_path) VALUES (?1, ?2, ?3, NULL, 'Received', ?4, ?5)",
+                params![
+                    first.0 as i64,
+                    last.0 as i64,
+                    len as i64,
+                    now_ms(),
+                    path.to_string_lossy()
+                ],
+            )
+            .map_err(sql("persisting a received snapshot"))?;
+        Ok(())
+    }
 }
 
 fn now_ms() -> i64 {
@@ -276,7 +341,7 @@ impl SegmentReader for SqliteSegmentReader {
     fn next_after(&mut self, after: CommitId) -> Result<Option<PersistedSegment>, Failure> {
         self.conn
             .prepare_cached(
-                "SELECT first_commit_id, last_commit_id, bytes FROM aerodb_replica_segments WHERE first_commit_id = ?1 AND state <> 'Applied'",
+                "SELECT first_commit_id, last_commit_id, bytes, snapshot_path FROM aerodb_replica_segments WHERE first_commit_id = ?1 AND state <> 'Applied'",
             )
             .and_then(|mut s| {
                 s.query_row([after.next().0 as i64], |r| {
@@ -284,11 +349,26 @@ impl SegmentReader for SqliteSegmentReader {
                         first: CommitId(r.get::<_, i64>(0)? as u64),
                         last: CommitId(r.get::<_, i64>(1)? as u64),
                         bytes: r.get::<_, Option<Vec<u8>>>(2)?.unwrap_or_default(),
+                        snapshot: r.get::<_, Option<String>>(3)?.map(PathBuf::from),
                     })
                 })
                 .optional()
             })
             .map_err(sql("reading a persisted segment"))
+    }
+
+    fn inspect_snapshot(&mut self, path: &Path) -> Result<SnapshotFacts, Failure> {
+        let (info, computed) = crate::snapshot::inspect(path).map_err(|e| {
+            Failure::new(
+                "SNAPSHOT_UNREADABLE",
+                format!("snapshot {}: {e}", path.display()),
+            )
+        })?;
+        Ok(SnapshotFacts {
+            recorded: info.position(),
+            recorded_checksum: info.checksum,
+            computed_checksum: computed,
+        })
     }
 }
 
@@ -307,6 +387,7 @@ fn apply_failure(e: ApplyError) -> Failure {
             f.at(*commit_id, *commit_id)
         }
         ApplyError::Continuity(c) => Failure::new("CONTINUITY", c.to_string()),
+        ApplyError::Snapshot { .. } => Failure::new("SNAPSHOT", e.to_string()),
         ApplyError::Sqlite { .. } => storage_failure("applying", &e),
         _ => Failure::new("APPLY", e.to_string()),
     };
@@ -323,6 +404,18 @@ impl ApplyStorage for SqliteApply {
             f.wal_offset = Some(segment.start().wal_offset);
             f
         })
+    }
+
+    fn install_snapshot(
+        &mut self,
+        first: CommitId,
+        last: CommitId,
+        path: &Path,
+        end: ChainPosition,
+    ) -> Result<ChainPosition, Failure> {
+        self.db
+            .install_snapshot(first, last, path, end)
+            .map_err(apply_failure)
     }
 }
 

@@ -311,6 +311,16 @@ impl ApplyStorage for FaultyApply {
         }
         self.inner.apply(segment)
     }
+
+    fn install_snapshot(
+        &mut self,
+        first: CommitId,
+        last: CommitId,
+        path: &Path,
+        end: ChainPosition,
+    ) -> Result<ChainPosition, Failure> {
+        self.inner.install_snapshot(first, last, path, end)
+    }
 }
 
 struct FaultyStore {

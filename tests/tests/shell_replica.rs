@@ -98,6 +98,7 @@ fn the_sql_surface_is_exactly_the_documented_one() {
             "f:aerodb_replica_start",
             "f:aerodb_replica_stop",
             "f:aerodb_replicate",
+            "f:aerodb_truncate_wal", // issue 5: WAL retention
             "f:aerodb_wait",
             "m:read_safety",
             "m:replica_components",

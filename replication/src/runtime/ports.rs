@@ -6,6 +6,7 @@ use crate::runtime::{ComponentStatus, Failure, TransitionRecord};
 use crate::state::SegmentState;
 use crate::wal::{ChainPosition, CommitId, ValidatedSegment, WalOffset};
 use std::cell::Cell;
+use std::path::{Path, PathBuf};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, TryRecvError};
 use std::time::Duration;
 
@@ -82,7 +83,22 @@ pub trait WalSource: Send {
         let _ = stop;
         Ok(false)
     }
+
+    /// Writes a consistent snapshot of the primary's replicated tables to
+    /// the new file `dest` and returns the CommitId it is at. Asked when
+    /// `fetch` failed with [`WAL_TRUNCATED`]. The default cannot.
+    fn snapshot(&mut self, dest: &Path) -> Result<CommitId, Failure> {
+        let _ = dest;
+        Err(Failure::new(
+            WAL_TRUNCATED,
+            format!("{} cannot provide a snapshot", self.describe()),
+        ))
+    }
 }
+
+/// The failure code of a source that no longer has the WAL asked for (the
+/// primary truncated it): the Receiver asks for a snapshot instead.
+pub const WAL_TRUNCATED: &str = "WAL_TRUNCATED";
 
 /// The failure code of a transport failure a source may recover from
 /// (connection refused or reset, server gone).
@@ -93,6 +109,18 @@ pub const SOURCE_UNAVAILABLE: &str = "SOURCE_UNAVAILABLE";
 pub trait WalStorage: Send {
     /// Stores segment `first..=last` as received, state Received.
     fn persist(&mut self, first: CommitId, last: CommitId, bytes: &[u8]) -> Result<(), Failure>;
+
+    /// Where a downloaded snapshot is kept until it is installed.
+    fn snapshot_path(&self) -> PathBuf;
+
+    /// Records the snapshot file at `path` as the Received item standing
+    /// for commits `first..=last`.
+    fn persist_snapshot(
+        &mut self,
+        first: CommitId,
+        last: CommitId,
+        path: &Path,
+    ) -> Result<(), Failure>;
 }
 
 /// A persisted, not yet applied segment, as the Validator re-reads it on
@@ -103,8 +131,21 @@ pub struct PersistedSegment {
     pub first: CommitId,
     /// Last CommitId, as stored.
     pub last: CommitId,
-    /// Raw bytes.
+    /// Raw bytes (empty for a snapshot).
     pub bytes: Vec<u8>,
+    /// The snapshot file, if this item is a snapshot.
+    pub snapshot: Option<PathBuf>,
+}
+
+/// What a snapshot file records and the checksum recomputed over it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SnapshotFacts {
+    /// The position it records.
+    pub recorded: ChainPosition,
+    /// The checksum it records.
+    pub recorded_checksum: u32,
+    /// The checksum of its tables, recomputed.
+    pub computed_checksum: u32,
 }
 
 /// Read-only access to persisted segments (the Validator reads, never
@@ -112,6 +153,10 @@ pub struct PersistedSegment {
 pub trait SegmentReader: Send {
     /// The persisted segment that starts right after `after`, if any.
     fn next_after(&mut self, after: CommitId) -> Result<Option<PersistedSegment>, Failure>;
+
+    /// Reads a snapshot file (read-only): what it records, and its
+    /// tables' checksum recomputed.
+    fn inspect_snapshot(&mut self, path: &Path) -> Result<SnapshotFacts, Failure>;
 }
 
 /// The Applier's storage: one transaction per segment holding the row
@@ -119,6 +164,17 @@ pub trait SegmentReader: Send {
 pub trait ApplyStorage: Send {
     /// Applies a validated segment; returns the committed position.
     fn apply(&mut self, segment: &ValidatedSegment) -> Result<ChainPosition, Failure>;
+
+    /// Installs a validated snapshot standing for `first..=last` in one
+    /// transaction: replaces the replicated tables, sets the position to
+    /// `end`, records the bootstrap metadata and the item's state Applied.
+    fn install_snapshot(
+        &mut self,
+        first: CommitId,
+        last: CommitId,
+        path: &Path,
+        end: ChainPosition,
+    ) -> Result<ChainPosition, Failure>;
 }
 
 /// What the state store holds at start, after crash recovery of its own
