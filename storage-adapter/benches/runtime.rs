@@ -1,0 +1,1324 @@
+//! The threaded replica runtime ([`storage_adapter::runtime::Replica`]: the
+//! Receiver, Validator, Applier and Supervisor threads) against raw SQLite,
+//! measured in one run.
+//!
+//! Run with `cargo bench -p storage-adapter --bench runtime` (optionally
+//! `-- FILTER...`: only cases whose id contains one of the filters; ids
+//! `catchup-100k`, `catchup-1m`, `stages-100k`, `stages-1m`, `latency`).
+//!
+//! - `catchup-*`: a primary holding a backlog of 100,000 (1,000,000)
+//!   single-row captured commits (`t(id INTEGER PRIMARY KEY, v INTEGER,
+//!   pad TEXT)`, 40-byte pad; built with `synchronous=OFF`, it is not what
+//!   is measured). Timed: `Replica::start_from_file` on a fresh replica
+//!   file until `wait_for(head)` returns, with `Config::default()`. Against
+//!   it: raw SQLite inserting the same rows with a prepared INSERT into a
+//!   fresh file with the replica's pragmas (`journal_mode=WAL`,
+//!   `synchronous=NORMAL`), in transactions of as many rows as one runtime
+//!   segment holds (`Config::segment_bytes` of records). Ratio = raw time /
+//!   runtime time (higher is better; target >= 0.8x). Every measured run is
+//!   a child process (this binary re-executed with `AERODB_BENCH_CHILD`), so
+//!   each reports its own peak RSS (`VmHWM` of `/proc/self/status`), its
+//!   starting RSS, SQLite's own heap high-water mark (`sqlite3_status64`,
+//!   page caches included) and the CPU time of each of its threads
+//!   (`/proc/self/task/*/schedstat`: on CPU, waiting for a CPU). Runs
+//!   alternate (ABBA), `CATCHUP_ROUNDS` each; the median is reported.
+//! - `stages-*`: where the catch-up time goes. The runtime's own ports
+//!   (`FileSource::fetch`, `WalStorage::persist`, `Segment::decode` +
+//!   `validate`, `ApplyStorage::apply`) driven one after the other on one
+//!   thread over the same backlog, each timed.
+//! - `latency`: commit-to-visible latency at a steady 1,000 commits/s. A
+//!   writer thread commits one row per transaction on the primary
+//!   (`synchronous=NORMAL`) every 1 ms (an open-loop schedule: a late tick
+//!   is not made up by a burst) and records the instant each commit
+//!   returned, per CommitId. Visibility is taken from the runtime's
+//!   published snapshot (`Replica::wait_until`, woken by the Supervisor's
+//!   publish; the Supervisor publishes after the Applier committed and it
+//!   recorded the event): the first instant a snapshot shows `applied >=`
+//!   the CommitId. A second thread polls `aerodb_replica_position` in a
+//!   read-only connection of the replica file every `FILE_POLL` (what a SQL
+//!   reader sees, without the Supervisor's part); the received and
+//!   validated CommitIds of the snapshots break the latency down.
+//!
+//! `AERODB_BENCH_SCALE` (default 1.0) scales the backlogs and the latency
+//! run's duration, so CI can run it small. Databases live in a temporary
+//! directory under `TMPDIR`. Nothing here asserts on timings: targets are
+//! printed, not enforced. To profile the measured runtime runs, set
+//! `AERODB_BENCH_WRAP` to a command prefix for them (see [`run_child`]).
+//! The latency run is in this process: to count SQLite's busy-handler
+//! sleeps per thread, run the bench binary itself (`target/release/deps/
+//! runtime-*  --bench latency`) under `strace -f -e trace=clock_nanosleep`.
+//!
+//! `cargo test --all-targets` also runs this binary, without `--bench`; it
+//! then exits at once.
+
+use replication::runtime::{Config, Storage, WalSource};
+use replication::wal::{validate, ChainPosition, CommitId, Segment};
+use rusqlite::{params, Connection, OpenFlags};
+use std::collections::{BTreeMap, HashMap};
+use std::error::Error;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use storage_adapter::primary::{Primary, PrimaryWalReader};
+use storage_adapter::replica::ReplicaDb;
+use storage_adapter::runtime::{FileSource, Replica, SqliteStorage};
+
+type R<T> = Result<T, Box<dyn Error + Send + Sync>>;
+
+/// The environment variable that makes this binary a measured child.
+const CHILD_ENV: &str = "AERODB_BENCH_CHILD";
+/// Backlogs of the catch-up cases at scale 1: (id, commits).
+const BACKLOGS: [(&str, f64); 2] = [("100k", 100_000.0), ("1m", 1_000_000.0)];
+/// Measured runs per side of a catch-up case.
+const CATCHUP_ROUNDS: usize = 3;
+/// Duration of the latency run at scale 1.
+const LATENCY_SECS: f64 = 10.0;
+/// The writer's interval in the latency run (1,000 commits/s).
+const WRITE_INTERVAL: Duration = Duration::from_millis(1);
+/// Interval of the replica-file poller in the latency run.
+const FILE_POLL: Duration = Duration::from_micros(250);
+/// Generous deadlines: a run that needs them is broken, not slow.
+const CATCHUP_DEADLINE: Duration = Duration::from_secs(3600);
+const SETTLE_DEADLINE: Duration = Duration::from_secs(60);
+
+const TABLE_SQL: &str =
+    "CREATE TABLE t(id INTEGER PRIMARY KEY, v INTEGER NOT NULL, pad TEXT NOT NULL)";
+const INSERT_SQL: &str = "INSERT INTO t(id, v, pad) VALUES (?1, ?2, ?3)";
+
+const TARGET_RATIO: f64 = 0.8;
+const TARGET_RSS_ABOVE_CACHE_MIB: f64 = 64.0;
+const TARGET_P99_MS: f64 = 20.0;
+
+struct Cfg {
+    scale: f64,
+    filters: Vec<String>,
+    dir: tempfile::TempDir,
+}
+
+impl Cfg {
+    fn wants(&self, id: &str) -> bool {
+        self.filters.is_empty() || self.filters.iter().any(|f| id.contains(f.as_str()))
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+}
+
+// --------------------------------------------------------------- the rows
+
+/// The row with key `id`: integer key, an integer, a 40-byte text. Built
+/// without `format!`, so that the harness adds little to either side.
+struct RowGen {
+    pad: [u8; 40],
+}
+
+impl RowGen {
+    fn new() -> RowGen {
+        RowGen {
+            pad: *b"pad-0000000000-abcdefghijklmnopqrstuvwxy",
+        }
+    }
+
+    fn insert(&mut self, stmt: &mut rusqlite::CachedStatement<'_>, id: i64) -> R<()> {
+        let mut d = id.unsigned_abs();
+        for c in self.pad[4..14].iter_mut().rev() {
+            *c = b'0' + (d % 10) as u8;
+            d /= 10;
+        }
+        let pad = std::str::from_utf8(&self.pad)?;
+        let v = id.wrapping_mul(2_654_435_761) % 1_000_003;
+        let n = stmt.execute(params![id, v, pad])?;
+        assert_eq!(n, 1);
+        Ok(())
+    }
+}
+
+fn remove_db(path: &Path) {
+    for suffix in ["", "-wal", "-shm", ".aerodb-lock"] {
+        let mut p = path.as_os_str().to_owned();
+        p.push(suffix);
+        let _ = std::fs::remove_file(PathBuf::from(p));
+    }
+}
+
+/// A primary with `commits` single-row captured commits after the schema
+/// commit; returns its head and the build time.
+fn build_primary(path: &Path, commits: u64) -> R<(CommitId, Duration)> {
+    let t = Instant::now();
+    let primary = Primary::open(path)?;
+    let conn = primary.connection();
+    // The primary is not what is measured: build it fast.
+    conn.pragma_update(None, "synchronous", "OFF")?;
+    conn.execute_batch(TABLE_SQL)?;
+    let schema = primary.replicate("t")?;
+    {
+        let mut gen = RowGen::new();
+        let mut stmt = conn.prepare_cached(INSERT_SQL)?;
+        for id in 1..=commits {
+            gen.insert(&mut stmt, id as i64)?;
+        }
+    }
+    let head = primary.head()?;
+    assert_eq!(
+        head,
+        CommitId(schema.0 + commits),
+        "one CommitId per commit"
+    );
+    conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)")?;
+    drop(primary);
+    Ok((head, t.elapsed()))
+}
+
+// ------------------------------------------------------- process metering
+
+fn proc_status_kb(field: &str) -> R<u64> {
+    let status = std::fs::read_to_string("/proc/self/status")?;
+    for line in status.lines() {
+        if let Some(rest) = line.strip_prefix(field) {
+            if let Some(v) = rest.strip_prefix(':') {
+                let kb = v.trim().trim_end_matches("kB").trim();
+                return Ok(kb.parse()?);
+            }
+        }
+    }
+    Err(format!("/proc/self/status has no {field}").into())
+}
+
+/// SQLite's heap: (now, high-water mark) in bytes (page caches included).
+fn sqlite_heap() -> (i64, i64) {
+    let (mut cur, mut hi) = (0i64, 0i64);
+    // SAFETY: sqlite3_status64 only writes the two integers it is given.
+    let rc = unsafe {
+        rusqlite::ffi::sqlite3_status64(
+            rusqlite::ffi::SQLITE_STATUS_MEMORY_USED,
+            &mut cur,
+            &mut hi,
+            0,
+        )
+    };
+    if rc == rusqlite::ffi::SQLITE_OK {
+        (cur, hi)
+    } else {
+        (-1, -1)
+    }
+}
+
+/// CPU time of one thread: on a CPU, and runnable but waiting for one.
+#[derive(Clone, Copy, Default, Debug)]
+struct CpuTime {
+    run: Duration,
+    wait: Duration,
+}
+
+/// Each live thread of this process: tid -> (name, CPU time).
+fn thread_times() -> BTreeMap<u32, (String, CpuTime)> {
+    let mut out = BTreeMap::new();
+    let pid = std::process::id();
+    let Ok(dir) = std::fs::read_dir("/proc/self/task") else {
+        return out;
+    };
+    for entry in dir.flatten() {
+        let Some(tid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let name = if tid == pid {
+            "main".to_string()
+        } else {
+            std::fs::read_to_string(entry.path().join("comm"))
+                .map(|s| s.trim().replace([' ', ':', ';', '='], "_"))
+                .unwrap_or_else(|_| "?".into())
+        };
+        let sched = std::fs::read_to_string(entry.path().join("schedstat")).unwrap_or_default();
+        let mut f = sched
+            .split_whitespace()
+            .map(|v| v.parse::<u64>().unwrap_or(0));
+        let run = Duration::from_nanos(f.next().unwrap_or(0));
+        let wait = Duration::from_nanos(f.next().unwrap_or(0));
+        out.insert(tid, (name, CpuTime { run, wait }));
+    }
+    out
+}
+
+/// Per thread name, the CPU time used between two [`thread_times`] (threads
+/// that appeared in between count from zero).
+fn cpu_between(
+    before: &BTreeMap<u32, (String, CpuTime)>,
+    after: &BTreeMap<u32, (String, CpuTime)>,
+) -> BTreeMap<String, CpuTime> {
+    let mut out: BTreeMap<String, CpuTime> = BTreeMap::new();
+    for (tid, (name, t)) in after {
+        let b = before.get(tid).map(|(_, b)| *b).unwrap_or_default();
+        let e = out.entry(name.clone()).or_default();
+        e.run += t.run.saturating_sub(b.run);
+        e.wait += t.wait.saturating_sub(b.wait);
+    }
+    out
+}
+
+fn encode_threads(t: &BTreeMap<String, CpuTime>) -> String {
+    t.iter()
+        .map(|(n, c)| {
+            format!(
+                "{n}:{:.1}:{:.1}",
+                c.run.as_secs_f64() * 1e3,
+                c.wait.as_secs_f64() * 1e3
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+fn decode_threads(s: &str) -> BTreeMap<String, CpuTime> {
+    let mut out = BTreeMap::new();
+    for item in s.split(',').filter(|i| !i.is_empty()) {
+        let mut p = item.split(':');
+        let (Some(n), Some(r), Some(w)) = (p.next(), p.next(), p.next()) else {
+            continue;
+        };
+        let ms = |v: &str| Duration::from_secs_f64(v.parse::<f64>().unwrap_or(0.0) / 1e3);
+        out.insert(
+            n.to_string(),
+            CpuTime {
+                run: ms(r),
+                wait: ms(w),
+            },
+        );
+    }
+    out
+}
+
+/// SQLite connections open on these database files: each holds one file
+/// descriptor on its main database file (`-wal`, `-shm` not counted).
+fn open_connections(files: &[&Path]) -> usize {
+    let wanted: Vec<PathBuf> = files
+        .iter()
+        .filter_map(|f| std::fs::canonicalize(f).ok())
+        .collect();
+    let Ok(dir) = std::fs::read_dir("/proc/self/fd") else {
+        return 0;
+    };
+    dir.flatten()
+        .filter_map(|e| std::fs::read_link(e.path()).ok())
+        .filter(|target| wanted.contains(target))
+        .count()
+}
+
+// ---------------------------------------------------------------- children
+
+fn env_path(name: &str) -> R<PathBuf> {
+    Ok(PathBuf::from(
+        std::env::var_os(name).ok_or_else(|| format!("{name} is not set"))?,
+    ))
+}
+
+fn env_u64(name: &str) -> R<u64> {
+    let v = std::env::var(name).map_err(|_| format!("{name} is not set"))?;
+    Ok(v.parse()?)
+}
+
+/// What a child prints on its last line: `CHILD key=value ...`.
+fn report(fields: &[(&str, String)]) {
+    let body: Vec<String> = fields.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    println!("CHILD {}", body.join(" "));
+}
+
+fn child_main(mode: &str) -> R<()> {
+    match mode {
+        "catchup" => child_catchup(),
+        "raw" => child_raw(),
+        other => Err(format!("{CHILD_ENV}={other:?}: expected catchup or raw").into()),
+    }
+}
+
+/// One measured catch-up: the runtime from start to `wait_for(head)`.
+fn child_catchup() -> R<()> {
+    let primary = env_path("AERODB_BENCH_PRIMARY")?;
+    let replica_path = env_path("AERODB_BENCH_REPLICA")?;
+    let head = CommitId(env_u64("AERODB_BENCH_HEAD")?);
+    let base_kb = proc_status_kb("VmRSS")?;
+    let threads0 = thread_times();
+    let t = Instant::now();
+    let replica = Replica::start_from_file(&replica_path, &primary, Config::default())?;
+    let position = replica.wait_for(head, Instant::now() + CATCHUP_DEADLINE)?;
+    let elapsed = t.elapsed();
+    // Before stop(): the runtime's threads are still there to be read.
+    let threads = cpu_between(&threads0, &thread_times());
+    let connections = open_connections(&[&replica_path, &primary]);
+    let t_stop = Instant::now();
+    let last = replica.stop();
+    let stop = t_stop.elapsed();
+    let hwm_kb = proc_status_kb("VmHWM")?;
+    let (_, sqlite_peak) = sqlite_heap();
+    assert_eq!(position.commit_id, head);
+    assert!(!last.running);
+    // Checks and settings, after the peak was read.
+    let conn = Connection::open_with_flags(&replica_path, OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+    let rows: i64 = conn.query_row("SELECT count(*) FROM t", [], |r| r.get(0))?;
+    let (segments, max_records): (i64, i64) = conn.query_row(
+        "SELECT count(*), max(last_commit_id - first_commit_id + 1) FROM aerodb_replica_segments WHERE first_commit_id > 1",
+        [],
+        |r| Ok((r.get(0)?, r.get::<_, Option<i64>>(1)?.unwrap_or(0))),
+    )?;
+    let cache_size: i64 = conn.query_row("PRAGMA cache_size", [], |r| r.get(0))?;
+    let page_size: i64 = conn.query_row("PRAGMA page_size", [], |r| r.get(0))?;
+    report(&[
+        ("secs", format!("{:.6}", elapsed.as_secs_f64())),
+        ("stop_secs", format!("{:.6}", stop.as_secs_f64())),
+        ("base_kb", base_kb.to_string()),
+        ("hwm_kb", hwm_kb.to_string()),
+        ("sqlite_peak", sqlite_peak.to_string()),
+        ("rows", rows.to_string()),
+        ("segments", segments.to_string()),
+        ("max_records", max_records.to_string()),
+        ("cache_size", cache_size.to_string()),
+        ("page_size", page_size.to_string()),
+        ("connections", connections.to_string()),
+        ("threads", encode_threads(&threads)),
+    ]);
+    Ok(())
+}
+
+/// One measured raw-SQLite run: the same rows, batched.
+fn child_raw() -> R<()> {
+    let path = env_path("AERODB_BENCH_REPLICA")?;
+    let rows = env_u64("AERODB_BENCH_ROWS")?;
+    let batch = env_u64("AERODB_BENCH_BATCH")?.max(1);
+    let base_kb = proc_status_kb("VmRSS")?;
+    let threads0 = thread_times();
+    let t = Instant::now();
+    let conn = Connection::open(&path)?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.pragma_update(None, "synchronous", "NORMAL")?;
+    conn.execute_batch(TABLE_SQL)?;
+    {
+        let mut gen = RowGen::new();
+        let mut stmt = conn.prepare_cached(INSERT_SQL)?;
+        let mut id = 1u64;
+        while id <= rows {
+            let end = (id + batch - 1).min(rows);
+            conn.execute_batch("BEGIN")?;
+            for k in id..=end {
+                gen.insert(&mut stmt, k as i64)?;
+            }
+            conn.execute_batch("COMMIT")?;
+            id = end + 1;
+        }
+    }
+    let elapsed = t.elapsed();
+    let threads = cpu_between(&threads0, &thread_times());
+    let hwm_kb = proc_status_kb("VmHWM")?;
+    let (_, sqlite_peak) = sqlite_heap();
+    let n: i64 = conn.query_row("SELECT count(*) FROM t", [], |r| r.get(0))?;
+    assert_eq!(n as u64, rows);
+    let cache_size: i64 = conn.query_row("PRAGMA cache_size", [], |r| r.get(0))?;
+    report(&[
+        ("secs", format!("{:.6}", elapsed.as_secs_f64())),
+        ("base_kb", base_kb.to_string()),
+        ("hwm_kb", hwm_kb.to_string()),
+        ("sqlite_peak", sqlite_peak.to_string()),
+        ("rows", n.to_string()),
+        ("cache_size", cache_size.to_string()),
+        ("threads", encode_threads(&threads)),
+    ]);
+    Ok(())
+}
+
+type ChildReport = HashMap<String, String>;
+
+/// The measured runtime runs under `AERODB_BENCH_WRAP`, if set: a command
+/// prefix (whitespace-separated; `{run}` becomes the run's number), e.g.
+/// `perf record -g -o /tmp/aerodb-{run}.data --` or `strace -f -c -o
+/// /tmp/aerodb-{run}.strace`. Raw SQLite runs are never wrapped.
+fn run_child(mode: &str, run: usize, env: &[(&str, String)]) -> R<ChildReport> {
+    let exe = std::env::current_exe()?;
+    let wrap = match std::env::var("AERODB_BENCH_WRAP") {
+        Ok(w) if mode == "catchup" => w
+            .split_whitespace()
+            .map(|a| a.replace("{run}", &run.to_string()))
+            .collect(),
+        _ => Vec::new(),
+    };
+    let mut cmd = match wrap.split_first() {
+        Some((program, args)) => {
+            let mut c = Command::new(program);
+            c.args(args).arg(exe);
+            c
+        }
+        None => Command::new(exe),
+    };
+    cmd.env(CHILD_ENV, mode)
+        .stdin(Stdio::null())
+        .stderr(Stdio::inherit());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output()?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() {
+        return Err(format!("child {mode} failed ({}): {stdout}", out.status).into());
+    }
+    let line = stdout
+        .lines()
+        .rev()
+        .find_map(|l| l.strip_prefix("CHILD "))
+        .ok_or_else(|| format!("child {mode} printed no result: {stdout}"))?;
+    Ok(line
+        .split(' ')
+        .filter_map(|kv| kv.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect())
+}
+
+fn field<T: std::str::FromStr>(r: &ChildReport, k: &str) -> R<T>
+where
+    T::Err: Error + Send + Sync + 'static,
+{
+    Ok(r.get(k)
+        .ok_or_else(|| format!("child report lacks {k}"))?
+        .parse()?)
+}
+
+// ------------------------------------------------------------------ stats
+
+fn median(v: &[f64]) -> f64 {
+    let mut s = v.to_vec();
+    s.sort_by(f64::total_cmp);
+    let n = s.len();
+    if n == 0 {
+        f64::NAN
+    } else if n % 2 == 1 {
+        s[n / 2]
+    } else {
+        (s[n / 2 - 1] + s[n / 2]) / 2.0
+    }
+}
+
+/// The `q` quantile (nearest rank) of sorted values.
+fn quantile(sorted: &[f64], q: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let rank = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
+    sorted[rank - 1]
+}
+
+fn thousands(v: f64) -> String {
+    let s = format!("{:.0}", v.max(0.0));
+    let mut out = String::new();
+    for (i, c) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+fn mib(kb: f64) -> f64 {
+    kb / 1024.0
+}
+
+// ---------------------------------------------------------------- catch-up
+
+/// A primary with a backlog, built once for the cases that share it.
+struct Backlog {
+    id: &'static str,
+    path: PathBuf,
+    commits: u64,
+    head: CommitId,
+    /// Records of a full segment of `Config::default().segment_bytes`.
+    per_segment: u64,
+    segment_bytes: usize,
+}
+
+fn backlog(cfg: &Cfg, id: &'static str, nominal: f64) -> R<Backlog> {
+    let commits = ((nominal * cfg.scale).round() as u64).max(1000);
+    let path = cfg.path(&format!("primary-{id}.db"));
+    eprintln!("[{id}] building a primary with {commits} single-row captured commits ...");
+    let (head, build) = build_primary(&path, commits)?;
+    eprintln!(
+        "[{id}] built in {:.1} s ({} commits/s, synchronous=OFF)",
+        build.as_secs_f64(),
+        thousands(commits as f64 / build.as_secs_f64())
+    );
+    let segment_bytes = Config::default().segment_bytes;
+    let reader = PrimaryWalReader::open(&path)?;
+    // Commit 1 is the schema record; the row commits follow.
+    let per_segment = reader.records(CommitId(2), segment_bytes)?.len() as u64;
+    Ok(Backlog {
+        id,
+        path,
+        commits,
+        head,
+        per_segment,
+        segment_bytes,
+    })
+}
+
+struct CatchupResult {
+    id: &'static str,
+    commits: u64,
+    per_segment: u64,
+    segment_bytes: usize,
+    segments: u64,
+    runtime_secs: Vec<f64>,
+    raw_secs: Vec<f64>,
+    /// Peak RSS of each runtime run; of the raw runs (max).
+    runtime_hwm_kb: Vec<u64>,
+    raw_hwm_kb: u64,
+    base_kb: u64,
+    sqlite_peak: i64,
+    raw_sqlite_peak: i64,
+    cache_size: i64,
+    page_size: i64,
+    /// SQLite connections the running replica held (on both files).
+    connections: u64,
+    stop_secs: f64,
+    /// Threads of the median runtime run.
+    threads: BTreeMap<String, CpuTime>,
+    raw_threads: BTreeMap<String, CpuTime>,
+}
+
+impl CatchupResult {
+    fn runtime(&self) -> f64 {
+        median(&self.runtime_secs)
+    }
+    fn raw(&self) -> f64 {
+        median(&self.raw_secs)
+    }
+    fn ratio(&self) -> f64 {
+        self.raw() / self.runtime()
+    }
+    /// The highest and lowest peak RSS of the runtime's runs.
+    fn hwm_kb(&self) -> (u64, u64) {
+        let v = &self.runtime_hwm_kb;
+        (
+            v.iter().copied().max().unwrap_or(0),
+            v.iter().copied().min().unwrap_or(0),
+        )
+    }
+    /// SQLite's page cache bound: `cache_size` per connection times the
+    /// connections the running replica held (counted from its open files:
+    /// state store, WAL storage, segment reader and applier on the replica,
+    /// the source's reader on the primary).
+    fn cache_kb(&self) -> f64 {
+        cache_kb(self.cache_size, self.page_size) * self.connections as f64
+    }
+}
+
+fn cache_kb(cache_size: i64, page_size: i64) -> f64 {
+    if cache_size < 0 {
+        -cache_size as f64
+    } else {
+        (cache_size * page_size) as f64 / 1024.0
+    }
+}
+
+fn catchup_case(cfg: &Cfg, b: &Backlog) -> R<CatchupResult> {
+    let id = b.id;
+    let mut res = CatchupResult {
+        id,
+        commits: b.commits,
+        per_segment: b.per_segment,
+        segment_bytes: b.segment_bytes,
+        segments: 0,
+        runtime_secs: Vec::new(),
+        raw_secs: Vec::new(),
+        runtime_hwm_kb: Vec::new(),
+        raw_hwm_kb: 0,
+        base_kb: 0,
+        sqlite_peak: 0,
+        raw_sqlite_peak: 0,
+        cache_size: 0,
+        page_size: 0,
+        connections: 0,
+        stop_secs: 0.0,
+        threads: BTreeMap::new(),
+        raw_threads: BTreeMap::new(),
+    };
+    let mut runtime_threads = Vec::new();
+    let mut raw_threads = Vec::new();
+    let mut run = 0;
+    for round in 0..CATCHUP_ROUNDS {
+        let sides: [bool; 2] = if round % 2 == 0 {
+            [true, false]
+        } else {
+            [false, true]
+        };
+        for runtime in sides {
+            run += 1;
+            let replica = cfg.path(&format!("replica-{id}-{run}.db"));
+            if runtime {
+                eprintln!("[catchup-{id}] round {round}: runtime ...");
+                let r = run_child(
+                    "catchup",
+                    run,
+                    &[
+                        ("AERODB_BENCH_PRIMARY", b.path.display().to_string()),
+                        ("AERODB_BENCH_REPLICA", replica.display().to_string()),
+                        ("AERODB_BENCH_HEAD", b.head.0.to_string()),
+                    ],
+                )?;
+                let secs: f64 = field(&r, "secs")?;
+                let rows: u64 = field(&r, "rows")?;
+                assert_eq!(rows, b.commits, "the replica holds every row");
+                eprintln!(
+                    "[catchup-{id}]   {:.3} s, {} commits/s, peak RSS {:.1} MiB",
+                    secs,
+                    thousands(b.commits as f64 / secs),
+                    mib(field::<f64>(&r, "hwm_kb")?)
+                );
+                res.runtime_secs.push(secs);
+                res.runtime_hwm_kb.push(field(&r, "hwm_kb")?);
+                res.base_kb = field(&r, "base_kb")?;
+                res.sqlite_peak = res.sqlite_peak.max(field(&r, "sqlite_peak")?);
+                res.cache_size = field(&r, "cache_size")?;
+                res.page_size = field(&r, "page_size")?;
+                res.connections = field(&r, "connections")?;
+                res.segments = field(&r, "segments")?;
+                res.stop_secs = res.stop_secs.max(field(&r, "stop_secs")?);
+                runtime_threads.push((secs, decode_threads(&r["threads"])));
+            } else {
+                eprintln!("[catchup-{id}] round {round}: raw SQLite ...");
+                let r = run_child(
+                    "raw",
+                    run,
+                    &[
+                        ("AERODB_BENCH_REPLICA", replica.display().to_string()),
+                        ("AERODB_BENCH_ROWS", b.commits.to_string()),
+                        ("AERODB_BENCH_BATCH", b.per_segment.to_string()),
+                    ],
+                )?;
+                let secs: f64 = field(&r, "secs")?;
+                eprintln!(
+                    "[catchup-{id}]   {:.3} s, {} rows/s, peak RSS {:.1} MiB",
+                    secs,
+                    thousands(b.commits as f64 / secs),
+                    mib(field::<f64>(&r, "hwm_kb")?)
+                );
+                res.raw_secs.push(secs);
+                res.raw_hwm_kb = res.raw_hwm_kb.max(field(&r, "hwm_kb")?);
+                res.raw_sqlite_peak = res.raw_sqlite_peak.max(field(&r, "sqlite_peak")?);
+                raw_threads.push((secs, decode_threads(&r["threads"])));
+            }
+            remove_db(&replica);
+        }
+    }
+    let pick_median = |mut v: Vec<(f64, BTreeMap<String, CpuTime>)>| {
+        v.sort_by(|a, b| a.0.total_cmp(&b.0));
+        let n = v.len();
+        v.swap_remove(n / 2).1
+    };
+    res.threads = pick_median(runtime_threads);
+    res.raw_threads = pick_median(raw_threads);
+    Ok(res)
+}
+
+fn print_threads(label: &str, wall: f64, threads: &BTreeMap<String, CpuTime>) {
+    let mut parts = Vec::new();
+    let mut total = 0.0;
+    for (name, t) in threads {
+        let run = t.run.as_secs_f64();
+        total += run;
+        if run < 0.0005 * wall && t.wait.as_secs_f64() < 0.0005 * wall {
+            continue;
+        }
+        parts.push(format!(
+            "{name} {:.0}% (+{:.0}% runnable)",
+            run / wall * 100.0,
+            t.wait.as_secs_f64() / wall * 100.0
+        ));
+    }
+    println!(
+        "    {label}: CPU {:.2} cores over {:.2} s: {}",
+        total / wall,
+        wall,
+        parts.join(", ")
+    );
+}
+
+fn print_catchup(r: &CatchupResult) {
+    let commits = r.commits as f64;
+    println!();
+    println!(
+        "catchup-{}: {} single-row commits; segments of <= {} B hold {} records ({} segments persisted); {CATCHUP_ROUNDS} alternating runs per side, median",
+        r.id,
+        thousands(commits),
+        r.segment_bytes,
+        r.per_segment,
+        r.segments,
+    );
+    let fmt_runs = |v: &[f64]| {
+        v.iter()
+            .map(|s| format!("{s:.2}"))
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    println!(
+        "    runtime  start_from_file -> wait_for(head): {:>8.3} s  {:>10} commits/s {:>10} rows/s   runs [{}] s; stop() {:.0} ms",
+        r.runtime(),
+        thousands((commits + 1.0) / r.runtime()),
+        thousands(commits / r.runtime()),
+        fmt_runs(&r.runtime_secs),
+        r.stop_secs * 1e3
+    );
+    println!(
+        "    raw SQLite, {:>6}-row transactions:      {:>8.3} s  {:>10} rows/s {:>23}   runs [{}] s",
+        r.per_segment,
+        r.raw(),
+        thousands(commits / r.raw()),
+        "",
+        fmt_runs(&r.raw_secs),
+    );
+    println!(
+        "    ratio raw/runtime {:.2}x (target >= {TARGET_RATIO:.1}x: {})",
+        r.ratio(),
+        verdict(r.ratio() >= TARGET_RATIO)
+    );
+    print_threads("runtime", r.runtime(), &r.threads);
+    print_threads("raw    ", r.raw(), &r.raw_threads);
+    println!(
+        "    peak RSS: runtime {:.1} MiB (runs {:.1}..{:.1}; process start {:.1} MiB; SQLite heap peak {:.1} MiB), raw SQLite {:.1} MiB (SQLite heap peak {:.1} MiB); cache_size {} x {} connections = {:.1} MiB",
+        mib(r.hwm_kb().0 as f64),
+        mib(r.hwm_kb().1 as f64),
+        mib(r.hwm_kb().0 as f64),
+        mib(r.base_kb as f64),
+        r.sqlite_peak as f64 / 1048576.0,
+        mib(r.raw_hwm_kb as f64),
+        r.raw_sqlite_peak as f64 / 1048576.0,
+        r.cache_size,
+        r.connections,
+        mib(r.cache_kb()),
+    );
+}
+
+fn verdict(ok: bool) -> &'static str {
+    if ok {
+        "ok"
+    } else {
+        "MISS"
+    }
+}
+
+// ------------------------------------------------------------------ stages
+
+struct StageResult {
+    id: &'static str,
+    segments: u64,
+    fetch: Duration,
+    persist: Duration,
+    decode_validate: Duration,
+    apply: Duration,
+    total: Duration,
+    bytes: usize,
+}
+
+/// The runtime's ports driven one after the other on this thread.
+fn stages_case(cfg: &Cfg, b: &Backlog) -> R<StageResult> {
+    eprintln!("[stages-{}] driving the ports sequentially ...", b.id);
+    let replica = cfg.path(&format!("stages-{}.db", b.id));
+    let failure = |f: replication::runtime::Failure| f.to_string();
+    let t_total = Instant::now();
+    let mut source = FileSource::open(&b.path)?;
+    let mut position: ChainPosition = ReplicaDb::open(&replica)?.init(source.generation())?;
+    let storage = SqliteStorage::new(&replica);
+    let mut wal = storage.wal_storage().map_err(failure)?;
+    let mut apply = storage.apply_storage().map_err(failure)?;
+    let mut res = StageResult {
+        id: b.id,
+        segments: 0,
+        fetch: Duration::ZERO,
+        persist: Duration::ZERO,
+        decode_validate: Duration::ZERO,
+        apply: Duration::ZERO,
+        total: Duration::ZERO,
+        bytes: 0,
+    };
+    let mut next = CommitId(1);
+    loop {
+        let t0 = Instant::now();
+        let Some(f) = source.fetch(next, b.segment_bytes).map_err(failure)? else {
+            break;
+        };
+        let t1 = Instant::now();
+        wal.persist(f.first, f.last, &f.bytes).map_err(failure)?;
+        let t2 = Instant::now();
+        let segment = validate(Segment::decode(&f.bytes)?, &position)?;
+        let t3 = Instant::now();
+        position = apply.apply(&segment).map_err(failure)?;
+        let t4 = Instant::now();
+        res.fetch += t1 - t0;
+        res.persist += t2 - t1;
+        res.decode_validate += t3 - t2;
+        res.apply += t4 - t3;
+        res.segments += 1;
+        res.bytes += f.bytes.len();
+        next = f.last.next();
+    }
+    res.total = t_total.elapsed();
+    assert_eq!(position.commit_id, b.head);
+    drop((wal, apply, source));
+    remove_db(&replica);
+    Ok(res)
+}
+
+fn print_stages(s: &StageResult, commits: u64) {
+    let total = s.total.as_secs_f64();
+    println!();
+    println!(
+        "stages-{}: the runtime's ports one after the other on one thread, {} segments, {} B/record",
+        s.id,
+        s.segments,
+        s.bytes / commits.max(1) as usize
+    );
+    for (name, d) in [
+        ("FileSource::fetch (read primary + encode)", s.fetch),
+        ("WalStorage::persist (segment blob INSERT)", s.persist),
+        ("Segment::decode + validate", s.decode_validate),
+        ("ApplyStorage::apply (rows + position + Applied)", s.apply),
+    ] {
+        let secs = d.as_secs_f64();
+        println!(
+            "    {name:<48} {:>8.3} s {:>5.1}%  {:>6.2} us/commit",
+            secs,
+            secs / total * 100.0,
+            secs * 1e6 / commits as f64
+        );
+    }
+    println!(
+        "    {:<48} {:>8.3} s           {:>6.2} us/commit",
+        "total (incl. opening)",
+        total,
+        total * 1e6 / commits as f64
+    );
+}
+
+// ----------------------------------------------------------------- latency
+
+/// One published snapshot's CommitIds as the observer saw them.
+#[derive(Clone, Copy)]
+struct Seen {
+    at: Instant,
+    received: CommitId,
+    validated: CommitId,
+    applied: CommitId,
+}
+
+struct Written {
+    commit: CommitId,
+    at: Instant,
+    took: Duration,
+    late: Duration,
+}
+
+struct LatencyResult {
+    secs: f64,
+    commits: usize,
+    /// Latencies in ms, sorted: (label, values).
+    series: Vec<(&'static str, Vec<f64>)>,
+    write_ms: Vec<f64>,
+    late_ticks: usize,
+    threads: BTreeMap<String, CpuTime>,
+    wall: f64,
+    segments: u64,
+    max_records: i64,
+}
+
+/// For each write, the first observation (sorted by time, monotonic
+/// CommitIds) whose `key` reaches its CommitId: latency in ms, sorted.
+fn latencies<T>(
+    writes: &[Written],
+    obs: &[(Instant, T)],
+    key: impl Fn(&T) -> CommitId,
+) -> Vec<f64> {
+    let mut out = Vec::with_capacity(writes.len());
+    let mut j = 0;
+    for w in writes {
+        while j < obs.len() && key(&obs[j].1) < w.commit {
+            j += 1;
+        }
+        if j == obs.len() {
+            break;
+        }
+        let at = obs[j].0;
+        out.push(at.saturating_duration_since(w.at).as_secs_f64() * 1e3);
+    }
+    out.sort_by(f64::total_cmp);
+    out
+}
+
+fn latency_case(cfg: &Cfg) -> R<LatencyResult> {
+    let duration = Duration::from_secs_f64((LATENCY_SECS * cfg.scale).max(1.0));
+    let ppath = cfg.path("latency-primary.db");
+    let rpath = cfg.path("latency-replica.db");
+    eprintln!(
+        "[latency] {:.1} s at one commit per {} us ...",
+        duration.as_secs_f64(),
+        WRITE_INTERVAL.as_micros()
+    );
+    let head0 = {
+        let primary = Primary::open(&ppath)?;
+        primary
+            .connection()
+            .pragma_update(None, "synchronous", "NORMAL")?;
+        primary.connection().execute_batch(TABLE_SQL)?;
+        primary.replicate("t")?
+    };
+    let replica = Replica::start_from_file(&rpath, &ppath, Config::default())?;
+    replica.wait_for(head0, Instant::now() + SETTLE_DEADLINE)?;
+    // Settle into the idle state (polling for new WAL) before writing.
+    std::thread::sleep(Duration::from_millis(200));
+
+    let stop_poll = Arc::new(AtomicBool::new(false));
+    let poller = {
+        let stop = Arc::clone(&stop_poll);
+        let rpath = rpath.clone();
+        std::thread::Builder::new()
+            .name("bench-poller".into())
+            .spawn(move || -> R<Vec<(Instant, CommitId)>> {
+                let conn = Connection::open_with_flags(&rpath, OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+                let mut stmt = conn.prepare(
+                    "SELECT applied_commit_id FROM aerodb_replica_position WHERE id = 1",
+                )?;
+                let mut seen = Vec::new();
+                let mut last = 0i64;
+                while !stop.load(Ordering::Relaxed) {
+                    let a: i64 = stmt.query_row([], |r| r.get(0))?;
+                    if a != last {
+                        seen.push((Instant::now(), CommitId(a as u64)));
+                        last = a;
+                    }
+                    std::thread::sleep(FILE_POLL);
+                }
+                Ok(seen)
+            })?
+    };
+    let threads0 = thread_times();
+    let t_start = Instant::now();
+    let writer = {
+        let ppath = ppath.clone();
+        std::thread::Builder::new()
+            .name("bench-writer".into())
+            .spawn(move || -> R<Vec<Written>> {
+                let primary = Primary::open(&ppath)?;
+                let conn = primary.connection();
+                conn.pragma_update(None, "synchronous", "NORMAL")?;
+                let mut stmt = conn.prepare_cached(INSERT_SQL)?;
+                let mut gen = RowGen::new();
+                let mut out = Vec::new();
+                let start = Instant::now();
+                for i in 0u32.. {
+                    let tick = start + WRITE_INTERVAL * i;
+                    if tick >= start + duration {
+                        break;
+                    }
+                    let now = Instant::now();
+                    if tick > now {
+                        std::thread::sleep(tick - now);
+                    }
+                    let t0 = Instant::now();
+                    gen.insert(&mut stmt, i64::from(i) + 1)?;
+                    let at = Instant::now();
+                    let commit = primary
+                        .last_commit_id()?
+                        .ok_or("the writer's connection committed")?;
+                    out.push(Written {
+                        commit,
+                        at,
+                        took: at - t0,
+                        late: t0.saturating_duration_since(tick),
+                    });
+                }
+                Ok(out)
+            })?
+    };
+    // The observer: every published snapshot whose CommitIds moved.
+    let mut seen: Vec<Seen> = Vec::new();
+    let mut last = replica.snapshot().progress;
+    let mut last_applied = replica.snapshot().applied.commit_id;
+    let mut writes: Option<Vec<Written>> = None;
+    let mut writer = Some(writer);
+    let hard_end = t_start + duration + SETTLE_DEADLINE;
+    loop {
+        let _ = replica.wait_until(Instant::now() + Duration::from_millis(50), |s| {
+            if s.progress != last || s.applied.commit_id != last_applied {
+                last = s.progress;
+                last_applied = s.applied.commit_id;
+                seen.push(Seen {
+                    at: Instant::now(),
+                    received: s.progress.received,
+                    validated: s.progress.validated,
+                    applied: s.applied.commit_id,
+                });
+                true
+            } else {
+                !s.running
+            }
+        });
+        if writer.as_ref().is_some_and(|w| w.is_finished()) {
+            let w = writer.take().expect("checked above");
+            writes = Some(w.join().map_err(|_| "the writer panicked")??);
+        }
+        if let Some(w) = &writes {
+            let final_commit = w.last().map_or(head0, |w| w.commit);
+            if last_applied >= final_commit {
+                break;
+            }
+        }
+        if Instant::now() > hard_end || !replica.snapshot().running {
+            return Err(format!(
+                "the replica did not catch up: {:?}",
+                replica.snapshot().global
+            )
+            .into());
+        }
+    }
+    let wall = t_start.elapsed().as_secs_f64();
+    let threads = cpu_between(&threads0, &thread_times());
+    // Let the poller see the last position.
+    std::thread::sleep(Duration::from_millis(20));
+    stop_poll.store(true, Ordering::Relaxed);
+    let file_seen = poller.join().map_err(|_| "the poller panicked")??;
+    let writes = writes.expect("the loop ends after the writer finished");
+    let segments_info = {
+        let conn = Connection::open_with_flags(&rpath, OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+        conn.query_row(
+            "SELECT count(*), max(last_commit_id - first_commit_id + 1) FROM aerodb_replica_segments WHERE first_commit_id > ?1",
+            [head0.0 as i64],
+            |r| Ok((r.get::<_, i64>(0)? as u64, r.get::<_, Option<i64>>(1)?.unwrap_or(0))),
+        )?
+    };
+    let final_snapshot = replica.stop();
+    assert!(!final_snapshot.running);
+
+    let obs: Vec<(Instant, Seen)> = seen.iter().map(|s| (s.at, *s)).collect();
+    let series = vec![
+        (
+            "applied, published snapshot (wait_until)",
+            latencies(&writes, &obs, |s| s.applied),
+        ),
+        (
+            "applied, replica file (aerodb_replica_position)",
+            latencies(&writes, &file_seen, |c| *c),
+        ),
+        (
+            "received (persisted), snapshot",
+            latencies(&writes, &obs, |s| s.received),
+        ),
+        (
+            "validated, snapshot",
+            latencies(&writes, &obs, |s| s.validated),
+        ),
+    ];
+    let mut write_ms: Vec<f64> = writes.iter().map(|w| w.took.as_secs_f64() * 1e3).collect();
+    write_ms.sort_by(f64::total_cmp);
+    let late_ticks = writes.iter().filter(|w| w.late > WRITE_INTERVAL).count();
+    let secs = match (writes.first(), writes.last()) {
+        (Some(a), Some(b)) => (b.at - a.at).as_secs_f64(),
+        _ => 0.0,
+    };
+    remove_db(&ppath);
+    remove_db(&rpath);
+    Ok(LatencyResult {
+        secs,
+        commits: writes.len(),
+        series,
+        write_ms,
+        late_ticks,
+        threads,
+        wall,
+        segments: segments_info.0,
+        max_records: segments_info.1,
+    })
+}
+
+fn print_latency(l: &LatencyResult) {
+    println!();
+    println!(
+        "latency: {} commits in {:.2} s = {} commits/s (target 1,000); {} ticks started > 1 ms late; primary commit took p50 {:.3} / p99 {:.3} / max {:.3} ms; {} segments since the start (largest {} records)",
+        l.commits,
+        l.secs,
+        thousands(l.commits as f64 / l.secs.max(1e-9)),
+        l.late_ticks,
+        quantile(&l.write_ms, 0.5),
+        quantile(&l.write_ms, 0.99),
+        quantile(&l.write_ms, 1.0),
+        l.segments,
+        l.max_records,
+    );
+    println!(
+        "    {:<50} {:>8} {:>8} {:>8} {:>8} {:>7}",
+        "commit -> ... (ms)", "p50", "p90", "p99", "max", "n"
+    );
+    for (label, v) in &l.series {
+        println!(
+            "    {label:<50} {:>8.3} {:>8.3} {:>8.3} {:>8.3} {:>7}",
+            quantile(v, 0.5),
+            quantile(v, 0.9),
+            quantile(v, 0.99),
+            quantile(v, 1.0),
+            v.len()
+        );
+    }
+    print_threads("threads", l.wall, &l.threads);
+}
+
+// -------------------------------------------------------------------- main
+
+fn main() -> R<()> {
+    if let Ok(mode) = std::env::var(CHILD_ENV) {
+        return child_main(&mode);
+    }
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if !args.iter().any(|a| a == "--bench") {
+        println!(
+            "runtime: benchmark, not a test; skipped (run `cargo bench -p storage-adapter --bench runtime`)"
+        );
+        return Ok(());
+    }
+    let scale = match std::env::var("AERODB_BENCH_SCALE") {
+        Ok(s) => s
+            .parse::<f64>()
+            .ok()
+            .filter(|v| v.is_finite() && *v > 0.0)
+            .ok_or_else(|| format!("AERODB_BENCH_SCALE={s:?}: expected a positive number"))?,
+        Err(_) => 1.0,
+    };
+    let cfg = Cfg {
+        scale,
+        filters: args.into_iter().filter(|a| !a.starts_with('-')).collect(),
+        dir: tempfile::Builder::new()
+            .prefix("aerodb-bench-runtime-")
+            .tempdir()?,
+    };
+    println!(
+        "AeroDB threaded replica runtime vs raw SQLite {} (scale {scale}, {} CPUs; dir {})",
+        rusqlite::version(),
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        cfg.dir.path().display()
+    );
+    let mut catchups = Vec::new();
+    let mut stages = Vec::new();
+    for (id, nominal) in BACKLOGS {
+        let (want_catchup, want_stages) = (
+            cfg.wants(&format!("catchup-{id}")),
+            cfg.wants(&format!("stages-{id}")),
+        );
+        if !want_catchup && !want_stages {
+            continue;
+        }
+        let b = backlog(&cfg, id, nominal)?;
+        if want_catchup {
+            let r = catchup_case(&cfg, &b)?;
+            print_catchup(&r);
+            catchups.push(r);
+        }
+        if want_stages {
+            let s = stages_case(&cfg, &b)?;
+            print_stages(&s, b.commits);
+            stages.push(s);
+        }
+        remove_db(&b.path);
+    }
+    let latency = if cfg.wants("latency") {
+        let l = latency_case(&cfg)?;
+        print_latency(&l);
+        Some(l)
+    } else {
+        None
+    };
+
+    println!();
+    println!("summary (scale {scale})");
+    if !catchups.is_empty() {
+        println!(
+            "  {:<14} {:>10} {:>9} {:>12} {:>12} {:>12} {:>7} {:>7} | {:>9} {:>9} {:>9} {:>10} {:>7}",
+            "catch-up",
+            "commits",
+            "rows/seg",
+            "commits/s",
+            "rows/s",
+            "raw rows/s",
+            "ratio",
+            ">=0.8",
+            "peak RSS",
+            "pg cache",
+            "above",
+            "raw RSS",
+            "<64MiB"
+        );
+        for r in &catchups {
+            let above = mib(r.hwm_kb().0 as f64 - r.cache_kb());
+            println!(
+                "  {:<14} {:>10} {:>9} {:>12} {:>12} {:>12} {:>6.2}x {:>7} | {:>5.1} MiB {:>5.1} MiB {:>5.1} MiB {:>6.1} MiB {:>7}",
+                format!("catchup-{}", r.id),
+                thousands(r.commits as f64),
+                r.per_segment,
+                thousands((r.commits + 1) as f64 / r.runtime()),
+                thousands(r.commits as f64 / r.runtime()),
+                thousands(r.commits as f64 / r.raw()),
+                r.ratio(),
+                verdict(r.ratio() >= TARGET_RATIO),
+                mib(r.hwm_kb().0 as f64),
+                mib(r.cache_kb()),
+                above,
+                mib(r.raw_hwm_kb as f64),
+                verdict(above < TARGET_RSS_ABOVE_CACHE_MIB),
+            );
+        }
+        if let Some(r) = catchups.first() {
+            println!(
+                "  page cache: cache_size = {} ({:.0} KiB per connection) x {} connections; peak RSS = VmHWM of a child process per run (max over runs), above = peak RSS - page cache bound",
+                r.cache_size,
+                cache_kb(r.cache_size, r.page_size),
+                r.connections
+            );
+        }
+        if catchups.len() == 2 {
+            let (a, b) = (&catchups[0], &catchups[1]);
+            println!(
+                "  peak RSS {} vs {}: {:+.1} MiB (max of runs); runs {:.1}..{:.1} vs {:.1}..{:.1} MiB",
+                a.id,
+                b.id,
+                mib(b.hwm_kb().0 as f64 - a.hwm_kb().0 as f64),
+                mib(a.hwm_kb().1 as f64),
+                mib(a.hwm_kb().0 as f64),
+                mib(b.hwm_kb().1 as f64),
+                mib(b.hwm_kb().0 as f64),
+            );
+        }
+    }
+    for s in &stages {
+        println!(
+            "  stages-{:<7} fetch {:.2} s, persist {:.2} s, decode+validate {:.2} s, apply {:.2} s (one thread)",
+            s.id,
+            s.fetch.as_secs_f64(),
+            s.persist.as_secs_f64(),
+            s.decode_validate.as_secs_f64(),
+            s.apply.as_secs_f64()
+        );
+    }
+    if let Some(l) = &latency {
+        let (_, v) = &l.series[0];
+        let (_, f) = &l.series[1];
+        println!(
+            "  latency @{} commits/s: snapshot p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms ({} p99 < {TARGET_P99_MS} ms); file p50 {:.2} / p99 {:.2} / max {:.2} ms",
+            thousands(l.commits as f64 / l.secs.max(1e-9)),
+            quantile(v, 0.5),
+            quantile(v, 0.99),
+            quantile(v, 1.0),
+            verdict(quantile(v, 0.99) < TARGET_P99_MS),
+            quantile(f, 0.5),
+            quantile(f, 0.99),
+            quantile(f, 1.0),
+        );
+    }
+    Ok(())
+}
