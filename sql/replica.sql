@@ -31,13 +31,20 @@ CREATE TABLE IF NOT EXISTS aerodb_replica_segments(
   first_wal_offset INTEGER,          -- known once validated or rejected
   end_wal_offset   INTEGER,          -- WAL offset after its last record
   byte_len         INTEGER NOT NULL,
-  bytes            BLOB,             -- raw bytes as received; NULL once Applied
   state            TEXT NOT NULL
                    CHECK (state IN ('Received', 'Validated', 'Applied', 'Rejected')),
   reason           TEXT,             -- why Rejected
   received_unix_ms INTEGER NOT NULL, -- informational; nothing compares it
   snapshot_path    TEXT              -- set when the item is a snapshot file
                                      -- standing for these commits (bootstrap)
+);
+
+-- The raw bytes of received, not yet applied segments (kept apart from
+-- their state, so a state change never rewrites them). Inserted with the
+-- segment's row by the Receiver, deleted in the Applier's transaction.
+CREATE TABLE IF NOT EXISTS aerodb_replica_segment_bytes(
+  first_commit_id INTEGER PRIMARY KEY,
+  bytes           BLOB NOT NULL
 );
 
 -- Snapshot bootstraps (spec 5.5: snapshot bootstrap metadata), written by

@@ -317,7 +317,7 @@ impl ReplicaDb {
             let (first, last) = segment.segment().header.range();
             let marked = tx
                 .prepare_cached(
-                    "UPDATE aerodb_replica_segments SET state = 'Applied', bytes = NULL, first_wal_offset = ?3, end_wal_offset = ?4 WHERE first_commit_id = ?1 AND last_commit_id = ?2 AND state IN ('Received', 'Validated')",
+                    "UPDATE aerodb_replica_segments SET state = 'Applied', first_wal_offset = ?3, end_wal_offset = ?4 WHERE first_commit_id = ?1 AND last_commit_id = ?2 AND state IN ('Received', 'Validated')",
                 )
                 .and_then(|mut s| {
                     s.execute(params![
@@ -331,6 +331,14 @@ impl ReplicaDb {
             if marked != 1 {
                 return Err(ApplyError::SegmentNotReceived { first, last });
             }
+            tx.prepare_cached(
+                "DELETE FROM aerodb_replica_segment_bytes WHERE first_commit_id = ?1",
+            )
+            .and_then(|mut s| s.execute([first.0 as i64]))
+            .map_err(sql_err(
+                "dropping the applied segment's bytes",
+                Some(end.commit_id),
+            ))?;
         }
         tx.commit().map_err(sql_err(
             "committing the apply transaction",

@@ -185,7 +185,7 @@ fn observe(path: &Path) -> Observed {
     let rows = table_t(&tx);
     let segments = tx
         .prepare(
-            "SELECT first_commit_id, last_commit_id, end_wal_offset, byte_len, length(bytes), state FROM aerodb_replica_segments ORDER BY first_commit_id",
+            "SELECT s.first_commit_id, s.last_commit_id, s.end_wal_offset, s.byte_len, length(b.bytes), s.state FROM aerodb_replica_segments s LEFT JOIN aerodb_replica_segment_bytes b ON b.first_commit_id = s.first_commit_id ORDER BY s.first_commit_id",
         )
         .and_then(|mut s| {
             s.query_map([], |r| {

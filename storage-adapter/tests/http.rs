@@ -1,0 +1,1125 @@
+//! `aerodb serve` and the HTTP WAL source, end to end: a real server
+//! process on loopback, real primary and replica files, the threaded
+//! replica runtime.
+//!
+//! - A replica follows a primary through the server: backlog, then live
+//!   writes (long-poll); the tables equal the primary's.
+//! - The server is killed (SIGKILL) and restarted on the same port: the
+//!   replica stops explicitly (`SOURCE_UNAVAILABLE`, reads refused), then
+//!   resumes by itself, recorded as a transition; nothing lost or applied
+//!   twice.
+//! - A wrong token gets 401, and the server never logs the token.
+//! - Malformed, oversized and out-of-range requests get a 4xx whose JSON
+//!   `error` says why.
+//! - A primary whose WAL was truncated bootstraps new and lagging replicas
+//!   from a snapshot (over HTTP and from the file).
+//! - A fork (primary restored from a backup and written again), a primary
+//!   behind the replica and a foreign primary are DIVERGED, and nothing of
+//!   their WAL is applied.
+//!
+//! No test sleeps: every wait is on the replica's published state
+//! (`Replica::wait_until`) or on a child's output.
+
+use replication::read_gate::DecisionCode;
+use replication::runtime::{Component, Config, Failure, Snapshot, WaitError};
+use replication::state::{GlobalState, ReadStatus};
+use replication::wal::{ChainPosition, CommitId, Generation};
+use rstest::rstest;
+use rusqlite::{Connection, OpenFlags};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::ops::RangeInclusive;
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdout, Command, Stdio};
+use std::time::{Duration, Instant};
+use storage_adapter::primary::Primary;
+use storage_adapter::runtime::{Replica, SegmentRow};
+
+/// The bearer token the servers of these tests accept.
+const TOKEN: &str = "aerodb-test-token-5f2c9e1b7d";
+/// Client-side deadline of every wait (never reached when things work).
+const WAIT: Duration = Duration::from_secs(15);
+
+fn deadline() -> Instant {
+    Instant::now() + WAIT
+}
+
+// ------------------------------------------------------------------ server
+
+/// A running `aerodb serve`, killed with SIGKILL when dropped.
+struct Server {
+    child: Child,
+    /// Kept open: the server's stdout stays a live pipe.
+    _stdout: BufReader<ChildStdout>,
+    port: u16,
+}
+
+impl Server {
+    /// Starts a server on `127.0.0.1:port` (0: any free port) and waits for
+    /// its "serving" line.
+    fn start(db: &Path, token_file: &Path, port: u16) -> Server {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_aerodb"))
+            .arg("serve")
+            .arg("--db")
+            .arg(db)
+            .arg("--listen")
+            .arg(format!("127.0.0.1:{port}"))
+            .arg("--token-file")
+            .arg(token_file)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawning aerodb serve");
+        let mut stdout = BufReader::new(child.stdout.take().expect("stdout piped"));
+        let mut line = String::new();
+        let n = stdout
+            .read_line(&mut line)
+            .expect("reading the server's stdout");
+        if n == 0 {
+            let status = child.wait().expect("server exit status");
+            let mut stderr = String::new();
+            let _ = child
+                .stderr
+                .take()
+                .expect("stderr piped")
+                .read_to_string(&mut stderr);
+            panic!(
+                "aerodb serve --listen 127.0.0.1:{port} ended ({status}) before serving: {stderr}"
+            );
+        }
+        let prefix = format!(
+            "aerodb serve: serving the WAL of {} on http://127.0.0.1:",
+            db.display()
+        );
+        let bound: u16 = line
+            .trim_end()
+            .strip_prefix(&prefix)
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_else(|| panic!("unexpected first line {line:?}, expected {prefix}PORT"));
+        if port != 0 {
+            assert_eq!(bound, port, "the server bound another port");
+        }
+        Server {
+            child,
+            _stdout: stdout,
+            port: bound,
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// SIGKILL, reaped; returns everything the server wrote to stderr.
+    fn kill(mut self) -> String {
+        self.child.kill().expect("SIGKILL");
+        self.child.wait().expect("reaped");
+        let mut stderr = String::new();
+        if let Some(mut e) = self.child.stderr.take() {
+            e.read_to_string(&mut stderr).expect("reading stderr");
+        }
+        stderr
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn token_file(dir: &Path) -> PathBuf {
+    let path = dir.join("token.txt");
+    std::fs::write(&path, format!("{TOKEN}\n")).expect("token file");
+    path
+}
+
+/// How a replica reads its primary.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Via {
+    /// `Replica::start_from_file`.
+    File,
+    /// `Replica::start_from_url` through `aerodb serve`.
+    Http,
+}
+
+/// A primary file and, over HTTP, the server on it (restarted on the same
+/// port each time it is needed again).
+struct Source {
+    via: Via,
+    primary: PathBuf,
+    token_file: PathBuf,
+    server: Option<Server>,
+    port: u16,
+}
+
+impl Source {
+    fn new(via: Via, dir: &Path) -> Source {
+        Source {
+            via,
+            primary: dir.join("p.db"),
+            token_file: token_file(dir),
+            server: None,
+            port: 0,
+        }
+    }
+
+    /// Starts a replica in `replica` on this source (and the server, if it
+    /// is not running).
+    fn start_replica(&mut self, replica: &Path, config: Config) -> Replica {
+        match self.via {
+            Via::File => Replica::start_from_file(replica, &self.primary, config),
+            Via::Http => {
+                let url = self.server().url();
+                Replica::start_from_url(replica, &url, TOKEN, config)
+            }
+        }
+        .expect("replica starts")
+    }
+
+    fn server(&mut self) -> &Server {
+        if self.server.is_none() {
+            let s = Server::start(&self.primary, &self.token_file, self.port);
+            self.port = s.port;
+            self.server = Some(s);
+        }
+        self.server.as_ref().expect("just started")
+    }
+
+    fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    fn stop_server(&mut self) {
+        self.server.take();
+    }
+}
+
+// ----------------------------------------------------------------- primary
+
+/// A primary with table `t` (its schema record is commit 1).
+fn primary(path: &Path) -> Primary {
+    let p = Primary::open(path).expect("primary");
+    p.connection()
+        .execute_batch("CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT NOT NULL)")
+        .expect("table");
+    p.replicate("t").expect("replicate");
+    p
+}
+
+/// One commit per row: `(id, tag || id)`. Returns the head.
+fn insert(p: &Primary, ids: RangeInclusive<i64>, tag: &str) -> CommitId {
+    for id in ids {
+        p.connection()
+            .execute(
+                "INSERT INTO t VALUES (?1, ?2 || ?1)",
+                rusqlite::params![id, tag],
+            )
+            .expect("insert");
+    }
+    p.head().expect("head")
+}
+
+fn rows(conn: &Connection) -> Vec<(i64, String)> {
+    conn.prepare("SELECT id, v FROM t ORDER BY id")
+        .and_then(|mut s| s.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?.collect())
+        .expect("rows of t")
+}
+
+fn read_only(path: &Path) -> Connection {
+    Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY).expect("open read-only")
+}
+
+/// Removes a database file and its `-wal` and `-shm`.
+fn remove_db(path: &Path) {
+    for suffix in ["", "-wal", "-shm"] {
+        let mut f = path.as_os_str().to_owned();
+        f.push(suffix);
+        match std::fs::remove_file(&f) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => panic!("removing {}: {e}", PathBuf::from(f).display()),
+        }
+    }
+}
+
+// ------------------------------------------------------------------ checks
+
+fn ready_safe(s: &Snapshot) -> bool {
+    s.global
+        == GlobalState::Ready {
+            read: ReadStatus::Safe,
+        }
+}
+
+fn blocked(s: &Snapshot) -> bool {
+    replication::runtime::is_blocked(&s.global)
+}
+
+fn caught_up(s: &Snapshot, head: CommitId) -> bool {
+    ready_safe(s) && s.applied.commit_id == head
+}
+
+/// What a snapshot shows, for failure messages.
+fn show(s: &Snapshot) -> String {
+    let errors: Vec<String> = s
+        .components
+        .iter()
+        .map(|c| format!("{}: {} {:?}", c.component, c.state, c.last_error))
+        .collect();
+    format!(
+        "{} (applied {}, {:?}); {}",
+        s.global,
+        s.applied.commit_id,
+        s.progress,
+        errors.join("; ")
+    )
+}
+
+fn wait(replica: &Replica, what: &str, done: impl FnMut(&Snapshot) -> bool) -> Snapshot {
+    match replica.wait_until(deadline(), done) {
+        Ok(s) => (*s).clone(),
+        Err(s) => panic!("timed out waiting for {what}: {}", show(&s)),
+    }
+}
+
+/// Every row Applied; they cover commits 1..=head exactly once, each
+/// starting where the previous ended (CommitId and WAL offset).
+fn assert_contiguous(segments: &[SegmentRow], head: CommitId) {
+    let mut next = CommitId(1);
+    let mut offset = None;
+    for s in segments {
+        assert_eq!(s.state, "Applied", "{segments:#?}");
+        assert_eq!(
+            s.first_commit_id, next,
+            "each commit once, none missing: {segments:#?}"
+        );
+        assert!(s.last_commit_id >= s.first_commit_id, "{segments:#?}");
+        if offset.is_some() {
+            assert_eq!(s.first_wal_offset, offset, "{segments:#?}");
+        }
+        next = s.last_commit_id.next();
+        offset = s.end_wal_offset;
+    }
+    assert_eq!(next, head.next(), "segments end at the head: {segments:#?}");
+}
+
+/// The replica's table equals the primary's.
+fn assert_same_rows(p: &Primary, replica: &Path) {
+    assert_eq!(rows(&read_only(replica)), rows(p.connection()));
+}
+
+/// `aerodb_replica_bootstrap` rows: (commit_id, generation, checksum,
+/// replaced_from, tables).
+fn bootstraps(replica: &Path) -> Vec<(i64, i64, i64, i64, String)> {
+    read_only(replica)
+        .prepare(
+            "SELECT commit_id, generation, checksum, replaced_from, tables FROM aerodb_replica_bootstrap ORDER BY commit_id",
+        )
+        .and_then(|mut s| {
+            s.query_map([], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+            })?
+            .collect()
+        })
+        .expect("bootstrap rows")
+}
+
+fn checksum_of_t(conn: &Connection) -> i64 {
+    i64::from(
+        storage_adapter::snapshot::checksum(conn, "main", &["t".to_string()]).expect("checksum"),
+    )
+}
+
+// ----------------------------------------------------- 1. following
+
+#[test]
+fn replica_follows_a_primary_through_the_server_backlog_then_live_writes() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (p_path, r_path) = (dir.path().join("p.db"), dir.path().join("r.db"));
+    let p = primary(&p_path);
+    let backlog = insert(&p, 1..=40, "a");
+    let server = Server::start(&p_path, &token_file(dir.path()), 0);
+    let config = Config {
+        segment_bytes: 400,
+        ..Config::default()
+    };
+    let replica = Replica::start_from_url(&r_path, &server.url(), TOKEN, config).expect("start");
+    wait(&replica, "the backlog", |s| caught_up(s, backlog));
+
+    // Live writes reach the long-polling replica: inserts, an update, a
+    // delete, a multi-row transaction.
+    insert(&p, 41..=55, "a");
+    p.connection()
+        .execute("UPDATE t SET v = 'updated' WHERE id = 3", [])
+        .expect("update");
+    p.connection()
+        .execute("DELETE FROM t WHERE id = 4", [])
+        .expect("delete");
+    p.connection()
+        .execute_batch(
+            "BEGIN; INSERT INTO t VALUES (100, 'x'); INSERT INTO t VALUES (101, 'y'); COMMIT;",
+        )
+        .expect("transaction");
+    let head = p.head().expect("head");
+    assert_eq!(head, CommitId(59), "one CommitId per committed transaction");
+    let s = wait(&replica, "the live writes", |s| caught_up(s, head));
+
+    assert_eq!(s.global.to_string(), "Ready (read-safe)");
+    assert_eq!(
+        s.progress,
+        replication::supervisor::Progress {
+            received: head,
+            validated: head,
+            applied: head
+        }
+    );
+    let receiver = s.component(Component::Receiver);
+    assert_eq!(
+        receiver.state,
+        format!("Waiting for WAL (next commit {})", head.next())
+    );
+    assert_eq!(receiver.last_error, None);
+    assert_same_rows(&p, &r_path);
+    let segments = replica.segments().expect("segments");
+    assert!(
+        segments.len() > 3,
+        "a backlog in several segments: {segments:#?}"
+    );
+    assert_contiguous(&segments, head);
+    let d = replica.explain_read(Some(head)).expect("gate");
+    assert_eq!(d.code, DecisionCode::Allowed, "{d}");
+    let d = replica.explain_read(Some(head.next())).expect("gate");
+    assert_eq!(d.code, DecisionCode::Behind, "{d}");
+    let history = replica.transitions().expect("transitions");
+    assert_eq!(history[0].to_state, "Initializing");
+    assert_eq!(history[0].reason, "replica starting for the first time");
+    let last = replica.stop();
+    assert_eq!(last.global, GlobalState::Disabled);
+}
+
+// --------------------------------------- 2. server killed and restarted
+
+#[rstest]
+#[case::while_the_replica_catches_up_a_backlog(true)]
+#[case::while_the_replica_long_polls_for_new_wal(false)]
+fn server_killed_and_restarted_on_the_same_port_replica_resumes_losing_and_duplicating_nothing(
+    #[case] mid_backlog: bool,
+) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (p_path, r_path) = (dir.path().join("p.db"), dir.path().join("r.db"));
+    let tokens = token_file(dir.path());
+    let p = primary(&p_path);
+    let head = insert(&p, 1..=if mid_backlog { 600 } else { 10 }, "a");
+    let server = Server::start(&p_path, &tokens, 0);
+    let (port, url) = (server.port, server.url());
+    let config = Config {
+        segment_bytes: 300,
+        ..Config::default()
+    };
+    let replica = Replica::start_from_url(&r_path, &url, TOKEN, config).expect("start");
+    if mid_backlog {
+        wait(&replica, "part of the backlog", |s| {
+            s.applied.commit_id >= CommitId(60)
+        });
+    } else {
+        wait(&replica, "the replica to catch up", |s| caught_up(s, head));
+    }
+    server.kill();
+
+    // Replication stops, explicitly; reads are refused.
+    let s = wait(&replica, "the replica to block", blocked);
+    let receiver = s.component(Component::Receiver);
+    assert_eq!(receiver.state, "Failed", "{}", show(&s));
+    let e = receiver.last_error.clone().expect("the receiver's error");
+    assert_eq!(e.code, "SOURCE_UNAVAILABLE", "{e:?}");
+    assert!(
+        e.reason.starts_with(&format!("WAL server {url}: ")),
+        "{e:?}"
+    );
+    assert_eq!(
+        s.global.to_string(),
+        format!(
+            "Ready (read-blocked: WAL receiver failed: SOURCE_UNAVAILABLE: {})",
+            e.reason
+        )
+    );
+    if mid_backlog {
+        assert!(
+            s.progress.received < head,
+            "killed mid-stream: {}",
+            show(&s)
+        );
+    }
+    let d = replica.explain_read(None).expect("gate");
+    assert_eq!(d.code, DecisionCode::Blocked, "{d}");
+    assert_eq!(d.code.as_str(), "BLOCKED");
+    assert!(
+        d.explanation.starts_with(
+            "read refused: replication is blocked (WAL receiver failed: SOURCE_UNAVAILABLE: "
+        ),
+        "{d}"
+    );
+    match replica.wait_for(head, deadline()) {
+        Err(WaitError::Unreachable { .. }) => {}
+        other => panic!("waiting on a blocked replica must fail at once: {other:?}"),
+    }
+    let resume_at = s.progress.received.next();
+
+    // The primary keeps taking writes; the server comes back on its port.
+    let head = insert(&p, 1000..=1019, "b");
+    let server = Server::start(&p_path, &tokens, port);
+    let s = wait(&replica, "the replica to resume and catch up", |s| {
+        caught_up(s, head)
+    });
+    assert_eq!(s.component(Component::Receiver).last_error, None);
+
+    let history = replica.transitions().expect("transitions");
+    let stopped = format!("replication stopped: SOURCE_UNAVAILABLE: WAL server {url}: ");
+    let stops: Vec<usize> = (0..history.len())
+        .filter(|&i| history[i].reason.starts_with(&stopped))
+        .collect();
+    assert_eq!(stops.len(), 1, "{history:#?}");
+    let why = &history[stops[0]].reason["replication stopped: ".len()..];
+    assert_eq!(
+        history[stops[0]].to_state,
+        format!("Ready (read-blocked: WAL receiver failed: {why})")
+    );
+    let resumed =
+        format!("WAL source WAL server {url} answers again; resuming at commit {resume_at}");
+    let resumes: Vec<usize> = (0..history.len())
+        .filter(|&i| {
+            history[i]
+                .reason
+                .contains("answers again; resuming at commit")
+        })
+        .collect();
+    assert_eq!(resumes.len(), 1, "{history:#?}");
+    let r = &history[resumes[0]];
+    assert_eq!(r.reason, resumed);
+    assert!(resumes[0] > stops[0], "{history:#?}");
+    assert!(
+        r.from_state
+            .starts_with("Ready (read-blocked: WAL receiver failed: SOURCE_UNAVAILABLE"),
+        "{r:?}"
+    );
+
+    // Nothing lost, nothing applied twice.
+    assert_same_rows(&p, &r_path);
+    assert_contiguous(&replica.segments().expect("segments"), head);
+    replica.stop();
+    drop(server);
+}
+
+// ---------------------------------------------------------- 3. wrong token
+
+#[test]
+fn wrong_token_is_refused_with_401_and_the_server_never_logs_a_token() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (p_path, r_path) = (dir.path().join("p.db"), dir.path().join("r.db"));
+    let p = primary(&p_path);
+    insert(&p, 1..=3, "a");
+    let server = Server::start(&p_path, &token_file(dir.path()), 0);
+    let url = server.url();
+    let wrong = "not-the-token-7b1e3a9c44d0";
+    let err = match Replica::start_from_url(&r_path, &url, wrong, Config::default()) {
+        Ok(_) => panic!("a wrong token must not start a replica"),
+        Err(e) => e.to_string(),
+    };
+    assert_eq!(
+        err,
+        format!(
+            "WAL source: UNAUTHORIZED: WAL server {url}: /v1/head answered 401: {{\"error\":\"missing or wrong bearer token\"}}"
+        )
+    );
+    assert!(!r_path.exists(), "nothing was created");
+    let stderr = server.kill();
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(lines.len(), 1, "{stderr}");
+    let peer = lines[0]
+        .strip_prefix("aerodb serve: 401 for GET /v1/head from 127.0.0.1:")
+        .unwrap_or_else(|| panic!("{stderr}"));
+    assert!(peer.parse::<u16>().is_ok(), "{stderr}");
+    for secret in [wrong, TOKEN, "Bearer"] {
+        assert!(
+            !stderr.contains(secret),
+            "the log shows {secret:?}: {stderr}"
+        );
+    }
+}
+
+// ------------------------------------------------------- 4. raw requests
+
+/// An HTTP/1.1 response: status, headers (lower-case names), body.
+struct Reply {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+}
+
+impl Reply {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k == &name.to_ascii_lowercase())
+            .map(|(_, v)| v.as_str())
+    }
+
+    fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| {
+            panic!(
+                "body is not JSON ({e}): {}",
+                String::from_utf8_lossy(&self.body)
+            )
+        })
+    }
+}
+
+/// Sends `request` as is and reads the response until the server closes.
+fn exchange(port: u16, request: &[u8]) -> Reply {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    stream.write_all(request).expect("send");
+    let mut raw = Vec::new();
+    // The server may close without reading a body it refused: what was
+    // read before a reset is the response.
+    if let Err(e) = stream.read_to_end(&mut raw) {
+        assert!(!raw.is_empty(), "no response: {e}");
+    }
+    let end = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .unwrap_or_else(|| panic!("no header end: {}", String::from_utf8_lossy(&raw)));
+    let head = String::from_utf8_lossy(&raw[..end]).into_owned();
+    let mut lines = head.split("\r\n");
+    let status_line = lines.next().expect("status line");
+    let status = status_line
+        .strip_prefix("HTTP/1.1 ")
+        .and_then(|r| r.get(..3))
+        .and_then(|c| c.parse().ok())
+        .unwrap_or_else(|| panic!("bad status line {status_line:?}"));
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
+        .collect();
+    let body = raw[end + 4..].to_vec();
+    let reply = Reply {
+        status,
+        headers,
+        body,
+    };
+    if let Some(len) = reply.header("content-length") {
+        assert_eq!(reply.body.len().to_string(), len, "{head}");
+    }
+    reply
+}
+
+/// The `Authorization` a raw request carries.
+#[derive(Clone, Copy, Debug)]
+enum Auth {
+    /// `Bearer TOKEN`.
+    Token,
+    /// None at all.
+    Missing,
+    /// This header value.
+    Other(&'static str),
+}
+
+fn request(method: &str, target: &str, auth: Auth, body: &str) -> Vec<u8> {
+    let mut r = format!("{method} {target} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n");
+    match auth {
+        Auth::Token => r.push_str(&format!("Authorization: Bearer {TOKEN}\r\n")),
+        Auth::Missing => {}
+        Auth::Other(a) => r.push_str(&format!("Authorization: {a}\r\n")),
+    }
+    if !body.is_empty() || method != "GET" {
+        r.push_str(&format!("Content-Length: {}\r\n", body.len()));
+    }
+    r.push_str("\r\n");
+    r.push_str(body);
+    r.into_bytes()
+}
+
+#[rstest]
+#[case::segments_without_from("GET", "/v1/segments".into(), Auth::Token, "", 400,
+    "query parameter 'from' is required")]
+#[case::from_that_is_not_a_number("GET", "/v1/segments?from=abc".into(), Auth::Token, "", 400,
+    "query parameter 'from' must be a non-negative integer, got 'abc'")]
+#[case::negative_from("GET", "/v1/segments?from=-1".into(), Auth::Token, "", 400,
+    "query parameter 'from' must be a non-negative integer, got '-1'")]
+#[case::from_zero("GET", "/v1/segments?from=0".into(), Auth::Token, "", 400,
+    "query parameter 'from' is 0, it must be from 1 to 9223372036854775807")]
+#[case::unknown_query_parameter("GET", "/v1/segments?from=1&limit=5".into(), Auth::Token, "", 400,
+    "unknown query parameter 'limit' (known: from, max_bytes, wait_ms)")]
+#[case::wait_over_the_limit("GET", "/v1/segments?from=1&wait_ms=30001".into(), Auth::Token, "", 400,
+    "query parameter 'wait_ms' is 30001, it must be from 0 to 30000")]
+#[case::max_bytes_over_the_limit("GET", "/v1/segments?from=1&max_bytes=67108865".into(), Auth::Token, "", 400,
+    "query parameter 'max_bytes' is 67108865, it must be from 1 to 67108864")]
+#[case::max_bytes_zero("GET", "/v1/segments?from=1&max_bytes=0".into(), Auth::Token, "", 400,
+    "query parameter 'max_bytes' is 0, it must be from 1 to 67108864")]
+#[case::post("POST", "/v1/head".into(), Auth::Token, "", 405,
+    "POST is not allowed; use GET")]
+#[case::a_request_with_a_body("GET", "/v1/head".into(), Auth::Token, "abcd", 413,
+    "requests carry no body")]
+#[case::an_over_long_url("GET", format!("/v1/segments?from=1&pad={}", "a".repeat(2100)), Auth::Token, "", 414,
+    "request target longer than 2048 bytes")]
+#[case::unknown_path("GET", "/v2/wal".into(), Auth::Token, "", 404,
+    "no such endpoint '/v2/wal' (endpoints: /v1/head, /v1/segments, /v1/snapshot)")]
+#[case::missing_authorization("GET", "/v1/head".into(), Auth::Missing, "", 401,
+    "missing or wrong bearer token")]
+#[case::wrong_scheme("GET", "/v1/head".into(), Auth::Other("Basic YWVyb2RiOnRva2Vu"), "", 401,
+    "missing or wrong bearer token")]
+#[case::from_beyond_head_plus_one("GET", "/v1/segments?from=5".into(), Auth::Token, "", 409,
+    "commit 5 is beyond the primary's head 3: the primary is behind this replica (was it restored from an older backup?)")]
+fn bad_requests_get_a_4xx_saying_why(
+    #[case] method: &str,
+    #[case] target: String,
+    #[case] auth: Auth,
+    #[case] body: &str,
+    #[case] status: u16,
+    #[case] error: &str,
+) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let p_path = dir.path().join("p.db");
+    let p = primary(&p_path);
+    assert_eq!(insert(&p, 1..=2, "a"), CommitId(3));
+    let server = Server::start(&p_path, &token_file(dir.path()), 0);
+    let reply = exchange(server.port, &request(method, &target, auth, body));
+    let text = String::from_utf8_lossy(&reply.body).into_owned();
+    assert_eq!(reply.status, status, "{text}");
+    assert_eq!(reply.header("content-type"), Some("application/json"));
+    let json = reply.json();
+    assert_eq!(json["error"], error, "{text}");
+    if status == 401 {
+        assert_eq!(reply.header("www-authenticate"), Some("Bearer"));
+    }
+    if status == 409 {
+        assert_eq!(json["head"], 3, "{text}");
+    }
+}
+
+#[test]
+fn well_formed_requests_are_served() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let p_path = dir.path().join("p.db");
+    let p = primary(&p_path);
+    assert_eq!(insert(&p, 1..=2, "a"), CommitId(3));
+    let server = Server::start(&p_path, &token_file(dir.path()), 0);
+    let get = |target: &str| exchange(server.port, &request("GET", target, Auth::Token, ""));
+
+    let head = get("/v1/head");
+    assert_eq!(head.status, 200);
+    assert_eq!(
+        head.json(),
+        serde_json::json!({"generation": p.generation().to_string(), "head": 3, "oldest": 1})
+    );
+    let seg = get("/v1/segments?from=2&max_bytes=1048576&wait_ms=0");
+    assert_eq!(seg.status, 200);
+    assert_eq!(seg.header("content-type"), Some("application/octet-stream"));
+    assert_eq!(
+        (
+            seg.header("x-aerodb-first"),
+            seg.header("x-aerodb-last"),
+            seg.header("x-aerodb-head")
+        ),
+        (Some("2"), Some("3"), Some("3"))
+    );
+    let decoded = replication::wal::Segment::decode(&seg.body).expect("a WAL segment");
+    assert_eq!(decoded.header.range(), (CommitId(2), CommitId(3)));
+    // From head + 1: nothing yet, 204 after the (zero) wait.
+    let none = get("/v1/segments?from=4&wait_ms=0");
+    assert_eq!(
+        (none.status, none.header("x-aerodb-head")),
+        (204, Some("3"))
+    );
+    assert!(none.body.is_empty());
+    let snap = get("/v1/snapshot");
+    assert_eq!(snap.status, 200);
+    assert_eq!(snap.header("x-aerodb-snapshot-commit"), Some("3"));
+    assert_eq!(
+        snap.header("x-aerodb-generation"),
+        Some(p.generation().to_string().as_str())
+    );
+}
+
+// ------------------------------------------------ 5. truncated WAL
+
+#[rstest]
+fn new_replica_of_a_truncated_primary_bootstraps_from_a_snapshot(
+    #[values(Via::File, Via::Http)] via: Via,
+) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let r_path = dir.path().join("r.db");
+    let mut source = Source::new(via, dir.path());
+    let p = primary(&source.primary);
+    let head = insert(&p, 1..=29, "a");
+    assert_eq!(head, CommitId(30));
+    assert_eq!(
+        p.truncate_wal(CommitId(20)).expect("truncate"),
+        CommitId(20)
+    );
+    let checksum = checksum_of_t(p.connection());
+    if via == Via::Http {
+        let port = source.server().port;
+        let gone = exchange(
+            port,
+            &request("GET", "/v1/segments?from=1", Auth::Token, ""),
+        );
+        assert_eq!(gone.status, 410);
+        assert_eq!(
+            gone.json(),
+            serde_json::json!({
+                "error": "commit 1 is no longer in the primary's WAL (oldest retained commit is 20); bootstrap from /v1/snapshot",
+                "oldest": 20
+            })
+        );
+    }
+    let replica = source.start_replica(&r_path, Config::default());
+    let s = wait(&replica, "the bootstrap", |s| caught_up(s, head));
+    assert_eq!(s.component(Component::Validator).last_error, None);
+    assert_eq!(
+        bootstraps(&r_path),
+        vec![(30, p.generation().0 as i64, checksum, 1, "t".to_string())]
+    );
+    assert_eq!(checksum_of_t(&read_only(&r_path)), checksum);
+    assert_same_rows(&p, &r_path);
+    let segments = replica.segments().expect("segments");
+    assert_eq!(
+        (segments[0].first_commit_id, segments[0].last_commit_id),
+        (CommitId(1), CommitId(30)),
+        "the snapshot stands for commits 1..=30: {segments:#?}"
+    );
+
+    // WAL continues from the snapshot's CommitId.
+    let head = insert(&p, 30..=34, "a");
+    wait(&replica, "writes after the snapshot", |s| {
+        caught_up(s, head)
+    });
+    assert_same_rows(&p, &r_path);
+    assert_contiguous(&replica.segments().expect("segments"), head);
+    replica.stop();
+}
+
+#[rstest]
+fn replica_that_needs_truncated_wal_bootstraps_and_then_equals_the_primary(
+    #[values(Via::File, Via::Http)] via: Via,
+) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let r_path = dir.path().join("r.db");
+    let mut source = Source::new(via, dir.path());
+    let p = primary(&source.primary);
+    let a = insert(&p, 1..=9, "a");
+    assert_eq!(a, CommitId(10));
+    let replica = source.start_replica(&r_path, Config::default());
+    wait(&replica, "commit 10", |s| caught_up(s, a));
+    replica.stop();
+
+    // The primary moves on and drops its WAL below 20: the replica needs
+    // 11.., which is gone.
+    let head = insert(&p, 10..=29, "a");
+    assert_eq!(head, CommitId(30));
+    assert_eq!(
+        p.truncate_wal(CommitId(20)).expect("truncate"),
+        CommitId(20)
+    );
+    let checksum = checksum_of_t(p.connection());
+    let replica = source.start_replica(&r_path, Config::default());
+    wait(&replica, "the bootstrap", |s| caught_up(s, head));
+    assert_eq!(
+        bootstraps(&r_path),
+        vec![(30, p.generation().0 as i64, checksum, 11, "t".to_string())]
+    );
+    assert_same_rows(&p, &r_path);
+    let segments = replica.segments().expect("segments");
+    assert!(
+        segments
+            .iter()
+            .any(|s| (s.first_commit_id, s.last_commit_id) == (CommitId(11), CommitId(30))),
+        "the snapshot stands for commits 11..=30: {segments:#?}"
+    );
+    assert_contiguous(&segments, head);
+
+    let head = insert(&p, 30..=34, "a");
+    wait(&replica, "writes after the snapshot", |s| {
+        caught_up(s, head)
+    });
+    assert_same_rows(&p, &r_path);
+    assert_contiguous(&replica.segments().expect("segments"), head);
+    replica.stop();
+}
+
+// ------------------------------------------- 6. forks, foreign primaries
+
+/// A replica that applied commits 1..=10 of the primary and stopped, and a
+/// backup of the primary taken at commit 5.
+struct Forked {
+    _dir: tempfile::TempDir,
+    source: Source,
+    replica: PathBuf,
+    backup: PathBuf,
+    generation: Generation,
+    /// The replica's position (commit 10).
+    applied: ChainPosition,
+    /// The replica's table at commit 10.
+    rows: Vec<(i64, String)>,
+}
+
+fn replica_at_10_with_a_backup_at_5(via: Via) -> Forked {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut source = Source::new(via, dir.path());
+    let replica = dir.path().join("r.db");
+    let backup = dir.path().join("backup.db");
+    let p = primary(&source.primary);
+    assert_eq!(insert(&p, 1..=4, "a"), CommitId(5));
+    p.connection()
+        .execute("VACUUM INTO ?1", [backup.to_str().expect("utf-8 path")])
+        .expect("backup at commit 5");
+    assert_eq!(insert(&p, 5..=9, "a"), CommitId(10));
+    let r = source.start_replica(&replica, Config::default());
+    wait(&r, "commit 10", |s| caught_up(s, CommitId(10)));
+    let applied = r.stop().applied;
+    assert_eq!(applied.commit_id, CommitId(10));
+    source.stop_server();
+    let generation = p.generation();
+    drop(p);
+    let rows = rows(&read_only(&replica));
+    Forked {
+        _dir: dir,
+        source,
+        replica,
+        backup,
+        generation,
+        applied,
+        rows,
+    }
+}
+
+impl Forked {
+    /// The primary restored from the backup (same generation).
+    fn restore_backup(&self) -> Primary {
+        remove_db(&self.source.primary);
+        std::fs::copy(&self.backup, &self.source.primary).expect("restore the backup");
+        let p = Primary::open(&self.source.primary).expect("restored primary");
+        assert_eq!(
+            p.generation(),
+            self.generation,
+            "a restore keeps the generation"
+        );
+        assert_eq!(p.head().expect("head"), CommitId(5));
+        p
+    }
+
+    /// Restarts the replica (and the server on its port) and waits until
+    /// it is blocked or caught up with what the source offers.
+    fn restart(&mut self) -> (Replica, Snapshot) {
+        let r = self.source.start_replica(&self.replica, Config::default());
+        let s = wait(&r, "the replica to settle", |s| blocked(s) || ready_safe(s));
+        (r, s)
+    }
+
+    /// Nothing of the other history was applied.
+    fn assert_unchanged(&self, s: &Snapshot) {
+        assert_eq!(s.applied, self.applied, "{}", show(s));
+        assert_eq!(rows(&read_only(&self.replica)), self.rows);
+    }
+}
+
+/// The replica's read gate answers DIVERGED, with a reason naming `needle`.
+fn assert_diverged(replica: &Replica, s: &Snapshot, needle: &str) {
+    assert!(blocked(s), "{}", show(s));
+    let d = replica.explain_read(None).expect("gate");
+    assert_eq!(d.code, DecisionCode::Diverged, "{d}");
+    assert_eq!(d.code.as_str(), "DIVERGED");
+    assert!(d.explanation.contains(needle), "{d}");
+    assert_eq!(s.explain_read(None).code, DecisionCode::Diverged);
+}
+
+#[rstest]
+fn primary_restored_from_a_backup_and_written_again_is_a_fork(
+    #[values(Via::File, Via::Http)] via: Via,
+) {
+    let mut f = replica_at_10_with_a_backup_at_5(via);
+    // Commits 6..=15 again, other values of the same sizes: the WAL
+    // offsets match, the chained checksums do not.
+    let p = f.restore_backup();
+    assert_eq!(insert(&p, 5..=14, "b"), CommitId(15));
+    let (replica, s) = f.restart();
+
+    let e: Failure = s
+        .component(Component::Validator)
+        .last_error
+        .clone()
+        .unwrap_or_else(|| panic!("a validator rejection: {}", show(&s)));
+    assert_eq!(e.code, "FORK", "{e:?}");
+    assert_eq!(e.segment, Some((CommitId(11), CommitId(15))));
+    assert_eq!(e.wal_offset, Some(f.applied.wal_offset));
+    let expected = format!("0x{:08x}", f.applied.chain);
+    assert_eq!(e.expected.as_deref(), Some(expected.as_str()));
+    let actual = e.actual.clone().expect("the segment's chain");
+    assert_ne!(actual, expected);
+    let reason = format!(
+        "segment 11..=15 rejected: chained checksum at commit 11 is {actual}, expected {expected} (replica applied commit 10); the primary's history differs from the replica's"
+    );
+    assert_eq!(e.reason, reason);
+    assert_eq!(
+        s.global.to_string(),
+        format!(
+            "Ready (read-blocked: segment 11..=15 at WAL offset {} rejected: {reason})",
+            f.applied.wal_offset
+        )
+    );
+    assert_diverged(&replica, &s, "chained checksum at commit 11");
+    let segments = replica.segments().expect("segments");
+    let rejected: Vec<&SegmentRow> = segments.iter().filter(|s| s.state == "Rejected").collect();
+    assert_eq!(rejected.len(), 1, "{segments:#?}");
+    assert_eq!(
+        (rejected[0].first_commit_id, rejected[0].last_commit_id),
+        (CommitId(11), CommitId(15))
+    );
+    f.assert_unchanged(&s);
+    replica.stop();
+}
+
+#[rstest]
+fn fork_with_rows_of_other_sizes_is_diverged_too(#[values(Via::File, Via::Http)] via: Via) {
+    // The restored primary writes commits 6..=15 with longer values: its
+    // WAL offsets differ from the replica's too. Still a fork.
+    let mut f = replica_at_10_with_a_backup_at_5(via);
+    let p = f.restore_backup();
+    assert_eq!(insert(&p, 5..=14, "a much longer value "), CommitId(15));
+    let (replica, s) = f.restart();
+    let e = s
+        .component(Component::Validator)
+        .last_error
+        .clone()
+        .unwrap_or_else(|| panic!("a validator rejection: {}", show(&s)));
+    assert_eq!(e.segment, Some((CommitId(11), CommitId(15))), "{e:?}");
+    assert_diverged(&replica, &s, "segment 11..=15");
+    f.assert_unchanged(&s);
+    replica.stop();
+}
+
+#[rstest]
+fn primary_restored_from_a_backup_behind_the_replica_is_diverged(
+    #[values(Via::File, Via::Http)] via: Via,
+) {
+    let mut f = replica_at_10_with_a_backup_at_5(via);
+    let p = f.restore_backup();
+    assert_eq!(insert(&p, 5..=7, "b"), CommitId(8));
+    let (replica, s) = f.restart();
+
+    let e = s
+        .component(Component::Receiver)
+        .last_error
+        .clone()
+        .unwrap_or_else(|| panic!("a receiver failure: {}", show(&s)));
+    assert_eq!(e.code, "SOURCE_BEHIND", "{e:?}");
+    assert_eq!(e.segment, Some((CommitId(11), CommitId(11))));
+    let reason = match via {
+        Via::File => format!(
+            "primary file {}: its head is commit 8, behind this replica (which needs commit 11 next): was it restored from an older backup?",
+            f.source.primary.display()
+        ),
+        Via::Http => format!(
+            "WAL server {}: /v1/segments?from=11&max_bytes=1048576&wait_ms=0 answered 409: {{\"error\":\"commit 11 is beyond the primary's head 8: the primary is behind this replica (was it restored from an older backup?)\",\"head\":8}}",
+            f.source.url()
+        ),
+    };
+    assert_eq!(e.reason, reason);
+    assert_eq!(
+        s.global.to_string(),
+        format!("Ready (read-blocked: WAL receiver failed: SOURCE_BEHIND: {reason})")
+    );
+    assert_diverged(&replica, &s, "commit 11");
+    f.assert_unchanged(&s);
+    replica.stop();
+}
+
+#[rstest]
+fn another_primary_at_the_same_path_or_address_is_foreign(
+    #[values(Via::File, Via::Http)] via: Via,
+    #[values(15, 10, 5)] other_head: u64,
+) {
+    let mut f = replica_at_10_with_a_backup_at_5(via);
+    remove_db(&f.source.primary);
+    let p = primary(&f.source.primary);
+    assert_ne!(
+        p.generation(),
+        f.generation,
+        "a new primary, a new generation"
+    );
+    let head = insert(&p, 1..=other_head as i64 - 1, "c");
+    assert_eq!(head, CommitId(other_head));
+    let (replica, s) = f.restart();
+
+    assert!(
+        blocked(&s),
+        "a replica of generation {} must not follow generation {} (head {other_head}): {}",
+        f.generation,
+        p.generation(),
+        show(&s)
+    );
+    let e = [Component::Validator, Component::Receiver]
+        .iter()
+        .find_map(|c| s.component(*c).last_error.clone())
+        .unwrap_or_else(|| panic!("a rejection or failure: {}", show(&s)));
+    assert_eq!(e.code, "FOREIGN_GENERATION", "{e:?}");
+    assert!(e.reason.contains(&p.generation().to_string()), "{e:?}");
+    assert!(e.reason.contains(&f.generation.to_string()), "{e:?}");
+    if other_head > 10 {
+        let reason = format!(
+            "segment 11..={other_head} rejected: generation {} is foreign, the replica follows generation {}",
+            p.generation(),
+            f.generation
+        );
+        assert_eq!(e.reason, reason);
+        let offset = e.wal_offset.expect("the segment's WAL offset");
+        assert_eq!(
+            s.global.to_string(),
+            format!("Ready (read-blocked: segment 11..={other_head} at WAL offset {offset} rejected: {reason})")
+        );
+    }
+    assert_diverged(&replica, &s, "foreign");
+    f.assert_unchanged(&s);
+    replica.stop();
+}
+
+#[test]
+fn server_coming_back_with_another_primary_is_foreign() {
+    // The replica is running, idle at commit 10; the server goes away and
+    // comes back on the same port serving another primary.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let r_path = dir.path().join("r.db");
+    let mut source = Source::new(Via::Http, dir.path());
+    let p = primary(&source.primary);
+    let head = insert(&p, 1..=9, "a");
+    let generation = p.generation();
+    let replica = source.start_replica(&r_path, Config::default());
+    wait(&replica, "commit 10", |s| caught_up(s, head));
+    let before = rows(&read_only(&r_path));
+    source.stop_server();
+    drop(p);
+    remove_db(&source.primary);
+    let other = primary(&source.primary);
+    insert(&other, 1..=14, "c");
+    let url = source.server().url();
+    let s = wait(&replica, "the foreign server to be noticed", |s| {
+        s.component(Component::Receiver)
+            .last_error
+            .as_ref()
+            .is_some_and(|e| e.code == "FOREIGN_GENERATION")
+    });
+    let reason = format!(
+        "WAL server {url} came back serving generation {}, not {generation}",
+        other.generation()
+    );
+    assert_eq!(
+        s.global.to_string(),
+        format!("Ready (read-blocked: WAL receiver failed: FOREIGN_GENERATION: {reason})")
+    );
+    assert_diverged(&replica, &s, "came back serving generation");
+    assert_eq!(s.applied.commit_id, head);
+    assert_eq!(rows(&read_only(&r_path)), before);
+    replica.stop();
+}
