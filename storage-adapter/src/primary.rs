@@ -111,6 +111,10 @@ impl Primary {
 pub struct PrimaryWalReader {
     conn: Connection,
     generation: Generation,
+    /// The `schema_version` at which capture was last verified: any schema
+    /// change (ALTER, DROP, CREATE, trigger changes) moves it, so the
+    /// check runs again exactly when the schema changed.
+    verified_schema: std::cell::Cell<Option<i64>>,
 }
 
 impl PrimaryWalReader {
@@ -124,7 +128,11 @@ impl PrimaryWalReader {
         )
         .map_err(sql_err("opening the primary read-only"))?;
         let generation = WalTables::new(raw(&conn)).generation()?;
-        Ok(PrimaryWalReader { conn, generation })
+        Ok(PrimaryWalReader {
+            conn,
+            generation,
+            verified_schema: std::cell::Cell::new(None),
+        })
     }
 
     /// The primary's generation.
@@ -186,7 +194,15 @@ impl PrimaryWalReader {
             // Refuse to serve WAL of a primary whose capture is broken
             // (a replicated table altered, recreated or stripped of its
             // triggers): its WAL may lack writes.
-            crate::capture::verify_capture(wal.conn())?;
+            let schema = wal
+                .conn()
+                .query_value("PRAGMA main.schema_version", &[])
+                .map_err(WalReadError::from)?
+                .and_then(|v| v.as_i64());
+            if schema.is_none() || self.verified_schema.get() != schema {
+                crate::capture::verify_capture(wal.conn())?;
+                self.verified_schema.set(schema);
+            }
             let (head, _) = wal.head()?;
             if from > head || from.0 == 0 {
                 return Ok((Vec::new(), head));

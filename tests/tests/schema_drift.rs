@@ -105,6 +105,12 @@ fn recreated_table_without_triggers_is_refused_by_the_reader() {
     let dir = tempfile::tempdir().expect("tempdir");
     let primary = primary_with_table(dir.path());
     drop(primary);
+    // A reader that already served this primary (and cached its check by
+    // schema_version) must notice the change too.
+    let reader = PrimaryWalReader::open(dir.path().join("p.db")).expect("reader");
+    reader
+        .segment(CommitId(1), usize::MAX)
+        .expect("serves before the change");
     // DROP + CREATE from a shell with the extension: the new table has no
     // capture triggers, so its writes cannot be captured; the WAL reader
     // refuses to serve a primary in that state, so replicas stop, loudly.
@@ -120,7 +126,6 @@ INSERT INTO t VALUES (9, 'uncaptured');
         ),
     );
     assert!(run.ok, "{run:?}");
-    let reader = PrimaryWalReader::open(dir.path().join("p.db")).expect("reader");
     let err = reader
         .segment(CommitId(1), usize::MAX)
         .expect_err("refused");
