@@ -17,8 +17,15 @@
 //!   behind the replica and a foreign primary are DIVERGED, and nothing of
 //!   their WAL is applied.
 //!
+//! Rules proven: F1 (a source failure stops replication explicitly,
+//! read-blocked, and resuming is a recorded transition), V1 (fork, foreign
+//! generation, continuity), T1 (snapshot bootstrap recorded with its
+//! CommitId, generation and checksum), W1/W2 (nothing lost or applied
+//! twice), E1/E2 (every refusal names its code, CommitIds and WAL offset).
+//!
 //! No test sleeps: every wait is on the replica's published state
-//! (`Replica::wait_until`) or on a child's output.
+//! (`Replica::wait_until`), on a child's output, or on a request line seen
+//! by a relay in front of the server (to kill it while a long-poll is out).
 
 use replication::read_gate::DecisionCode;
 use replication::runtime::{Component, Config, Failure, Snapshot, WaitError};
@@ -27,10 +34,12 @@ use replication::wal::{ChainPosition, CommitId, Generation};
 use rstest::rstest;
 use rusqlite::{Connection, OpenFlags};
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpStream;
+use std::net::{Shutdown, TcpListener, TcpStream};
 use std::ops::RangeInclusive;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdout, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 use storage_adapter::primary::Primary;
 use storage_adapter::runtime::{Replica, SegmentRow};
@@ -134,6 +143,102 @@ fn token_file(dir: &Path) -> PathBuf {
     let path = dir.join("token.txt");
     std::fs::write(&path, format!("{TOKEN}\n")).expect("token file");
     path
+}
+
+/// A TCP relay in front of a server's port that reports every request line
+/// passing through: it shows the test where the replica's Receiver is (a
+/// long-poll sent), so a kill lands there by construction, not by timing.
+struct Relay {
+    port: u16,
+    requests: mpsc::Receiver<String>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Relay {
+    fn start(server_port: u16) -> Relay {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("relay bind");
+        let port = listener.local_addr().expect("relay address").port();
+        let (tx, requests) = mpsc::channel();
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopping = Arc::clone(&stop);
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                if stopping.load(Ordering::SeqCst) {
+                    break;
+                }
+                let Ok(client) = client else { continue };
+                // No server: the client sees its connection closed.
+                let Ok(server) = TcpStream::connect(("127.0.0.1", server_port)) else {
+                    continue;
+                };
+                let tx = tx.clone();
+                let (mut c_in, mut s_out) = (
+                    client.try_clone().expect("clone"),
+                    server.try_clone().expect("clone"),
+                );
+                std::thread::spawn(move || {
+                    // Client to server, reporting request lines.
+                    let mut buf = [0u8; 4096];
+                    let mut line = Vec::new();
+                    while let Ok(n) = c_in.read(&mut buf) {
+                        if n == 0 || s_out.write_all(&buf[..n]).is_err() {
+                            break;
+                        }
+                        for &b in &buf[..n] {
+                            if b == b'\n' {
+                                let text = String::from_utf8_lossy(&line).trim_end().to_owned();
+                                if text.starts_with("GET ") {
+                                    let _ = tx.send(text);
+                                }
+                                line.clear();
+                            } else {
+                                line.push(b);
+                            }
+                        }
+                    }
+                    let _ = s_out.shutdown(Shutdown::Write);
+                });
+                std::thread::spawn(move || {
+                    // Server to client; when the server goes, so does the
+                    // client's connection.
+                    let (mut s_in, mut c_out) = (server, client);
+                    let _ = std::io::copy(&mut s_in, &mut c_out);
+                    let _ = c_out.shutdown(Shutdown::Both);
+                    let _ = s_in.shutdown(Shutdown::Both);
+                });
+            }
+        });
+        Relay {
+            port,
+            requests,
+            stop,
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// Waits for a request line containing every one of `parts`; returns it.
+    fn wait_for_request(&self, parts: &[&str]) -> String {
+        let end = deadline();
+        loop {
+            let left = end.saturating_duration_since(Instant::now());
+            match self.requests.recv_timeout(left) {
+                Ok(line) if parts.iter().all(|p| line.contains(p)) => return line,
+                Ok(_) => {}
+                Err(e) => panic!("no request with {parts:?} came through the relay: {e}"),
+            }
+        }
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        // Wakes the accept loop so that it sees the stop.
+        let _ = TcpStream::connect(("127.0.0.1", self.port));
+    }
 }
 
 /// How a replica reads its primary.
@@ -414,18 +519,23 @@ fn server_killed_and_restarted_on_the_same_port_replica_resumes_losing_and_dupli
     let p = primary(&p_path);
     let head = insert(&p, 1..=if mid_backlog { 600 } else { 10 }, "a");
     let server = Server::start(&p_path, &tokens, 0);
-    let (port, url) = (server.port, server.url());
+    let port = server.port;
+    // Idle, the replica reads through a relay that shows when its
+    // long-poll is out; catching up, it reads the server directly.
+    let relay = (!mid_backlog).then(|| Relay::start(port));
+    let url = relay.as_ref().map_or_else(|| server.url(), Relay::url);
     let config = Config {
         segment_bytes: 300,
         ..Config::default()
     };
     let replica = Replica::start_from_url(&r_path, &url, TOKEN, config).expect("start");
-    if mid_backlog {
+    if let Some(relay) = &relay {
+        wait(&replica, "the replica to catch up", |s| caught_up(s, head));
+        relay.wait_for_request(&[&format!("from={}&", head.next()), "wait_ms=500"]);
+    } else {
         wait(&replica, "part of the backlog", |s| {
             s.applied.commit_id >= CommitId(60)
         });
-    } else {
-        wait(&replica, "the replica to catch up", |s| caught_up(s, head));
     }
     server.kill();
 
@@ -462,7 +572,7 @@ fn server_killed_and_restarted_on_the_same_port_replica_resumes_losing_and_dupli
         ),
         "{d}"
     );
-    match replica.wait_for(head, deadline()) {
+    match replica.wait_for(head.next(), deadline()) {
         Err(WaitError::Unreachable { .. }) => {}
         other => panic!("waiting on a blocked replica must fail at once: {other:?}"),
     }
@@ -1060,50 +1170,69 @@ fn another_primary_at_the_same_path_or_address_is_foreign(
         p.generation(),
         show(&s)
     );
-    let e = [Component::Validator, Component::Receiver]
-        .iter()
-        .find_map(|c| s.component(*c).last_error.clone())
+    // Refused either by the Validator (the first foreign segment) or, before
+    // any fetch, by the Receiver: either way named FOREIGN_GENERATION, with
+    // both generations, and the global state shows exactly that failure.
+    let validator = s.component(Component::Validator).last_error.clone();
+    let receiver = s.component(Component::Receiver).last_error.clone();
+    let e = validator
+        .clone()
+        .or(receiver)
         .unwrap_or_else(|| panic!("a rejection or failure: {}", show(&s)));
     assert_eq!(e.code, "FOREIGN_GENERATION", "{e:?}");
     assert!(e.reason.contains(&p.generation().to_string()), "{e:?}");
     assert!(e.reason.contains(&f.generation.to_string()), "{e:?}");
-    if other_head > 10 {
+    if validator.is_some() {
         let reason = format!(
             "segment 11..={other_head} rejected: generation {} is foreign, the replica follows generation {}",
             p.generation(),
             f.generation
         );
         assert_eq!(e.reason, reason);
+        assert_eq!(e.segment, Some((CommitId(11), CommitId(other_head))));
         let offset = e.wal_offset.expect("the segment's WAL offset");
         assert_eq!(
             s.global.to_string(),
             format!("Ready (read-blocked: segment 11..={other_head} at WAL offset {offset} rejected: {reason})")
         );
+    } else {
+        assert_eq!(
+            s.global.to_string(),
+            format!(
+                "Ready (read-blocked: WAL receiver failed: FOREIGN_GENERATION: {})",
+                e.reason
+            )
+        );
     }
-    assert_diverged(&replica, &s, "foreign");
+    assert_diverged(&replica, &s, &p.generation().to_string());
     f.assert_unchanged(&s);
     replica.stop();
 }
 
 #[test]
 fn server_coming_back_with_another_primary_is_foreign() {
-    // The replica is running, idle at commit 10; the server goes away and
-    // comes back on the same port serving another primary.
+    // The replica is running, long-polling at commit 10; the server goes
+    // away and comes back on the same port serving another primary.
     let dir = tempfile::tempdir().expect("tempdir");
-    let r_path = dir.path().join("r.db");
-    let mut source = Source::new(Via::Http, dir.path());
-    let p = primary(&source.primary);
+    let (p_path, r_path) = (dir.path().join("p.db"), dir.path().join("r.db"));
+    let tokens = token_file(dir.path());
+    let p = primary(&p_path);
     let head = insert(&p, 1..=9, "a");
     let generation = p.generation();
-    let replica = source.start_replica(&r_path, Config::default());
+    let server = Server::start(&p_path, &tokens, 0);
+    let port = server.port;
+    let relay = Relay::start(port);
+    let url = relay.url();
+    let replica = Replica::start_from_url(&r_path, &url, TOKEN, Config::default()).expect("start");
     wait(&replica, "commit 10", |s| caught_up(s, head));
+    relay.wait_for_request(&["from=11&", "wait_ms=500"]);
     let before = rows(&read_only(&r_path));
-    source.stop_server();
+    server.kill();
     drop(p);
-    remove_db(&source.primary);
-    let other = primary(&source.primary);
+    remove_db(&p_path);
+    let other = primary(&p_path);
     insert(&other, 1..=14, "c");
-    let url = source.server().url();
+    let server = Server::start(&p_path, &tokens, port);
     let s = wait(&replica, "the foreign server to be noticed", |s| {
         s.component(Component::Receiver)
             .last_error
@@ -1122,4 +1251,5 @@ fn server_coming_back_with_another_primary_is_foreign() {
     assert_eq!(s.applied.commit_id, head);
     assert_eq!(rows(&read_only(&r_path)), before);
     replica.stop();
+    drop(server);
 }
