@@ -391,10 +391,12 @@ fn send(events: &Sender<Event>, e: Event) {
     let _ = events.send(e);
 }
 
+#[allow(clippy::too_many_arguments)] // one runner, its ports and channels
 fn run_receiver(
     mut source: Box<dyn WalSource>,
     mut storage: Box<dyn WalStorage>,
     after: CommitId,
+    refuse: Option<Failure>,
     config: Config,
     stop: StopSignal,
     out: SyncSender<ReceivedSegment>,
@@ -408,6 +410,12 @@ fn run_receiver(
         });
         send(&events, Event::ReceiverFailed(f));
     };
+    if let Some(f) = refuse {
+        // The source serves another primary: nothing is received from it.
+        fail(&mut core, f);
+        send(&events, Event::ReceiverExited("failed".into()));
+        return source;
+    }
     let exit = loop {
         if stop.is_set() {
             break "stop requested".to_string();
@@ -415,8 +423,7 @@ fn run_receiver(
         let Some(next) = core.next() else {
             break "failed".to_string();
         };
-        let delivery = match source.fetch(next, config.segment_bytes) {
-            Ok(Some(f)) => Delivery::Segment(f),
+        let fetched = match source.fetch(next, config.segment_bytes) {
             Ok(None) => {
                 if !idle {
                     idle = true;
@@ -425,12 +432,15 @@ fn run_receiver(
                 match source.wait_for_wal(&stop) {
                     Ok(true) => continue,
                     Ok(false) => break "stop requested".to_string(),
-                    Err(f) => {
-                        fail(&mut core, f);
-                        break "failed".to_string();
-                    }
+                    // A failure while waiting is a failure to fetch `next`.
+                    Err(f) => Err(f),
                 }
             }
+            other => other,
+        };
+        let delivery = match fetched {
+            Ok(Some(f)) => Delivery::Segment(f),
+            Ok(None) => continue,
             Err(f) if f.code == WAL_TRUNCATED => {
                 // The primary no longer has WAL from `next`: bootstrap from
                 // a snapshot standing for `next..=S`.
@@ -849,6 +859,8 @@ struct SupervisorRunner {
     pending: Vec<StoreOp>,
     /// The segment the Applier last failed on, until a segment applies.
     failed_segment: Option<(CommitId, CommitId)>,
+    /// The generation the source serves.
+    source_generation: Generation,
     stopping: Option<String>,
 }
 
@@ -988,6 +1000,21 @@ impl SupervisorRunner {
             stored.applied,
             stored.received,
         );
+        // A source serving another generation than the replica follows is
+        // refused before anything is fetched (a foreign primary at the
+        // same path or address, whatever its head).
+        let refuse = (stored.applied.generation != self.source_generation).then(|| {
+            Failure::new(
+                "FOREIGN_GENERATION",
+                format!(
+                    "{} serves generation {}, the replica follows generation {} (applied commit {})",
+                    source.describe(),
+                    self.source_generation,
+                    stored.applied.generation,
+                    stored.applied.commit_id
+                ),
+            )
+        });
         let receiver = thread::Builder::new()
             .name("aerodb-receiver".into())
             .spawn(move || {
@@ -995,6 +1022,7 @@ impl SupervisorRunner {
                     source,
                     wal_storage,
                     received,
+                    refuse,
                     config,
                     StopSignal::new(stop_rx),
                     seg_tx,
@@ -1116,7 +1144,7 @@ impl SupervisorRunner {
                     format!("{source} answers again; resuming at commit {next}"),
                 );
                 self.drive(SupervisorInput::SourceBack {
-                    reason: format!("WAL source {source} answers again; resuming at commit {next}"),
+                    reason: format!("{source} answers again; resuming at commit {next}"),
                 })?;
             }
             Event::ReceiverSnapshot { first, last, why } => {
@@ -1417,6 +1445,7 @@ impl Runtime {
             last_transition: None,
             pending: Vec::new(),
             failed_segment: None,
+            source_generation: generation,
             stopping: None,
         };
         let supervisor = thread::Builder::new()

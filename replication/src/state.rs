@@ -51,8 +51,10 @@ pub enum BlockReason {
 }
 
 /// Rejection and failure codes that mean the replica's history and the
-/// primary's differ.
-const DIVERGENCE_CODES: [&str; 3] = ["FORK", "FOREIGN_GENERATION", "DIVERGED"];
+/// primary's differ. OFFSET_MISMATCH is one: the same generation and the
+/// same next CommitId at another WAL offset means the commits before it
+/// differ (a primary restored from a backup and written again).
+const DIVERGENCE_CODES: [&str; 4] = ["FORK", "FOREIGN_GENERATION", "DIVERGED", "OFFSET_MISMATCH"];
 
 impl BlockReason {
     /// A stable code: DIVERGED when the histories differ (fork, foreign

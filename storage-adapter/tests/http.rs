@@ -597,8 +597,7 @@ fn server_killed_and_restarted_on_the_same_port_replica_resumes_losing_and_dupli
         history[stops[0]].to_state,
         format!("Ready (read-blocked: WAL receiver failed: {why})")
     );
-    let resumed =
-        format!("WAL source WAL server {url} answers again; resuming at commit {resume_at}");
+    let resumed = format!("WAL server {url} answers again; resuming at commit {resume_at}");
     let resumes: Vec<usize> = (0..history.len())
         .filter(|&i| {
             history[i]
