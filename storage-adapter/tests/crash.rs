@@ -6,59 +6,16 @@
 //! everything, nothing lost, nothing applied twice (rules W2, T1).
 
 use rusqlite::{Connection, OpenFlags};
+mod common;
+
+use common::{model_at, write_backlog};
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Command, Stdio};
-use storage_adapter::primary::Primary;
 
 /// Commits after the schema record.
 const BACKLOG: i64 = 3000;
-
-/// Commit `k + 1` (k = 1..=BACKLOG) inserts row k; every 7th also updates
-/// row k-3 and every 11th deletes row k-5, in one transaction.
-fn write_backlog(path: &Path) {
-    let mut primary = Primary::open(path).expect("primary");
-    primary
-        .connection()
-        .execute_batch("CREATE TABLE t(id INTEGER PRIMARY KEY, v INTEGER NOT NULL, pad TEXT)")
-        .expect("table");
-    primary.replicate("t").expect("replicate");
-    for k in 1..=BACKLOG {
-        let tx = primary.connection_mut().transaction().expect("tx");
-        tx.execute(
-            "INSERT INTO t VALUES (?1, ?2, 'padding padding')",
-            [k, k * 10],
-        )
-        .expect("insert");
-        if k % 7 == 0 {
-            tx.execute("UPDATE t SET v = -v WHERE id = ?1", [k - 3])
-                .expect("update");
-        }
-        if k % 11 == 0 {
-            tx.execute("DELETE FROM t WHERE id = ?1", [k - 5])
-                .expect("delete");
-        }
-        tx.commit().expect("commit");
-    }
-}
-
-/// The primary's table at CommitId `commit` (1 = schema only).
-fn model_at(commit: i64) -> BTreeMap<i64, i64> {
-    let mut rows = BTreeMap::new();
-    for k in 1..commit {
-        rows.insert(k, k * 10);
-        if k % 7 == 0 {
-            if let Some(v) = rows.get_mut(&(k - 3)) {
-                *v = -*v;
-            }
-        }
-        if k % 11 == 0 {
-            rows.remove(&(k - 5));
-        }
-    }
-    rows
-}
 
 /// (applied CommitId, table content) as committed in the replica file, read
 /// in one read transaction.
@@ -89,7 +46,7 @@ fn sigkill_during_catch_up_loses_nothing_and_applies_nothing_twice() {
     let dir = tempfile::tempdir().expect("tempdir");
     let primary = dir.path().join("primary.db");
     let replica = dir.path().join("replica.db");
-    write_backlog(&primary);
+    write_backlog(&primary, BACKLOG);
     let head = BACKLOG + 1;
 
     let mut kills = 0;

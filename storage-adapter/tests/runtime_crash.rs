@@ -22,12 +22,14 @@
 //! test -p storage-adapter --test runtime_crash`.
 
 use rusqlite::{Connection, OpenFlags};
+mod common;
+
+use common::{model_at, write_backlog};
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Command, Stdio};
-use storage_adapter::primary::Primary;
 
 /// Commits after the schema record.
 const BACKLOG: i64 = 6000;
@@ -59,51 +61,6 @@ impl Rng {
     fn up_to(&mut self, max: u64) -> u64 {
         self.next_u64() % (max + 1)
     }
-}
-
-/// Commit `k + 1` (k = 1..=BACKLOG) inserts row k; every 7th also updates
-/// row k-3 and every 11th deletes row k-5, in one transaction.
-fn write_backlog(path: &Path) {
-    let mut primary = Primary::open(path).expect("primary");
-    primary
-        .connection()
-        .execute_batch("CREATE TABLE t(id INTEGER PRIMARY KEY, v INTEGER NOT NULL, pad TEXT)")
-        .expect("table");
-    primary.replicate("t").expect("replicate");
-    for k in 1..=BACKLOG {
-        let tx = primary.connection_mut().transaction().expect("tx");
-        tx.execute(
-            "INSERT INTO t VALUES (?1, ?2, 'padding padding')",
-            [k, k * 10],
-        )
-        .expect("insert");
-        if k % 7 == 0 {
-            tx.execute("UPDATE t SET v = -v WHERE id = ?1", [k - 3])
-                .expect("update");
-        }
-        if k % 11 == 0 {
-            tx.execute("DELETE FROM t WHERE id = ?1", [k - 5])
-                .expect("delete");
-        }
-        tx.commit().expect("commit");
-    }
-}
-
-/// The primary's table at CommitId `commit` (1 = schema only).
-fn model_at(commit: i64) -> BTreeMap<i64, i64> {
-    let mut rows = BTreeMap::new();
-    for k in 1..commit {
-        rows.insert(k, k * 10);
-        if k % 7 == 0 {
-            if let Some(v) = rows.get_mut(&(k - 3)) {
-                *v = -*v;
-            }
-        }
-        if k % 11 == 0 {
-            rows.remove(&(k - 5));
-        }
-    }
-    rows
 }
 
 fn table_t(conn: &Connection) -> BTreeMap<i64, i64> {
@@ -520,7 +477,7 @@ fn sigkill_of_the_threaded_replica_recovers_losing_nothing_and_applying_nothing_
     let log_path = dir.path().join("aerodb-stderr.log");
     let log = File::create(&log_path).expect("log file");
     let stderr_of_runs = || std::fs::read_to_string(&log_path).unwrap_or_default();
-    write_backlog(&primary);
+    write_backlog(&primary, BACKLOG);
     let head = BACKLOG + 1;
 
     let mut before = Observed::default();

@@ -9,6 +9,7 @@
 //! time the client asked for and never more than `MAX_WAIT`: a transport
 //! wait that decides nothing but when to answer.
 
+use super::flag;
 use replication::wal::{CommitId, Segment};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -31,16 +32,6 @@ const WORKERS: usize = 16;
 struct Config {
     db: String,
     token: String,
-}
-
-fn flag<'a>(args: &'a [String], name: &str) -> Result<Option<&'a str>, String> {
-    match args.iter().position(|a| a == name) {
-        None => Ok(None),
-        Some(i) => args
-            .get(i + 1)
-            .map(|v| Some(v.as_str()))
-            .ok_or_else(|| format!("{name} needs a value\nusage: {USAGE}")),
-    }
 }
 
 pub fn run(args: &[String]) -> Result<(), String> {
