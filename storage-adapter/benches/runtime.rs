@@ -4,7 +4,9 @@
 //!
 //! Run with `cargo bench -p storage-adapter --bench runtime` (optionally
 //! `-- FILTER...`: only cases whose id contains one of the filters; ids
-//! `catchup-100k`, `catchup-1m`, `stages-100k`, `stages-1m`, `latency`).
+//! `catchup-100k`, `catchup-1m`, `stages-100k`, `stages-1m`, `latency`,
+//! `http-catchup-100k`, `http-latency`; so `latency` also selects
+//! `http-latency`, and `catchup-100k` also `http-catchup-100k`).
 //!
 //! - `catchup-*`: a primary holding a backlog of 100,000 (1,000,000)
 //!   single-row captured commits (`t(id INTEGER PRIMARY KEY, v INTEGER,
@@ -38,12 +40,35 @@
 //!   read-only connection of the replica file every `FILE_POLL` (what a SQL
 //!   reader sees, without the Supervisor's part); the received and
 //!   validated CommitIds of the snapshots break the latency down.
+//! - `http-catchup-100k`: the `catchup-100k` backlog through `aerodb serve`
+//!   on loopback (`Replica::start_from_url`, one server process for the
+//!   case, with a token file) against the file source
+//!   (`Replica::start_from_file`) in the same run: each run a child
+//!   process as above, alternating (ABBA), `CATCHUP_ROUNDS` each, median.
+//!   Ratio = file time / HTTP time (higher is better; target >= 0.8x). The
+//!   server's CPU per thread is read from `/proc/PID/task` around each
+//!   HTTP run.
+//! - `http-latency`: the `latency` case with the replica fed by `aerodb
+//!   serve` on loopback (long-poll) instead of the primary file; the
+//!   server's CPU over the run is reported too.
+//!
+//! The HTTP cases need the `aerodb` binary, which benches are not given
+//! (`CARGO_BIN_EXE_*` exists for integration tests only). Before any HTTP
+//! case runs, this bench runs `$CARGO build --release -p storage-adapter
+//! --bin aerodb --message-format=json-render-diagnostics` in this
+//! package's directory (`CARGO` is set by `cargo bench`; `cargo` if not)
+//! and takes the `executable` cargo reports: it is built from the working
+//! tree, into the same target directory (`CARGO_TARGET_DIR` is inherited),
+//! and the build waits for cargo's lock if another build holds it. Set
+//! `AERODB_BENCH_AERODB=PATH` to use a prebuilt binary instead.
 //!
 //! `AERODB_BENCH_SCALE` (default 1.0) scales the backlogs and the latency
 //! run's duration, so CI can run it small. Databases live in a temporary
 //! directory under `TMPDIR`. Nothing here asserts on timings: targets are
 //! printed, not enforced. To profile the measured runtime runs, set
-//! `AERODB_BENCH_WRAP` to a command prefix for them (see [`run_child`]).
+//! `AERODB_BENCH_WRAP` to a command prefix for them (see [`run_child`];
+//! the runs of `http-catchup-100k` are numbered from 101). The server is
+//! never wrapped: profile it with `perf record -p PID` (its PID is printed).
 //! The latency run is in this process: to count SQLite's busy-handler
 //! sleeps per thread, run the bench binary itself (`target/release/deps/
 //! runtime-*  --bench latency`) under `strace -f -e trace=clock_nanosleep`.
@@ -56,8 +81,9 @@ use replication::wal::{validate, ChainPosition, CommitId, Segment};
 use rusqlite::{params, Connection, OpenFlags};
 use std::collections::{BTreeMap, HashMap};
 use std::error::Error;
+use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{Child, ChildStdout, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -90,6 +116,12 @@ const INSERT_SQL: &str = "INSERT INTO t(id, v, pad) VALUES (?1, ?2, ?3)";
 const TARGET_RATIO: f64 = 0.8;
 const TARGET_RSS_ABOVE_CACHE_MIB: f64 = 64.0;
 const TARGET_P99_MS: f64 = 20.0;
+/// The backlog the HTTP catch-up case replays (an id of [`BACKLOGS`]).
+const HTTP_BACKLOG: &str = "100k";
+/// HTTP catch-up time against the file source's (file / HTTP).
+const TARGET_HTTP_RATIO: f64 = 0.8;
+/// Run numbers of `http-catchup-*` start after this (for `{run}`).
+const HTTP_RUN_BASE: usize = 100;
 
 struct Cfg {
     scale: f64,
@@ -215,9 +247,13 @@ struct CpuTime {
 
 /// Each live thread of this process: tid -> (name, CPU time).
 fn thread_times() -> BTreeMap<u32, (String, CpuTime)> {
+    threads_of(std::process::id())
+}
+
+/// Each live thread of process `pid`: tid -> (name, CPU time).
+fn threads_of(pid: u32) -> BTreeMap<u32, (String, CpuTime)> {
     let mut out = BTreeMap::new();
-    let pid = std::process::id();
-    let Ok(dir) = std::fs::read_dir("/proc/self/task") else {
+    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
         return out;
     };
     for entry in dir.flatten() {
@@ -337,15 +373,29 @@ fn child_main(mode: &str) -> R<()> {
     }
 }
 
-/// One measured catch-up: the runtime from start to `wait_for(head)`.
+/// One measured catch-up: the runtime from start to `wait_for(head)`, fed
+/// by the primary file, or by `aerodb serve` at `AERODB_BENCH_URL` (token
+/// read from `AERODB_BENCH_TOKEN_FILE` before the clock starts).
 fn child_catchup() -> R<()> {
     let primary = env_path("AERODB_BENCH_PRIMARY")?;
     let replica_path = env_path("AERODB_BENCH_REPLICA")?;
     let head = CommitId(env_u64("AERODB_BENCH_HEAD")?);
+    let http = match std::env::var("AERODB_BENCH_URL") {
+        Ok(url) => {
+            let token = std::fs::read_to_string(env_path("AERODB_BENCH_TOKEN_FILE")?)?;
+            Some((url, token.trim().to_string()))
+        }
+        Err(_) => None,
+    };
     let base_kb = proc_status_kb("VmRSS")?;
     let threads0 = thread_times();
     let t = Instant::now();
-    let replica = Replica::start_from_file(&replica_path, &primary, Config::default())?;
+    let replica = match &http {
+        Some((url, token)) => {
+            Replica::start_from_url(&replica_path, url, token, Config::default())?
+        }
+        None => Replica::start_from_file(&replica_path, &primary, Config::default())?,
+    };
     let position = replica.wait_for(head, Instant::now() + CATCHUP_DEADLINE)?;
     let elapsed = t.elapsed();
     // Before stop(): the runtime's threads are still there to be read.
@@ -807,6 +857,307 @@ fn verdict(ok: bool) -> &'static str {
     }
 }
 
+// -------------------------------------------------------------------- HTTP
+
+/// The `aerodb` binary: `AERODB_BENCH_AERODB`, or built by cargo now (see
+/// the module documentation).
+fn aerodb_binary() -> R<PathBuf> {
+    if let Some(p) = std::env::var_os("AERODB_BENCH_AERODB") {
+        return Ok(PathBuf::from(p));
+    }
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let args = [
+        "build",
+        "--release",
+        "-p",
+        "storage-adapter",
+        "--bin",
+        "aerodb",
+        "--message-format=json-render-diagnostics",
+    ];
+    eprintln!(
+        "[http] building the server: {} {} ...",
+        Path::new(&cargo).display(),
+        args.join(" ")
+    );
+    let t = Instant::now();
+    let out = Command::new(&cargo)
+        .args(args)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .stdin(Stdio::null())
+        .stderr(Stdio::inherit())
+        .output()?;
+    if !out.status.success() {
+        return Err(format!("building aerodb failed ({})", out.status).into());
+    }
+    let exe = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|m| {
+            m["reason"] == "compiler-artifact"
+                && m["target"]["name"] == "aerodb"
+                && m["target"]["kind"]
+                    .as_array()
+                    .is_some_and(|k| k.iter().any(|k| k == "bin"))
+        })
+        .find_map(|m| m["executable"].as_str().map(PathBuf::from))
+        .ok_or("cargo reported no executable for the aerodb binary")?;
+    eprintln!(
+        "[http] server binary {} ({:.1} s)",
+        exe.display(),
+        t.elapsed().as_secs_f64()
+    );
+    Ok(exe)
+}
+
+/// A bearer token in a file, for the server and its clients.
+fn write_token(cfg: &Cfg) -> R<PathBuf> {
+    let path = cfg.path("token.txt");
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_nanos();
+    std::fs::write(
+        &path,
+        format!("aerodb-bench-{:x}-{nanos:x}\n", std::process::id()),
+    )?;
+    Ok(path)
+}
+
+/// A running `aerodb serve` child process, killed (SIGKILL) when dropped.
+struct Server {
+    child: Child,
+    /// Kept open: the server's stdout stays a live pipe.
+    _stdout: BufReader<ChildStdout>,
+    url: String,
+}
+
+impl Server {
+    /// Starts `exe serve` on the primary `db`, on any free loopback port,
+    /// and waits for its "serving" line.
+    fn start(exe: &Path, db: &Path, token_file: &Path) -> R<Server> {
+        let mut child = Command::new(exe)
+            .arg("serve")
+            .arg("--db")
+            .arg(db)
+            .arg("--listen")
+            .arg("127.0.0.1:0")
+            .arg("--token-file")
+            .arg(token_file)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()?;
+        let mut stdout = BufReader::new(child.stdout.take().ok_or("stdout is piped")?);
+        let mut line = String::new();
+        let n = stdout.read_line(&mut line)?;
+        // Whatever the line says, from here on the child is killed on drop.
+        let mut server = Server {
+            child,
+            _stdout: stdout,
+            url: String::new(),
+        };
+        if n == 0 {
+            let status = server.child.wait()?;
+            return Err(format!("{} serve ended ({status}) before serving", exe.display()).into());
+        }
+        server.url = line
+            .trim_end()
+            .strip_prefix("aerodb serve: serving the WAL of ")
+            .and_then(|rest| rest.rsplit_once(" on "))
+            .map(|(_, url)| url.to_string())
+            .filter(|url| url.starts_with("http://127.0.0.1:"))
+            .ok_or_else(|| format!("aerodb serve printed {line:?}, not its serving line"))?;
+        eprintln!(
+            "[http] aerodb serve (pid {}) on {}",
+            server.pid(),
+            server.url
+        );
+        Ok(server)
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The server's threads: its workers summed as `aerodb-serve-*`, its
+    /// unnamed threads (tiny_http's acceptor and connection threads, which
+    /// read requests and write responses) as `tiny_http`.
+    fn threads(&self) -> BTreeMap<u32, (String, CpuTime)> {
+        let mut t = threads_of(self.pid());
+        for (name, _) in t.values_mut() {
+            if let Some(base) = name.strip_prefix("aerodb-serve-") {
+                if base.bytes().all(|b| b.is_ascii_digit()) {
+                    *name = "aerodb-serve-*".into();
+                }
+            } else if name == "aerodb" {
+                *name = "tiny_http".into();
+            }
+        }
+        t
+    }
+
+    /// SIGKILL and reap.
+    fn kill(mut self) -> R<()> {
+        self.child.kill()?;
+        self.child.wait()?;
+        Ok(())
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// CPU time per thread name.
+type Threads = BTreeMap<String, CpuTime>;
+
+/// One side of the HTTP catch-up case, its runs in order.
+#[derive(Default)]
+struct SideRuns {
+    secs: Vec<f64>,
+    hwm_kb: Vec<u64>,
+    /// (secs, the child's threads, the server's threads) per run.
+    threads: Vec<(f64, Threads, Threads)>,
+    segments: u64,
+}
+
+impl SideRuns {
+    fn median(&self) -> f64 {
+        median(&self.secs)
+    }
+    /// The threads of the median run: (child, server).
+    fn median_threads(&self) -> (Threads, Threads) {
+        let mut v: Vec<_> = self.threads.iter().collect();
+        v.sort_by(|a, b| a.0.total_cmp(&b.0));
+        v.get(v.len() / 2)
+            .map(|(_, c, s)| (c.clone(), s.clone()))
+            .unwrap_or_default()
+    }
+}
+
+struct HttpCatchupResult {
+    id: &'static str,
+    commits: u64,
+    per_segment: u64,
+    url: String,
+    http: SideRuns,
+    file: SideRuns,
+}
+
+impl HttpCatchupResult {
+    /// File time / HTTP time: higher is better.
+    fn ratio(&self) -> f64 {
+        self.file.median() / self.http.median()
+    }
+}
+
+fn http_catchup_case(
+    cfg: &Cfg,
+    b: &Backlog,
+    exe: &Path,
+    token_file: &Path,
+) -> R<HttpCatchupResult> {
+    let id = b.id;
+    let server = Server::start(exe, &b.path, token_file)?;
+    let mut res = HttpCatchupResult {
+        id,
+        commits: b.commits,
+        per_segment: b.per_segment,
+        url: server.url.clone(),
+        http: SideRuns::default(),
+        file: SideRuns::default(),
+    };
+    let mut run = HTTP_RUN_BASE;
+    for round in 0..CATCHUP_ROUNDS {
+        let sides: [bool; 2] = if round % 2 == 0 {
+            [true, false]
+        } else {
+            [false, true]
+        };
+        for http in sides {
+            run += 1;
+            let replica = cfg.path(&format!("http-replica-{id}-{run}.db"));
+            let mut env = vec![
+                ("AERODB_BENCH_PRIMARY", b.path.display().to_string()),
+                ("AERODB_BENCH_REPLICA", replica.display().to_string()),
+                ("AERODB_BENCH_HEAD", b.head.0.to_string()),
+            ];
+            let label = if http { "HTTP" } else { "file" };
+            if http {
+                env.push(("AERODB_BENCH_URL", server.url.clone()));
+                env.push(("AERODB_BENCH_TOKEN_FILE", token_file.display().to_string()));
+            }
+            eprintln!("[http-catchup-{id}] round {round}: {label} ...");
+            let server0 = server.threads();
+            let r = run_child("catchup", run, &env)?;
+            let server_cpu = cpu_between(&server0, &server.threads());
+            let secs: f64 = field(&r, "secs")?;
+            let rows: u64 = field(&r, "rows")?;
+            assert_eq!(rows, b.commits, "the replica holds every row");
+            eprintln!(
+                "[http-catchup-{id}]   {label}: {:.3} s, {} commits/s, peak RSS {:.1} MiB",
+                secs,
+                thousands((b.commits + 1) as f64 / secs),
+                mib(field::<f64>(&r, "hwm_kb")?)
+            );
+            let side = if http { &mut res.http } else { &mut res.file };
+            side.secs.push(secs);
+            side.hwm_kb.push(field(&r, "hwm_kb")?);
+            side.segments = field(&r, "segments")?;
+            side.threads
+                .push((secs, decode_threads(&r["threads"]), server_cpu));
+            remove_db(&replica);
+        }
+    }
+    server.kill()?;
+    Ok(res)
+}
+
+fn print_http_catchup(r: &HttpCatchupResult) {
+    let commits = (r.commits + 1) as f64;
+    println!();
+    println!(
+        "http-catchup-{}: {} single-row commits ({} records per segment; {} segments persisted over HTTP, {} from the file) through aerodb serve at {}; {CATCHUP_ROUNDS} alternating runs per side, median",
+        r.id,
+        thousands(r.commits as f64),
+        r.per_segment,
+        r.http.segments,
+        r.file.segments,
+        r.url,
+    );
+    let fmt_runs = |v: &[f64]| {
+        v.iter()
+            .map(|s| format!("{s:.2}"))
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    for (label, side) in [
+        ("HTTP start_from_url  -> wait_for(head)", &r.http),
+        ("file start_from_file -> wait_for(head)", &r.file),
+    ] {
+        println!(
+            "    {label}: {:>8.3} s  {:>10} commits/s   runs [{}] s; peak RSS {:.1} MiB (max of runs)",
+            side.median(),
+            thousands(commits / side.median()),
+            fmt_runs(&side.secs),
+            mib(side.hwm_kb.iter().copied().max().unwrap_or(0) as f64),
+        );
+    }
+    println!(
+        "    ratio file/HTTP {:.2}x (target >= {TARGET_HTTP_RATIO:.1}x: {})",
+        r.ratio(),
+        verdict(r.ratio() >= TARGET_HTTP_RATIO)
+    );
+    let (http_threads, server_threads) = r.http.median_threads();
+    let (file_threads, _) = r.file.median_threads();
+    print_threads("HTTP replica", r.http.median(), &http_threads);
+    print_threads("HTTP server ", r.http.median(), &server_threads);
+    print_threads("file replica", r.file.median(), &file_threads);
+}
+
 // ------------------------------------------------------------------ stages
 
 struct StageResult {
@@ -919,6 +1270,8 @@ struct Written {
 }
 
 struct LatencyResult {
+    /// `latency` or `http-latency`.
+    id: &'static str,
     secs: f64,
     commits: usize,
     /// Latencies in ms, sorted: (label, values).
@@ -929,6 +1282,8 @@ struct LatencyResult {
     wall: f64,
     segments: u64,
     max_records: i64,
+    /// HTTP: the server's URL and CPU per thread over the run.
+    server: Option<(String, BTreeMap<String, CpuTime>)>,
 }
 
 /// For each write, the first observation (sorted by time, monotonic
@@ -954,12 +1309,19 @@ fn latencies<T>(
     out
 }
 
-fn latency_case(cfg: &Cfg) -> R<LatencyResult> {
+/// The `latency` case; with `http` (the `aerodb` binary and a token
+/// file), `http-latency`: the replica fed by `aerodb serve` on the primary.
+fn latency_case(cfg: &Cfg, http: Option<(&Path, &Path)>) -> R<LatencyResult> {
+    let id = if http.is_some() {
+        "http-latency"
+    } else {
+        "latency"
+    };
     let duration = Duration::from_secs_f64((LATENCY_SECS * cfg.scale).max(1.0));
-    let ppath = cfg.path("latency-primary.db");
-    let rpath = cfg.path("latency-replica.db");
+    let ppath = cfg.path(&format!("{id}-primary.db"));
+    let rpath = cfg.path(&format!("{id}-replica.db"));
     eprintln!(
-        "[latency] {:.1} s at one commit per {} us ...",
+        "[{id}] {:.1} s at one commit per {} us ...",
         duration.as_secs_f64(),
         WRITE_INTERVAL.as_micros()
     );
@@ -971,7 +1333,20 @@ fn latency_case(cfg: &Cfg) -> R<LatencyResult> {
         primary.connection().execute_batch(TABLE_SQL)?;
         primary.replicate("t")?
     };
-    let replica = Replica::start_from_file(&rpath, &ppath, Config::default())?;
+    let server = match http {
+        Some((exe, token_file)) => {
+            let server = Server::start(exe, &ppath, token_file)?;
+            let token = std::fs::read_to_string(token_file)?;
+            Some((server, token.trim().to_string()))
+        }
+        None => None,
+    };
+    let replica = match &server {
+        Some((server, token)) => {
+            Replica::start_from_url(&rpath, &server.url, token, Config::default())?
+        }
+        None => Replica::start_from_file(&rpath, &ppath, Config::default())?,
+    };
     replica.wait_for(head0, Instant::now() + SETTLE_DEADLINE)?;
     // Settle into the idle state (polling for new WAL) before writing.
     std::thread::sleep(Duration::from_millis(200));
@@ -1001,6 +1376,7 @@ fn latency_case(cfg: &Cfg) -> R<LatencyResult> {
             })?
     };
     let threads0 = thread_times();
+    let server0 = server.as_ref().map(|(s, _)| s.threads());
     let t_start = Instant::now();
     let writer = {
         let ppath = ppath.clone();
@@ -1082,6 +1458,10 @@ fn latency_case(cfg: &Cfg) -> R<LatencyResult> {
     }
     let wall = t_start.elapsed().as_secs_f64();
     let threads = cpu_between(&threads0, &thread_times());
+    let server_cpu = match (&server, &server0) {
+        (Some((s, _)), Some(t0)) => Some((s.url.clone(), cpu_between(t0, &s.threads()))),
+        _ => None,
+    };
     // Let the poller see the last position.
     std::thread::sleep(Duration::from_millis(20));
     stop_poll.store(true, Ordering::Relaxed);
@@ -1097,6 +1477,9 @@ fn latency_case(cfg: &Cfg) -> R<LatencyResult> {
     };
     let final_snapshot = replica.stop();
     assert!(!final_snapshot.running);
+    if let Some((server, _)) = server {
+        server.kill()?;
+    }
 
     let obs: Vec<(Instant, Seen)> = seen.iter().map(|s| (s.at, *s)).collect();
     let series = vec![
@@ -1127,6 +1510,7 @@ fn latency_case(cfg: &Cfg) -> R<LatencyResult> {
     remove_db(&ppath);
     remove_db(&rpath);
     Ok(LatencyResult {
+        id,
         secs,
         commits: writes.len(),
         series,
@@ -1136,13 +1520,15 @@ fn latency_case(cfg: &Cfg) -> R<LatencyResult> {
         wall,
         segments: segments_info.0,
         max_records: segments_info.1,
+        server: server_cpu,
     })
 }
 
 fn print_latency(l: &LatencyResult) {
     println!();
     println!(
-        "latency: {} commits in {:.2} s = {} commits/s (target 1,000); {} ticks started > 1 ms late; primary commit took p50 {:.3} / p99 {:.3} / max {:.3} ms; {} segments since the start (largest {} records)",
+        "{}: {} commits in {:.2} s = {} commits/s (target 1,000); {} ticks started > 1 ms late; primary commit took p50 {:.3} / p99 {:.3} / max {:.3} ms; {} segments since the start (largest {} records)",
+        l.id,
         l.commits,
         l.secs,
         thousands(l.commits as f64 / l.secs.max(1e-9)),
@@ -1168,6 +1554,9 @@ fn print_latency(l: &LatencyResult) {
         );
     }
     print_threads("threads", l.wall, &l.threads);
+    if let Some((url, server)) = &l.server {
+        print_threads(&format!("aerodb serve at {url}"), l.wall, server);
+    }
 }
 
 // -------------------------------------------------------------------- main
@@ -1204,14 +1593,23 @@ fn main() -> R<()> {
         std::thread::available_parallelism().map_or(0, |n| n.get()),
         cfg.dir.path().display()
     );
+    // The HTTP cases' server binary, built before any case runs.
+    let http_catchup_id = format!("http-catchup-{HTTP_BACKLOG}");
+    let http = if cfg.wants(&http_catchup_id) || cfg.wants("http-latency") {
+        Some((aerodb_binary()?, write_token(&cfg)?))
+    } else {
+        None
+    };
     let mut catchups = Vec::new();
     let mut stages = Vec::new();
+    let mut http_catchups = Vec::new();
     for (id, nominal) in BACKLOGS {
-        let (want_catchup, want_stages) = (
+        let (want_catchup, want_stages, want_http) = (
             cfg.wants(&format!("catchup-{id}")),
             cfg.wants(&format!("stages-{id}")),
+            id == HTTP_BACKLOG && cfg.wants(&http_catchup_id),
         );
-        if !want_catchup && !want_stages {
+        if !want_catchup && !want_stages && !want_http {
             continue;
         }
         let b = backlog(&cfg, id, nominal)?;
@@ -1225,15 +1623,24 @@ fn main() -> R<()> {
             print_stages(&s, b.commits);
             stages.push(s);
         }
+        if let (true, Some((exe, token_file))) = (want_http, &http) {
+            let r = http_catchup_case(&cfg, &b, exe, token_file)?;
+            print_http_catchup(&r);
+            http_catchups.push(r);
+        }
         remove_db(&b.path);
     }
-    let latency = if cfg.wants("latency") {
-        let l = latency_case(&cfg)?;
+    let mut latencies_run = Vec::new();
+    if cfg.wants("latency") {
+        let l = latency_case(&cfg, None)?;
         print_latency(&l);
-        Some(l)
-    } else {
-        None
-    };
+        latencies_run.push(l);
+    }
+    if let (true, Some((exe, token_file))) = (cfg.wants("http-latency"), &http) {
+        let l = latency_case(&cfg, Some((exe, token_file)))?;
+        print_latency(&l);
+        latencies_run.push(l);
+    }
 
     println!();
     println!("summary (scale {scale})");
@@ -1305,11 +1712,25 @@ fn main() -> R<()> {
             s.apply.as_secs_f64()
         );
     }
-    if let Some(l) = &latency {
+    for r in &http_catchups {
+        println!(
+            "  {:<20} {:>10} commits: HTTP {:>10} commits/s, file source {:>10} commits/s, ratio file/HTTP {:.2}x ({} >= {TARGET_HTTP_RATIO}x); peak RSS HTTP {:.1} / file {:.1} MiB",
+            format!("http-catchup-{}", r.id),
+            thousands(r.commits as f64),
+            thousands((r.commits + 1) as f64 / r.http.median()),
+            thousands((r.commits + 1) as f64 / r.file.median()),
+            r.ratio(),
+            verdict(r.ratio() >= TARGET_HTTP_RATIO),
+            mib(r.http.hwm_kb.iter().copied().max().unwrap_or(0) as f64),
+            mib(r.file.hwm_kb.iter().copied().max().unwrap_or(0) as f64),
+        );
+    }
+    for l in &latencies_run {
         let (_, v) = &l.series[0];
         let (_, f) = &l.series[1];
         println!(
-            "  latency @{} commits/s: snapshot p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms ({} p99 < {TARGET_P99_MS} ms); file p50 {:.2} / p99 {:.2} / max {:.2} ms",
+            "  {} @{} commits/s: snapshot p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms ({} p99 < {TARGET_P99_MS} ms); file p50 {:.2} / p99 {:.2} / max {:.2} ms",
+            l.id,
             thousands(l.commits as f64 / l.secs.max(1e-9)),
             quantile(v, 0.5),
             quantile(v, 0.99),
