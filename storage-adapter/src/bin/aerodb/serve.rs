@@ -71,7 +71,8 @@ pub fn run(args: &[String]) -> Result<(), String> {
     }
     // Fail now, not at the first request, if this is not a primary.
     PrimaryWalReader::open(&db).map_err(|e| format!("--db {db}: {e}"))?;
-    let server = Server::http(addr).map_err(|e| format!("listening on {addr}: {e}"))?;
+    let server = Server::from_listener(listen_nodelay(addr)?, None)
+        .map_err(|e| format!("listening on {addr}: {e}"))?;
     let bound = server
         .server_addr()
         .to_ip()
@@ -94,6 +95,21 @@ pub fn run(args: &[String]) -> Result<(), String> {
         let _ = w.join();
     }
     Ok(())
+}
+
+/// A listening socket with TCP_NODELAY (accepted connections inherit it
+/// on Linux): tiny_http writes a response's headers and body separately,
+/// and with Nagle's algorithm the body waited for the client's delayed ACK
+/// (~40 ms per long-poll answer).
+fn listen_nodelay(addr: SocketAddr) -> Result<std::net::TcpListener, String> {
+    use socket2::{Domain, Socket, Type};
+    let fail = |e: std::io::Error| format!("listening on {addr}: {e}");
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None).map_err(fail)?;
+    socket.set_reuse_address(true).map_err(fail)?;
+    socket.set_nodelay(true).map_err(fail)?;
+    socket.bind(&addr.into()).map_err(fail)?;
+    socket.listen(128).map_err(fail)?;
+    Ok(socket.into())
 }
 
 fn worker(server: &Server, config: &Config) {
