@@ -52,6 +52,7 @@ mod raw;
 pub mod replica;
 pub mod runtime;
 pub mod snapshot;
+mod state_store;
 pub mod status;
 
 pub use primary_wal::{WalReadError, MAX_SEQ, SEAL_BATCH, SEQ_BITS};

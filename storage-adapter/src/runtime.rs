@@ -43,14 +43,15 @@
 //! ```
 
 use crate::primary::{PrimaryError, PrimaryWalReader};
-use crate::replica::{read_position, ApplyError, ReplicaDb, REPLICA_SQL};
+use crate::replica::{ApplyError, ReplicaDb, REPLICA_SQL};
+use crate::state_store::SqliteStateStore;
 use replication::read_gate::{self, Decision, ObservedState, ReadRequest};
 use replication::runtime::{
-    ApplyStorage, Component, ComponentStatus, Config, Failure, Fetched, PersistedSegment, Runtime,
-    SegmentReader, Snapshot, SnapshotFacts, StateStore, StopSignal, Storage, StoreOp, StoredState,
-    WaitError, WalSource, WalStorage, WAL_TRUNCATED,
+    ApplyStorage, ComponentStatus, Config, Failure, Fetched, PersistedSegment, Runtime,
+    SegmentReader, Snapshot, SnapshotFacts, StateStore, StopSignal, Storage, WaitError, WalSource,
+    WalStorage, WAL_TRUNCATED,
 };
-use replication::state::{BlockReason, GlobalKind, GlobalState, ReadStatus, SegmentState};
+use replication::state::{BlockReason, GlobalKind, GlobalState, ReadStatus};
 use replication::wal::{ChainPosition, CommitId, Generation, Segment, ValidatedSegment, WalOffset};
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension, TransactionBehavior};
 use std::fs::File;
@@ -69,7 +70,7 @@ pub const KEEP_APPLIED_SEGMENTS: i64 = 1000;
 /// Global transitions kept in `aerodb_replica_transitions`.
 pub const KEEP_TRANSITIONS: i64 = 100_000;
 
-fn storage_failure(doing: &str, e: impl std::fmt::Display) -> Failure {
+pub(crate) fn storage_failure(doing: &str, e: impl std::fmt::Display) -> Failure {
     let text = e.to_string();
     let code = if text.contains("database or disk is full") {
         "DISK_FULL"
@@ -79,7 +80,7 @@ fn storage_failure(doing: &str, e: impl std::fmt::Display) -> Failure {
     Failure::new(code, format!("{doing}: {text}"))
 }
 
-fn sql(doing: &'static str) -> impl FnOnce(rusqlite::Error) -> Failure {
+pub(crate) fn sql(doing: &'static str) -> impl FnOnce(rusqlite::Error) -> Failure {
     move |e| storage_failure(doing, e)
 }
 
@@ -237,10 +238,10 @@ pub struct SqliteStorage {
 /// 10 ms ...), which dominated the latency tail. Correctness never rests
 /// on it: every write still checks, in SQL, the state it moves from.
 #[derive(Clone, Default)]
-struct WriteTurn(Arc<std::sync::Mutex<()>>);
+pub(crate) struct WriteTurn(Arc<std::sync::Mutex<()>>);
 
 impl WriteTurn {
-    fn hold(&self) -> std::sync::MutexGuard<'_, ()> {
+    pub(crate) fn hold(&self) -> std::sync::MutexGuard<'_, ()> {
         self.0.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
@@ -258,11 +259,10 @@ impl SqliteStorage {
 
 impl Storage for SqliteStorage {
     fn state_store(&self) -> Result<Box<dyn StateStore>, Failure> {
-        Ok(Box::new(SqliteStateStore {
-            conn: open_replica_connection(&self.path)?,
-            records: 0,
-            lock: self.lock.clone(),
-        }))
+        Ok(Box::new(SqliteStateStore::new(
+            open_replica_connection(&self.path)?,
+            self.lock.clone(),
+        )))
     }
 
     fn wal_storage(&self) -> Result<Box<dyn WalStorage>, Failure> {
@@ -407,7 +407,7 @@ struct SqliteApply {
     lock: WriteTurn,
 }
 
-fn apply_failure(e: ApplyError) -> Failure {
+pub(crate) fn apply_failure(e: ApplyError) -> Failure {
     let mut f = match &e {
         ApplyError::Divergence { commit_id, .. } => {
             let mut f = Failure::new("DIVERGED", e.to_string());
@@ -450,251 +450,6 @@ impl ApplyStorage for SqliteApply {
             .install_snapshot(first, last, path, end)
             .map_err(apply_failure)
     }
-}
-
-struct SqliteStateStore {
-    conn: Connection,
-    records: u64,
-    lock: WriteTurn,
-}
-
-fn torn(reason: String) -> Failure {
-    Failure::new("TORN_STATE", reason)
-}
-
-impl StateStore for SqliteStateStore {
-    fn open(&mut self) -> Result<StoredState, Failure> {
-        let _writing = self.lock.hold();
-        let tx = rusqlite::Transaction::new_unchecked(&self.conn, TransactionBehavior::Immediate)
-            .map_err(sql("beginning the state store's recovery"))?;
-        let applied = read_position(&tx)
-            .map_err(apply_failure)?
-            .ok_or_else(|| Failure::new("NOT_REPLICA", "the database is not a replica"))?;
-        let a = applied.commit_id.0 as i64;
-        let bad: Option<(i64, i64, String)> = tx
-            .query_row(
-                "SELECT first_commit_id, last_commit_id, state FROM aerodb_replica_segments WHERE (state = 'Applied' AND last_commit_id > ?1) OR (state <> 'Applied' AND first_commit_id <= ?1) LIMIT 1",
-                [a],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-            )
-            .optional()
-            .map_err(sql("checking segment states"))?;
-        if let Some((f, l, s)) = bad {
-            return Err(torn(format!(
-                "segment {f}..={l} is {s}, but the replica's applied commit is {a}: the state store contradicts itself"
-            )));
-        }
-        // Raw bytes exist exactly for the unapplied WAL segments.
-        let bytes_wrong: Option<(i64, String)> = tx
-            .query_row(
-                "SELECT s.first_commit_id, s.state FROM aerodb_replica_segments s LEFT JOIN aerodb_replica_segment_bytes b ON b.first_commit_id = s.first_commit_id WHERE (s.state <> 'Applied' AND s.snapshot_path IS NULL AND b.bytes IS NULL) OR (s.state = 'Applied' AND b.bytes IS NOT NULL) LIMIT 1",
-                [],
-                |r| Ok((r.get(0)?, r.get(1)?)),
-            )
-            .optional()
-            .map_err(sql("checking segment bytes"))?;
-        if let Some((f, state)) = bytes_wrong {
-            return Err(torn(format!(
-                "segment starting at commit {f} is {state} but its raw bytes are {}",
-                if state == "Applied" {
-                    "still stored"
-                } else {
-                    "missing"
-                }
-            )));
-        }
-        // Unapplied segments must continue the applied position, contiguous.
-        let mut received = applied.commit_id;
-        {
-            let mut stmt = tx
-                .prepare(
-                    "SELECT first_commit_id, last_commit_id FROM aerodb_replica_segments WHERE first_commit_id > ?1 ORDER BY first_commit_id",
-                )
-                .map_err(sql("listing unapplied segments"))?;
-            let rows = stmt
-                .query_map([a], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?)))
-                .map_err(sql("listing unapplied segments"))?;
-            for row in rows {
-                let (f, l) = row.map_err(sql("listing unapplied segments"))?;
-                if f as u64 != received.0 + 1 {
-                    return Err(torn(format!(
-                        "persisted segment {f}..={l} does not follow commit {received}: commits between them are missing from the state store"
-                    )));
-                }
-                received = CommitId(l as u64);
-            }
-        }
-        let revalidate =
-            tx.execute(
-                "UPDATE aerodb_replica_segments SET state = 'Received' WHERE state = 'Validated'",
-                [],
-            )
-            .map_err(sql("moving Validated segments back to Received"))? as u64;
-        let previous_state: Option<String> = tx
-            .query_row(
-                "SELECT global_state FROM aerodb_replica_state WHERE id = 1",
-                [],
-                |r| r.get(0),
-            )
-            .optional()
-            .map_err(sql("reading the recorded state"))?;
-        let components = read_components(&tx).map_err(sql("reading component statuses"))?;
-        tx.commit()
-            .map_err(sql("committing the state store's recovery"))?;
-        Ok(StoredState {
-            applied,
-            received,
-            previous_state,
-            revalidate,
-            components,
-        })
-    }
-
-    fn record(&mut self, ops: &[StoreOp]) -> Result<(), Failure> {
-        let _writing = self.lock.hold();
-        let tx = rusqlite::Transaction::new_unchecked(&self.conn, TransactionBehavior::Immediate)
-            .map_err(sql("beginning a state store write"))?;
-        for op in ops {
-            match op {
-                StoreOp::Transition(t) => {
-                    tx.prepare_cached(
-                        "INSERT INTO aerodb_replica_transitions(at_unix_ms, from_state, to_state, reason, received_commit_id, validated_commit_id, applied_commit_id, applied_wal_offset) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-                    )
-                    .and_then(|mut s| {
-                        s.execute(params![
-                            t.at_unix_ms,
-                            t.from,
-                            t.to,
-                            t.reason,
-                            t.progress.received.0 as i64,
-                            t.progress.validated.0 as i64,
-                            t.progress.applied.0 as i64,
-                            t.applied_wal_offset.0 as i64
-                        ])
-                    })
-                    .map_err(sql("recording a transition"))?;
-                    let seq = tx.last_insert_rowid();
-                    tx.prepare_cached(
-                        "INSERT OR REPLACE INTO aerodb_replica_state(id, global_state, read_status, blocking_code, blocking_reason, received_commit_id, validated_commit_id, last_transition_seq) VALUES (1, ?1, ?2, ?7, ?3, ?4, ?5, ?6)",
-                    )
-                    .and_then(|mut s| {
-                        s.execute(params![
-                            t.to_kind,
-                            t.read_status,
-                            t.blocking_reason,
-                            t.progress.received.0 as i64,
-                            t.progress.validated.0 as i64,
-                            seq,
-                            t.blocking_code
-                        ])
-                    })
-                    .map_err(sql("recording the global state"))?;
-                }
-                StoreOp::Segment {
-                    first,
-                    last,
-                    wal_offset,
-                    end_wal_offset,
-                    to,
-                } => {
-                    // Each move is checked by the row's current state:
-                    // only Received moves to Validated or Rejected.
-                    let reason = match to {
-                        SegmentState::Rejected { reason } => Some(reason.as_str()),
-                        _ => None,
-                    };
-                    tx.prepare_cached(
-                        "UPDATE aerodb_replica_segments SET state = ?3, reason = ?4, first_wal_offset = coalesce(?5, first_wal_offset), end_wal_offset = coalesce(?6, end_wal_offset) WHERE first_commit_id = ?1 AND last_commit_id = ?2 AND state = 'Received'",
-                    )
-                    .and_then(|mut s| {
-                        s.execute(params![
-                            first.0 as i64,
-                            last.0 as i64,
-                            to.as_str(),
-                            reason,
-                            wal_offset.map(|o| o.0 as i64),
-                            end_wal_offset.map(|o| o.0 as i64)
-                        ])
-                    })
-                    .map_err(sql("recording a segment state"))?;
-                }
-                StoreOp::Component(c) => {
-                    let e = c.last_error.as_ref();
-                    tx.prepare_cached(
-                        "INSERT OR REPLACE INTO aerodb_replica_components(component, state, blocking_reason, last_transition, error_code, error, error_first_commit_id, error_last_commit_id, error_wal_offset, error_expected, error_actual) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
-                    )
-                    .and_then(|mut s| {
-                        s.execute(params![
-                            c.component.as_str(),
-                            c.state,
-                            c.blocking_reason,
-                            c.last_transition,
-                            e.map(|e| e.code.as_str()),
-                            e.map(|e| e.reason.as_str()),
-                            e.and_then(|e| e.segment).map(|s| s.0 .0 as i64),
-                            e.and_then(|e| e.segment).map(|s| s.1 .0 as i64),
-                            e.and_then(|e| e.wal_offset).map(|o| o.0 as i64),
-                            e.and_then(|e| e.expected.as_deref()),
-                            e.and_then(|e| e.actual.as_deref())
-                        ])
-                    })
-                    .map_err(sql("recording a component status"))?;
-                }
-            }
-        }
-        self.records += 1;
-        if self.records.is_multiple_of(64) {
-            // Retention: the newest rows of each history are kept.
-            tx.execute(
-                "DELETE FROM aerodb_replica_transitions WHERE seq <= (SELECT max(seq) FROM aerodb_replica_transitions) - ?1",
-                [KEEP_TRANSITIONS],
-            )
-            .map_err(sql("pruning old transitions"))?;
-            tx.execute(
-                "DELETE FROM aerodb_replica_segments WHERE state = 'Applied' AND first_commit_id < (SELECT first_commit_id FROM aerodb_replica_segments WHERE state = 'Applied' ORDER BY first_commit_id DESC LIMIT 1 OFFSET ?1)",
-                [KEEP_APPLIED_SEGMENTS],
-            )
-            .map_err(sql("pruning old applied segments"))?;
-        }
-        tx.commit().map_err(sql("committing a state store write"))
-    }
-}
-
-fn read_components(conn: &Connection) -> rusqlite::Result<Vec<ComponentStatus>> {
-    let mut stmt = conn.prepare(
-        "SELECT component, state, blocking_reason, last_transition, error_code, error, error_first_commit_id, error_last_commit_id, error_wal_offset, error_expected, error_actual FROM aerodb_replica_components",
-    )?;
-    let rows = stmt.query_map([], |r| {
-        let name: String = r.get(0)?;
-        let code: Option<String> = r.get(4)?;
-        let first: Option<i64> = r.get(6)?;
-        let last: Option<i64> = r.get(7)?;
-        let last_error = match code {
-            Some(code) => Some(Failure {
-                code,
-                reason: r.get::<_, Option<String>>(5)?.unwrap_or_default(),
-                segment: first
-                    .zip(last)
-                    .map(|(f, l)| (CommitId(f as u64), CommitId(l as u64))),
-                wal_offset: r.get::<_, Option<i64>>(8)?.map(|o| WalOffset(o as u64)),
-                expected: r.get(9)?,
-                actual: r.get(10)?,
-            }),
-            None => None,
-        };
-        Ok(Component::parse(&name).map(|component| ComponentStatus {
-            component,
-            state: r.get(1).unwrap_or_default(),
-            blocking_reason: r.get(2).unwrap_or_default(),
-            last_transition: r.get(3).unwrap_or_default(),
-            last_error,
-        }))
-    })?;
-    let mut out = Vec::new();
-    for row in rows {
-        out.extend(row?);
-    }
-    Ok(out)
 }
 
 // --------------------------------------------------------- read-side views
