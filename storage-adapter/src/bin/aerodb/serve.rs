@@ -127,7 +127,7 @@ fn worker(server: &Server, config: &Config) {
     }
 }
 
-type Reply = Response<std::io::Cursor<Vec<u8>>>;
+type Reply = tiny_http::ResponseBox;
 
 fn header(name: &str, value: &str) -> Header {
     Header::from_bytes(name.as_bytes(), value.as_bytes()).expect("ASCII header")
@@ -137,6 +137,7 @@ fn json(status: u16, body: serde_json::Value) -> Reply {
     Response::from_data(body.to_string().into_bytes())
         .with_status_code(status)
         .with_header(header("Content-Type", "application/json"))
+        .boxed()
 }
 
 fn error(status: u16, message: &str) -> Reply {
@@ -309,7 +310,8 @@ fn segments(reader: &PrimaryWalReader, params: &[(&str, &str)]) -> Result<Reply,
                 .with_header(header("Content-Type", "application/octet-stream"))
                 .with_header(header("X-AeroDB-First", &first.0.to_string()))
                 .with_header(header("X-AeroDB-Last", &last.0.to_string()))
-                .with_header(header("X-AeroDB-Head", &head.0.to_string())));
+                .with_header(header("X-AeroDB-Head", &head.0.to_string()))
+                .boxed());
         }
         // Nothing from `from` on: wait for the primary to commit, up to the
         // deadline (data_version moves when another connection commits).
@@ -317,7 +319,8 @@ fn segments(reader: &PrimaryWalReader, params: &[(&str, &str)]) -> Result<Reply,
             if Instant::now() >= deadline {
                 return Ok(Response::from_data(Vec::new())
                     .with_status_code(204)
-                    .with_header(header("X-AeroDB-Head", &head.0.to_string())));
+                    .with_header(header("X-AeroDB-Head", &head.0.to_string()))
+                    .boxed());
             }
             std::thread::sleep(Duration::from_millis(1));
             if reader.data_version().map_err(fail)? != version {
@@ -330,10 +333,15 @@ fn segments(reader: &PrimaryWalReader, params: &[(&str, &str)]) -> Result<Reply,
 fn snapshot_reply(config: &Config) -> Result<Reply, Reply> {
     let dir = tempfile_dir().map_err(|e| error(500, &e))?;
     let path = dir.join("snapshot.db");
-    let info = snapshot::take(&config.db, &path).map_err(|e| error(500, &e.to_string()))?;
-    let bytes = std::fs::read(&path).map_err(|e| error(500, &e.to_string()))?;
+    let taken = snapshot::take(&config.db, &path).and_then(|info| {
+        std::fs::File::open(&path)
+            .map(|f| (info, f))
+            .map_err(|e| snapshot::SnapshotError::Invalid(e.to_string()))
+    });
+    // The open file streams the response; its name is gone already.
     let _ = std::fs::remove_dir_all(&dir);
-    Ok(Response::from_data(bytes)
+    let (info, file) = taken.map_err(|e| error(500, &e.to_string()))?;
+    Ok(Response::from_file(file)
         .with_status_code(200)
         .with_header(header("Content-Type", "application/vnd.sqlite3"))
         .with_header(header(
@@ -344,7 +352,8 @@ fn snapshot_reply(config: &Config) -> Result<Reply, Reply> {
         .with_header(header(
             "X-AeroDB-Checksum",
             &format!("{:016x}", info.checksum),
-        )))
+        ))
+        .boxed())
 }
 
 /// A fresh private directory for one snapshot.
