@@ -1448,9 +1448,26 @@ impl Runtime {
             source_generation: generation,
             stopping: None,
         };
+        let on_panic = Arc::clone(&published);
         let supervisor = thread::Builder::new()
             .name("aerodb-supervisor".into())
-            .spawn(move || runner.run());
+            .spawn(move || {
+                // A bug that panics the Supervisor still makes the replica
+                // unavailable, visibly (F4), instead of leaving a snapshot
+                // that says it runs.
+                let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| runner.run()));
+                if run.is_err() {
+                    let mut s = (**on_panic.lock()).clone();
+                    s.running = false;
+                    s.global = GlobalState::Disabled;
+                    s.components[Component::Supervisor.index()].last_error = Some(Failure::new(
+                        "PANIC",
+                        "the supervisor thread panicked (a bug in aerodb); the replica is unavailable",
+                    ));
+                    *on_panic.lock() = Arc::new(s);
+                    on_panic.changed.notify_all();
+                }
+            });
         match supervisor {
             Ok(h) => Runtime {
                 events: events_tx,
