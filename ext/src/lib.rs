@@ -68,7 +68,7 @@ struct ReplicaStateTab {
     db: *mut ffi::sqlite3,
 }
 
-const COLUMNS: &str = "CREATE TABLE x(role TEXT, generation TEXT, applied_commit_id INTEGER, applied_wal_offset INTEGER, applied_chain TEXT, replicated_tables INTEGER, global_state TEXT, read_status TEXT, blocking_reason TEXT, received_commit_id INTEGER, validated_commit_id INTEGER, last_transition TEXT, last_transition_reason TEXT)";
+const COLUMNS: &str = "CREATE TABLE x(role TEXT, generation TEXT, applied_commit_id INTEGER, applied_wal_offset INTEGER, applied_chain TEXT, replicated_tables INTEGER, global_state TEXT, read_status TEXT, blocking_reason TEXT, received_commit_id INTEGER, validated_commit_id INTEGER, last_transition TEXT, last_transition_reason TEXT, snapshot_commit_id INTEGER)";
 
 unsafe impl<'vtab> VTab<'vtab> for ReplicaStateTab {
     type Aux = ();
@@ -174,6 +174,7 @@ unsafe impl VTabCursor for ReplicaStateCursor<'_> {
                         _ => ctx.set_result(&r.last_transition_reason),
                     }
                 }
+                13 => ctx.set_result(&s.snapshot_commit_id.map(|c| c.0 as i64)),
                 _ => ctx.set_result(&rusqlite::types::Null),
             }
         })

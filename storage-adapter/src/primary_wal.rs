@@ -66,6 +66,14 @@ pub enum WalReadError {
         /// The limit broken.
         source: EncodeError,
     },
+    /// Truncation asked to drop WAL past the head.
+    #[error("aerodb_truncate_wal({requested}): the newest commit is {head}, so WAL can be dropped below at most commit {}", head.next())]
+    BeyondHead {
+        /// Requested.
+        requested: CommitId,
+        /// The head.
+        head: CommitId,
+    },
     /// The requested commit is older than the WAL the primary keeps.
     #[error(
         "commit {requested} is not in the primary's WAL (it starts after commit {oldest_sealed})"
@@ -225,9 +233,9 @@ impl WalTables {
         let (head, _) = self.head()?;
         let oldest = self.oldest()?;
         if below.0 > head.0 + 1 {
-            return Err(WalReadError::Truncated {
+            return Err(WalReadError::BeyondHead {
                 requested: below,
-                oldest_sealed: head,
+                head,
             });
         }
         if below <= oldest {

@@ -49,6 +49,8 @@ pub struct ReplicaStatus {
     pub replicated_tables: i64,
     /// The replica runtime's recorded state (None if no runtime ever ran).
     pub runtime: Option<RecordedState>,
+    /// The CommitId of the last snapshot this replica bootstrapped from.
+    pub snapshot_commit_id: Option<CommitId>,
 }
 
 /// What the Supervisor last recorded in `aerodb_replica_state`, and the
@@ -117,8 +119,16 @@ pub(crate) fn read_raw(conn: RawConn) -> Result<ReplicaStatus, RawError> {
         if s.step()? {
             let i = |k| s.column(k).as_i64().unwrap_or(0);
             let runtime = recorded(conn)?;
+            let snapshot_commit_id = if table_exists(conn, "aerodb_replica_bootstrap")? {
+                conn.query_value("SELECT max(commit_id) FROM aerodb_replica_bootstrap", &[])?
+                    .and_then(|v| v.as_i64())
+                    .map(|c| CommitId(c as u64))
+            } else {
+                None
+            };
             return Ok(ReplicaStatus {
                 runtime,
+                snapshot_commit_id,
                 role: Role::Replica,
                 generation: Some(Generation(i(0) as u64)),
                 applied_commit_id: Some(CommitId(i(1) as u64)),
@@ -140,6 +150,7 @@ pub(crate) fn read_raw(conn: RawConn) -> Result<ReplicaStatus, RawError> {
                 applied_chain: None,
                 replicated_tables: count(conn, "SELECT count(*) FROM aerodb_tables")?,
                 runtime: None,
+                snapshot_commit_id: None,
             });
         }
     }
@@ -151,6 +162,7 @@ pub(crate) fn read_raw(conn: RawConn) -> Result<ReplicaStatus, RawError> {
         applied_chain: None,
         replicated_tables: 0,
         runtime: None,
+        snapshot_commit_id: None,
     })
 }
 

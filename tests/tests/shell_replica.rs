@@ -498,3 +498,35 @@ fn bad_calls_get_clear_errors_and_change_nothing() {
     // Nothing changed: the replica is where the one good start left it.
     assert_eq!(rows_of(&r), rows_of(&p));
 }
+
+#[test]
+fn a_replica_of_a_truncated_primary_bootstraps_from_a_snapshot_in_the_shell() {
+    // WAL retention from SQL, snapshot bootstrap shown in replica_state.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let p = primary(dir.path(), 9);
+    let run = shell(
+        &p,
+        &format!(
+            "{}SELECT aerodb_truncate_wal(6);\nSELECT aerodb_truncate_wal(99);\n",
+            load()
+        ),
+    );
+    assert_eq!(run.stdout, "6\n", "{run:?}");
+    assert!(
+        run.stderr
+            .contains("aerodb_truncate_wal(99): the newest commit is 10, so WAL can be dropped below at most commit 11"),
+        "truncating past the head is refused: {run:?}"
+    );
+    let r = dir.path().join("r.db");
+    let run = shell(
+        &r,
+        &format!(
+            "{}SELECT aerodb_wait(10, 60000);\nSELECT snapshot_commit_id, applied_commit_id FROM replica_state;\nSELECT first_commit_id, last_commit_id, state FROM replica_segments;\n",
+            replica_prelude(&p, "{}")
+        ),
+    );
+    assert!(run.ok && run.stderr.is_empty(), "{run:?}");
+    let lines: Vec<&str> = run.stdout.lines().collect();
+    assert_eq!(&lines[2..], ["10", "10|10", "1|10|Applied"], "{run:?}");
+    assert_eq!(rows_of(&r), rows_of(&p));
+}
