@@ -152,6 +152,20 @@ fn int_arg(ctx: &FnContext<'_>, f: &str, i: usize, what: &str) -> Result<i64> {
     }
 }
 
+/// The replica functions start threads, join them or block: never inside
+/// the caller's own transaction (the runtime's writes would wait for it).
+fn outside_transaction(ctx: &FnContext<'_>, f: &str) -> Result<()> {
+    // SAFETY: called on the connection running this function.
+    let conn = unsafe { ctx.get_connection()? };
+    if conn.is_autocommit() {
+        Ok(())
+    } else {
+        Err(user_error(format!(
+            "{f}: cannot run inside a transaction (the replica's writes would wait for it); COMMIT or ROLLBACK first"
+        )))
+    }
+}
+
 fn start(ctx: &FnContext<'_>, registry: &Registry) -> Result<i64> {
     if !(1..=2).contains(&ctx.len()) {
         return Err(user_error(format!(
@@ -171,6 +185,7 @@ fn start(ctx: &FnContext<'_>, registry: &Registry) -> Result<i64> {
         _ => None,
     };
     let options = parse_options(options.as_deref())?;
+    outside_transaction(ctx, "aerodb_replica_start")?;
     let http = source.starts_with("http://");
     if source.starts_with("https://") {
         return Err(user_error(format!(
@@ -247,10 +262,20 @@ fn stop(ctx: &FnContext<'_>, registry: &Registry) -> Result<i64> {
             ctx.len()
         )));
     }
+    outside_transaction(ctx, "aerodb_replica_stop")?;
     let running = registry.lock().take().ok_or_else(|| {
         user_error("aerodb_replica_stop: no replica is running on this connection")
     })?;
     let last = running.replica.stop();
+    if let Some(e) = &last
+        .component(replication::runtime::Component::Supervisor)
+        .last_error
+    {
+        return Err(user_error(format!(
+            "aerodb_replica_stop: the replica stopped at commit {}, but its supervisor failed: {e}",
+            last.applied.commit_id
+        )));
+    }
     Ok(last.applied.commit_id.0 as i64)
 }
 
@@ -274,6 +299,7 @@ fn wait(ctx: &FnContext<'_>, registry: &Registry) -> Result<i64> {
             "{F}: argument 2 (timeout_ms) must be from 0 to {MAX_WAIT_MS}, got {timeout}"
         )));
     }
+    outside_transaction(ctx, F)?;
     let running = registry.lock();
     let r = running.as_ref().ok_or_else(|| {
         user_error(format!(
@@ -382,14 +408,26 @@ unsafe impl<'vtab, T: Rows + 'vtab> VTab<'vtab> for RowsTab<T> {
         guard(T::NAME, || {
             let first_arg = (columns_of(T::SCHEMA) - T::ARGS) as c_int;
             let mut found = vec![None; T::ARGS];
+            let mut unusable = false;
             for (i, c) in info.constraints().enumerate() {
                 let k = c.column() - first_arg;
                 if c.column() >= first_arg
-                    && c.is_usable()
                     && c.operator() == IndexConstraintOp::SQLITE_INDEX_CONSTRAINT_EQ
                 {
-                    found[k as usize] = Some(i);
+                    if c.is_usable() {
+                        found[k as usize] = Some(i);
+                    } else {
+                        unusable = true;
+                    }
                 }
+            }
+            if found.iter().any(Option::is_none) && unusable {
+                // The argument comes from a join: ask SQLite for another
+                // plan, where it is known.
+                return Err(Error::SqliteFailure(
+                    ffi::Error::new(ffi::SQLITE_CONSTRAINT),
+                    None,
+                ));
             }
             if found.iter().any(Option::is_none) {
                 // A table-valued function called without its argument.

@@ -438,27 +438,25 @@ fn run_receiver(
             }
             other => other,
         };
-        let delivery = match fetched {
-            Ok(Some(f)) => Delivery::Segment(f),
+        let delivered = match fetched {
+            Ok(Some(f)) => Ok(Delivery::Segment(f)),
             Ok(None) => continue,
             Err(f) if f.code == WAL_TRUNCATED => {
                 // The primary no longer has WAL from `next`: bootstrap from
-                // a snapshot standing for `next..=S`.
-                let path = storage.snapshot_path();
+                // a snapshot standing for `next..=S`, in a file of its own.
+                let path = storage.snapshot_path(next);
                 let _ = std::fs::remove_file(&path);
-                match source.snapshot(&path) {
-                    Ok(at) => Delivery::Snapshot {
-                        first: next,
-                        last: at,
-                        path,
-                        why: f.reason,
-                    },
-                    Err(e) => {
-                        fail(&mut core, e.at(next, next));
-                        break "failed".to_string();
-                    }
-                }
+                source.snapshot(&path).map(|at| Delivery::Snapshot {
+                    first: next,
+                    last: at,
+                    path,
+                    why: f.reason,
+                })
             }
+            Err(f) => Err(f),
+        };
+        let delivery = match delivered {
+            Ok(d) => d,
             Err(f) => {
                 let transient = f.code == SOURCE_UNAVAILABLE;
                 fail(&mut core, f.at(next, next));
@@ -1211,13 +1209,12 @@ impl SupervisorRunner {
                 }
             }
             Event::ValidatorFailed(f) => {
-                let reason = f.reason.clone();
+                let reason = f.to_string();
                 self.failed(Component::Validator, "Failed", f);
                 // A validator that cannot read what it must validate blocks
-                // application like a rejection (F2).
-                self.drive(SupervisorInput::ReceiverStopped {
-                    reason: format!("WAL validator failed: {reason}"),
-                })?;
+                // application like a rejection (F2); a returning source
+                // does not lift it.
+                self.drive(SupervisorInput::ValidatorFailed { reason })?;
             }
             Event::ValidatorExited(why) => {
                 if self.status(Component::Validator).last_error.is_none() {
@@ -1256,6 +1253,10 @@ impl SupervisorRunner {
                 if again {
                     self.drive(SupervisorInput::RecoveryFailed { range, reason })?;
                 } else if self.stopping.is_none() {
+                    // What the stopped pipeline reported is recorded before
+                    // the store's recovery moves Validated segments back to
+                    // Received, so no stale mark survives it.
+                    self.flush()?;
                     let stored = self.open_store()?;
                     self.start_pipeline(&stored)?;
                 }

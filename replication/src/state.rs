@@ -31,6 +31,12 @@ pub enum BlockReason {
         /// The Receiver's explanation.
         reason: String,
     },
+    /// The Validator could not read what it must validate (a stored
+    /// segment or snapshot); nothing more is validated until a restart.
+    ValidatorFailed {
+        /// The Validator's explanation.
+        reason: String,
+    },
     /// Applying a segment failed again after recovery; replication stopped.
     ApplierFailed {
         /// The segment's first CommitId.
@@ -74,6 +80,7 @@ impl BlockReason {
             BlockReason::SegmentRejected { code, .. } => DIVERGENCE_CODES.contains(code),
             BlockReason::ApplierFailed { reason, .. } => reason.starts_with("DIVERGED"),
             BlockReason::Recorded { code, .. } => code == "DIVERGED",
+            BlockReason::ValidatorFailed { .. } => false,
             // A source behind the replica (restored from an older backup)
             // or serving another generation.
             BlockReason::ReceiverFailed { reason } => {
@@ -97,6 +104,7 @@ impl fmt::Display for BlockReason {
                 "segment {first}..={last} at WAL offset {wal_offset} rejected: {reason}"
             ),
             BlockReason::ReceiverFailed { reason } => write!(f, "WAL receiver failed: {reason}"),
+            BlockReason::ValidatorFailed { reason } => write!(f, "WAL validator failed: {reason}"),
             BlockReason::ApplierFailed {
                 first,
                 last,

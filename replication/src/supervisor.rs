@@ -49,6 +49,12 @@ pub enum SupervisorInput {
         /// Why.
         reason: String,
     },
+    /// The Validator failed (it could not read what it must validate):
+    /// application is blocked (F2); only a restart lifts it.
+    ValidatorFailed {
+        /// Why.
+        reason: String,
+    },
     /// The source answers again after the Receiver stopped on a transport
     /// failure: replication resumes, as an explicit, recorded transition
     /// (only from Ready(read-blocked: WAL receiver failed)).
@@ -292,6 +298,14 @@ impl Supervisor {
                     }),
                 },
                 format!("replication stopped: {reason}"),
+            ),
+            SupervisorInput::ValidatorFailed { reason } => (
+                GlobalState::Ready {
+                    read: ReadStatus::Blocked(BlockReason::ValidatorFailed {
+                        reason: reason.clone(),
+                    }),
+                },
+                format!("application blocked: WAL validator failed: {reason}"),
             ),
             SupervisorInput::SourceBack { reason } => {
                 let receiver_failed = matches!(
@@ -541,6 +555,23 @@ mod tests {
             .expect("moves");
         assert_eq!(t.to, GlobalState::ReceivingWal);
         assert_eq!(t.reason, "source reachable again");
+        // A validator failure is not undone by the source coming back.
+        let mut v = s.clone();
+        v.handle(SupervisorInput::ValidatorFailed {
+            reason: "snapshot unreadable".into(),
+        })
+        .expect("legal");
+        assert_eq!(
+            v.handle(SupervisorInput::SourceBack {
+                reason: "again".into()
+            })
+            .expect("legal"),
+            None
+        );
+        assert_eq!(
+            v.state().to_string(),
+            "Ready (read-blocked: WAL validator failed: snapshot unreadable)"
+        );
         // A rejection is not undone by the source coming back.
         s.handle(SupervisorInput::Rejected(Rejection {
             first: CommitId(3),

@@ -250,8 +250,12 @@ impl SqliteStorage {
     /// The replica file (it must have been made a replica: see
     /// [`Replica::start`]).
     pub fn new(path: impl AsRef<Path>) -> SqliteStorage {
+        // Absolute: snapshot paths recorded in the store must not depend on
+        // the working directory of a later run.
+        let path =
+            std::path::absolute(path.as_ref()).unwrap_or_else(|_| path.as_ref().to_path_buf());
         SqliteStorage {
-            path: path.as_ref().to_path_buf(),
+            path,
             lock: WriteTurn::default(),
         }
     }
@@ -326,8 +330,10 @@ impl WalStorage for SqliteWalStorage {
         tx.commit().map_err(sql("committing a received segment"))
     }
 
-    fn snapshot_path(&self) -> PathBuf {
-        self.snapshot.clone()
+    fn snapshot_path(&self, first: CommitId) -> PathBuf {
+        let mut name = self.snapshot.clone().into_os_string();
+        name.push(format!("-{}", first.0));
+        PathBuf::from(name)
     }
 
     fn persist_snapshot(
@@ -602,6 +608,20 @@ pub fn read_gate_in(conn: &Connection, min_commit_id: Option<CommitId>) -> Decis
             Some(kind) => kind_of(&kind)
                 .ok_or_else(|| format!("recorded global state '{kind}' is unknown"))?,
         };
+        // A recorded running state is only true while a runtime holds the
+        // replica's lock: after a crash (or a stop that could not be
+        // recorded) the replica is not running, whatever was recorded last.
+        // A recorded block stays a block.
+        let global = match (&global, conn.path().map(runtime_holds_lock)) {
+            (
+                GlobalState::Ready {
+                    read: ReadStatus::Blocked(_),
+                },
+                _,
+            ) => global,
+            (_, Some(false)) => GlobalState::Disabled,
+            _ => global,
+        };
         Ok(ObservedState {
             global,
             applied_commit_id: CommitId(applied as u64),
@@ -611,6 +631,30 @@ pub fn read_gate_in(conn: &Connection, min_commit_id: Option<CommitId>) -> Decis
     match observe() {
         Ok(state) => read_gate::evaluate(&state, &ReadRequest { min_commit_id }),
         Err(e) => read_gate::refuse_unobservable(&e),
+    }
+}
+
+/// The lock file a running runtime holds for `replica`.
+fn lock_path(replica: &Path) -> PathBuf {
+    let mut p = replica.as_os_str().to_owned();
+    p.push(".aerodb-lock");
+    PathBuf::from(p)
+}
+
+/// Whether a runtime (in any process) holds the lock of the replica file
+/// `path`. Never creates the lock file.
+fn runtime_holds_lock(path: &str) -> bool {
+    if path.is_empty() {
+        return false;
+    }
+    match File::open(lock_path(Path::new(path))) {
+        Err(_) => false,
+        // flock locks are per open file: this fails while a runtime, in
+        // this process or another, holds it. (The probe holds a shared
+        // lock for an instant; a runtime starting in exactly that instant
+        // is told the replica is already running and can be started
+        // again.)
+        Ok(f) => f.try_lock_shared().is_err(),
     }
 }
 
@@ -706,9 +750,7 @@ impl Replica {
             path: path.clone(),
             reason,
         };
-        let mut lock_path = path.clone().into_os_string();
-        lock_path.push(".aerodb-lock");
-        let lock_path = PathBuf::from(lock_path);
+        let lock_path = lock_path(&path);
         let lock = File::options()
             .create(true)
             .truncate(false)

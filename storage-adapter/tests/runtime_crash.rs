@@ -524,6 +524,17 @@ fn sigkill_of_the_threaded_replica_recovers_losing_nothing_and_applying_nothing_
 
         let after = observe(&replica);
         check_consistent(&after, &at);
+        // Whatever state the killed runtime recorded last, the gate knows
+        // nothing runs: a read needing the next commit is NOT_STARTED.
+        {
+            let conn = Connection::open_with_flags(&replica, OpenFlags::SQLITE_OPEN_READ_ONLY)
+                .expect("open replica");
+            let d = storage_adapter::runtime::read_gate_in(
+                &conn,
+                Some(replication::wal::CommitId(after.applied as u64 + 1)),
+            );
+            assert_eq!(d.code.as_str(), "NOT_STARTED", "{at}: {d}");
+        }
         assert!(
             after.applied >= before.applied,
             "{at}: applied commit went back from {} to {}",

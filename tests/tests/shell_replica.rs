@@ -408,6 +408,14 @@ fn bad_calls_get_clear_errors_and_change_nothing() {
             "no replica is running on this connection",
         ),
         (
+            format!("BEGIN; SELECT aerodb_replica_start('{pp}');"),
+            "aerodb_replica_start: cannot run inside a transaction",
+        ),
+        (
+            "BEGIN; SELECT aerodb_wait(1, 10);".into(),
+            "aerodb_wait: cannot run inside a transaction",
+        ),
+        (
             "SELECT aerodb_replica_stop(1);".into(),
             "takes no arguments",
         ),

@@ -110,8 +110,9 @@ pub trait WalStorage: Send {
     /// Stores segment `first..=last` as received, state Received.
     fn persist(&mut self, first: CommitId, last: CommitId, bytes: &[u8]) -> Result<(), Failure>;
 
-    /// Where a downloaded snapshot is kept until it is installed.
-    fn snapshot_path(&self) -> PathBuf;
+    /// Where a downloaded snapshot standing for commits from `first` is
+    /// kept until it is installed (one file per item).
+    fn snapshot_path(&self, first: CommitId) -> PathBuf;
 
     /// Records the snapshot file at `path` as the Received item standing
     /// for commits `first..=last`.

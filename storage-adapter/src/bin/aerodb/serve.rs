@@ -331,15 +331,19 @@ fn segments(reader: &PrimaryWalReader, params: &[(&str, &str)]) -> Result<Reply,
 }
 
 fn snapshot_reply(config: &Config) -> Result<Reply, Reply> {
-    let dir = tempfile_dir().map_err(|e| error(500, &e))?;
-    let path = dir.join("snapshot.db");
+    // A private directory (mode 0700): the copy holds the replicated data.
+    let dir = tempfile::Builder::new()
+        .prefix("aerodb-snapshot-")
+        .tempdir()
+        .map_err(|e| error(500, &format!("creating a private temporary directory: {e}")))?;
+    let path = dir.path().join("snapshot.db");
     let taken = snapshot::take(&config.db, &path).and_then(|info| {
         std::fs::File::open(&path)
             .map(|f| (info, f))
             .map_err(|e| snapshot::SnapshotError::Invalid(e.to_string()))
     });
     // The open file streams the response; its name is gone already.
-    let _ = std::fs::remove_dir_all(&dir);
+    drop(dir);
     let (info, file) = taken.map_err(|e| error(500, &e.to_string()))?;
     Ok(Response::from_file(file)
         .with_status_code(200)
@@ -354,19 +358,4 @@ fn snapshot_reply(config: &Config) -> Result<Reply, Reply> {
             &format!("{:016x}", info.checksum),
         ))
         .boxed())
-}
-
-/// A fresh private directory for one snapshot.
-fn tempfile_dir() -> Result<std::path::PathBuf, String> {
-    let base = std::env::temp_dir();
-    for n in 0..1000u32 {
-        let dir = base.join(format!("aerodb-snapshot-{}-{n}", std::process::id()));
-        if std::fs::create_dir(&dir).is_ok() {
-            return Ok(dir);
-        }
-    }
-    Err(format!(
-        "cannot create a directory under {}",
-        base.display()
-    ))
 }
