@@ -187,6 +187,21 @@ impl GlobalKind {
 }
 
 impl GlobalState {
+    /// The state named `name` (as [`GlobalKind::as_str`] writes it), for
+    /// the states that carry no data; `Ready` needs its read status.
+    pub fn from_plain_name(name: &str) -> Option<GlobalState> {
+        [
+            GlobalState::Disabled,
+            GlobalState::Initializing,
+            GlobalState::ReceivingWal,
+            GlobalState::ValidatingWal,
+            GlobalState::ApplyingWal,
+            GlobalState::Recovering,
+        ]
+        .into_iter()
+        .find(|s| s.kind().as_str() == name)
+    }
+
     /// Its kind.
     pub fn kind(&self) -> GlobalKind {
         match self {

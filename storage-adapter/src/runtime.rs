@@ -51,7 +51,7 @@ use replication::runtime::{
     SegmentReader, Snapshot, SnapshotFacts, StateStore, StopSignal, Storage, WaitError, WalSource,
     WalStorage, WAL_TRUNCATED,
 };
-use replication::state::{BlockReason, GlobalKind, GlobalState, ReadStatus};
+use replication::state::{BlockReason, GlobalState, ReadStatus};
 use replication::wal::{ChainPosition, CommitId, Generation, Segment, ValidatedSegment, WalOffset};
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension, TransactionBehavior};
 use std::fs::File;
@@ -542,27 +542,6 @@ pub fn transitions_in(conn: &Connection) -> rusqlite::Result<Vec<TransitionRow>>
     rows.collect()
 }
 
-fn kind_of(name: &str) -> Option<GlobalState> {
-    use GlobalKind::*;
-    let kinds = [
-        Disabled,
-        Initializing,
-        ReceivingWal,
-        ValidatingWal,
-        ApplyingWal,
-        Recovering,
-    ];
-    let plain = |k: GlobalKind| match k {
-        Disabled => GlobalState::Disabled,
-        Initializing => GlobalState::Initializing,
-        ReceivingWal => GlobalState::ReceivingWal,
-        ValidatingWal => GlobalState::ValidatingWal,
-        ApplyingWal => GlobalState::ApplyingWal,
-        _ => GlobalState::Recovering,
-    };
-    kinds.into_iter().find(|k| k.as_str() == name).map(plain)
-}
-
 /// The Read Safety Gate over the state `conn` sees: the recorded global
 /// state and the applied position, read by ONE statement (one snapshot).
 /// Inside a transaction it answers for exactly the snapshot that
@@ -605,7 +584,7 @@ pub fn read_gate_in(conn: &Connection, min_commit_id: Option<CommitId>) -> Decis
                     ReadStatus::Safe
                 },
             },
-            Some(kind) => kind_of(&kind)
+            Some(kind) => GlobalState::from_plain_name(&kind)
                 .ok_or_else(|| format!("recorded global state '{kind}' is unknown"))?,
         };
         // A recorded running state is only true while a runtime holds the
