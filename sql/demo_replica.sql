@@ -7,7 +7,7 @@
 PRAGMA journal_mode = WAL;
 .print '== start the replica runtime in this shell (Receiver, Validator, Applier, Supervisor threads)'
 SELECT aerodb_replica_start(@primary, '{"segment_bytes": 200}') AS started_at_commit;
-.print '== wait until the primary''s last commit is applied (returns the applied CommitId)'
+.print '== wait until the last commit of the primary is applied (returns the applied CommitId)'
 SELECT aerodb_wait(@token, 10000) AS applied;
 .mode box
 .print '== replica_state'
