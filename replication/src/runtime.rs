@@ -905,9 +905,7 @@ impl SupervisorRunner {
         self.pending.push(StoreOp::Transition(record.clone()));
         // Component rows are written with every transition, so the store's
         // view of each component is never older than the global state.
-        for c in self.components.clone() {
-            self.pending.push(StoreOp::Component(c));
-        }
+        self.record_components();
         self.last_transition = Some(record);
     }
 
@@ -1346,7 +1344,7 @@ impl SupervisorRunner {
                         self.set_state(c, "Stopped");
                     }
                 }
-                self.transition_components();
+                self.record_components();
                 self.flush()?;
                 return Ok(());
             }
@@ -1356,7 +1354,7 @@ impl SupervisorRunner {
         Ok(())
     }
 
-    fn transition_components(&mut self) {
+    fn record_components(&mut self) {
         for c in self.components.clone() {
             self.pending.push(StoreOp::Component(c));
         }

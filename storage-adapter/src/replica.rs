@@ -315,30 +315,7 @@ impl ReplicaDb {
             // yet: this segment is a ValidatedSegment) -> Applied; a
             // Rejected or Applied row does not match.
             let (first, last) = segment.segment().header.range();
-            let marked = tx
-                .prepare_cached(
-                    "UPDATE aerodb_replica_segments SET state = 'Applied', first_wal_offset = ?3, end_wal_offset = ?4 WHERE first_commit_id = ?1 AND last_commit_id = ?2 AND state IN ('Received', 'Validated')",
-                )
-                .and_then(|mut s| {
-                    s.execute(params![
-                        first.0 as i64,
-                        last.0 as i64,
-                        segment.start().wal_offset.0 as i64,
-                        end.wal_offset.0 as i64
-                    ])
-                })
-                .map_err(sql_err("marking the segment Applied", Some(end.commit_id)))?;
-            if marked != 1 {
-                return Err(ApplyError::SegmentNotReceived { first, last });
-            }
-            tx.prepare_cached(
-                "DELETE FROM aerodb_replica_segment_bytes WHERE first_commit_id = ?1",
-            )
-            .and_then(|mut s| s.execute([first.0 as i64]))
-            .map_err(sql_err(
-                "dropping the applied segment's bytes",
-                Some(end.commit_id),
-            ))?;
+            mark_applied(&tx, (first, last), segment.start().wal_offset, end)?;
         }
         tx.commit().map_err(sql_err(
             "committing the apply transaction",
@@ -485,25 +462,9 @@ impl ReplicaDb {
         )
         .map_err(sql_err("advancing the replica position", Some(last)))?;
         if self.track_segments {
-            let marked = tx
-                .execute(
-                    "UPDATE main.aerodb_replica_segments SET state = 'Applied', first_wal_offset = ?3, end_wal_offset = ?4 WHERE first_commit_id = ?1 AND last_commit_id = ?2 AND state IN ('Received', 'Validated')",
-                    params![
-                        first.0 as i64,
-                        last.0 as i64,
-                        stored.wal_offset.0 as i64,
-                        end.wal_offset.0 as i64
-                    ],
-                )
-                .map_err(sql_err("marking the snapshot Applied", Some(last)))?;
-            if marked != 1 {
-                return Err(ApplyError::SegmentNotReceived { first, last });
-            }
+            mark_applied(&tx, (first, last), stored.wal_offset, end)?;
         }
-        let at = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_millis() as i64)
-            .unwrap_or(0);
+        let at = crate::runtime::now_ms();
         tx.execute(
             "INSERT OR REPLACE INTO main.aerodb_replica_bootstrap(commit_id, generation, wal_offset, chain, checksum, replaced_from, tables, at_unix_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
             params![
@@ -522,6 +483,41 @@ impl ReplicaDb {
             .map_err(sql_err("committing the snapshot transaction", Some(last)))?;
         Ok(end)
     }
+}
+
+/// Moves the runtime's item `first..=last` (a segment or a snapshot) from
+/// Received or Validated to Applied, inside the transaction that applied
+/// it, and drops its raw bytes. An item the Receiver did not persist, or
+/// one already Applied or Rejected, refuses the whole transaction.
+fn mark_applied(
+    tx: &Connection,
+    (first, last): (CommitId, CommitId),
+    start: WalOffset,
+    end: ChainPosition,
+) -> Result<(), ApplyError> {
+    let marked = tx
+        .prepare_cached(
+            "UPDATE main.aerodb_replica_segments SET state = 'Applied', first_wal_offset = ?3, end_wal_offset = ?4 WHERE first_commit_id = ?1 AND last_commit_id = ?2 AND state IN ('Received', 'Validated')",
+        )
+        .and_then(|mut s| {
+            s.execute(params![
+                first.0 as i64,
+                last.0 as i64,
+                start.0 as i64,
+                end.wal_offset.0 as i64
+            ])
+        })
+        .map_err(sql_err("marking the item Applied", Some(end.commit_id)))?;
+    if marked != 1 {
+        return Err(ApplyError::SegmentNotReceived { first, last });
+    }
+    tx.prepare_cached("DELETE FROM main.aerodb_replica_segment_bytes WHERE first_commit_id = ?1")
+        .and_then(|mut s| s.execute([first.0 as i64]))
+        .map_err(sql_err(
+            "dropping the applied item's bytes",
+            Some(end.commit_id),
+        ))?;
+    Ok(())
 }
 
 /// The shape of a replicated table, from the cache or the replica's schema.

@@ -43,7 +43,7 @@
 //! ```
 
 use crate::primary::{PrimaryError, PrimaryWalReader};
-use crate::replica::{ApplyError, ReplicaDb, REPLICA_SQL};
+use crate::replica::{ApplyError, ReplicaDb};
 use crate::state_store::SqliteStateStore;
 use replication::read_gate::{self, Decision, ObservedState, ReadRequest};
 use replication::runtime::{
@@ -362,7 +362,7 @@ impl WalStorage for SqliteWalStorage {
     }
 }
 
-fn now_ms() -> i64 {
+pub(crate) fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
@@ -828,10 +828,4 @@ impl Replica {
     pub fn stop(mut self) -> Arc<Snapshot> {
         self.runtime.take().expect("present until stop").stop()
     }
-}
-
-/// Creates the replica tables in `conn` (for tools that read a replica
-/// file that no runtime has opened yet).
-pub fn ensure_replica_tables(conn: &Connection) -> rusqlite::Result<()> {
-    conn.execute_batch(REPLICA_SQL)
 }
