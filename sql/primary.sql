@@ -1,37 +1,44 @@
--- AeroDB primary: the capture tables. Created by aerodb_primary_init()
--- (storage-adapter executes this file as is). Applications never write
--- these tables; capture triggers do, inside the writing transaction.
+-- AeroDB primary: the capture tables (WAL format 2). Created by
+-- aerodb_primary_init() (storage-adapter executes this file as is).
+-- Applications never write these tables; the commit of a transaction that
+-- wrote a replicated table does, inside that transaction.
 
--- Identity of this primary: ('format_version', 1), ('generation', <random>).
+-- Identity of this primary: ('format_version', 2), ('generation', <random>),
+-- and ('oldest_commit', N) once the WAL was truncated below N.
 CREATE TABLE IF NOT EXISTS aerodb_meta(
   key   TEXT PRIMARY KEY,
   value ANY NOT NULL
 );
 
--- Replicated tables, the CommitId of their schema record, and the shape
--- their capture triggers were made for: column names joined by char(31),
--- its CREATE INDEX statements joined by char(30).
--- Capture refuses writes once a table no longer has that shape or its
--- triggers (ALTER TABLE, DROP/CREATE): never uncaptured or partial data.
+-- Replicated tables (names match case-insensitively, as SQLite's do), the
+-- CommitId of their schema record, and the shape their capture was made
+-- for: the CREATE TABLE statement, column names joined by char(31), the
+-- CREATE INDEX statements and the capture trigger names joined by
+-- char(30). Capture refuses to commit writes once a table no longer has
+-- that shape or its triggers (ALTER TABLE, DROP/CREATE): never uncaptured
+-- or partial data.
 CREATE TABLE IF NOT EXISTS aerodb_tables(
-  name             TEXT PRIMARY KEY,
+  name             TEXT PRIMARY KEY COLLATE NOCASE,
   schema_commit_id INTEGER NOT NULL,
+  sql              TEXT NOT NULL,
   columns          TEXT NOT NULL,
   indexes          TEXT NOT NULL,
-  key_columns      TEXT NOT NULL
+  key_columns      TEXT NOT NULL,
+  triggers         TEXT NOT NULL
 );
 
--- The WAL's content: one row per captured change, in commit order.
--- pos = commit_id << 24 | seq: rows of one commit are adjacent and the
--- table is append-only (no secondary index to maintain).
+-- The WAL's content: each committed record's bytes, exactly as replicas
+-- receive them, in chunks of up to 256 KiB.
+-- pos = commit_id << 24 | chunk number: a record's rows are adjacent and
+-- the table is append-only (no secondary index to maintain).
 CREATE TABLE IF NOT EXISTS aerodb_changes(
   pos    INTEGER PRIMARY KEY,
   change BLOB NOT NULL
 );
 
--- Sealed records: the WAL offset, length and checksums of a committed
--- record, written by a later writing transaction (records are sealed in
--- batches; readers compute the unsealed tail themselves, identically).
+-- The seal of every committed record, written by its own commit: WAL
+-- offset, length, change count and checksums (prev_chain, chain, crc as
+-- the record's bytes hold them).
 CREATE TABLE IF NOT EXISTS aerodb_commits(
   commit_id    INTEGER PRIMARY KEY,
   wal_offset   INTEGER NOT NULL,

@@ -22,7 +22,7 @@
 use std::fmt;
 
 /// Format version written in every segment header.
-pub const FORMAT_VERSION: u16 = 1;
+pub const FORMAT_VERSION: u16 = 2;
 /// First bytes of every segment.
 pub const SEGMENT_MAGIC: [u8; 4] = *b"AEWS";
 /// Bytes of the segment header, including its CRC.
@@ -110,14 +110,17 @@ pub enum Value {
 /// What a change does.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Operation {
-    /// A row was inserted (or replaced).
+    /// The row with this key is now these values (inserted, or replacing
+    /// the row with the same primary key).
     Insert = 1,
-    /// A row was updated; its key may have changed.
+    /// The row with this key, which exists, now holds these values.
     Update = 2,
-    /// A row was deleted.
+    /// The row with this key, which exists, is gone.
     Delete = 3,
     /// A table started being replicated: its `CREATE TABLE` statement.
     Schema = 4,
+    /// The row with this key, if there is one, is gone.
+    Discard = 5,
 }
 
 impl Operation {
@@ -127,6 +130,7 @@ impl Operation {
             2 => Some(Operation::Update),
             3 => Some(Operation::Delete),
             4 => Some(Operation::Schema),
+            5 => Some(Operation::Discard),
             _ => None,
         }
     }
@@ -152,8 +156,17 @@ pub enum Change {
         /// The new column values in table order.
         values: Vec<Value>,
     },
-    /// The row with primary key `key` was deleted.
+    /// The row with primary key `key` was deleted; the replica must have
+    /// it (a replica without it has diverged).
     Delete {
+        /// Table name.
+        table: String,
+        /// The primary key, in primary-key order.
+        key: Vec<Value>,
+    },
+    /// No row with primary key `key` exists at the end of the commit
+    /// (whether or not one existed before it).
+    Discard {
         /// Table name.
         table: String,
         /// The primary key, in primary-key order.
@@ -179,6 +192,7 @@ impl Change {
             Change::Insert { table, .. }
             | Change::Update { table, .. }
             | Change::Delete { table, .. }
+            | Change::Discard { table, .. }
             | Change::Schema { table, .. } => table,
         }
     }
@@ -189,6 +203,7 @@ impl Change {
             Change::Insert { .. } => Operation::Insert,
             Change::Update { .. } => Operation::Update,
             Change::Delete { .. } => Operation::Delete,
+            Change::Discard { .. } => Operation::Discard,
             Change::Schema { .. } => Operation::Schema,
         }
     }
@@ -573,7 +588,7 @@ pub fn encode_change(change: &Change) -> Result<Vec<u8>, EncodeError> {
             encode_values(&mut out, key)?;
             encode_values(&mut out, values)?;
         }
-        Change::Delete { key, .. } => encode_values(&mut out, key)?,
+        Change::Delete { key, .. } | Change::Discard { key, .. } => encode_values(&mut out, key)?,
         Change::Schema { sql, indexes, .. } => {
             encode_count(&mut out, indexes.len())?;
             for statement in std::iter::once(sql).chain(indexes) {
@@ -1378,6 +1393,10 @@ pub fn decode_change(bytes: &[u8]) -> Result<Change, String> {
             table,
             key: decode_values(&mut r, "key")?,
         },
+        Operation::Discard => Change::Discard {
+            table,
+            key: decode_values(&mut r, "key")?,
+        },
         Operation::Schema => {
             let count = r.u16("index count")? as usize;
             if count > MAX_COLUMNS {
@@ -1415,6 +1434,21 @@ fn decode_statement(r: &mut Reader<'_>) -> Result<String, String> {
     Ok(std::str::from_utf8(r.take(n, "schema statement")?)
         .map_err(|e| format!("schema statement is not UTF-8: {e}"))?
         .to_owned())
+}
+
+/// Decodes a whole value list (a `u16` count and that many values), as
+/// [`encode_count`] and [`encode_value`] write it.
+pub fn decode_value_list(bytes: &[u8]) -> Result<Vec<Value>, String> {
+    let mut r = Reader {
+        bytes,
+        pos: 0,
+        end: bytes.len(),
+    };
+    let values = decode_values(&mut r, "values")?;
+    if r.pos != r.end {
+        return Err(format!("{} bytes after the value list", r.end - r.pos));
+    }
+    Ok(values)
 }
 
 fn decode_values(r: &mut Reader<'_>, what: &str) -> Result<Vec<Value>, String> {

@@ -54,6 +54,7 @@ pub mod runtime;
 pub mod snapshot;
 mod state_store;
 pub mod status;
+mod table_info;
 
-pub use primary_wal::{WalReadError, MAX_SEQ, SEAL_BATCH, SEQ_BITS};
+pub use primary_wal::{WalReadError, MAX_SEQ, SEQ_BITS};
 pub use raw::RawError;

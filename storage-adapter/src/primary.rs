@@ -156,7 +156,7 @@ impl PrimaryWalReader {
 
     /// The newest CommitId.
     pub fn head(&self) -> Result<CommitId, PrimaryError> {
-        self.in_read_transaction(|wal| Ok(wal.head()?.0))
+        self.in_read_transaction(|wal| Ok(wal.head()?))
     }
 
     /// The oldest CommitId whose WAL the primary still has.
@@ -189,7 +189,6 @@ impl PrimaryWalReader {
         from: CommitId,
         max_bytes: usize,
     ) -> Result<(Vec<EncodedRecord>, CommitId), PrimaryError> {
-        let generation = self.generation;
         self.in_read_transaction(|wal| {
             // Refuse to serve WAL of a primary whose capture is broken
             // (a replicated table altered, recreated or stripped of its
@@ -203,11 +202,11 @@ impl PrimaryWalReader {
                 crate::capture::verify_capture(wal.conn())?;
                 self.verified_schema.set(schema);
             }
-            let (head, _) = wal.head()?;
+            let head = wal.head()?;
             if from > head || from.0 == 0 {
                 return Ok((Vec::new(), head));
             }
-            Ok((wal.records(generation, from, head, max_bytes)?, head))
+            Ok((wal.records(from, head, max_bytes)?, head))
         })
     }
 

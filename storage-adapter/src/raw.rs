@@ -38,6 +38,11 @@ impl RawConn {
         RawConn { db }
     }
 
+    /// The connection handle.
+    pub(crate) fn handle(&self) -> *mut ffi::sqlite3 {
+        self.db
+    }
+
     fn error(&self, code: c_int, sql: &str) -> RawError {
         // SAFETY: db is open (constructor contract); errmsg returns a
         // NUL-terminated string owned by SQLite, copied at once.
@@ -88,10 +93,28 @@ impl RawConn {
             ));
         }
         Ok(Stmt {
-            conn: self,
+            conn: *self,
             stmt,
             sql: sql.to_owned(),
+            _conn: std::marker::PhantomData,
         })
+    }
+
+    /// Prepares a statement kept across calls (a cache).
+    ///
+    /// # Safety
+    /// The statement must be dropped (finalized) before the connection
+    /// closes, and used only on the thread that uses the connection.
+    pub(crate) unsafe fn prepare_kept(&self, sql: &str) -> Result<Stmt<'static>, RawError> {
+        let s = self.prepare(sql)?;
+        let kept = Stmt {
+            conn: s.conn,
+            stmt: s.stmt,
+            sql: s.sql.clone(),
+            _conn: std::marker::PhantomData,
+        };
+        std::mem::forget(s);
+        Ok(kept)
     }
 
     /// Runs statements that return no rows (`sqlite3_exec`).
@@ -187,9 +210,10 @@ impl OwnedValue {
 
 /// A prepared statement, finalized on drop.
 pub(crate) struct Stmt<'c> {
-    conn: &'c RawConn,
+    conn: RawConn,
     stmt: *mut ffi::sqlite3_stmt,
     sql: String,
+    _conn: std::marker::PhantomData<&'c RawConn>,
 }
 
 impl Stmt<'_> {
@@ -241,6 +265,36 @@ impl Stmt<'_> {
         // SAFETY: stmt is live. The result repeats the last step's error,
         // which step() already reported.
         unsafe { ffi::sqlite3_reset(self.stmt) };
+    }
+
+    /// Column `i` of the current row, borrowed (valid until the next step,
+    /// reset or finalize, which all take `&mut self`).
+    pub(crate) fn column_ref(&self, i: usize) -> ValueRef<'_> {
+        let i = i as c_int;
+        // SAFETY: called after step() returned a row; see column_blob for
+        // the lifetime of the pointers.
+        unsafe {
+            let bytes = |p: *const u8, n: c_int| -> &[u8] {
+                if p.is_null() || n <= 0 {
+                    &[]
+                } else {
+                    std::slice::from_raw_parts(p, n as usize)
+                }
+            };
+            match ffi::sqlite3_column_type(self.stmt, i) {
+                ffi::SQLITE_INTEGER => ValueRef::Integer(ffi::sqlite3_column_int64(self.stmt, i)),
+                ffi::SQLITE_FLOAT => ValueRef::Real(ffi::sqlite3_column_double(self.stmt, i)),
+                ffi::SQLITE_TEXT => {
+                    let p = ffi::sqlite3_column_text(self.stmt, i);
+                    ValueRef::Text(bytes(p, ffi::sqlite3_column_bytes(self.stmt, i)))
+                }
+                ffi::SQLITE_BLOB => {
+                    let p = ffi::sqlite3_column_blob(self.stmt, i).cast::<u8>();
+                    ValueRef::Blob(bytes(p, ffi::sqlite3_column_bytes(self.stmt, i)))
+                }
+                _ => ValueRef::Null,
+            }
+        }
     }
 
     /// Copies column `i` of the current row.

@@ -18,6 +18,8 @@ use std::collections::hash_map::{Entry, HashMap};
 use std::path::Path;
 use std::sync::Arc;
 
+use crate::table_info::{self, quote_ident};
+
 /// The replica schema (`sql/replica.sql`).
 pub const REPLICA_SQL: &str = include_str!("../../sql/replica.sql");
 
@@ -154,9 +156,6 @@ struct TableShape {
     delete: String,
 }
 
-fn quote_ident(name: &str) -> String {
-    format!("\"{}\"", name.replace('"', "\"\""))
-}
 
 fn to_sql(v: &Value) -> ToSqlOutput<'_> {
     ToSqlOutput::Borrowed(match v {
@@ -545,19 +544,23 @@ fn shape(
                 table: table.into(),
             });
         }
-        let mut stmt = conn
-            .prepare(
-                "SELECT name, pk FROM pragma_table_xinfo(?1, 'main') WHERE hidden = 0 ORDER BY cid",
-            )
-            .map_err(sql_err("reading table columns", Some(commit_id)))?;
-        let cols: Vec<(String, i64)> = stmt
-            .query_map([table], |r| Ok((r.get(0)?, r.get(1)?)))
-            .and_then(|rows| rows.collect())
-            .map_err(sql_err("reading table columns", Some(commit_id)))?;
-        let mut key: Vec<&(String, i64)> = cols.iter().filter(|c| c.1 > 0).collect();
-        key.sort_by_key(|c| c.1);
+        // SAFETY: the connection is open; the handle is used only here.
+        let raw = unsafe { crate::raw::RawConn::new(conn.handle()) };
+        let err = |e: crate::RawError| ApplyError::Sqlite {
+            doing: "reading the replicated table's shape",
+            commit_id: Some(commit_id),
+            source: rusqlite::Error::SqliteFailure(
+                rusqlite::ffi::Error::new(e.code),
+                Some(e.message),
+            ),
+        };
+        let cols = table_info::columns(raw, "main", table).map_err(err)?;
+        // Rows are found by their key as the key compares (its own
+        // collation, not necessarily the column's).
+        let key = table_info::primary_key(raw, "main", table).map_err(err)?;
+        let rowid_key = table_info::key_is_rowid(raw, "main", table).map_err(err)?;
         let t = quote_ident(table);
-        let names: Vec<String> = cols.iter().map(|c| quote_ident(&c.0)).collect();
+        let names: Vec<String> = cols.iter().map(|c| quote_ident(&c.name)).collect();
         let n = cols.len();
         let marks: Vec<String> = (1..=n).map(|i| format!("?{i}")).collect();
         let sets: Vec<String> = names
@@ -565,29 +568,34 @@ fn shape(
             .enumerate()
             .map(|(i, c)| format!("{c} = ?{}", i + 1))
             .collect();
-        let key_where = |first: usize| -> String {
-            key.iter()
-                .enumerate()
-                .map(|(i, c)| format!("{} IS ?{}", quote_ident(&c.0), first + i))
-                .collect::<Vec<_>>()
-                .join(" AND ")
-        };
+        let target: Vec<String> = key
+            .iter()
+            .map(|k| {
+                if rowid_key {
+                    quote_ident(&k.name)
+                } else {
+                    format!("{} COLLATE {}", quote_ident(&k.name), quote_ident(&k.collation))
+                }
+            })
+            .collect();
+        let excluded: Vec<String> = names.iter().map(|c| format!("{c} = excluded.{c}")).collect();
         let shape = Arc::new(TableShape {
             columns: n,
             key_len: key.len(),
             insert: format!(
-                "INSERT OR REPLACE INTO {t}({}) VALUES ({})",
+                "INSERT INTO {t}({}) VALUES ({}) ON CONFLICT({}) DO UPDATE SET {}",
                 names.join(", "),
-                marks.join(", ")
+                marks.join(", "),
+                target.join(", "),
+                excluded.join(", ")
             ),
             update: format!(
-                "UPDATE OR REPLACE {t} SET {} WHERE {}",
+                "UPDATE {t} SET {} WHERE {}",
                 sets.join(", "),
-                key_where(n + 1)
+                table_info::key_match(&key, n + 1)
             ),
-            delete: format!("DELETE FROM {t} WHERE {}", key_where(1)),
+            delete: format!("DELETE FROM {t} WHERE {}", table_info::key_match(&key, 1)),
         });
-        drop(stmt);
         shapes.insert(table.to_owned(), Arc::clone(&shape));
         Ok(shape)
     }
@@ -731,7 +739,7 @@ fn apply_change<'c, 's>(
             let n = run(s, values.iter().chain(key)).map_err(err("applying UPDATE"))?;
             exactly_one(commit_id, table, "UPDATE", key, n)
         }
-        Change::Delete { table, key } => {
+        Change::Delete { table, key } | Change::Discard { table, key } => {
             let t = tables.get(tx, shapes, commit_id, table)?;
             check_count(commit_id, table, "key values", t.shape.key_len, key.len())?;
             let s = prepared(
@@ -742,7 +750,10 @@ fn apply_change<'c, 's>(
                 commit_id,
             )?;
             let n = run(s, key.iter()).map_err(err("applying DELETE"))?;
-            exactly_one(commit_id, table, "DELETE", key, n)
+            match change {
+                Change::Discard { .. } => Ok(()),
+                _ => exactly_one(commit_id, table, "DELETE", key, n),
+            }
         }
     }
 }
@@ -795,7 +806,7 @@ fn replica_indexes(
     table: &str,
 ) -> Result<Vec<String>, ApplyError> {
     let mut s = tx
-        .prepare(crate::capture::INDEXES_SQL)
+        .prepare(crate::table_info::INDEXES_SQL)
         .map_err(sql_err("reading the replica's indexes", Some(commit_id)))?;
     let rows = s
         .query_map([table], |r| r.get(0))

@@ -195,7 +195,7 @@ pub fn take(
     let werr = |e: crate::primary_wal::WalReadError| SnapshotError::Primary(e.to_string());
     let generation = wal.generation().map_err(werr)?;
     verify_capture(wal.conn()).map_err(|e| SnapshotError::Primary(e.to_string()))?;
-    let (head, _) = wal.head().map_err(werr)?;
+    let head = wal.head().map_err(werr)?;
     let position = wal.position_after(generation, head).map_err(werr)?;
     let mut tables: Vec<String> = {
         let mut s = tx

@@ -141,7 +141,7 @@ pub(crate) fn read_raw(conn: RawConn) -> Result<ReplicaStatus, RawError> {
     if table_exists(conn, "aerodb_meta")? {
         let wal = WalTables::new(conn);
         if let Ok(generation) = wal.generation() {
-            let head = wal.head().ok().map(|h| h.0);
+            let head = wal.head().ok();
             return Ok(ReplicaStatus {
                 role: Role::Primary,
                 generation: Some(generation),

@@ -1,0 +1,433 @@
+//! Writing a transaction's record at commit (`xSync` of the capture
+//! table), inside the committing transaction: CommitId, the record's
+//! changes from the touched keys' final rows, and its seal (CRC and chained
+//! checksum), all in one place so readers only verify.
+//!
+//! The changes of a record come in this order, which the replica applies
+//! one by one (rule P1; DESIGN 4):
+//! 1. pre-encoded changes: schema records and the rows they carry;
+//! 2. `Delete` of every touched key that existed before the transaction
+//!    and must go first: it has no row at the end, or its table has UNIQUE
+//!    constraints besides the key (its old values could collide with
+//!    another final row);
+//! 3. `Discard` of the other such keys (existence before unknown);
+//! 4. the final rows: `Update` of a key that existed (the replica must have
+//!    it), `Insert` of the others (insert, or replace the row of the same
+//!    key).
+//!
+//! Deletes come first, so no transient UNIQUE conflict can arise on the
+//! replica, whatever order the primary's statements ran in.
+
+use super::buffer::{Known, TxBuffer};
+use super::tables::{self, TableInfo};
+use super::{sqlite, CaptureError, ConnState};
+use crate::primary_wal::{first_pos, MAX_COMMIT_ID};
+use crate::raw::{RawConn, Stmt};
+use replication::wal::{
+    decode_value_list, encode_change_header, encode_count, encode_value, ChainPosition, CommitId,
+    EncodeError, Generation, Operation, RecordEncoder, ValueRef as WalValue, WalOffset,
+    MAX_RECORD_BYTES,
+};
+use rusqlite::types::ValueRef;
+use std::collections::HashMap;
+
+/// Bytes of record per `aerodb_changes` row.
+pub(crate) const CHUNK_BYTES: usize = 256 << 10;
+
+/// Statements the commit runs, kept by the capture table for the life of
+/// the connection's schema (see `vtab.rs`).
+#[derive(Default)]
+pub(crate) struct Statements {
+    schema_version: Option<Stmt<'static>>,
+    head: Option<Stmt<'static>>,
+    insert_chunk: Option<Stmt<'static>>,
+    insert_sealed: Option<Stmt<'static>>,
+    /// Replicated tables as the registry and schema describe them, read
+    /// at `tables_at` (a schema_version).
+    tables: HashMap<String, TableCommit>,
+    tables_at: Option<i64>,
+}
+
+struct TableCommit {
+    info: TableInfo,
+    lookup: Option<Stmt<'static>>,
+}
+
+fn kept<'a>(
+    slot: &'a mut Option<Stmt<'static>>,
+    conn: RawConn,
+    sql: &str,
+) -> Result<&'a mut Stmt<'static>, CaptureError> {
+    if slot.is_none() {
+        // SAFETY: kept in the capture table, which SQLite disconnects (and
+        // so finalizes these) before it closes the connection.
+        *slot = Some(unsafe { conn.prepare_kept(sql) }.map_err(sqlite("preparing capture SQL"))?);
+    }
+    Ok(slot.as_mut().expect("just filled"))
+}
+
+/// The first column of the only row of `stmt`, as an integer.
+fn one_int(stmt: &mut Stmt<'static>, doing: &str) -> Result<Option<i64>, CaptureError> {
+    let r = stmt.step().map_err(sqlite(doing));
+    let v = match r {
+        Ok(true) => stmt.column(0).as_i64(),
+        Ok(false) => None,
+        Err(e) => {
+            stmt.reset();
+            return Err(e);
+        }
+    };
+    stmt.reset();
+    Ok(v)
+}
+
+impl Statements {
+    /// Makes the table descriptions current and checks that every table
+    /// this transaction wrote still has the shape its capture was made for
+    /// (a transaction that altered a replicated table and then wrote it
+    /// fails here, before anything uncaptured can commit).
+    fn check_tables(&mut self, conn: RawConn, buffer: &TxBuffer) -> Result<(), CaptureError> {
+        let version = one_int(
+            kept(&mut self.schema_version, conn, "PRAGMA main.schema_version")?,
+            "reading the schema version",
+        )?;
+        if version.is_none() || version != self.tables_at {
+            self.tables.clear();
+            self.tables_at = None;
+            for name in &buffer.tables {
+                tables::verify(conn, name)?;
+            }
+            for info in tables::registered(conn)? {
+                self.tables.insert(
+                    info.name.clone(),
+                    TableCommit { info, lookup: None },
+                );
+            }
+            self.tables_at = version;
+        }
+        for name in &buffer.tables {
+            if !self.tables.contains_key(name) {
+                return Err(CaptureError::CaptureBroken {
+                    table: name.clone(),
+                    problem: "it is not in aerodb_tables (its capture triggers outlived its registration)".into(),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// The position after the newest sealed record.
+    fn head(&mut self, conn: RawConn, generation: Generation) -> Result<ChainPosition, CaptureError> {
+        let s = kept(
+            &mut self.head,
+            conn,
+            "SELECT commit_id, wal_offset, length, chain FROM main.aerodb_commits ORDER BY commit_id DESC LIMIT 1",
+        )?;
+        let r = s.step().map_err(sqlite("reading the WAL head"));
+        let position = match r {
+            Ok(true) => {
+                let col = |i| s.column(i).as_i64().unwrap_or(-1);
+                let (c, offset, len, chain) = (col(0), col(1), col(2), col(3));
+                if c < 0 || offset < 0 || len < 0 || chain < 0 {
+                    s.reset();
+                    return Err(CaptureError::Wal(crate::WalReadError::Corrupt {
+                        commit_id: CommitId(c.max(0) as u64),
+                        problem: "its sealed row holds values that are not non-negative integers".into(),
+                    }));
+                }
+                ChainPosition {
+                    generation,
+                    commit_id: CommitId(c as u64),
+                    wal_offset: WalOffset(offset as u64 + len as u64),
+                    chain: chain as u32,
+                }
+            }
+            Ok(false) => ChainPosition::genesis(generation),
+            Err(e) => {
+                s.reset();
+                return Err(e);
+            }
+        };
+        s.reset();
+        Ok(position)
+    }
+
+    /// Reads the row of `key` (an encoded value list) of `table` now: its
+    /// encoded value list appended to `out`, or `false` if there is none.
+    fn lookup(
+        &mut self,
+        conn: RawConn,
+        table: &str,
+        key: &[u8],
+        out: &mut Vec<u8>,
+    ) -> Result<bool, CaptureError> {
+        let t = self
+            .tables
+            .get_mut(table)
+            .expect("check_tables found every touched table");
+        let doing = || format!("reading the final row of a touched key of '{table}'");
+        let s = kept(&mut t.lookup, conn, &t.info.lookup_sql)?;
+        let values = decode_value_list(key).map_err(|problem| CaptureError::Sqlite {
+            doing: doing(),
+            source: crate::raw::RawError {
+                code: rusqlite::ffi::SQLITE_INTERNAL,
+                message: format!("captured key does not decode: {problem}"),
+                sql: String::new(),
+            },
+        })?;
+        for (i, v) in values.iter().enumerate() {
+            s.bind(i + 1, to_sqlite(v)).map_err(sqlite(doing()))?;
+        }
+        let found = match s.step() {
+            Ok(found) => found,
+            Err(e) => {
+                s.reset();
+                return Err(sqlite(doing())(e));
+            }
+        };
+        if found {
+            let n = t.info.columns;
+            let r = encode_count(out, n).and_then(|()| {
+                (0..n).try_for_each(|i| encode_value(out, wal_value(s.column_ref(i))))
+            });
+            if let Err(source) = r {
+                s.reset();
+                return Err(CaptureError::Encode {
+                    table: table.to_owned(),
+                    source,
+                });
+            }
+        }
+        s.reset();
+        Ok(found)
+    }
+}
+
+fn to_sqlite(v: &replication::wal::Value) -> ValueRef<'_> {
+    use replication::wal::Value;
+    match v {
+        Value::Null => ValueRef::Null,
+        Value::Integer(i) => ValueRef::Integer(*i),
+        Value::Real(r) => ValueRef::Real(*r),
+        Value::Text(t) => ValueRef::Text(t),
+        Value::Blob(b) => ValueRef::Blob(b),
+    }
+}
+
+pub(crate) fn wal_value(v: ValueRef<'_>) -> WalValue<'_> {
+    match v {
+        ValueRef::Null => WalValue::Null,
+        ValueRef::Integer(i) => WalValue::Integer(i),
+        ValueRef::Real(r) => WalValue::Real(r),
+        ValueRef::Text(t) => WalValue::Text(t),
+        ValueRef::Blob(b) => WalValue::Blob(b),
+    }
+}
+
+/// The changes of a record, back to back, and where each ends.
+#[derive(Default)]
+struct Changes {
+    bytes: Vec<u8>,
+    ends: Vec<usize>,
+}
+
+impl Changes {
+    fn push(
+        &mut self,
+        op: Operation,
+        table: &str,
+        parts: &[&[u8]],
+    ) -> Result<(), EncodeError> {
+        encode_change_header(&mut self.bytes, op, table)?;
+        for p in parts {
+            self.bytes.extend_from_slice(p);
+        }
+        self.ends.push(self.bytes.len());
+        Ok(())
+    }
+
+    fn slices(&self) -> Vec<&[u8]> {
+        let mut start = 0;
+        self.ends
+            .iter()
+            .map(|&end| {
+                let s = &self.bytes[start..end];
+                start = end;
+                s
+            })
+            .collect()
+    }
+}
+
+/// Writes and seals the open transaction's record, if it changed anything
+/// replicated (no CommitId otherwise). Called once per commit attempt.
+pub(crate) fn write_record(
+    conn: RawConn,
+    stmts: &mut Statements,
+    state: &mut ConnState,
+) -> Result<(), CaptureError> {
+    if let Some(c) = state.written.take() {
+        // A commit that failed after the sync (SQLITE_BUSY) is being
+        // retried: the transaction may have changed since. Write it anew.
+        conn.execute(
+            "DELETE FROM main.aerodb_changes WHERE pos >= ?1 AND pos < ?2",
+            &[
+                ValueRef::Integer(first_pos(c)),
+                ValueRef::Integer(first_pos(c.next())),
+            ],
+        )
+        .map_err(sqlite("rewriting a retried commit's record"))?;
+        conn.execute(
+            "DELETE FROM main.aerodb_commits WHERE commit_id = ?1",
+            &[ValueRef::Integer(c.0 as i64)],
+        )
+        .map_err(sqlite("rewriting a retried commit's record"))?;
+    }
+    if state.buffer.is_empty() {
+        return Ok(());
+    }
+    let Some(generation) = state.tx_generation else {
+        return Ok(());
+    };
+    stmts.check_tables(conn, &state.buffer)?;
+    let start = stmts.head(conn, generation)?;
+    let commit_id = start.commit_id.next();
+    if commit_id.0 > MAX_COMMIT_ID {
+        return Err(CaptureError::CommitIdOverflow(commit_id));
+    }
+    let changes = build_changes(conn, stmts, &state.buffer)?;
+    let slices = changes.slices();
+    let record = RecordEncoder::new(start)
+        .push(commit_id, &slices)
+        .map_err(|source| CaptureError::Encode {
+            table: state.buffer.tables.first().cloned().unwrap_or_default(),
+            source,
+        })?;
+    drop(slices);
+    let insert = kept(
+        &mut stmts.insert_chunk,
+        conn,
+        "INSERT INTO main.aerodb_changes(pos, change) VALUES (?1, ?2)",
+    )?;
+    for (i, chunk) in record.bytes.chunks(CHUNK_BYTES).enumerate() {
+        insert
+            .bind(1, ValueRef::Integer(first_pos(commit_id) | i as i64))
+            .and_then(|()| insert.bind(2, ValueRef::Blob(chunk)))
+            .map_err(sqlite("writing the WAL record"))?;
+        let r = insert.step();
+        insert.reset();
+        r.map_err(sqlite("writing the WAL record"))?;
+    }
+    let seal = kept(
+        &mut stmts.insert_sealed,
+        conn,
+        "INSERT INTO main.aerodb_commits(commit_id, wal_offset, length, change_count, prev_chain, chain, crc) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+    )?;
+    let values = [
+        commit_id.0 as i64,
+        record.wal_offset.0 as i64,
+        record.bytes.len() as i64,
+        i64::from(record.change_count),
+        i64::from(record.prev_chain),
+        i64::from(record.chain),
+        i64::from(record.crc),
+    ];
+    for (i, v) in values.iter().enumerate() {
+        seal.bind(i + 1, ValueRef::Integer(*v))
+            .map_err(sqlite("sealing the WAL record"))?;
+    }
+    let r = seal.step();
+    seal.reset();
+    r.map_err(sqlite("sealing the WAL record"))?;
+    state.written = Some(commit_id);
+    Ok(())
+}
+
+/// The record's changes, in the order the module doc gives.
+fn build_changes(
+    conn: RawConn,
+    stmts: &mut Statements,
+    buffer: &TxBuffer,
+) -> Result<Changes, CaptureError> {
+    let mut changes = Changes::default();
+    for s in buffer.section_changes() {
+        changes.bytes.extend_from_slice(s);
+        changes.ends.push(changes.bytes.len());
+    }
+    // Final rows of looked-up keys, and where each one's row is.
+    let mut looked_up: Vec<u8> = Vec::new();
+    let mut finals: Vec<Option<(bool, std::ops::Range<usize>)>> =
+        Vec::with_capacity(buffer.entries.len());
+    for e in &buffer.entries {
+        finals.push(match &e.known {
+            Known::Row(r) => Some((false, r.clone())),
+            Known::Absent => None,
+            Known::Lookup => {
+                let start = looked_up.len();
+                let table = &buffer.tables[e.table as usize];
+                stmts
+                    .lookup(conn, table, buffer.key(e), &mut looked_up)?
+                    .then(|| (true, start..looked_up.len()))
+            }
+        });
+        if changes.bytes.len() + buffer.values.len() + looked_up.len() > MAX_RECORD_BYTES {
+            return Err(too_large(buffer, changes.bytes.len() + looked_up.len()));
+        }
+    }
+    let info = |e: &super::buffer::Entry| {
+        &stmts.tables[&buffer.tables[e.table as usize]].info
+    };
+    let encode = |r: Result<(), EncodeError>, table: &str| {
+        r.map_err(|source| CaptureError::Encode {
+            table: table.to_owned(),
+            source,
+        })
+    };
+    // Deletes first: existing keys, then keys whose existence is unknown
+    // (a key equal to an existing one under its collation comes after it).
+    for existed in [true, false] {
+        for (e, f) in buffer.entries.iter().zip(&finals) {
+            if e.existed == existed && (f.is_none() || info(e).extra_unique) {
+                let table = &buffer.tables[e.table as usize];
+                let op = if existed {
+                    Operation::Delete
+                } else {
+                    Operation::Discard
+                };
+                encode(changes.push(op, table, &[buffer.key(e)]), table)?;
+            }
+        }
+    }
+    for (e, f) in buffer.entries.iter().zip(&finals) {
+        let Some((from_lookup, range)) = f else {
+            continue;
+        };
+        let row = if *from_lookup {
+            &looked_up[range.clone()]
+        } else {
+            &buffer.values[range.clone()]
+        };
+        let table = &buffer.tables[e.table as usize];
+        if e.existed && !info(e).extra_unique {
+            encode(changes.push(Operation::Update, table, &[buffer.key(e), row]), table)?;
+        } else {
+            encode(changes.push(Operation::Insert, table, &[row]), table)?;
+        }
+        if changes.bytes.len() > MAX_RECORD_BYTES {
+            return Err(too_large(buffer, changes.bytes.len()));
+        }
+    }
+    Ok(changes)
+}
+
+fn too_large(buffer: &TxBuffer, bytes: usize) -> CaptureError {
+    CaptureError::Encode {
+        table: buffer.tables.first().cloned().unwrap_or_default(),
+        source: EncodeError::TooLarge {
+            what: "transaction's WAL record",
+            actual: bytes as u64,
+            limit: MAX_RECORD_BYTES as u64,
+            commit_id: None,
+        },
+    }
+}

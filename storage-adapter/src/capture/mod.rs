@@ -1,0 +1,653 @@
+//! Primary capture: the SQL functions that make a database a primary and
+//! record every committed change of a replicated table in the WAL, inside
+//! the writing transaction.
+//!
+//! Role in the spec: the Primary "assigns CommitIds and appends WAL" (rule
+//! P1) and is passive (P2): nothing here runs on its own; everything runs in
+//! the application's own statements.
+//!
+//! How capture works (format 2):
+//! - `aerodb_replicate('t')` installs AFTER INSERT/UPDATE/DELETE triggers on
+//!   `t` (and, when `t` has UNIQUE constraints besides its key, BEFORE
+//!   triggers that note the rows a REPLACE could delete without firing a
+//!   trigger). Each hands the row's key and values to
+//!   `aerodb_capture_row`, which only appends them to the connection's
+//!   [`buffer`]: no SQL and no b-tree write per row.
+//! - The trigger statement is an `INSERT INTO aerodb_capture SELECT ...`
+//!   that inserts nothing: it makes the [`vtab`] part of the transaction,
+//!   so SQLite reports its savepoints, rollbacks and commit to the buffer.
+//! - At commit ([`commit`], the table's `xSync`, still inside the
+//!   transaction) the record is built from each touched key's final row
+//!   (or its absence), given the next CommitId, written to
+//!   `aerodb_changes` and sealed (CRC and chained checksum in
+//!   `aerodb_commits`). A crash can never leave data without WAL or WAL
+//!   without data; `ROLLBACK` and `ROLLBACK TO` leave no trace; a
+//!   transaction that changed nothing replicated gets no CommitId.
+//!   SQLite's single writer serializes CommitIds across connections and
+//!   processes. Writes to a primary that is not the connection's `main`
+//!   database (ATTACH) are refused.
+//! - A connection without the extension fails on the trigger ("no such
+//!   table: main.aerodb_capture"): it can never write uncaptured data to a
+//!   replicated table.
+
+mod buffer;
+mod commit;
+mod replicate;
+mod tables;
+mod vtab;
+
+use crate::primary_wal::{WalReadError, WalTables, MAX_COMMIT_ID};
+use crate::raw::{RawConn, RawError};
+use buffer::{Touch, TxBuffer};
+use replication::wal::{encode_count, encode_value, CommitId, EncodeError, Generation};
+use rusqlite::ffi;
+use rusqlite::functions::{Context, FunctionFlags};
+use rusqlite::types::ValueRef;
+use rusqlite::Connection;
+use std::ffi::c_int;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+pub(crate) use tables::verify_capture;
+
+/// The primary schema (`sql/primary.sql`).
+pub const PRIMARY_SQL: &str = include_str!("../../../sql/primary.sql");
+
+/// Errors of the primary's SQL functions and Rust API.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum CaptureError {
+    /// The database has not been made a primary.
+    #[error("not an AeroDB primary: run aerodb_primary_init() first")]
+    NotPrimary,
+    /// The database is a replica: it cannot also be a primary.
+    #[error("aerodb_primary_init(): this database is an AeroDB replica (it has aerodb_replica_position); a database cannot be both")]
+    IsReplica,
+    /// No such table in the main database.
+    #[error("aerodb_replicate('{table}'): no table named '{table}' in the main database")]
+    NoSuchTable {
+        /// The argument.
+        table: String,
+    },
+    /// The table cannot be replicated.
+    #[error("aerodb_replicate('{table}'): {reason}")]
+    Refused {
+        /// The argument.
+        table: String,
+        /// Why, and what to do.
+        reason: String,
+    },
+    /// A SQL function got a bad argument.
+    #[error("{function}: argument {argument} {problem}")]
+    BadArgument {
+        /// The function.
+        function: &'static str,
+        /// Argument position (1-based) or name.
+        argument: String,
+        /// What is wrong.
+        problem: String,
+    },
+    /// CommitIds exhausted.
+    #[error("CommitId {0} exceeds the largest CommitId this format stores ({MAX_COMMIT_ID})")]
+    CommitIdOverflow(CommitId),
+    /// A value is over a WAL limit.
+    #[error("cannot capture change of table '{table}': {source}")]
+    Encode {
+        /// The table.
+        table: String,
+        /// The limit broken.
+        source: EncodeError,
+    },
+    /// Reading or sealing the WAL failed.
+    #[error(transparent)]
+    Wal(#[from] WalReadError),
+    /// Other SQLite failure, with what was being done.
+    #[error("{doing}: {source}")]
+    Sqlite {
+        /// What was being done.
+        doing: String,
+        /// The SQLite error.
+        source: RawError,
+    },
+    /// A replicated table changed under capture: writes are refused until
+    /// `aerodb_replicate` runs again.
+    #[error("replication of table '{table}' is broken: {problem}; its writes are refused and its WAL is not served until aerodb_replicate('{table}') is run again")]
+    CaptureBroken {
+        /// The table.
+        table: String,
+        /// What changed.
+        problem: String,
+    },
+    /// A captured write to a primary that is not this connection's main
+    /// database.
+    #[error("write to a replicated table of primary {generation} refused: the connection's main database is {}; write to a primary through a connection whose main database is that primary (not through ATTACH)", main.map(|g| format!("primary {g}")).unwrap_or_else(|| "not a primary".into()))]
+    NotMainDatabase {
+        /// The generation the table's triggers belong to.
+        generation: Generation,
+        /// The main database's generation, if it is a primary.
+        main: Option<Generation>,
+    },
+    /// The SQLite library is too old.
+    #[error("SQLite {actual} is too old: AeroDB needs SQLite {required} or newer")]
+    SqliteTooOld {
+        /// The running version.
+        actual: String,
+        /// The minimum.
+        required: &'static str,
+    },
+}
+
+fn sqlite(doing: impl Into<String>) -> impl FnOnce(RawError) -> CaptureError {
+    let doing = doing.into();
+    move |source| CaptureError::Sqlite { doing, source }
+}
+
+/// Minimum SQLite version (`pragma_table_list`, 3.37).
+pub const MIN_SQLITE_VERSION: c_int = 3_037_000;
+/// The same, for messages.
+pub const MIN_SQLITE_VERSION_STR: &str = "3.37.0";
+
+/// Refuses SQLite libraries older than [`MIN_SQLITE_VERSION`].
+pub fn check_sqlite_version() -> Result<(), CaptureError> {
+    // SAFETY: plain getters with no preconditions.
+    let (n, s) = unsafe {
+        (
+            ffi::sqlite3_libversion_number(),
+            std::ffi::CStr::from_ptr(ffi::sqlite3_libversion())
+                .to_string_lossy()
+                .into_owned(),
+        )
+    };
+    version_check(n, s)
+}
+
+fn version_check(number: c_int, text: String) -> Result<(), CaptureError> {
+    if number < MIN_SQLITE_VERSION {
+        return Err(CaptureError::SqliteTooOld {
+            actual: text,
+            required: MIN_SQLITE_VERSION_STR,
+        });
+    }
+    Ok(())
+}
+
+
+/// One connection's capture state, shared by its SQL functions and its
+/// instance of the capture table.
+pub(crate) struct ConnState {
+    db: *mut ffi::sqlite3,
+    /// The capture table takes part in the open transaction.
+    in_transaction: bool,
+    /// What the open transaction touched.
+    pub(crate) buffer: TxBuffer,
+    /// The generation of the primary the open transaction writes (from its
+    /// triggers), once it captured something.
+    pub(crate) tx_generation: Option<Generation>,
+    /// The CommitId the open transaction's record was written with, once
+    /// the commit began (SQLite may retry a commit after SQLITE_BUSY).
+    pub(crate) written: Option<CommitId>,
+    /// This connection's last committed CommitId.
+    last_commit: Option<CommitId>,
+    /// The main database's generation, once read.
+    main_generation: Option<Generation>,
+    /// Scratch space for encoding a row's key and values.
+    scratch_key: Vec<u8>,
+    scratch_values: Vec<u8>,
+}
+
+// SAFETY: the handle is used only by calls SQLite makes on its connection,
+// which SQLite serializes.
+unsafe impl Send for ConnState {}
+
+type Shared = Arc<Mutex<ConnState>>;
+
+fn lock(s: &Shared) -> MutexGuard<'_, ConnState> {
+    s.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl ConnState {
+    /// The capture table joined a transaction (`xBegin`).
+    fn begin(&mut self) {
+        self.in_transaction = true;
+        self.buffer.clear();
+        self.tx_generation = None;
+        self.written = None;
+    }
+
+    /// The transaction committed (`xCommit`, after SQLite's commit).
+    fn committed(&mut self) {
+        if let Some(c) = self.written.take() {
+            self.last_commit = Some(c);
+        }
+        self.end();
+    }
+
+    /// The transaction rolled back (`xRollback`).
+    fn rolled_back(&mut self) {
+        self.written = None;
+        self.end();
+    }
+
+    fn end(&mut self) {
+        self.in_transaction = false;
+        self.buffer.clear();
+        self.tx_generation = None;
+    }
+}
+
+fn check_main(
+    s: &mut ConnState,
+    conn: RawConn,
+    generation: Generation,
+) -> Result<(), CaptureError> {
+    if s.main_generation != Some(generation) {
+        s.main_generation = match conn.query_value(
+            "SELECT value FROM main.aerodb_meta WHERE key = 'generation'",
+            &[],
+        ) {
+            Ok(v) => v.and_then(|v| v.as_i64()).map(|g| Generation(g as u64)),
+            Err(e) if e.message.contains("no such table") => None,
+            Err(e) => return Err(sqlite("reading the main database's generation")(e)),
+        };
+    }
+    if s.main_generation != Some(generation) {
+        return Err(CaptureError::NotMainDatabase {
+            generation,
+            main: s.main_generation,
+        });
+    }
+    Ok(())
+}
+
+/// What a capture trigger reports (`aerodb_capture_row`'s 3rd argument).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum RowEvent {
+    /// 1: a row was inserted; key, then all stored columns.
+    Insert,
+    /// 2: a row was updated; old key, new key, then all stored columns.
+    Update,
+    /// 3: a row was deleted; its key.
+    Delete,
+    /// 4: a row a REPLACE may delete (BEFORE trigger); its key.
+    Candidate,
+    /// 5: a row was inserted in a table too wide to hand its values over;
+    /// its key (looked up at commit).
+    InsertKey,
+    /// 6: the same for an update; old key, new key.
+    UpdateKey,
+}
+
+impl RowEvent {
+    fn from_code(code: i64) -> Option<RowEvent> {
+        Some(match code {
+            1 => RowEvent::Insert,
+            2 => RowEvent::Update,
+            3 => RowEvent::Delete,
+            4 => RowEvent::Candidate,
+            5 => RowEvent::InsertKey,
+            6 => RowEvent::UpdateKey,
+            _ => return None,
+        })
+    }
+
+    /// How many key lists the arguments carry.
+    fn keys(self) -> usize {
+        match self {
+            RowEvent::Update | RowEvent::UpdateKey => 2,
+            _ => 1,
+        }
+    }
+
+    fn has_values(self) -> bool {
+        matches!(self, RowEvent::Insert | RowEvent::Update)
+    }
+}
+
+fn arg_value<'a>(ctx: &'a Context<'_>, i: usize) -> replication::wal::ValueRef<'a> {
+    commit::wal_value(ctx.get_raw(i))
+}
+
+fn encode_args(
+    out: &mut Vec<u8>,
+    ctx: &Context<'_>,
+    args: std::ops::Range<usize>,
+) -> Result<(), EncodeError> {
+    out.clear();
+    encode_count(out, args.len())?;
+    args.into_iter()
+        .try_for_each(|i| encode_value(out, arg_value(ctx, i)))
+}
+
+/// `aerodb_capture_row(generation, table, event, key_len, ...)`: one row
+/// event of a capture trigger, appended to the transaction's buffer.
+fn capture_row(shared: &Shared, ctx: &Context<'_>) -> Result<(), CaptureError> {
+    const F: &str = "aerodb_capture_row";
+    let bad = |argument: &str, problem: String| CaptureError::BadArgument {
+        function: F,
+        argument: argument.into(),
+        problem,
+    };
+    if ctx.len() < 4 {
+        return Err(bad("count", format!("is {}, expected at least 4", ctx.len())));
+    }
+    let generation = match ctx.get_raw(0) {
+        ValueRef::Integer(g) => Generation(g as u64),
+        other => return Err(bad("1 (generation)", format!("is {:?}, expected INTEGER", other.data_type()))),
+    };
+    let table = match ctx.get_raw(1) {
+        ValueRef::Text(t) => {
+            std::str::from_utf8(t).map_err(|e| bad("2 (table)", format!("is not UTF-8: {e}")))?
+        }
+        other => return Err(bad("2 (table)", format!("is {:?}, expected TEXT", other.data_type()))),
+    };
+    let event = match ctx.get_raw(2) {
+        ValueRef::Integer(c) => RowEvent::from_code(c),
+        _ => None,
+    }
+    .ok_or_else(|| bad("3 (event)", format!("is {:?}, expected 1..=6", ctx.get_raw(2))))?;
+    let rest = ctx.len() - 4;
+    let nkey = match ctx.get_raw(3) {
+        ValueRef::Integer(n) if n >= 1 && (n as usize) * event.keys() <= rest => n as usize,
+        other => {
+            return Err(bad(
+                "4 (key length)",
+                format!("is {other:?}, expected 1..={}", rest / event.keys()),
+            ))
+        }
+    };
+    let values_at = 4 + nkey * event.keys();
+    if !event.has_values() && values_at != ctx.len() {
+        return Err(bad(
+            "count",
+            format!("is {}, expected {values_at} for event {event:?}", ctx.len()),
+        ));
+    }
+    let mut guard = lock(shared);
+    let s = &mut *guard;
+    if !s.in_transaction {
+        return Err(bad(
+            "call",
+            "came from outside a capture trigger (only AeroDB's capture triggers call it)".into(),
+        ));
+    }
+    if s.tx_generation != Some(generation) {
+        // SAFETY: called by SQLite on this connection, which is open.
+        check_main(s, unsafe { RawConn::new(s.db) }, generation)?;
+        s.tx_generation = Some(generation);
+    }
+    let encoded = |source| CaptureError::Encode {
+        table: table.to_owned(),
+        source,
+    };
+    let (mut key, mut values) = (
+        std::mem::take(&mut s.scratch_key),
+        std::mem::take(&mut s.scratch_values),
+    );
+    let result = (|| {
+        encode_args(&mut key, ctx, 4..4 + nkey).map_err(encoded)?;
+        if event.has_values() {
+            encode_args(&mut values, ctx, values_at..ctx.len()).map_err(encoded)?;
+        }
+        let b = &mut s.buffer;
+        match event {
+            RowEvent::Insert => b.touch(table, &key, false, Touch::Now(&values)),
+            RowEvent::Delete => b.touch(table, &key, true, Touch::Gone),
+            RowEvent::Candidate => b.touch(table, &key, true, Touch::Lookup),
+            RowEvent::InsertKey => b.touch(table, &key, false, Touch::Lookup),
+            RowEvent::Update | RowEvent::UpdateKey => {
+                let mut new_key = Vec::new();
+                encode_args(&mut new_key, ctx, 4 + nkey..4 + 2 * nkey).map_err(encoded)?;
+                let now = if event == RowEvent::Update {
+                    Touch::Now(&values)
+                } else {
+                    Touch::Lookup
+                };
+                if new_key == key {
+                    b.touch(table, &key, true, now);
+                } else {
+                    b.touch(table, &key, true, Touch::Gone);
+                    b.touch(table, &new_key, false, now);
+                }
+            }
+        }
+        if b.bytes() > replication::wal::MAX_RECORD_BYTES {
+            return Err(encoded(EncodeError::TooLarge {
+                what: "transaction's WAL record",
+                actual: b.bytes() as u64,
+                limit: replication::wal::MAX_RECORD_BYTES as u64,
+                commit_id: None,
+            }));
+        }
+        Ok(())
+    })();
+    s.scratch_key = key;
+    s.scratch_values = values;
+    result
+}
+
+fn random_u64() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or_default(),
+    );
+    h.write_u32(std::process::id());
+    h.finish()
+}
+
+fn primary_init(conn: RawConn) -> Result<Generation, CaptureError> {
+    let replica = conn
+        .query_value(
+            "SELECT 1 FROM main.sqlite_schema WHERE type = 'table' AND name = 'aerodb_replica_position'",
+            &[],
+        )
+        .map_err(sqlite("checking whether this database is a replica"))?;
+    if replica.is_some() {
+        return Err(CaptureError::IsReplica);
+    }
+    let version = conn
+        .query_value(
+            "SELECT value FROM main.aerodb_meta WHERE key = 'format_version'",
+            &[],
+        )
+        .ok()
+        .flatten()
+        .and_then(|v| v.as_i64());
+    if let Some(v) = version.filter(|&v| v != i64::from(replication::wal::FORMAT_VERSION)) {
+        return Err(CaptureError::Refused {
+            table: String::new(),
+            reason: format!(
+                "this primary's WAL is in format {v}, this AeroDB writes format {}; make a new primary from a copy of its tables",
+                replication::wal::FORMAT_VERSION
+            ),
+        });
+    }
+    conn.execute_batch(PRIMARY_SQL)
+        .map_err(sqlite("creating the primary's tables (sql/primary.sql)"))?;
+    if let Ok(g) = WalTables::new(conn).generation() {
+        return Ok(g);
+    }
+    let g = Generation(random_u64());
+    conn.execute(
+        "INSERT INTO main.aerodb_meta(key, value) VALUES ('generation', ?1), ('format_version', ?2)",
+        &[
+            ValueRef::Integer(g.0 as i64),
+            ValueRef::Integer(i64::from(replication::wal::FORMAT_VERSION)),
+        ],
+    )
+    .map_err(sqlite("recording the primary's generation"))?;
+    Ok(g)
+}
+
+fn primary_generation(wal: &WalTables) -> Result<Generation, CaptureError> {
+    wal.generation().map_err(|e| match e {
+        WalReadError::NotPrimary => CaptureError::NotPrimary,
+        other => other.into(),
+    })
+}
+
+fn truncate_wal(conn: RawConn, below: CommitId) -> Result<CommitId, CaptureError> {
+    let wal = WalTables::new(conn);
+    primary_generation(&wal)?;
+    Ok(wal.truncate_below(below)?)
+}
+
+fn head(conn: RawConn) -> Result<CommitId, CaptureError> {
+    let wal = WalTables::new(conn);
+    primary_generation(&wal)?;
+    Ok(wal.head()?)
+}
+
+fn last_commit_id(shared: &Shared) -> Option<CommitId> {
+    lock(shared).last_commit
+}
+
+fn user_err(e: CaptureError) -> rusqlite::Error {
+    rusqlite::Error::UserFunctionError(Box::new(e))
+}
+
+/// The connection these functions were registered on. SQLite calls a
+/// function only on the connection it was registered on, so this is the
+/// connection running the call.
+fn raw(shared: &Shared) -> RawConn {
+    // SAFETY: the connection is open while its functions can be called.
+    unsafe { RawConn::new(lock(shared).db) }
+}
+
+fn text_arg<'a>(ctx: &'a Context<'_>, function: &'static str) -> Result<&'a str, rusqlite::Error> {
+    match ctx.get_raw(0) {
+        ValueRef::Text(t) => std::str::from_utf8(t).map_err(|e| {
+            user_err(CaptureError::BadArgument {
+                function,
+                argument: "1 (table)".into(),
+                problem: format!("is not valid UTF-8: {e}"),
+            })
+        }),
+        other => Err(user_err(CaptureError::BadArgument {
+            function,
+            argument: "1 (table)".into(),
+            problem: format!("is {}, expected a table name (TEXT)", other.data_type()),
+        })),
+    }
+}
+
+/// Registers the primary's SQL functions and the capture table on `conn`.
+/// Every connection that writes a replicated table needs them (the
+/// extension does this on load); without them such writes fail.
+pub fn register(conn: &Connection) -> Result<CaptureHandle, rusqlite::Error> {
+    check_sqlite_version().map_err(user_err)?;
+    // SAFETY: the handle of a live connection, used only by calls on it.
+    let db = unsafe { conn.handle() };
+    let shared: Shared = Arc::new(Mutex::new(ConnState {
+        db,
+        in_transaction: false,
+        buffer: TxBuffer::default(),
+        tx_generation: None,
+        written: None,
+        last_commit: None,
+        main_generation: None,
+        scratch_key: Vec::new(),
+        scratch_values: Vec::new(),
+    }));
+    let utf8 = FunctionFlags::SQLITE_UTF8;
+    let trigger_safe = utf8 | FunctionFlags::SQLITE_INNOCUOUS;
+    let direct = utf8 | FunctionFlags::SQLITE_DIRECTONLY;
+
+    let s = shared.clone();
+    conn.create_scalar_function("aerodb_capture_row", -1, trigger_safe, move |ctx| {
+        capture_row(&s, ctx).map(|()| 0i64).map_err(user_err)
+    })?;
+    let s = shared.clone();
+    conn.create_scalar_function("aerodb_primary_init", 0, direct, move |_ctx| {
+        primary_init(raw(&s))
+            .map(|g| g.to_string())
+            .map_err(user_err)
+    })?;
+    let s = shared.clone();
+    conn.create_scalar_function("aerodb_replicate", 1, direct, move |ctx| {
+        let table = text_arg(ctx, "aerodb_replicate")?;
+        replicate::replicate(&s, raw(&s), table)
+            .map(|c| c.0 as i64)
+            .map_err(user_err)
+    })?;
+    let s = shared.clone();
+    conn.create_scalar_function("aerodb_head", 0, utf8, move |_ctx| {
+        head(raw(&s)).map(|c| c.0 as i64).map_err(user_err)
+    })?;
+    let s = shared.clone();
+    conn.create_scalar_function("aerodb_truncate_wal", 1, direct, move |ctx| {
+        let below = match ctx.get_raw(0) {
+            ValueRef::Integer(n) if n >= 1 => CommitId(n as u64),
+            other => {
+                return Err(user_err(CaptureError::BadArgument {
+                    function: "aerodb_truncate_wal",
+                    argument: "1 (below_commit_id)".into(),
+                    problem: format!("is {other:?}, expected a CommitId >= 1 (INTEGER)"),
+                }))
+            }
+        };
+        truncate_wal(raw(&s), below)
+            .map(|c| c.0 as i64)
+            .map_err(user_err)
+    })?;
+    let s = shared.clone();
+    conn.create_scalar_function("aerodb_last_commit_id", 0, utf8, move |_ctx| {
+        Ok(last_commit_id(&s).map(|c| c.0 as i64))
+    })?;
+    // The table last, once every function holds the new state: it shares
+    // the state the functions own.
+    vtab::register(db, &shared).map_err(user_err)?;
+    Ok(CaptureHandle { shared })
+}
+
+/// The capture state of one connection, for the typed Rust API. Use it only
+/// with the connection [`register`] was called on, on that connection's
+/// thread, while no statement of it is running.
+#[derive(Clone)]
+pub struct CaptureHandle {
+    shared: Shared,
+}
+
+impl CaptureHandle {
+    /// As `aerodb_primary_init()`.
+    pub fn primary_init(&self) -> Result<Generation, CaptureError> {
+        primary_init(raw(&self.shared))
+    }
+
+    /// As `aerodb_replicate(table)`.
+    pub fn replicate(&self, table: &str) -> Result<CommitId, CaptureError> {
+        replicate::replicate(&self.shared, raw(&self.shared), table)
+    }
+
+    /// As `aerodb_head()`.
+    pub fn head(&self) -> Result<CommitId, CaptureError> {
+        head(raw(&self.shared))
+    }
+
+    /// As `aerodb_truncate_wal(below)`.
+    pub fn truncate_wal(&self, below: CommitId) -> Result<CommitId, CaptureError> {
+        truncate_wal(raw(&self.shared), below)
+    }
+
+    /// As `aerodb_last_commit_id()`.
+    pub fn last_commit_id(&self) -> Result<Option<CommitId>, CaptureError> {
+        Ok(last_commit_id(&self.shared))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refuses_sqlite_older_than_the_minimum_with_a_clear_error() {
+        let err = version_check(3_036_000, "3.36.0".into()).expect_err("too old");
+        assert_eq!(
+            err.to_string(),
+            "SQLite 3.36.0 is too old: AeroDB needs SQLite 3.37.0 or newer"
+        );
+        version_check(3_037_000, "3.37.0".into()).expect("minimum accepted");
+        version_check(3_040_001, "3.40.1".into()).expect("Debian 12 accepted");
+    }
+}

@@ -1,0 +1,340 @@
+//! `aerodb_replicate(table)`: checks that a table can be replicated,
+//! installs its capture triggers, registers it and puts its schema record
+//! (with the rows it holds) into the open transaction's record.
+
+use super::tables::{self, LIST_SEPARATOR};
+use super::{lock, primary_generation, sqlite, CaptureError, Shared};
+use crate::primary_wal::WalTables;
+use crate::raw::RawConn;
+use crate::table_info::{self, quote_ident, quote_literal, Column, KeyColumn, UniqueIndex};
+use replication::wal::{
+    encode_change, encode_change_header, encode_count, encode_value, Change, CommitId, Generation,
+    Operation, MAX_RECORD_BYTES,
+};
+use rusqlite::ffi;
+use rusqlite::types::ValueRef;
+
+/// Arguments `aerodb_capture_row` takes before the key.
+const FIXED_ARGS: usize = 4;
+
+/// A table as `aerodb_replicate` found it.
+struct Found {
+    /// Its name as its CREATE TABLE spells it.
+    name: String,
+    sql: String,
+    columns: Vec<Column>,
+    key: Vec<KeyColumn>,
+    unique: Vec<UniqueIndex>,
+    indexes: Vec<String>,
+}
+
+fn find(conn: RawConn, table: &str) -> Result<Found, CaptureError> {
+    let refused = |name: &str, reason: String| CaptureError::Refused {
+        table: name.to_owned(),
+        reason,
+    };
+    let mut q = conn
+        .prepare("SELECT name, type FROM pragma_table_list WHERE schema = 'main' AND name = ?1 COLLATE NOCASE")
+        .map_err(sqlite("looking up the table"))?;
+    q.bind(1, ValueRef::Text(table.as_bytes()))
+        .map_err(sqlite("looking up the table"))?;
+    if !q.step().map_err(sqlite("looking up the table"))? {
+        return Err(CaptureError::NoSuchTable {
+            table: table.into(),
+        });
+    }
+    let (name, kind) = (
+        q.column(0).into_string().unwrap_or_default(),
+        q.column(1).into_string(),
+    );
+    drop(q);
+    let lower = name.to_ascii_lowercase();
+    if lower.starts_with("aerodb_") || lower.starts_with("sqlite_") {
+        return Err(refused(
+            &name,
+            "names starting with aerodb_ or sqlite_ are reserved".into(),
+        ));
+    }
+    if kind.as_deref() != Some("table") {
+        return Err(refused(
+            &name,
+            format!(
+                "it is a {}, only ordinary tables can be replicated",
+                kind.as_deref().unwrap_or("schema object of unknown type")
+            ),
+        ));
+    }
+    let doing = || format!("reading the shape of '{name}'");
+    let columns = table_info::columns(conn, "main", &name).map_err(sqlite(doing()))?;
+    let key = table_info::primary_key(conn, "main", &name).map_err(sqlite(doing()))?;
+    if key.is_empty() {
+        return Err(refused(
+            &name,
+            "it has no PRIMARY KEY; AeroDB replicates rows by primary key because rowids are not stable across VACUUM. Declare an explicit PRIMARY KEY".into(),
+        ));
+    }
+    // A rowid table's key is the rowid (never NULL) exactly when SQLite made
+    // no index for it: `INTEGER PRIMARY KEY` but not `INTEGER PRIMARY KEY
+    // DESC`, whose column can hold NULL. WITHOUT ROWID keys are NOT NULL.
+    let without_rowid = conn
+        .query_value(
+            "SELECT wr FROM pragma_table_list WHERE schema = 'main' AND name = ?1",
+            &[ValueRef::Text(name.as_bytes())],
+        )
+        .map_err(sqlite(doing()))?
+        .and_then(|v| v.as_i64())
+        == Some(1);
+    if !without_rowid && !table_info::key_is_rowid(conn, "main", &name).map_err(sqlite(doing()))? {
+        for k in &key {
+            if columns.iter().any(|c| c.name == k.name && !c.not_null) {
+                return Err(refused(
+                    &name,
+                    format!(
+                        "primary key column '{}' may be NULL (SQLite allows NULL keys in rowid tables), so rows cannot be identified; declare it NOT NULL",
+                        k.name
+                    ),
+                ));
+            }
+        }
+    }
+    let unique = table_info::unique_indexes(conn, "main", &name).map_err(sqlite(doing()))?;
+    if let Some(u) = unique.iter().find(|u| u.expression) {
+        return Err(refused(
+            &name,
+            format!(
+                "its UNIQUE index '{}' is on an expression: rows a REPLACE deletes through it cannot be captured",
+                u.name
+            ),
+        ));
+    }
+    let sql = conn
+        .query_value(
+            "SELECT sql FROM main.sqlite_schema WHERE type = 'table' AND name = ?1",
+            &[ValueRef::Text(name.as_bytes())],
+        )
+        .map_err(sqlite("reading the table's schema"))?
+        .and_then(|v| v.into_string())
+        .ok_or_else(|| refused(&name, "its CREATE TABLE statement is not in sqlite_schema".into()))?;
+    let indexes = tables::indexes_of(conn, &name)?;
+    Ok(Found {
+        name,
+        sql,
+        columns,
+        key,
+        unique,
+        indexes,
+    })
+}
+
+fn function_arg_limit(conn: RawConn) -> usize {
+    // SAFETY: the connection is open; a negative value only reads.
+    let n = unsafe { ffi::sqlite3_limit(conn.handle(), ffi::SQLITE_LIMIT_FUNCTION_ARG, -1) };
+    usize::try_from(n).unwrap_or(0)
+}
+
+fn trigger_name(kind: &str, table: &str) -> String {
+    format!("aerodb_capture_{kind}_{table}")
+}
+
+/// The capture triggers of `t`: (names, DDL).
+fn triggers(conn: RawConn, t: &Found, generation: Generation) -> Result<(Vec<String>, String), CaptureError> {
+    let limit = function_arg_limit(conn);
+    let nkey = t.key.len();
+    if FIXED_ARGS + 2 * nkey > limit {
+        return Err(CaptureError::Refused {
+            table: t.name.clone(),
+            reason: format!(
+                "its primary key has {nkey} columns; this SQLite passes at most {limit} arguments to a function, so at most {} key columns can be captured",
+                (limit.saturating_sub(FIXED_ARGS)) / 2
+            ),
+        });
+    }
+    // Tables too wide to hand every value to one call hand only keys over;
+    // their rows are read at commit.
+    let wide = FIXED_ARGS + 2 * nkey + t.columns.len() > limit;
+    let q = quote_ident(&t.name);
+    let lit = quote_literal(&t.name);
+    let g = generation.0 as i64;
+    let col = |prefix: &str, name: &str| format!("{prefix}.{}", quote_ident(name));
+    let key = |prefix: &str| -> Vec<String> { t.key.iter().map(|k| col(prefix, &k.name)).collect() };
+    let all = |prefix: &str| -> Vec<String> { t.columns.iter().map(|c| col(prefix, &c.name)).collect() };
+    let call = |event: u8, args: Vec<String>| {
+        format!(
+            "INSERT INTO aerodb_capture SELECT 1 WHERE aerodb_capture_row({g}, {lit}, {event}, {nkey}, {});",
+            args.join(", ")
+        )
+    };
+    let mut names = Vec::new();
+    let mut ddl = String::new();
+    let mut add = |kind: &str, timing: &str, body: String| {
+        let name = trigger_name(kind, &t.name);
+        ddl += &format!(
+            "CREATE TRIGGER main.{} {timing} ON {q} BEGIN {body} END;\n",
+            quote_ident(&name)
+        );
+        names.push(name);
+    };
+    let (insert, update) = if wide {
+        (call(5, key("NEW")), call(6, [key("OLD"), key("NEW")].concat()))
+    } else {
+        (
+            call(1, [key("NEW"), all("NEW")].concat()),
+            call(2, [key("OLD"), key("NEW"), all("NEW")].concat()),
+        )
+    };
+    add("insert", "AFTER INSERT", insert);
+    add("update", "AFTER UPDATE", update);
+    add("delete", "AFTER DELETE", call(3, key("OLD")));
+    if !t.unique.is_empty() {
+        // A REPLACE deletes the rows holding the new row's unique values
+        // without firing a trigger (recursive_triggers is off by default):
+        // note those rows first, so their fate is read at commit.
+        let candidates: Vec<String> = t
+            .unique
+            .iter()
+            .map(|u| {
+                let matched = u
+                    .columns
+                    .iter()
+                    .map(|c| {
+                        format!(
+                            "{} = NEW.{} COLLATE {}",
+                            col("aerodb_old", &c.name),
+                            quote_ident(&c.name),
+                            quote_ident(&c.collation)
+                        )
+                    })
+                    .collect::<Vec<_>>()
+                    .join(" AND ");
+                format!(
+                    "INSERT INTO aerodb_capture SELECT 1 FROM {q} AS aerodb_old WHERE {matched} AND CASE WHEN {matched} THEN aerodb_capture_row({g}, {lit}, 4, {nkey}, {}) ELSE 0 END;",
+                    key("aerodb_old").join(", ")
+                )
+            })
+            .collect();
+        let mut of: Vec<String> = t
+            .unique
+            .iter()
+            .flat_map(|u| u.columns.iter().map(|c| quote_ident(&c.name)))
+            .collect();
+        of.sort();
+        of.dedup();
+        add("before_insert", "BEFORE INSERT", candidates.join(" "));
+        add(
+            "before_update",
+            &format!("BEFORE UPDATE OF {}", of.join(", ")),
+            candidates.join(" "),
+        );
+    }
+    Ok((names, ddl))
+}
+
+/// `aerodb_replicate(table)`.
+pub(super) fn replicate(shared: &Shared, conn: RawConn, table: &str) -> Result<CommitId, CaptureError> {
+    let wal = WalTables::new(conn);
+    let generation = primary_generation(&wal)?;
+    let t = find(conn, table)?;
+    let (names, ddl) = triggers(conn, &t, generation)?;
+    // All or nothing, even when called from a statement in autocommit mode.
+    conn.execute_batch("SAVEPOINT aerodb_replicate")
+        .map_err(sqlite("opening a savepoint"))?;
+    let result = install(shared, conn, &t, generation, &names, &ddl);
+    match result {
+        Ok(c) => {
+            conn.execute_batch("RELEASE aerodb_replicate")
+                .map_err(sqlite("committing aerodb_replicate"))?;
+            tracing::info!(table = t.name, commit_id = c.0, "replicating table");
+            Ok(c)
+        }
+        Err(e) => {
+            let _ = conn.execute_batch("ROLLBACK TO aerodb_replicate; RELEASE aerodb_replicate");
+            Err(e)
+        }
+    }
+}
+
+fn install(
+    shared: &Shared,
+    conn: RawConn,
+    t: &Found,
+    generation: Generation,
+    names: &[String],
+    ddl: &str,
+) -> Result<CommitId, CaptureError> {
+    // Triggers of an earlier aerodb_replicate of this table go first.
+    let old = conn
+        .query_value(
+            "SELECT triggers FROM main.aerodb_tables WHERE name = ?1",
+            &[ValueRef::Text(t.name.as_bytes())],
+        )
+        .map_err(sqlite("reading aerodb_tables"))?
+        .and_then(|v| v.into_string())
+        .unwrap_or_default();
+    let mut drops = String::new();
+    for name in old.split(LIST_SEPARATOR).filter(|n| !n.is_empty()).chain(names.iter().map(String::as_str)) {
+        drops += &format!("DROP TRIGGER IF EXISTS main.{};\n", quote_ident(name));
+    }
+    conn.execute_batch(&format!("{drops}{ddl}"))
+        .map_err(sqlite(format!("installing capture triggers on '{}'", t.name)))?;
+    // The capture table joins the transaction (a statement that writes it,
+    // inserting nothing), so the schema record is written at its commit.
+    conn.execute_batch("INSERT INTO aerodb_capture SELECT 1 WHERE 0")
+        .map_err(sqlite("joining the capture table to the transaction"))?;
+    let commit_id = WalTables::new(conn).head()?.next();
+    conn.execute(
+        "INSERT OR REPLACE INTO main.aerodb_tables(name, schema_commit_id, sql, columns, indexes, key_columns, triggers) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        &[
+            ValueRef::Text(t.name.as_bytes()),
+            ValueRef::Integer(commit_id.0 as i64),
+            ValueRef::Text(t.sql.as_bytes()),
+            ValueRef::Text(tables::shape_of(&t.columns).as_bytes()),
+            ValueRef::Text(t.indexes.join(&LIST_SEPARATOR.to_string()).as_bytes()),
+            ValueRef::Text(t.key.iter().map(|k| k.name.as_str()).collect::<Vec<_>>().join(",").as_bytes()),
+            ValueRef::Text(names.join(&LIST_SEPARATOR.to_string()).as_bytes()),
+        ],
+    )
+    .map_err(sqlite("registering the table"))?;
+    let encoded = |source| CaptureError::Encode {
+        table: t.name.clone(),
+        source,
+    };
+    let schema = encode_change(&Change::Schema {
+        table: t.name.clone(),
+        sql: t.sql.clone(),
+        indexes: t.indexes.clone(),
+    })
+    .map_err(encoded)?;
+    {
+        let mut s = lock(shared);
+        s.tx_generation = Some(generation);
+        s.buffer.push_section(&schema);
+    }
+    // The table's rows at this commit follow the schema change in the same
+    // record: a replica starts it from exactly the primary's content (also
+    // after DROP/CREATE and replicate again).
+    let names: Vec<String> = t.columns.iter().map(|c| quote_ident(&c.name)).collect();
+    let doing = || format!("reading the rows of '{}'", t.name);
+    let mut rows = conn
+        .prepare(&format!("SELECT {} FROM main.{}", names.join(", "), quote_ident(&t.name)))
+        .map_err(sqlite(doing()))?;
+    let mut change = Vec::new();
+    while rows.step().map_err(sqlite(doing()))? {
+        change.clear();
+        encode_change_header(&mut change, Operation::Insert, &t.name).map_err(encoded)?;
+        encode_count(&mut change, t.columns.len()).map_err(encoded)?;
+        for i in 0..t.columns.len() {
+            encode_value(&mut change, super::commit::wal_value(rows.column_ref(i))).map_err(encoded)?;
+        }
+        let mut s = lock(shared);
+        s.buffer.push_section(&change);
+        if s.buffer.bytes() > MAX_RECORD_BYTES {
+            return Err(encoded(replication::wal::EncodeError::TooLarge {
+                what: "transaction's WAL record",
+                actual: s.buffer.bytes() as u64,
+                limit: MAX_RECORD_BYTES as u64,
+                commit_id: Some(commit_id),
+            }));
+        }
+    }
+    Ok(commit_id)
+}

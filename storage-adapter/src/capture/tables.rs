@@ -1,0 +1,204 @@
+//! The registry of replicated tables (`aerodb_tables`) and the check that
+//! each still has the shape its capture was made for.
+//!
+//! Capture refuses to commit a write to a table whose definition, indexes
+//! or triggers changed since `aerodb_replicate` (ALTER TABLE, CREATE INDEX,
+//! DROP/CREATE, a dropped trigger), and the WAL reader refuses to serve
+//! such a primary: never uncaptured or partial data (rule P1).
+
+use super::{sqlite, CaptureError};
+use crate::raw::RawConn;
+use crate::table_info::{self, quote_ident};
+use rusqlite::types::ValueRef;
+
+/// Separates column names in `aerodb_tables.columns`.
+pub(crate) const SHAPE_SEPARATOR: char = '\u{1f}';
+/// Separates statements and names in `aerodb_tables.indexes` / `triggers`.
+pub(crate) const LIST_SEPARATOR: char = '\u{1e}';
+
+/// What the commit needs of a replicated table.
+#[derive(Debug, Clone)]
+pub(crate) struct TableInfo {
+    /// Its name, as registered (as its CREATE TABLE spells it).
+    pub name: String,
+    /// Its stored columns.
+    pub columns: usize,
+    /// It has UNIQUE constraints besides its primary key.
+    pub extra_unique: bool,
+    /// Reads a row's stored columns by key, matched as the key compares.
+    pub lookup_sql: String,
+}
+
+/// A registry row.
+struct Registered {
+    name: String,
+    sql: String,
+    columns: String,
+    indexes: String,
+    triggers: String,
+}
+
+fn registry(conn: RawConn, name: Option<&str>) -> Result<Vec<Registered>, CaptureError> {
+    let doing = "reading aerodb_tables";
+    let mut s = conn
+        .prepare(
+            "SELECT name, sql, columns, indexes, triggers FROM main.aerodb_tables WHERE ?1 IS NULL OR name = ?1 ORDER BY name",
+        )
+        .map_err(sqlite(doing))?;
+    s.bind(1, name.map_or(ValueRef::Null, |n| ValueRef::Text(n.as_bytes())))
+        .map_err(sqlite(doing))?;
+    let mut out = Vec::new();
+    while s.step().map_err(sqlite(doing))? {
+        let text = |i| s.column(i).into_string().unwrap_or_default();
+        out.push(Registered {
+            name: text(0),
+            sql: text(1),
+            columns: text(2),
+            indexes: text(3),
+            triggers: text(4),
+        });
+    }
+    Ok(out)
+}
+
+/// The shape string of `columns`.
+pub(crate) fn shape_of(columns: &[table_info::Column]) -> String {
+    columns
+        .iter()
+        .map(|c| c.name.as_str())
+        .collect::<Vec<_>>()
+        .join(&SHAPE_SEPARATOR.to_string())
+}
+
+/// `table`'s CREATE INDEX statements (named indexes), by name, joined.
+pub(crate) fn indexes_of(conn: RawConn, table: &str) -> Result<Vec<String>, CaptureError> {
+    let doing = || format!("reading the indexes of '{table}'");
+    let mut s = conn
+        .prepare(table_info::INDEXES_SQL)
+        .map_err(sqlite(doing()))?;
+    s.bind(1, ValueRef::Text(table.as_bytes()))
+        .map_err(sqlite(doing()))?;
+    let mut out = Vec::new();
+    while s.step().map_err(sqlite(doing()))? {
+        out.push(s.column(0).into_string().unwrap_or_default());
+    }
+    Ok(out)
+}
+
+fn current_sql(conn: RawConn, table: &str) -> Result<Option<String>, CaptureError> {
+    Ok(conn
+        .query_value(
+            "SELECT sql FROM main.sqlite_schema WHERE type = 'table' AND name = ?1",
+            &[ValueRef::Text(table.as_bytes())],
+        )
+        .map_err(sqlite("reading the table's schema"))?
+        .and_then(|v| v.into_string()))
+}
+
+fn check(conn: RawConn, r: &Registered) -> Result<(), CaptureError> {
+    let broken = |problem: String| CaptureError::CaptureBroken {
+        table: r.name.clone(),
+        problem,
+    };
+    let Some(sql) = current_sql(conn, &r.name)? else {
+        return Err(broken("the table no longer exists".into()));
+    };
+    if sql != r.sql {
+        return Err(broken(format!(
+            "its definition is now `{sql}`, capture was set up for `{}`",
+            r.sql
+        )));
+    }
+    let shape = shape_of(
+        &table_info::columns(conn, "main", &r.name)
+            .map_err(sqlite(format!("reading the columns of '{}'", r.name)))?,
+    );
+    if shape != r.columns {
+        let show = |s: &str| s.replace(SHAPE_SEPARATOR, ", ");
+        return Err(broken(format!(
+            "its columns are now ({}), capture was set up for ({})",
+            show(&shape),
+            show(&r.columns)
+        )));
+    }
+    let indexes = indexes_of(conn, &r.name)?.join(&LIST_SEPARATOR.to_string());
+    if indexes != r.indexes {
+        let show = |s: &str| {
+            if s.is_empty() {
+                "none".to_string()
+            } else {
+                s.replace(LIST_SEPARATOR, "; ")
+            }
+        };
+        return Err(broken(format!(
+            "its indexes are now ({}), capture was set up for ({})",
+            show(&indexes),
+            show(&r.indexes)
+        )));
+    }
+    let expected: Vec<&str> = r.triggers.split(LIST_SEPARATOR).collect();
+    for name in &expected {
+        let found = conn
+            .query_value(
+                "SELECT 1 FROM main.sqlite_schema WHERE type = 'trigger' AND name = ?1 AND tbl_name = ?2",
+                &[
+                    ValueRef::Text(name.as_bytes()),
+                    ValueRef::Text(r.name.as_bytes()),
+                ],
+            )
+            .map_err(sqlite("reading capture triggers"))?;
+        if found.is_none() {
+            return Err(broken(format!(
+                "its capture trigger {name} is missing (the table was recreated or the trigger dropped)"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Checks the registered table `name` (every touched table at commit).
+pub(crate) fn verify(conn: RawConn, name: &str) -> Result<(), CaptureError> {
+    match registry(conn, Some(name))?.first() {
+        Some(r) => check(conn, r),
+        None => Err(CaptureError::CaptureBroken {
+            table: name.to_owned(),
+            problem: "it is not in aerodb_tables (its capture triggers outlived its registration)"
+                .into(),
+        }),
+    }
+}
+
+/// Checks every registered table (the WAL reader, before serving).
+pub(crate) fn verify_capture(conn: RawConn) -> Result<(), CaptureError> {
+    registry(conn, None)?.iter().try_for_each(|r| check(conn, r))
+}
+
+/// What the commit needs of every registered table.
+pub(crate) fn registered(conn: RawConn) -> Result<Vec<TableInfo>, CaptureError> {
+    registry(conn, None)?
+        .into_iter()
+        .map(|r| info(conn, &r.name))
+        .collect()
+}
+
+/// What the commit needs of `table`, from its schema.
+pub(crate) fn info(conn: RawConn, table: &str) -> Result<TableInfo, CaptureError> {
+    let doing = || format!("reading the shape of '{table}'");
+    let columns = table_info::columns(conn, "main", table).map_err(sqlite(doing()))?;
+    let key = table_info::primary_key(conn, "main", table).map_err(sqlite(doing()))?;
+    let extra_unique = !table_info::unique_indexes(conn, "main", table)
+        .map_err(sqlite(doing()))?
+        .is_empty();
+    let names: Vec<String> = columns.iter().map(|c| quote_ident(&c.name)).collect();
+    Ok(TableInfo {
+        name: table.to_owned(),
+        columns: columns.len(),
+        extra_unique,
+        lookup_sql: format!(
+            "SELECT {} FROM main.{} WHERE {}",
+            names.join(", "),
+            quote_ident(table),
+            table_info::key_match(&key, 1)
+        ),
+    })
+}
