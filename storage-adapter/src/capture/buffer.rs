@@ -36,6 +36,9 @@ pub(crate) enum Known {
     Absent,
     /// Unknown: read it at commit.
     Lookup,
+    /// Only ever seen as a row a REPLACE could delete: read it at commit;
+    /// if it is still there, it did not change.
+    Candidate,
 }
 
 /// How a trigger saw a key.
@@ -45,9 +48,11 @@ pub(crate) enum Touch<'a> {
     Now(&'a [u8]),
     /// The row that held this key was deleted or moved to another key.
     Gone,
-    /// A row with this key exists and may be changed (REPLACE candidates)
-    /// or its values were not handed over (wide tables): look it up.
+    /// The row's values were not handed over (wide tables): look it up.
     Lookup,
+    /// A row with this key exists and a REPLACE may delete it without a
+    /// trigger (BEFORE triggers of tables with other UNIQUE constraints).
+    Candidate,
 }
 
 /// One touched key.
@@ -197,7 +202,10 @@ impl TxBuffer {
             let e = &mut self.entries[at as usize];
             if e.table == table && self.keys[e.key.clone()] == *key {
                 // Touched again: the values this trigger saw may be stale.
-                e.known = Known::Lookup;
+                e.known = match (&e.known, touch) {
+                    (Known::Candidate, Touch::Candidate) => Known::Candidate,
+                    _ => Known::Lookup,
+                };
                 return;
             }
             at = e.next;
@@ -212,6 +220,7 @@ impl TxBuffer {
             }
             Touch::Gone => Known::Absent,
             Touch::Lookup => Known::Lookup,
+            Touch::Candidate => Known::Candidate,
         };
         let next = self
             .index
@@ -346,6 +355,16 @@ mod tests {
         b.touch("t", b"k1", false, Touch::Now(b"stale"));
         assert_eq!(b.entries.len(), 1);
         assert!(b.entries[0].existed);
+        assert_eq!(b.entries[0].known, Known::Lookup);
+    }
+
+    #[test]
+    fn a_candidate_stays_one_until_a_trigger_reports_a_change() {
+        let mut b = TxBuffer::default();
+        b.touch("t", b"k1", true, Touch::Candidate);
+        b.touch("t", b"k1", true, Touch::Candidate);
+        assert_eq!(b.entries[0].known, Known::Candidate);
+        b.touch("t", b"k1", true, Touch::Gone);
         assert_eq!(b.entries[0].known, Known::Lookup);
     }
 

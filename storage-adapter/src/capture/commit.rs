@@ -10,7 +10,10 @@
 //!    and must go first: it has no row at the end, or its table has UNIQUE
 //!    constraints besides the key (its old values could collide with
 //!    another final row);
-//! 3. `Discard` of the other such keys (existence before unknown);
+//! 3. `Discard` of keys without a final row whose existence before is
+//!    unknown (a REPLACE over an existing key fires no delete trigger; in
+//!    tables with other UNIQUE constraints the BEFORE triggers probe the
+//!    key, so there a new key is known to be new);
 //! 4. the final rows: `Update` of a key that existed (the replica must have
 //!    it), `Insert` of the others (insert, or replace the row of the same
 //!    key).
@@ -39,13 +42,14 @@ pub(crate) const CHUNK_BYTES: usize = 256 << 10;
 #[derive(Default)]
 pub(crate) struct Statements {
     schema_version: Option<Stmt<'static>>,
+    temp_schema_version: Option<Stmt<'static>>,
     head: Option<Stmt<'static>>,
     insert_chunk: Option<Stmt<'static>>,
     insert_sealed: Option<Stmt<'static>>,
     /// Replicated tables as the registry and schema describe them, read
     /// at `tables_at` (a schema_version).
     tables: HashMap<String, TableCommit>,
-    tables_at: Option<i64>,
+    tables_at: Option<(i64, i64)>,
 }
 
 struct TableCommit {
@@ -87,10 +91,17 @@ impl Statements {
     /// (a transaction that altered a replicated table and then wrote it
     /// fails here, before anything uncaptured can commit).
     fn check_tables(&mut self, conn: RawConn, buffer: &TxBuffer) -> Result<(), CaptureError> {
-        let version = one_int(
+        // TEMP triggers on a replicated table change the order triggers
+        // fire in, so the temp schema counts too.
+        let main = one_int(
             kept(&mut self.schema_version, conn, "PRAGMA main.schema_version")?,
             "reading the schema version",
         )?;
+        let temp = one_int(
+            kept(&mut self.temp_schema_version, conn, "PRAGMA temp.schema_version")?,
+            "reading the schema version",
+        )?;
+        let version = main.zip(temp).map(|(m, t)| (m, t));
         if version.is_none() || version != self.tables_at {
             self.tables.clear();
             self.tables_at = None;
@@ -296,6 +307,11 @@ pub(crate) fn write_record(
         return Err(CaptureError::CommitIdOverflow(commit_id));
     }
     let changes = build_changes(conn, stmts, &state.buffer)?;
+    if changes.ends.is_empty() {
+        // Only REPLACE candidates that no statement changed: nothing
+        // replicated changed, so no CommitId.
+        return Ok(());
+    }
     let slices = changes.slices();
     let record = RecordEncoder::new(start)
         .push(commit_id, &slices)
@@ -343,6 +359,39 @@ pub(crate) fn write_record(
     Ok(())
 }
 
+/// Whether a touched key's row existed before the transaction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Existence {
+    /// It did: the replica must have it.
+    Existed,
+    /// It did not (the BEFORE triggers of a table with other UNIQUE
+    /// constraints probed the key).
+    New,
+    /// Not known: a REPLACE over an existing key fires no delete trigger,
+    /// and a user trigger that fires before capture hides the order.
+    Unknown,
+}
+
+fn existence(e: &super::buffer::Entry, info: &TableInfo) -> Existence {
+    match (info.order_known, e.existed, info.extra_unique) {
+        (false, _, _) => Existence::Unknown,
+        (true, true, _) => Existence::Existed,
+        (true, false, true) => Existence::New,
+        (true, false, false) => Existence::Unknown,
+    }
+}
+
+/// A touched key's state at the end of the transaction.
+enum Final {
+    /// Its row: from a lookup (`true`: in the looked-up bytes) or as its
+    /// trigger saw it, and where.
+    Row(bool, std::ops::Range<usize>),
+    /// No row.
+    Absent,
+    /// The row was only noted as a REPLACE candidate and is unchanged.
+    Unchanged,
+}
+
 /// The record's changes, in the order the module doc gives.
 fn build_changes(
     conn: RawConn,
@@ -356,18 +405,27 @@ fn build_changes(
     }
     // Final rows of looked-up keys, and where each one's row is.
     let mut looked_up: Vec<u8> = Vec::new();
-    let mut finals: Vec<Option<(bool, std::ops::Range<usize>)>> =
-        Vec::with_capacity(buffer.entries.len());
+    let mut finals: Vec<Final> = Vec::with_capacity(buffer.entries.len());
     for e in &buffer.entries {
+        let table = &buffer.tables[e.table as usize];
         finals.push(match &e.known {
-            Known::Row(r) => Some((false, r.clone())),
-            Known::Absent => None,
+            Known::Row(r) => Final::Row(false, r.clone()),
+            Known::Absent => Final::Absent,
             Known::Lookup => {
                 let start = looked_up.len();
-                let table = &buffer.tables[e.table as usize];
-                stmts
-                    .lookup(conn, table, buffer.key(e), &mut looked_up)?
-                    .then(|| (true, start..looked_up.len()))
+                match stmts.lookup(conn, table, buffer.key(e), &mut looked_up)? {
+                    true => Final::Row(true, start..looked_up.len()),
+                    false => Final::Absent,
+                }
+            }
+            Known::Candidate => {
+                // Still there: nothing changed it (a change would have
+                // fired a capture trigger). Gone: a REPLACE deleted it.
+                let mut scratch = Vec::new();
+                match stmts.lookup(conn, table, buffer.key(e), &mut scratch)? {
+                    true => Final::Unchanged,
+                    false => Final::Absent,
+                }
             }
         });
         if changes.bytes.len() + buffer.values.len() + looked_up.len() > MAX_RECORD_BYTES {
@@ -375,7 +433,8 @@ fn build_changes(
         }
     }
     let info = |e: &super::buffer::Entry| {
-        &stmts.tables[&buffer.tables[e.table as usize]].info
+        let table = &buffer.tables[e.table as usize];
+        (table, &stmts.tables[table].info)
     };
     let encode = |r: Result<(), EncodeError>, table: &str| {
         r.map_err(|source| CaptureError::Encode {
@@ -385,21 +444,27 @@ fn build_changes(
     };
     // Deletes first: existing keys, then keys whose existence is unknown
     // (a key equal to an existing one under its collation comes after it).
-    for existed in [true, false] {
+    for first_pass in [true, false] {
         for (e, f) in buffer.entries.iter().zip(&finals) {
-            if e.existed == existed && (f.is_none() || info(e).extra_unique) {
-                let table = &buffer.tables[e.table as usize];
-                let op = if existed {
-                    Operation::Delete
-                } else {
-                    Operation::Discard
-                };
-                encode(changes.push(op, table, &[buffer.key(e)]), table)?;
+            let (table, info) = info(e);
+            let existence = existence(e, info);
+            let delete = match (f, existence) {
+                (Final::Unchanged, _) | (_, Existence::New) => false,
+                (Final::Absent, _) => true,
+                (Final::Row(..), _) => info.extra_unique,
+            };
+            if !delete || (existence == Existence::Existed) != first_pass {
+                continue;
             }
+            let op = match existence {
+                Existence::Existed => Operation::Delete,
+                _ => Operation::Discard,
+            };
+            encode(changes.push(op, table, &[buffer.key(e)]), table)?;
         }
     }
     for (e, f) in buffer.entries.iter().zip(&finals) {
-        let Some((from_lookup, range)) = f else {
+        let Final::Row(from_lookup, range) = f else {
             continue;
         };
         let row = if *from_lookup {
@@ -407,8 +472,8 @@ fn build_changes(
         } else {
             &buffer.values[range.clone()]
         };
-        let table = &buffer.tables[e.table as usize];
-        if e.existed && !info(e).extra_unique {
+        let (table, info) = info(e);
+        if existence(e, info) == Existence::Existed && !info.extra_unique {
             encode(changes.push(Operation::Update, table, &[buffer.key(e), row]), table)?;
         } else {
             encode(changes.push(Operation::Insert, table, &[row]), table)?;

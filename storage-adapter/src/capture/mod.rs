@@ -390,7 +390,7 @@ fn capture_row(shared: &Shared, ctx: &Context<'_>) -> Result<(), CaptureError> {
         match event {
             RowEvent::Insert => b.touch(table, &key, false, Touch::Now(&values)),
             RowEvent::Delete => b.touch(table, &key, true, Touch::Gone),
-            RowEvent::Candidate => b.touch(table, &key, true, Touch::Lookup),
+            RowEvent::Candidate => b.touch(table, &key, true, Touch::Candidate),
             RowEvent::InsertKey => b.touch(table, &key, false, Touch::Lookup),
             RowEvent::Update | RowEvent::UpdateKey => {
                 let mut new_key = Vec::new();

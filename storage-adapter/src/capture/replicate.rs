@@ -189,9 +189,15 @@ fn triggers(conn: RawConn, t: &Found, generation: Generation) -> Result<(Vec<Str
         // A REPLACE deletes the rows holding the new row's unique values
         // without firing a trigger (recursive_triggers is off by default):
         // note those rows first, so their fate is read at commit.
-        let candidates: Vec<String> = t
-            .unique
-            .iter()
+        // The row with the new row's key is probed too: a REPLACE deletes
+        // it as well, and a key found absent here is known to be new.
+        let key_index = UniqueIndex {
+            name: String::new(),
+            columns: t.key.clone(),
+            expression: false,
+        };
+        let candidates: Vec<String> = std::iter::once(&key_index)
+            .chain(&t.unique)
             .map(|u| {
                 let matched = u
                     .columns
@@ -212,9 +218,8 @@ fn triggers(conn: RawConn, t: &Found, generation: Generation) -> Result<(Vec<Str
                 )
             })
             .collect();
-        let mut of: Vec<String> = t
-            .unique
-            .iter()
+        let mut of: Vec<String> = std::iter::once(&key_index)
+            .chain(&t.unique)
             .flat_map(|u| u.columns.iter().map(|c| quote_ident(&c.name)))
             .collect();
         of.sort();

@@ -27,6 +27,12 @@ pub(crate) struct TableInfo {
     pub extra_unique: bool,
     /// Reads a row's stored columns by key, matched as the key compares.
     pub lookup_sql: String,
+    /// The capture triggers are the first to fire after a row change (no
+    /// TEMP trigger on the table, no trigger created after them): the
+    /// first touch of a key then tells whether its row existed before the
+    /// transaction. A user trigger that fires first can change the row
+    /// before capture sees the change, so then existence is unknown.
+    pub order_known: bool,
 }
 
 /// A registry row.
@@ -177,9 +183,45 @@ pub(crate) fn verify_capture(conn: RawConn) -> Result<(), CaptureError> {
 pub(crate) fn registered(conn: RawConn) -> Result<Vec<TableInfo>, CaptureError> {
     registry(conn, None)?
         .into_iter()
-        .map(|r| info(conn, &r.name))
+        .map(|r| {
+            let mut i = info(conn, &r.name)?;
+            i.order_known = capture_fires_first(conn, &r)?;
+            Ok(i)
+        })
         .collect()
 }
+
+/// No trigger fires before `r`'s capture triggers: SQLite fires a table's
+/// TEMP triggers first, then its triggers newest first (in the order of
+/// their rows in sqlite_schema).
+fn capture_fires_first(conn: RawConn, r: &Registered) -> Result<bool, CaptureError> {
+    let doing = "reading the triggers of a replicated table";
+    let temp = conn
+        .query_value(
+            "SELECT count(*) FROM temp.sqlite_schema WHERE type = 'trigger' AND tbl_name = ?1 COLLATE NOCASE",
+            &[ValueRef::Text(r.name.as_bytes())],
+        )
+        .map_err(sqlite(doing))?
+        .and_then(|v| v.as_i64());
+    if temp != Some(0) {
+        return Ok(false);
+    }
+    let ours = format!("{LIST_SEPARATOR}{}{LIST_SEPARATOR}", r.triggers);
+    let newer = conn
+        .query_value(
+            "SELECT count(*) FROM main.sqlite_schema WHERE type = 'trigger' AND tbl_name = ?1 \
+             AND instr(?2, char(30) || name || char(30)) = 0 \
+             AND rowid > (SELECT min(rowid) FROM main.sqlite_schema WHERE type = 'trigger' AND instr(?2, char(30) || name || char(30)) > 0)",
+            &[
+                ValueRef::Text(r.name.as_bytes()),
+                ValueRef::Text(ours.as_bytes()),
+            ],
+        )
+        .map_err(sqlite(doing))?
+        .and_then(|v| v.as_i64());
+    Ok(newer == Some(0))
+}
+
 
 /// What the commit needs of `table`, from its schema.
 pub(crate) fn info(conn: RawConn, table: &str) -> Result<TableInfo, CaptureError> {
@@ -194,6 +236,7 @@ pub(crate) fn info(conn: RawConn, table: &str) -> Result<TableInfo, CaptureError
         name: table.to_owned(),
         columns: columns.len(),
         extra_unique,
+        order_known: false,
         lookup_sql: format!(
             "SELECT {} FROM main.{} WHERE {}",
             names.join(", "),
