@@ -607,6 +607,22 @@ pub fn encode_change(change: &Change) -> Result<Vec<u8>, EncodeError> {
     Ok(out)
 }
 
+/// The segment CRC of a segment's bytes before its trailer: over the header
+/// without its own CRC, and the body. (A CRC over bytes that include a CRC
+/// of their start would not depend on that start: format 1 covered the
+/// header CRC, so its segment CRC did not protect the header.)
+pub fn segment_crc(before_trailer: &[u8]) -> u32 {
+    let mut h = crc32fast::Hasher::new();
+    h.update(&before_trailer[..HEADER_CRC_AT.min(before_trailer.len())]);
+    if before_trailer.len() > SEGMENT_HEADER_LEN {
+        h.update(&before_trailer[SEGMENT_HEADER_LEN..]);
+    }
+    h.finalize()
+}
+
+/// Offset of the header CRC in a segment.
+const HEADER_CRC_AT: usize = 56;
+
 /// Offset of `prev_chain` in a record.
 const PREV_CHAIN_AT: usize = 24;
 
@@ -867,7 +883,7 @@ impl Segment {
         for r in records {
             out.extend_from_slice(&r.bytes);
         }
-        let crc = crc32fast::hash(&out);
+        let crc = segment_crc(&out);
         put_u32(&mut out, crc);
         Ok(out)
     }
@@ -896,7 +912,7 @@ impl Segment {
             });
         }
         let stored = read_u32(bytes, body_end);
-        let computed = crc32fast::hash(&bytes[..body_end]);
+        let computed = segment_crc(&bytes[..body_end]);
         if stored != computed {
             return Err(DecodeError::SegmentChecksum {
                 at: body_end,

@@ -23,7 +23,7 @@ use std::process::{Command, Stdio};
 use storage_adapter::capture::{self, CaptureError, CaptureHandle};
 use storage_adapter::primary::{Primary, PrimaryError, PrimaryWalReader};
 use storage_adapter::replica::ReplicaDb;
-use storage_adapter::{WalReadError, SEAL_BATCH};
+use storage_adapter::WalReadError;
 use tempfile::TempDir;
 
 // ------------------------------------------------------------------ helpers
@@ -249,10 +249,13 @@ impl Fixture {
             .changes
     }
 
-    /// Rows in `aerodb_changes` (committed or in this connection's open
-    /// transaction).
+    /// Changes in the WAL's committed records (the open transaction's
+    /// record is written by its commit).
     fn change_rows(&self) -> i64 {
-        count(self.conn(), "SELECT count(*) FROM aerodb_changes")
+        count(
+            self.conn(),
+            "SELECT coalesce(sum(change_count), 0) FROM aerodb_commits",
+        )
     }
 
     fn rows(&self, table: &str) -> Vec<Vec<SqlValue>> {
@@ -1345,11 +1348,10 @@ fn several_processes_writing_concurrently_get_exactly_contiguous_commit_ids() {
         count(f.conn(), "SELECT n FROM counter WHERE id = 1"),
         WRITERS * PER_WRITER
     );
-    // Sealing ran inside the concurrent writers' transactions (at commits
-    // 65 and 129) and agrees with the computed records (checked on read).
+    // Every record was sealed by its own writer's commit.
     assert_eq!(
         count(f.conn(), "SELECT max(commit_id) FROM aerodb_commits"),
-        128
+        total as i64
     );
     f.assert_replica_matches();
 }
@@ -1935,7 +1937,7 @@ fn connection_without_capture_functions_cannot_write_a_replicated_table(#[case] 
     let plain = Connection::open(&f.path).expect("open without capture functions");
     let error = exec_error(&plain, sql);
     assert!(
-        error.contains("no such function: aerodb_capture_begin"),
+        error.contains("no such table: main.aerodb_capture"),
         "{error}"
     );
     if !plain.is_autocommit() {
@@ -2150,33 +2152,29 @@ fn sealed_rows(conn: &Connection) -> Vec<[i64; 7]> {
     .expect("read aerodb_commits")
 }
 
-/// Records read through PrimaryWalReader are the same bytes whether the
-/// reader computed them or a writer sealed them (SEAL_BATCH commits at a
-/// time, inside its own transaction; a rollback seals nothing).
+/// Every record is sealed by its own commit, inside its transaction, with
+/// the values its bytes carry; a rolled-back transaction seals nothing
+/// (readers verify, never compute).
 #[test]
-fn records_are_identical_whether_sealed_or_computed() {
-    assert_eq!(SEAL_BATCH, 64, "this test counts commits around SEAL_BATCH");
+fn every_record_is_sealed_by_its_own_commit() {
     let f = Fixture::new(T, &["t"]);
     let reader = PrimaryWalReader::open(&f.path).expect("open the WAL reader");
-    for i in 2..=SEAL_BATCH as i64 {
+    for i in 2..=70i64 {
         f.conn()
             .execute("INSERT INTO t VALUES (?1, 'row')", [i])
             .expect("insert");
+        assert_eq!(
+            sealed_rows(f.conn()).len() as i64,
+            i,
+            "commit {i} is sealed when it commits"
+        );
     }
-    assert!(sealed_rows(f.conn()).is_empty(), "nothing sealed yet");
-    let computed = reader
-        .records(CommitId(1), usize::MAX)
-        .expect("read computed records");
-    assert_eq!(computed.len() as u64, SEAL_BATCH);
-
     f.exec("BEGIN; INSERT INTO t VALUES (1000, 'rolled back'); ROLLBACK");
-    assert!(
-        sealed_rows(f.conn()).is_empty(),
-        "a rolled-back seal leaves nothing"
-    );
-
-    f.exec("INSERT INTO t VALUES (1001, 'seals')");
-    let expected_seals: Vec<[i64; 7]> = computed
+    assert_eq!(sealed_rows(f.conn()).len(), 70, "a rollback seals nothing");
+    let records = reader
+        .records(CommitId(1), usize::MAX)
+        .expect("read records");
+    let expected_seals: Vec<[i64; 7]> = records
         .iter()
         .map(|r| {
             [
@@ -2190,24 +2188,25 @@ fn records_are_identical_whether_sealed_or_computed() {
             ]
         })
         .collect();
-    assert_eq!(
-        sealed_rows(f.conn()),
-        expected_seals,
-        "the writer sealed 1..=64 with the values the reader computed"
-    );
-    let sealed = reader
-        .records(CommitId(1), usize::MAX)
-        .expect("read sealed records");
-    assert_eq!(sealed.len() as u64, SEAL_BATCH + 1);
-    assert!(
-        sealed[..computed.len()] == computed[..],
-        "sealed records are byte-identical to the computed ones"
-    );
-    assert_eq!(
-        sealed[64].wal_offset,
-        computed[63].end_position(reader.generation()).wal_offset,
-        "the computed commit 65 continues the sealed 64"
-    );
+    assert_eq!(sealed_rows(f.conn()), expected_seals);
+    // The bytes are those the format defines for these changes.
+    let mut encoder = replication::wal::RecordEncoder::new(ChainPosition::genesis(reader.generation()));
+    for r in &records {
+        let decoded = Segment::decode(&Segment::encode(reader.generation(), std::slice::from_ref(r)).expect("encode"))
+            .expect("decode");
+        let changes: Vec<Vec<u8>> = decoded.records[0]
+            .changes
+            .iter()
+            .map(|c| replication::wal::encode_change(c).expect("encode change"))
+            .collect();
+        let refs: Vec<&[u8]> = changes.iter().map(Vec::as_slice).collect();
+        assert_eq!(
+            &encoder.push(r.commit_id, &refs).expect("re-encode"),
+            r,
+            "commit {} is byte-identical to its re-encoding",
+            r.commit_id
+        );
+    }
     f.assert_replica_matches();
 }
 
@@ -2224,8 +2223,8 @@ fn reading_from_a_middle_commit_continues_the_chain() {
     }
     assert_eq!(
         count(f.conn(), "SELECT max(commit_id) FROM aerodb_commits"),
-        192,
-        "sealed through 192, 193..=200 computed"
+        200,
+        "every commit is sealed"
     );
     let reader = PrimaryWalReader::open(&f.path).expect("open the WAL reader");
     let generation = reader.generation();

@@ -54,14 +54,24 @@ SELECT aerodb_last_commit_id(), aerodb_head();
                     Change::Insert { .. } => "insert",
                     Change::Update { .. } => "update",
                     Change::Delete { .. } => "delete",
+                    Change::Discard { .. } => "discard",
                 })
                 .collect()
         })
         .collect();
-    assert_eq!(
-        ops,
-        vec![vec!["schema"], vec!["insert"], vec!["insert", "update"]]
-    );
+    // Commit 3 inserted row 2 and updated it: its record carries the row
+    // as the commit left it (format 2 records hold final rows).
+    assert_eq!(ops, vec![vec!["schema"], vec!["insert"], vec!["insert"]]);
+    match &segment.records[2].changes[0] {
+        Change::Insert { values, .. } => assert_eq!(
+            values,
+            &vec![
+                replication::wal::Value::Integer(2),
+                replication::wal::Value::Text(b"bb".to_vec())
+            ]
+        ),
+        other => panic!("commit 3: {other:?}"),
+    }
 
     // The same WAL applies on a replica.
     let mut replica = ReplicaDb::open(dir.path().join("r.db")).expect("replica");
@@ -103,7 +113,7 @@ SELECT aerodb_replicate('t');
         assert!(!run.ok, "{write}: {run:?}");
         assert!(
             run.stderr
-                .contains("no such function: aerodb_capture_begin"),
+                .contains("no such table: main.aerodb_capture"),
             "{write}: {run:?}"
         );
     }
@@ -175,12 +185,12 @@ fn bad_sql_arguments_get_errors_naming_the_argument() {
         ),
         ("SELECT aerodb_replicate('aerodb_meta');", "reserved"),
         (
-            "SELECT aerodb_capture_change('t', 9, 0);",
-            "argument 2 (operation)",
+            "SELECT aerodb_capture_row(1, 't', 9, 1, 5);",
+            "argument 3 (event)",
         ),
         (
-            "SELECT aerodb_capture_change('t', 1, 5);",
-            "argument 3 (key count)",
+            "SELECT aerodb_capture_row(1, 't', 1, 5);",
+            "argument 4 (key length)",
         ),
         (
             "SELECT aerodb_replicate('a', 'b');",

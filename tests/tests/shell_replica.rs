@@ -88,9 +88,7 @@ fn the_sql_surface_is_exactly_the_documented_one() {
         added,
         vec![
             // DESIGN 6, primary.
-            "f:aerodb_capture_begin", // internal: called by capture triggers
-            "f:aerodb_capture_change", // internal
-            "f:aerodb_capture_pos",   // internal
+            "f:aerodb_capture_row", // internal: called by capture triggers
             "f:aerodb_head",
             "f:aerodb_last_commit_id",
             "f:aerodb_primary_init",
@@ -100,6 +98,7 @@ fn the_sql_surface_is_exactly_the_documented_one() {
             "f:aerodb_replicate",
             "f:aerodb_truncate_wal", // issue 5: WAL retention
             "f:aerodb_wait",
+            "m:aerodb_capture", // internal: capture triggers join it to the transaction
             "m:read_safety",
             "m:replica_components",
             "m:replica_segments",

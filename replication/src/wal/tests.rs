@@ -66,6 +66,10 @@ fn round_trips_every_value_type_and_operation() {
             table: "t".into(),
             key: vec![Value::Text(b"k".to_vec())],
         },
+        Change::Discard {
+            table: "t".into(),
+            key: vec![Value::Integer(7)],
+        },
     ];
     let encoded: Vec<Vec<u8>> = changes.iter().map(|c| encode_change(c).unwrap()).collect();
     let refs: Vec<&[u8]> = encoded.iter().map(|c| c.as_slice()).collect();
@@ -92,7 +96,17 @@ fn worked_example_of_docs_wal_format() {
     assert_eq!((record.chain, record.crc), (0x0755_a410, 0x6b1c_2ad4));
     let bytes = Segment::encode(Generation(1), &[record]).unwrap();
     let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-    assert_eq!(hex, "4145575301003c0001000000000000000100000000000000010000000000000000000000000000000000000000000000010000003f0000005adb4d023f000000010000000000000000000000000000000100000058c919b11700000001010074020001010000000000000003030000006f6e6510a45507d42a1c6b448a0d2f");
+    // The segment CRC covers the header without its own CRC: a header
+    // change that keeps the header CRC consistent still breaks it.
+    let mut tampered = bytes.clone();
+    tampered[8] ^= 1; // the generation
+    let h = crc32fast::hash(&tampered[..56]);
+    tampered[56..60].copy_from_slice(&h.to_le_bytes());
+    assert!(matches!(
+        Segment::decode(&tampered),
+        Err(DecodeError::SegmentChecksum { .. })
+    ));
+    assert_eq!(hex, "4145575302003c0001000000000000000100000000000000010000000000000000000000000000000000000000000000010000003f0000004ddf18b83f000000010000000000000000000000000000000100000058c919b11700000001010074020001010000000000000003030000006f6e6510a45507d42a1c6bf2ae92dd");
 }
 
 #[test]
@@ -194,7 +208,7 @@ fn body_bit_flip_with_recomputed_segment_crc_is_caught_by_record_crc() {
     let mut b = segment_bytes(3);
     let n = b.len();
     b[SEGMENT_HEADER_LEN + 30] ^= 0x10;
-    let crc = crc32fast::hash(&b[..n - 4]);
+    let crc = segment_crc(&b[..n - 4]);
     b[n - 4..].copy_from_slice(&crc.to_le_bytes());
     let err = Segment::decode(&b).unwrap_err();
     assert!(
@@ -379,7 +393,7 @@ proptest! {
         let crc = crc32fast::hash(&bytes[..56]);
         bytes[56..60].copy_from_slice(&crc.to_le_bytes());
         let n = bytes.len();
-        let crc = crc32fast::hash(&bytes[..n - 4]);
+        let crc = segment_crc(&bytes[..n - 4]);
         bytes[n - 4..].copy_from_slice(&crc.to_le_bytes());
         let _ = Segment::decode(&bytes);
     }
@@ -405,7 +419,7 @@ proptest! {
             let crc = crc32fast::hash(&b[..56]);
             b[56..60].copy_from_slice(&crc.to_le_bytes());
             let n = b.len();
-            let crc = crc32fast::hash(&b[..n - 4]);
+            let crc = segment_crc(&b[..n - 4]);
             b[n - 4..].copy_from_slice(&crc.to_le_bytes());
         }
         match Segment::decode(&b) {

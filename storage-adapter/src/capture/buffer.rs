@@ -319,7 +319,7 @@ mod tests {
                 let (row, lookup) = match &e.known {
                     Known::Row(r) => (Some(b.values[r.clone()].to_vec()), false),
                     Known::Absent => (None, false),
-                    Known::Lookup => (None, true),
+                    Known::Lookup | Known::Candidate => (None, true),
                 };
                 (
                     b.tables[e.table as usize].clone(),

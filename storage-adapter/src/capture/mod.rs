@@ -409,11 +409,13 @@ fn capture_row(shared: &Shared, ctx: &Context<'_>) -> Result<(), CaptureError> {
             }
         }
         if b.bytes() > replication::wal::MAX_RECORD_BYTES {
+            // SAFETY: called by SQLite on this connection, which is open.
+            let head = WalTables::new(unsafe { RawConn::new(s.db) }).head().ok();
             return Err(encoded(EncodeError::TooLarge {
                 what: "transaction's WAL record",
                 actual: b.bytes() as u64,
                 limit: replication::wal::MAX_RECORD_BYTES as u64,
-                commit_id: None,
+                commit_id: head.map(CommitId::next),
             }));
         }
         Ok(())

@@ -143,6 +143,7 @@ fn check(conn: RawConn, r: &Registered) -> Result<(), CaptureError> {
         )));
     }
     let expected: Vec<&str> = r.triggers.split(LIST_SEPARATOR).collect();
+    let mut present = 0;
     for name in &expected {
         let found = conn
             .query_value(
@@ -153,11 +154,13 @@ fn check(conn: RawConn, r: &Registered) -> Result<(), CaptureError> {
                 ],
             )
             .map_err(sqlite("reading capture triggers"))?;
-        if found.is_none() {
-            return Err(broken(format!(
-                "its capture trigger {name} is missing (the table was recreated or the trigger dropped)"
-            )));
-        }
+        present += usize::from(found.is_some());
+    }
+    if present != expected.len() {
+        return Err(broken(format!(
+            "{present} of its {} capture triggers exist (the table was recreated or a trigger dropped)",
+            expected.len()
+        )));
     }
     Ok(())
 }
