@@ -12,7 +12,9 @@
 //! transaction.
 
 use crate::raw::{OwnedValue, RawConn, RawError, Stmt};
-use replication::wal::{ChainPosition, CommitId, EncodeError, EncodedRecord, Generation, WalOffset};
+use replication::wal::{
+    ChainPosition, CommitId, EncodeError, EncodedRecord, Generation, WalOffset,
+};
 use rusqlite::types::ValueRef;
 
 /// Bits of `aerodb_changes.pos` that hold a chunk's number within its
@@ -265,14 +267,26 @@ impl WalTables {
         let mut commit_id = from;
         while commit_id <= last && (out.is_empty() || bytes < max_bytes) {
             if !seals.step()? {
-                return Err(corrupt(commit_id, "it has no seal in aerodb_commits (every committed record has one)".into()));
+                return Err(corrupt(
+                    commit_id,
+                    "it has no seal in aerodb_commits (every committed record has one)".into(),
+                ));
             }
             let seal = sealed_row(&seals);
             if seal.commit_id != commit_id {
-                return Err(corrupt(commit_id, format!("the next seal is commit {}'s", seal.commit_id)));
+                return Err(corrupt(
+                    commit_id,
+                    format!("the next seal is commit {}'s", seal.commit_id),
+                ));
             }
             if let Some(offset) = expected_offset.filter(|&o| o != seal.wal_offset) {
-                return Err(corrupt(commit_id, format!("sealed at WAL offset {}, the previous record ends at {offset}", seal.wal_offset)));
+                return Err(corrupt(
+                    commit_id,
+                    format!(
+                        "sealed at WAL offset {}, the previous record ends at {offset}",
+                        seal.wal_offset
+                    ),
+                ));
             }
             let record = read_record(&mut chunks, &mut next_chunk, &seal)?;
             bytes = bytes.saturating_add(record.bytes.len());
@@ -300,16 +314,32 @@ fn read_record(
     let mut seq = 0i64;
     while *has_row {
         let pos = chunks.column(0).as_i64().ok_or_else(|| {
-            corrupt(commit_id, format!("a chunk row's pos is {:?}, expected an INTEGER", chunks.column(0)))
+            corrupt(
+                commit_id,
+                format!(
+                    "a chunk row's pos is {:?}, expected an INTEGER",
+                    chunks.column(0)
+                ),
+            )
         })?;
         if commit_of(pos) != commit_id {
             break;
         }
         if pos != first_pos(commit_id) | seq {
-            return Err(corrupt(commit_id, format!("chunk {} is missing (found chunk {})", seq, pos - first_pos(commit_id))));
+            return Err(corrupt(
+                commit_id,
+                format!(
+                    "chunk {} is missing (found chunk {})",
+                    seq,
+                    pos - first_pos(commit_id)
+                ),
+            ));
         }
         let chunk = chunks.column_blob(1).ok_or_else(|| {
-            corrupt(commit_id, format!("chunk {seq} is {:?}, expected a BLOB", chunks.column(1)))
+            corrupt(
+                commit_id,
+                format!("chunk {seq} is {:?}, expected a BLOB", chunks.column(1)),
+            )
         })?;
         bytes.extend_from_slice(chunk);
         seq += 1;
@@ -318,7 +348,11 @@ fn read_record(
     if bytes.len() as u64 != seal.length {
         return Err(corrupt(
             commit_id,
-            format!("its chunks hold {} bytes, its seal says {}", bytes.len(), seal.length),
+            format!(
+                "its chunks hold {} bytes, its seal says {}",
+                bytes.len(),
+                seal.length
+            ),
         ));
     }
     Ok(EncodedRecord {
@@ -335,10 +369,12 @@ fn read_record(
 impl Sealed {
     /// The chain position just after this record.
     fn end_position(&self, generation: Generation) -> Result<ChainPosition, WalReadError> {
-        let end = self
-            .wal_offset
-            .checked_add(self.length)
-            .ok_or_else(|| corrupt(self.commit_id, format!("sealed record {self:?} ends past the largest WAL offset")))?;
+        let end = self.wal_offset.checked_add(self.length).ok_or_else(|| {
+            corrupt(
+                self.commit_id,
+                format!("sealed record {self:?} ends past the largest WAL offset"),
+            )
+        })?;
         Ok(ChainPosition {
             generation,
             commit_id: self.commit_id,

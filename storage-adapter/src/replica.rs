@@ -156,7 +156,6 @@ struct TableShape {
     delete: String,
 }
 
-
 fn to_sql(v: &Value) -> ToSqlOutput<'_> {
     ToSqlOutput::Borrowed(match v {
         Value::Null => ValueRef::Null,
@@ -574,11 +573,18 @@ fn shape(
                 if rowid_key {
                     quote_ident(&k.name)
                 } else {
-                    format!("{} COLLATE {}", quote_ident(&k.name), quote_ident(&k.collation))
+                    format!(
+                        "{} COLLATE {}",
+                        quote_ident(&k.name),
+                        quote_ident(&k.collation)
+                    )
                 }
             })
             .collect();
-        let excluded: Vec<String> = names.iter().map(|c| format!("{c} = excluded.{c}")).collect();
+        let excluded: Vec<String> = names
+            .iter()
+            .map(|c| format!("{c} = excluded.{c}"))
+            .collect();
         let shape = Arc::new(TableShape {
             columns: n,
             key_len: key.len(),

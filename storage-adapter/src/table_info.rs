@@ -92,10 +92,7 @@ fn index_key(conn: RawConn, schema: &str, index: &str) -> Result<(Vec<KeyColumn>
         }
         out.push(KeyColumn {
             name: s.column(1).into_string().unwrap_or_default(),
-            collation: s
-                .column(2)
-                .into_string()
-                .unwrap_or_else(|| "BINARY".into()),
+            collation: s.column(2).into_string().unwrap_or_else(|| "BINARY".into()),
         });
     }
     Ok((out, expression))

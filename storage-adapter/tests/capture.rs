@@ -2234,10 +2234,13 @@ fn every_record_is_sealed_by_its_own_commit() {
         .collect();
     assert_eq!(sealed_rows(f.conn()), expected_seals);
     // The bytes are those the format defines for these changes.
-    let mut encoder = replication::wal::RecordEncoder::new(ChainPosition::genesis(reader.generation()));
+    let mut encoder =
+        replication::wal::RecordEncoder::new(ChainPosition::genesis(reader.generation()));
     for r in &records {
-        let decoded = Segment::decode(&Segment::encode(reader.generation(), std::slice::from_ref(r)).expect("encode"))
-            .expect("decode");
+        let decoded = Segment::decode(
+            &Segment::encode(reader.generation(), std::slice::from_ref(r)).expect("encode"),
+        )
+        .expect("decode");
         let changes: Vec<Vec<u8>> = decoded.records[0]
             .changes
             .iter()

@@ -112,8 +112,7 @@ SELECT aerodb_replicate('t');
         let run = shell(&db, &format!(".bail on\n{write}\n"));
         assert!(!run.ok, "{write}: {run:?}");
         assert!(
-            run.stderr
-                .contains("no such table: main.aerodb_capture"),
+            run.stderr.contains("no such table: main.aerodb_capture"),
             "{write}: {run:?}"
         );
     }

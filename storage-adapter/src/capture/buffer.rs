@@ -312,7 +312,10 @@ impl TxBuffer {
 mod tests {
     use super::*;
 
-    fn known(b: &TxBuffer) -> Vec<(String, Vec<u8>, bool, Option<Vec<u8>>, bool)> {
+    /// (table, key, existed, row, looked up) of each entry.
+    type Seen = (String, Vec<u8>, bool, Option<Vec<u8>>, bool);
+
+    fn known(b: &TxBuffer) -> Vec<Seen> {
         b.entries
             .iter()
             .map(|e| {
@@ -341,7 +344,13 @@ mod tests {
         assert_eq!(
             known(&b),
             vec![
-                ("t".into(), b"k1".to_vec(), false, Some(b"row1".to_vec()), false),
+                (
+                    "t".into(),
+                    b"k1".to_vec(),
+                    false,
+                    Some(b"row1".to_vec()),
+                    false
+                ),
                 ("t".into(), b"k2".to_vec(), true, None, false),
                 ("u".into(), b"k1".to_vec(), true, None, true),
             ]

@@ -98,10 +98,14 @@ impl Statements {
             "reading the schema version",
         )?;
         let temp = one_int(
-            kept(&mut self.temp_schema_version, conn, "PRAGMA temp.schema_version")?,
+            kept(
+                &mut self.temp_schema_version,
+                conn,
+                "PRAGMA temp.schema_version",
+            )?,
             "reading the schema version",
         )?;
-        let version = main.zip(temp).map(|(m, t)| (m, t));
+        let version = main.zip(temp);
         if version.is_none() || version != self.tables_at {
             self.tables.clear();
             self.tables_at = None;
@@ -109,10 +113,8 @@ impl Statements {
                 tables::verify(conn, name)?;
             }
             for info in tables::registered(conn)? {
-                self.tables.insert(
-                    info.name.clone(),
-                    TableCommit { info, lookup: None },
-                );
+                self.tables
+                    .insert(info.name.clone(), TableCommit { info, lookup: None });
             }
             self.tables_at = version;
         }
@@ -128,7 +130,11 @@ impl Statements {
     }
 
     /// The position after the newest sealed record.
-    fn head(&mut self, conn: RawConn, generation: Generation) -> Result<ChainPosition, CaptureError> {
+    fn head(
+        &mut self,
+        conn: RawConn,
+        generation: Generation,
+    ) -> Result<ChainPosition, CaptureError> {
         let s = kept(
             &mut self.head,
             conn,
@@ -143,7 +149,8 @@ impl Statements {
                     s.reset();
                     return Err(CaptureError::Wal(crate::WalReadError::Corrupt {
                         commit_id: CommitId(c.max(0) as u64),
-                        problem: "its sealed row holds values that are not non-negative integers".into(),
+                        problem: "its sealed row holds values that are not non-negative integers"
+                            .into(),
                     }));
                 }
                 ChainPosition {
@@ -243,12 +250,7 @@ struct Changes {
 }
 
 impl Changes {
-    fn push(
-        &mut self,
-        op: Operation,
-        table: &str,
-        parts: &[&[u8]],
-    ) -> Result<(), EncodeError> {
+    fn push(&mut self, op: Operation, table: &str, parts: &[&[u8]]) -> Result<(), EncodeError> {
         encode_change_header(&mut self.bytes, op, table)?;
         for p in parts {
             self.bytes.extend_from_slice(p);
@@ -474,7 +476,10 @@ fn build_changes(
         };
         let (table, info) = info(e);
         if existence(e, info) == Existence::Existed && !info.extra_unique {
-            encode(changes.push(Operation::Update, table, &[buffer.key(e), row]), table)?;
+            encode(
+                changes.push(Operation::Update, table, &[buffer.key(e), row]),
+                table,
+            )?;
         } else {
             encode(changes.push(Operation::Insert, table, &[row]), table)?;
         }

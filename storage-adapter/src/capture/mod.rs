@@ -169,7 +169,6 @@ fn version_check(number: c_int, text: String) -> Result<(), CaptureError> {
     Ok(())
 }
 
-
 /// One connection's capture state, shared by its SQL functions and its
 /// instance of the capture table.
 pub(crate) struct ConnState {
@@ -326,23 +325,41 @@ fn capture_row(shared: &Shared, ctx: &Context<'_>) -> Result<(), CaptureError> {
         problem,
     };
     if ctx.len() < 4 {
-        return Err(bad("count", format!("is {}, expected at least 4", ctx.len())));
+        return Err(bad(
+            "count",
+            format!("is {}, expected at least 4", ctx.len()),
+        ));
     }
     let generation = match ctx.get_raw(0) {
         ValueRef::Integer(g) => Generation(g as u64),
-        other => return Err(bad("1 (generation)", format!("is {:?}, expected INTEGER", other.data_type()))),
+        other => {
+            return Err(bad(
+                "1 (generation)",
+                format!("is {:?}, expected INTEGER", other.data_type()),
+            ))
+        }
     };
     let table = match ctx.get_raw(1) {
         ValueRef::Text(t) => {
             std::str::from_utf8(t).map_err(|e| bad("2 (table)", format!("is not UTF-8: {e}")))?
         }
-        other => return Err(bad("2 (table)", format!("is {:?}, expected TEXT", other.data_type()))),
+        other => {
+            return Err(bad(
+                "2 (table)",
+                format!("is {:?}, expected TEXT", other.data_type()),
+            ))
+        }
     };
     let event = match ctx.get_raw(2) {
         ValueRef::Integer(c) => RowEvent::from_code(c),
         _ => None,
     }
-    .ok_or_else(|| bad("3 (event)", format!("is {:?}, expected 1..=6", ctx.get_raw(2))))?;
+    .ok_or_else(|| {
+        bad(
+            "3 (event)",
+            format!("is {:?}, expected 1..=6", ctx.get_raw(2)),
+        )
+    })?;
     let rest = ctx.len() - 4;
     let nkey = match ctx.get_raw(3) {
         ValueRef::Integer(n) if n >= 1 && (n as usize) * event.keys() <= rest => n as usize,

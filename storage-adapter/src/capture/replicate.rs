@@ -114,7 +114,12 @@ fn find(conn: RawConn, table: &str) -> Result<Found, CaptureError> {
         )
         .map_err(sqlite("reading the table's schema"))?
         .and_then(|v| v.into_string())
-        .ok_or_else(|| refused(&name, "its CREATE TABLE statement is not in sqlite_schema".into()))?;
+        .ok_or_else(|| {
+            refused(
+                &name,
+                "its CREATE TABLE statement is not in sqlite_schema".into(),
+            )
+        })?;
     let indexes = tables::indexes_of(conn, &name)?;
     Ok(Found {
         name,
@@ -137,7 +142,11 @@ fn trigger_name(kind: &str, table: &str) -> String {
 }
 
 /// The capture triggers of `t`: (names, DDL).
-fn triggers(conn: RawConn, t: &Found, generation: Generation) -> Result<(Vec<String>, String), CaptureError> {
+fn triggers(
+    conn: RawConn,
+    t: &Found,
+    generation: Generation,
+) -> Result<(Vec<String>, String), CaptureError> {
     let limit = function_arg_limit(conn);
     let nkey = t.key.len();
     if FIXED_ARGS + 2 * nkey > limit {
@@ -156,8 +165,10 @@ fn triggers(conn: RawConn, t: &Found, generation: Generation) -> Result<(Vec<Str
     let lit = quote_literal(&t.name);
     let g = generation.0 as i64;
     let col = |prefix: &str, name: &str| format!("{prefix}.{}", quote_ident(name));
-    let key = |prefix: &str| -> Vec<String> { t.key.iter().map(|k| col(prefix, &k.name)).collect() };
-    let all = |prefix: &str| -> Vec<String> { t.columns.iter().map(|c| col(prefix, &c.name)).collect() };
+    let key =
+        |prefix: &str| -> Vec<String> { t.key.iter().map(|k| col(prefix, &k.name)).collect() };
+    let all =
+        |prefix: &str| -> Vec<String> { t.columns.iter().map(|c| col(prefix, &c.name)).collect() };
     let call = |event: u8, args: Vec<String>| {
         format!(
             "INSERT INTO aerodb_capture SELECT 1 WHERE aerodb_capture_row({g}, {lit}, {event}, {nkey}, {});",
@@ -175,7 +186,10 @@ fn triggers(conn: RawConn, t: &Found, generation: Generation) -> Result<(Vec<Str
         names.push(name);
     };
     let (insert, update) = if wide {
-        (call(5, key("NEW")), call(6, [key("OLD"), key("NEW")].concat()))
+        (
+            call(5, key("NEW")),
+            call(6, [key("OLD"), key("NEW")].concat()),
+        )
     } else {
         (
             call(1, [key("NEW"), all("NEW")].concat()),
@@ -235,7 +249,11 @@ fn triggers(conn: RawConn, t: &Found, generation: Generation) -> Result<(Vec<Str
 }
 
 /// `aerodb_replicate(table)`.
-pub(super) fn replicate(shared: &Shared, conn: RawConn, table: &str) -> Result<CommitId, CaptureError> {
+pub(super) fn replicate(
+    shared: &Shared,
+    conn: RawConn,
+    table: &str,
+) -> Result<CommitId, CaptureError> {
     let wal = WalTables::new(conn);
     let generation = primary_generation(&wal)?;
     let t = find(conn, table)?;
@@ -276,11 +294,18 @@ fn install(
         .and_then(|v| v.into_string())
         .unwrap_or_default();
     let mut drops = String::new();
-    for name in old.split(LIST_SEPARATOR).filter(|n| !n.is_empty()).chain(names.iter().map(String::as_str)) {
+    for name in old
+        .split(LIST_SEPARATOR)
+        .filter(|n| !n.is_empty())
+        .chain(names.iter().map(String::as_str))
+    {
         drops += &format!("DROP TRIGGER IF EXISTS main.{};\n", quote_ident(name));
     }
     conn.execute_batch(&format!("{drops}{ddl}"))
-        .map_err(sqlite(format!("installing capture triggers on '{}'", t.name)))?;
+        .map_err(sqlite(format!(
+            "installing capture triggers on '{}'",
+            t.name
+        )))?;
     // The capture table joins the transaction (a statement that writes it,
     // inserting nothing), so the schema record is written at its commit.
     conn.execute_batch("INSERT INTO aerodb_capture SELECT 1 WHERE 0")
@@ -320,7 +345,11 @@ fn install(
     let names: Vec<String> = t.columns.iter().map(|c| quote_ident(&c.name)).collect();
     let doing = || format!("reading the rows of '{}'", t.name);
     let mut rows = conn
-        .prepare(&format!("SELECT {} FROM main.{}", names.join(", "), quote_ident(&t.name)))
+        .prepare(&format!(
+            "SELECT {} FROM main.{}",
+            names.join(", "),
+            quote_ident(&t.name)
+        ))
         .map_err(sqlite(doing()))?;
     let mut change = Vec::new();
     while rows.step().map_err(sqlite(doing()))? {
@@ -328,7 +357,8 @@ fn install(
         encode_change_header(&mut change, Operation::Insert, &t.name).map_err(encoded)?;
         encode_count(&mut change, t.columns.len()).map_err(encoded)?;
         for i in 0..t.columns.len() {
-            encode_value(&mut change, super::commit::wal_value(rows.column_ref(i))).map_err(encoded)?;
+            encode_value(&mut change, super::commit::wal_value(rows.column_ref(i)))
+                .map_err(encoded)?;
         }
         let mut s = lock(shared);
         s.buffer.push_section(&change);

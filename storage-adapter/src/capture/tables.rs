@@ -51,8 +51,11 @@ fn registry(conn: RawConn, name: Option<&str>) -> Result<Vec<Registered>, Captur
             "SELECT name, sql, columns, indexes, triggers FROM main.aerodb_tables WHERE ?1 IS NULL OR name = ?1 ORDER BY name",
         )
         .map_err(sqlite(doing))?;
-    s.bind(1, name.map_or(ValueRef::Null, |n| ValueRef::Text(n.as_bytes())))
-        .map_err(sqlite(doing))?;
+    s.bind(
+        1,
+        name.map_or(ValueRef::Null, |n| ValueRef::Text(n.as_bytes())),
+    )
+    .map_err(sqlite(doing))?;
     let mut out = Vec::new();
     while s.step().map_err(sqlite(doing))? {
         let text = |i| s.column(i).into_string().unwrap_or_default();
@@ -179,7 +182,9 @@ pub(crate) fn verify(conn: RawConn, name: &str) -> Result<(), CaptureError> {
 
 /// Checks every registered table (the WAL reader, before serving).
 pub(crate) fn verify_capture(conn: RawConn) -> Result<(), CaptureError> {
-    registry(conn, None)?.iter().try_for_each(|r| check(conn, r))
+    registry(conn, None)?
+        .iter()
+        .try_for_each(|r| check(conn, r))
 }
 
 /// What the commit needs of every registered table.
@@ -224,7 +229,6 @@ fn capture_fires_first(conn: RawConn, r: &Registered) -> Result<bool, CaptureErr
         .and_then(|v| v.as_i64());
     Ok(newer == Some(0))
 }
-
 
 /// What the commit needs of `table`, from its schema.
 pub(crate) fn info(conn: RawConn, table: &str) -> Result<TableInfo, CaptureError> {

@@ -144,7 +144,9 @@ fn with_vtab(
         Err(_) => fail(
             vtab,
             ffi::SQLITE_INTERNAL,
-            &format!("aerodb_capture {what}: internal error (panic); the transaction is not committed"),
+            &format!(
+                "aerodb_capture {what}: internal error (panic); the transaction is not committed"
+            ),
         ),
     }
 }
