@@ -20,7 +20,7 @@
 # Environment: SQLITE3 (default sqlite3), AERODB_EXT (default
 #   <repo>/target/release/libaerodb.so: built with
 #   `cargo build --release --manifest-path <repo>/ext/Cargo.toml --target-dir <repo>/target`
-#   if missing), N (default 1000), WARM (warm-up single-row INSERTs, default
+#   if missing, or always with REBUILD=1), N (default 1000), WARM (warm-up single-row INSERTs, default
 #   100), KEEP=1 (keep the work directory; it is printed).
 set -euo pipefail
 
@@ -46,8 +46,8 @@ else
     trap 'rm -rf "$OUT"' EXIT
 fi
 
-if [ ! -f "$SO" ]; then
-    echo "shell.sh: $SO missing; building the extension ..." >&2
+if [ ! -f "$SO" ] || [ "${REBUILD:-0}" = 1 ]; then
+    echo "shell.sh: building the extension ($SO) ..." >&2
     if ! cargo build --release --manifest-path "$MAIN/ext/Cargo.toml" --target-dir "$MAIN/target" \
         >"$OUT/ext-build.log" 2>&1; then
         echo "shell.sh: building the extension FAILED (the capture code may be in the middle of a change):" >&2

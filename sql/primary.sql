@@ -27,18 +27,10 @@ CREATE TABLE IF NOT EXISTS aerodb_tables(
   triggers         TEXT NOT NULL
 );
 
--- The WAL's content: each committed record's bytes, exactly as replicas
--- receive them, in chunks of up to 256 KiB.
--- pos = commit_id << 24 | chunk number: a record's rows are adjacent and
--- the table is append-only (no secondary index to maintain).
-CREATE TABLE IF NOT EXISTS aerodb_changes(
-  pos    INTEGER PRIMARY KEY,
-  change BLOB NOT NULL
-);
-
--- The seal of every committed record, written by its own commit: WAL
--- offset, length, change count and checksums (prev_chain, chain, crc as
--- the record's bytes hold them).
+-- The WAL: one row per committed record, written by the commit of its own
+-- transaction: its seal (WAL offset, length, change count, and prev_chain,
+-- chain and crc as its bytes hold them) and its bytes, exactly as replicas
+-- receive them. Append-only, one b-tree: a commit writes one more row.
 CREATE TABLE IF NOT EXISTS aerodb_commits(
   commit_id    INTEGER PRIMARY KEY,
   wal_offset   INTEGER NOT NULL,
@@ -46,5 +38,6 @@ CREATE TABLE IF NOT EXISTS aerodb_commits(
   change_count INTEGER NOT NULL,
   prev_chain   INTEGER NOT NULL,
   chain        INTEGER NOT NULL,
-  crc          INTEGER NOT NULL
+  crc          INTEGER NOT NULL,
+  record       BLOB NOT NULL
 );

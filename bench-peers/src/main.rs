@@ -66,6 +66,8 @@ END;
 
 /// Rows of a (b) transaction.
 const BATCH_ROWS: u64 = 1000;
+/// SQLite's default `wal_autocheckpoint`, in frames.
+const WAL_AUTOCHECKPOINT_FRAMES: u64 = 1000;
 /// Default rounds of the timed comparison.
 const DEFAULT_ROUNDS: usize = 7;
 /// Default minimum duration of one `plain` run.
@@ -330,6 +332,21 @@ impl Db {
         self.next = next;
         self.txs += txs;
         r.map_err(|e| format!("{} (warm-up): {e}", self.variant.name()).into())
+    }
+
+    /// Frames the database's WAL file has room for (its size; SQLite does
+    /// not shrink it without `journal_size_limit`).
+    fn wal_frames(&self) -> R<u64> {
+        let page: i64 = sql(
+            "reading page_size",
+            self.conn().query_row("PRAGMA page_size", [], |r| r.get(0)),
+        )?;
+        let mut p = self.path.as_os_str().to_owned();
+        p.push("-wal");
+        let len = std::fs::metadata(&p)
+            .map_err(|e| format!("size of {}: {e}", PathBuf::from(&p).display()))?
+            .len();
+        Ok(len.saturating_sub(32) / (page as u64 + 24))
     }
 
     /// Checks that every row was written and captured as the variant says.
@@ -621,10 +638,38 @@ fn timed_workload(dir: &Path, w: Workload, rounds: usize, min_run: Duration) -> 
             )
         })
         .collect::<R<Vec<Db>>>()?;
-    // Warm-up: statement caches, page cache, the WAL file's first pages.
-    let warm_txs = if w.rows == 1 { 200 } else { 3 };
-    for db in &mut dbs {
+    // Warm-up: statement caches, the page cache, and the WAL file. Until a
+    // WAL file has reached the auto-checkpoint size (1,000 frames) and been
+    // restarted, every commit appends to it, and at synchronous=FULL an
+    // fsync of a growing file costs much more than one of a file rewritten
+    // in place: a variant writing fewer frames per commit (plain) would
+    // stay in that slower phase longer. So plain (the fewest frames per
+    // commit) warms up until its WAL holds more than 1,000 frames, and every
+    // other variant runs the same transactions (same rows everywhere).
+    let chunk = if w.rows == 1 { 100 } else { 5 };
+    dbs[0].run_unmeasured(chunk, w.rows)?;
+    while dbs[0].wal_frames()? <= WAL_AUTOCHECKPOINT_FRAMES {
+        if dbs[0].txs >= 1_000_000 {
+            return Err(format!(
+                "plain: the WAL stays at {} frames after {} warm-up transactions",
+                dbs[0].wal_frames()?,
+                dbs[0].txs
+            )
+            .into());
+        }
+        dbs[0].run_unmeasured(chunk, w.rows)?;
+    }
+    let warm_txs = dbs[0].txs;
+    for db in dbs.iter_mut().skip(1) {
         db.run_unmeasured(warm_txs, w.rows)?;
+        let frames = db.wal_frames()?;
+        if frames <= WAL_AUTOCHECKPOINT_FRAMES {
+            eprintln!(
+                "{}: warning: {} WAL has only {frames} frames after the warm-up",
+                w.id,
+                db.variant.name()
+            );
+        }
     }
     // Calibration on plain: transactions of one run of at least `min_run`.
     let plain = &mut dbs[0];

@@ -56,5 +56,5 @@ mod state_store;
 pub mod status;
 mod table_info;
 
-pub use primary_wal::{WalReadError, MAX_SEQ, SEQ_BITS};
+pub use primary_wal::WalReadError;
 pub use raw::RawError;

@@ -3,9 +3,8 @@
 //!
 //! Role in the spec: the Primary "appends WAL and exposes WAL segments"
 //! (rule P1). The commit of each writing transaction stores its record's
-//! bytes in `aerodb_changes` (in chunks) and its seal (offset, length,
-//! chained checksum, CRC) in `aerodb_commits`, both in that transaction
-//! (`capture/commit.rs`). Readers serve the bytes as stored, never
+//! bytes and its seal (offset, length, chained checksum, CRC) in one
+//! `aerodb_commits` row, in that transaction (`capture/commit.rs`). Readers serve the bytes as stored, never
 //! computing a checksum: a record altered on disk after its commit is
 //! refused by every replica's Validator, naming its CommitId and offset.
 //! Reading is read-only (P2): a replica or a server reads in its own read
@@ -17,23 +16,8 @@ use replication::wal::{
 };
 use rusqlite::types::ValueRef;
 
-/// Bits of `aerodb_changes.pos` that hold a chunk's number within its
-/// commit's record; the CommitId is in the bits above.
-pub const SEQ_BITS: u32 = 24;
-/// Most chunk rows one record can have.
-pub const MAX_SEQ: u32 = (1 << SEQ_BITS) - 1;
-/// Largest CommitId `pos` can hold.
-pub const MAX_COMMIT_ID: u64 = (i64::MAX as u64) >> SEQ_BITS;
-
-/// First `pos` of `commit_id`.
-pub fn first_pos(commit_id: CommitId) -> i64 {
-    (commit_id.0 << SEQ_BITS) as i64
-}
-
-/// The CommitId of a `pos`.
-pub fn commit_of(pos: i64) -> CommitId {
-    CommitId((pos as u64) >> SEQ_BITS)
-}
+/// Largest CommitId the WAL stores (an SQLite INTEGER).
+pub const MAX_COMMIT_ID: u64 = i64::MAX as u64;
 
 /// Errors reading the primary's WAL.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -224,10 +208,6 @@ impl WalTables {
             return Ok(oldest);
         }
         self.conn.execute(
-            "DELETE FROM main.aerodb_changes WHERE pos < ?1",
-            &[ValueRef::Integer(first_pos(below))],
-        )?;
-        self.conn.execute(
             "DELETE FROM main.aerodb_commits WHERE commit_id < ?1",
             &[ValueRef::Integer(below.0 as i64 - 1)],
         )?;
@@ -240,9 +220,6 @@ impl WalTables {
 
     /// Records from `from` on, at most up to `last`, until their bytes reach
     /// `max_bytes` (at least one record if any exists), as stored.
-    ///
-    /// One statement reads the chunk rows of the whole range and one its
-    /// seals, merged by CommitId.
     pub(crate) fn records(
         &self,
         from: CommitId,
@@ -253,30 +230,25 @@ impl WalTables {
         if from > last {
             return Ok(out);
         }
-        let mut seals = self.conn.prepare(&format!(
-            "SELECT {SEALED_COLUMNS} FROM main.aerodb_commits WHERE commit_id >= ?1 ORDER BY commit_id"
+        let mut rows = self.conn.prepare(&format!(
+            "SELECT {SEALED_COLUMNS}, record FROM main.aerodb_commits WHERE commit_id >= ?1 ORDER BY commit_id"
         ))?;
-        seals.bind(1, ValueRef::Integer(from.0 as i64))?;
-        let mut chunks = self
-            .conn
-            .prepare("SELECT pos, change FROM main.aerodb_changes WHERE pos >= ?1 ORDER BY pos")?;
-        chunks.bind(1, ValueRef::Integer(first_pos(from)))?;
-        let mut next_chunk = chunks.step()?;
+        rows.bind(1, ValueRef::Integer(from.0 as i64))?;
         let mut bytes = 0usize;
         let mut expected_offset: Option<u64> = None;
         let mut commit_id = from;
         while commit_id <= last && (out.is_empty() || bytes < max_bytes) {
-            if !seals.step()? {
+            if !rows.step()? {
                 return Err(corrupt(
                     commit_id,
-                    "it has no seal in aerodb_commits (every committed record has one)".into(),
+                    "it is not in aerodb_commits (every committed record is)".into(),
                 ));
             }
-            let seal = sealed_row(&seals);
+            let seal = sealed_row(&rows);
             if seal.commit_id != commit_id {
                 return Err(corrupt(
                     commit_id,
-                    format!("the next seal is commit {}'s", seal.commit_id),
+                    format!("the next record is commit {}'s", seal.commit_id),
                 ));
             }
             if let Some(offset) = expected_offset.filter(|&o| o != seal.wal_offset) {
@@ -288,10 +260,33 @@ impl WalTables {
                     ),
                 ));
             }
-            let record = read_record(&mut chunks, &mut next_chunk, &seal)?;
-            bytes = bytes.saturating_add(record.bytes.len());
+            let record = rows.column_blob(7).ok_or_else(|| {
+                corrupt(
+                    commit_id,
+                    format!("its record is {:?}, expected a BLOB", rows.column(7)),
+                )
+            })?;
+            if record.len() as u64 != seal.length {
+                return Err(corrupt(
+                    commit_id,
+                    format!(
+                        "its record holds {} bytes, its seal says {}",
+                        record.len(),
+                        seal.length
+                    ),
+                ));
+            }
+            bytes = bytes.saturating_add(record.len());
             expected_offset = seal.wal_offset.checked_add(seal.length);
-            out.push(record);
+            out.push(EncodedRecord {
+                commit_id,
+                wal_offset: WalOffset(seal.wal_offset),
+                prev_chain: seal.prev_chain,
+                chain: seal.chain,
+                crc: seal.crc,
+                change_count: seal.change_count,
+                bytes: record.to_vec(),
+            });
             commit_id = commit_id.next();
         }
         Ok(out)
@@ -300,70 +295,6 @@ impl WalTables {
 
 fn corrupt(commit_id: CommitId, problem: String) -> WalReadError {
     WalReadError::Corrupt { commit_id, problem }
-}
-
-/// The record of `seal` from its chunk rows (the cursor `chunks` stands on
-/// a row when `*has_row`).
-fn read_record(
-    chunks: &mut Stmt<'_>,
-    has_row: &mut bool,
-    seal: &Sealed,
-) -> Result<EncodedRecord, WalReadError> {
-    let commit_id = seal.commit_id;
-    let mut bytes = Vec::with_capacity(usize::try_from(seal.length).unwrap_or(0).min(64 << 20));
-    let mut seq = 0i64;
-    while *has_row {
-        let pos = chunks.column(0).as_i64().ok_or_else(|| {
-            corrupt(
-                commit_id,
-                format!(
-                    "a chunk row's pos is {:?}, expected an INTEGER",
-                    chunks.column(0)
-                ),
-            )
-        })?;
-        if commit_of(pos) != commit_id {
-            break;
-        }
-        if pos != first_pos(commit_id) | seq {
-            return Err(corrupt(
-                commit_id,
-                format!(
-                    "chunk {} is missing (found chunk {})",
-                    seq,
-                    pos - first_pos(commit_id)
-                ),
-            ));
-        }
-        let chunk = chunks.column_blob(1).ok_or_else(|| {
-            corrupt(
-                commit_id,
-                format!("chunk {seq} is {:?}, expected a BLOB", chunks.column(1)),
-            )
-        })?;
-        bytes.extend_from_slice(chunk);
-        seq += 1;
-        *has_row = chunks.step()?;
-    }
-    if bytes.len() as u64 != seal.length {
-        return Err(corrupt(
-            commit_id,
-            format!(
-                "its chunks hold {} bytes, its seal says {}",
-                bytes.len(),
-                seal.length
-            ),
-        ));
-    }
-    Ok(EncodedRecord {
-        commit_id,
-        wal_offset: WalOffset(seal.wal_offset),
-        prev_chain: seal.prev_chain,
-        chain: seal.chain,
-        crc: seal.crc,
-        change_count: seal.change_count,
-        bytes,
-    })
 }
 
 impl Sealed {

@@ -1822,7 +1822,7 @@ fn generated_columns_are_skipped_on_capture_and_recomputed_on_the_replica() {
 #[case::virtual_table("docs", "it is a virtual, only ordinary tables can be replicated")]
 #[case::shadow_table("docs_data", "it is a shadow, only ordinary tables can be replicated")]
 #[case::aerodb_wal(
-    "aerodb_changes",
+    "aerodb_commits",
     "names starting with aerodb_ or sqlite_ are reserved"
 )]
 #[case::aerodb_user_table("aerodb_mine", "names starting with aerodb_ or sqlite_ are reserved")]

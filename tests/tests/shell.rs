@@ -118,7 +118,7 @@ SELECT aerodb_replicate('t');
     }
     let count = shell(
         &db,
-        "SELECT count(*), (SELECT count(*) FROM aerodb_changes) FROM t;",
+        "SELECT count(*), (SELECT count(*) FROM aerodb_commits) FROM t;",
     );
     assert_eq!(
         count.stdout, "0|1\n",

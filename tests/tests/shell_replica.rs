@@ -299,25 +299,24 @@ SELECT count(*) FROM replica_transitions WHERE reason LIKE '%unclean%';
 
 #[test]
 fn a_corrupted_wal_record_on_the_primary_is_rejected_and_explained() {
-    // 80 commits: the first 64 are sealed with their checksums; a byte of
-    // commit 31's change row is flipped on the primary file.
+    // 80 commits, each sealed by its own commit; a byte of commit 31's
+    // record is flipped on the primary file after its commit.
     let dir = tempfile::tempdir().expect("tempdir");
     let p = primary(dir.path(), 79);
     {
         let conn = rusqlite::Connection::open(&p).expect("open primary");
-        let pos: i64 = 31 << 24;
-        let mut change: Vec<u8> = conn
+        let mut record: Vec<u8> = conn
             .query_row(
-                "SELECT change FROM aerodb_changes WHERE pos >= ?1 ORDER BY pos LIMIT 1",
-                [pos],
+                "SELECT record FROM aerodb_commits WHERE commit_id = 31",
+                [],
                 |r| r.get(0),
             )
-            .expect("change row");
-        let n = change.len();
-        change[n - 1] ^= 0x01; // the last byte of the row's text value
+            .expect("record of commit 31");
+        let n = record.len();
+        record[n - 9] ^= 0x01; // the last byte of its row's text value
         conn.execute(
-            "UPDATE aerodb_changes SET change = ?2 WHERE pos = (SELECT min(pos) FROM aerodb_changes WHERE pos >= ?1)",
-            rusqlite::params![pos, change],
+            "UPDATE aerodb_commits SET record = ?1 WHERE commit_id = 31",
+            rusqlite::params![record],
         )
         .expect("corrupt");
     }

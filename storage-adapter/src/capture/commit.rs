@@ -24,7 +24,7 @@
 use super::buffer::{Known, TxBuffer};
 use super::tables::{self, TableInfo};
 use super::{sqlite, CaptureError, ConnState};
-use crate::primary_wal::{first_pos, MAX_COMMIT_ID};
+use crate::primary_wal::MAX_COMMIT_ID;
 use crate::raw::{RawConn, Stmt};
 use replication::wal::{
     decode_value_list, encode_change_header, encode_count, encode_value, ChainPosition, CommitId,
@@ -34,9 +34,6 @@ use replication::wal::{
 use rusqlite::types::ValueRef;
 use std::collections::HashMap;
 
-/// Bytes of record per `aerodb_changes` row.
-pub(crate) const CHUNK_BYTES: usize = 256 << 10;
-
 /// Statements the commit runs, kept by the capture table for the life of
 /// the connection's schema (see `vtab.rs`).
 #[derive(Default)]
@@ -44,8 +41,8 @@ pub(crate) struct Statements {
     schema_version: Option<Stmt<'static>>,
     temp_schema_version: Option<Stmt<'static>>,
     head: Option<Stmt<'static>>,
-    insert_chunk: Option<Stmt<'static>>,
-    insert_sealed: Option<Stmt<'static>>,
+    insert_record: Option<Stmt<'static>>,
+
     /// Replicated tables as the registry and schema describe them, read
     /// at `tables_at` (a schema_version).
     tables: HashMap<String, TableCommit>,
@@ -283,14 +280,6 @@ pub(crate) fn write_record(
         // A commit that failed after the sync (SQLITE_BUSY) is being
         // retried: the transaction may have changed since. Write it anew.
         conn.execute(
-            "DELETE FROM main.aerodb_changes WHERE pos >= ?1 AND pos < ?2",
-            &[
-                ValueRef::Integer(first_pos(c)),
-                ValueRef::Integer(first_pos(c.next())),
-            ],
-        )
-        .map_err(sqlite("rewriting a retried commit's record"))?;
-        conn.execute(
             "DELETE FROM main.aerodb_commits WHERE commit_id = ?1",
             &[ValueRef::Integer(c.0 as i64)],
         )
@@ -322,24 +311,10 @@ pub(crate) fn write_record(
             source,
         })?;
     drop(slices);
-    let insert = kept(
-        &mut stmts.insert_chunk,
-        conn,
-        "INSERT INTO main.aerodb_changes(pos, change) VALUES (?1, ?2)",
-    )?;
-    for (i, chunk) in record.bytes.chunks(CHUNK_BYTES).enumerate() {
-        insert
-            .bind(1, ValueRef::Integer(first_pos(commit_id) | i as i64))
-            .and_then(|()| insert.bind(2, ValueRef::Blob(chunk)))
-            .map_err(sqlite("writing the WAL record"))?;
-        let r = insert.step();
-        insert.reset();
-        r.map_err(sqlite("writing the WAL record"))?;
-    }
     let seal = kept(
-        &mut stmts.insert_sealed,
+        &mut stmts.insert_record,
         conn,
-        "INSERT INTO main.aerodb_commits(commit_id, wal_offset, length, change_count, prev_chain, chain, crc) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        "INSERT INTO main.aerodb_commits(commit_id, wal_offset, length, change_count, prev_chain, chain, crc, record) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
     )?;
     let values = [
         commit_id.0 as i64,
@@ -352,11 +327,13 @@ pub(crate) fn write_record(
     ];
     for (i, v) in values.iter().enumerate() {
         seal.bind(i + 1, ValueRef::Integer(*v))
-            .map_err(sqlite("sealing the WAL record"))?;
+            .map_err(sqlite("writing the WAL record"))?;
     }
+    seal.bind(8, ValueRef::Blob(&record.bytes))
+        .map_err(sqlite("writing the WAL record"))?;
     let r = seal.step();
     seal.reset();
-    r.map_err(sqlite("sealing the WAL record"))?;
+    r.map_err(sqlite("writing the WAL record"))?;
     state.written = Some(commit_id);
     Ok(())
 }

@@ -19,8 +19,7 @@
 //! - At commit ([`commit`], the table's `xSync`, still inside the
 //!   transaction) the record is built from each touched key's final row
 //!   (or its absence), given the next CommitId, written to
-//!   `aerodb_changes` and sealed (CRC and chained checksum in
-//!   `aerodb_commits`). A crash can never leave data without WAL or WAL
+//!   `aerodb_commits` with its seal (CRC and chained checksum), one row. A crash can never leave data without WAL or WAL
 //!   without data; `ROLLBACK` and `ROLLBACK TO` leave no trace; a
 //!   transaction that changed nothing replicated gets no CommitId.
 //!   SQLite's single writer serializes CommitIds across connections and
