@@ -707,6 +707,35 @@ impl RecordEncoder {
         commit_id: CommitId,
         changes: &[&[u8]],
     ) -> Result<EncodedRecord, EncodeError> {
+        let mut framed = Vec::with_capacity(changes.iter().map(|c| 4 + c.len()).sum());
+        for c in changes {
+            put_u32(&mut framed, c.len() as u32);
+            framed.extend_from_slice(c);
+        }
+        let mut bytes = Vec::new();
+        let seal = self.push_framed(commit_id, changes.len(), &framed, &mut bytes)?;
+        Ok(EncodedRecord {
+            commit_id,
+            wal_offset: seal.wal_offset,
+            prev_chain: seal.prev_chain,
+            chain: seal.chain,
+            crc: seal.crc,
+            change_count: seal.change_count,
+            bytes,
+        })
+    }
+
+    /// Encodes the record of `commit_id` (the next CommitId) into `out`
+    /// (cleared first) from `count` changes already framed as the record
+    /// carries them (each a `u32` length and its bytes, back to back), and
+    /// returns its seal. For writers that build the changes in place.
+    pub fn push_framed(
+        &mut self,
+        commit_id: CommitId,
+        count: usize,
+        framed: &[u8],
+        out: &mut Vec<u8>,
+    ) -> Result<RecordSeal, EncodeError> {
         if commit_id != self.position.commit_id.next() {
             return Err(EncodeError::NotContiguous {
                 previous: self.position.commit_id,
@@ -727,44 +756,60 @@ impl RecordEncoder {
             },
             other => other,
         };
-        if changes.len() > MAX_CHANGES_PER_RECORD as usize {
+        if count > MAX_CHANGES_PER_RECORD as usize {
             return Err(with_commit(too_large(
                 "change count",
-                changes.len(),
+                count,
                 MAX_CHANGES_PER_RECORD as usize,
             )));
         }
-        let len = RECORD_OVERHEAD + changes.iter().map(|c| 4 + c.len()).sum::<usize>();
+        let len = RECORD_OVERHEAD + framed.len();
         if len > MAX_RECORD_BYTES {
             return Err(with_commit(too_large("record", len, MAX_RECORD_BYTES)));
         }
-        let mut bytes = Vec::with_capacity(len);
-        put_u32(&mut bytes, len as u32);
-        put_u64(&mut bytes, commit_id.0);
-        put_u64(&mut bytes, self.position.wal_offset.0);
-        put_u32(&mut bytes, changes.len() as u32);
-        put_u32(&mut bytes, self.position.chain);
-        for c in changes {
-            put_u32(&mut bytes, c.len() as u32);
-            bytes.extend_from_slice(c);
-        }
-        let chain = crc32fast::hash(&bytes);
-        let crc = record_crc(&bytes);
-        put_u32(&mut bytes, chain);
-        put_u32(&mut bytes, crc);
-        debug_assert_eq!(bytes.len(), len, "record length computed up front");
-        let record = EncodedRecord {
-            commit_id,
+        out.clear();
+        out.reserve(len);
+        put_u32(out, len as u32);
+        put_u64(out, commit_id.0);
+        put_u64(out, self.position.wal_offset.0);
+        put_u32(out, count as u32);
+        put_u32(out, self.position.chain);
+        out.extend_from_slice(framed);
+        let chain = crc32fast::hash(out);
+        let crc = record_crc(out);
+        put_u32(out, chain);
+        put_u32(out, crc);
+        debug_assert_eq!(out.len(), len, "record length computed up front");
+        let seal = RecordSeal {
             wal_offset: self.position.wal_offset,
             prev_chain: self.position.chain,
             chain,
             crc,
-            change_count: changes.len() as u32,
-            bytes,
+            change_count: count as u32,
         };
-        self.position = record.end_position(self.position.generation);
-        Ok(record)
+        self.position = ChainPosition {
+            generation: self.position.generation,
+            commit_id,
+            wal_offset: WalOffset(self.position.wal_offset.0 + len as u64),
+            chain,
+        };
+        Ok(seal)
     }
+}
+
+/// What a primary stores about a record besides its bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RecordSeal {
+    /// Where the record starts in the WAL stream.
+    pub wal_offset: WalOffset,
+    /// The previous record's chained checksum.
+    pub prev_chain: u32,
+    /// Its chained checksum.
+    pub chain: u32,
+    /// Its CRC32.
+    pub crc: u32,
+    /// Number of changes.
+    pub change_count: u32,
 }
 
 // ---------------------------------------------------------------- segments

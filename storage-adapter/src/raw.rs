@@ -260,6 +260,14 @@ impl Stmt<'_> {
         }
     }
 
+    /// How many times SQLite prepared this statement again (after schema
+    /// changes): `SQLITE_STMTSTATUS_REPREPARE`.
+    pub(crate) fn reprepares(&self) -> i32 {
+        const STMTSTATUS_REPREPARE: c_int = 5;
+        // SAFETY: stmt is live; reading a counter without resetting it.
+        unsafe { ffi::sqlite3_stmt_status(self.stmt, STMTSTATUS_REPREPARE, 0) }
+    }
+
     /// Makes the statement ready to run again (bindings are kept).
     pub(crate) fn reset(&mut self) {
         // SAFETY: stmt is live. The result repeats the last step's error,

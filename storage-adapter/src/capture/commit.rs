@@ -28,7 +28,7 @@ use crate::primary_wal::MAX_COMMIT_ID;
 use crate::raw::{RawConn, Stmt};
 use replication::wal::{
     decode_value_list, encode_change_header, encode_count, encode_value, ChainPosition, CommitId,
-    EncodeError, Generation, Operation, RecordEncoder, ValueRef as WalValue, WalOffset,
+    EncodeError, Generation, Operation, RecordEncoder, RecordSeal, ValueRef as WalValue, WalOffset,
     MAX_RECORD_BYTES,
 };
 use rusqlite::types::ValueRef;
@@ -38,15 +38,17 @@ use std::collections::HashMap;
 /// the connection's schema (see `vtab.rs`).
 #[derive(Default)]
 pub(crate) struct Statements {
-    schema_version: Option<Stmt<'static>>,
-    temp_schema_version: Option<Stmt<'static>>,
     head: Option<Stmt<'static>>,
     insert_record: Option<Stmt<'static>>,
 
     /// Replicated tables as the registry and schema describe them, read
-    /// at `tables_at` (a schema_version).
+    /// when the head statement had been prepared `tables_at` times again.
     tables: HashMap<String, TableCommit>,
-    tables_at: Option<(i64, i64)>,
+    tables_at: Option<i32>,
+    /// Scratch space kept between commits.
+    changes: Changes,
+    record: Vec<u8>,
+    looked_up: Vec<u8>,
 }
 
 struct TableCommit {
@@ -67,42 +69,21 @@ fn kept<'a>(
     Ok(slot.as_mut().expect("just filled"))
 }
 
-/// The first column of the only row of `stmt`, as an integer.
-fn one_int(stmt: &mut Stmt<'static>, doing: &str) -> Result<Option<i64>, CaptureError> {
-    let r = stmt.step().map_err(sqlite(doing));
-    let v = match r {
-        Ok(true) => stmt.column(0).as_i64(),
-        Ok(false) => None,
-        Err(e) => {
-            stmt.reset();
-            return Err(e);
-        }
-    };
-    stmt.reset();
-    Ok(v)
-}
-
 impl Statements {
     /// Makes the table descriptions current and checks that every table
     /// this transaction wrote still has the shape its capture was made for
     /// (a transaction that altered a replicated table and then wrote it
     /// fails here, before anything uncaptured can commit).
-    fn check_tables(&mut self, conn: RawConn, buffer: &TxBuffer) -> Result<(), CaptureError> {
-        // TEMP triggers on a replicated table change the order triggers
-        // fire in, so the temp schema counts too.
-        let main = one_int(
-            kept(&mut self.schema_version, conn, "PRAGMA main.schema_version")?,
-            "reading the schema version",
-        )?;
-        let temp = one_int(
-            kept(
-                &mut self.temp_schema_version,
-                conn,
-                "PRAGMA temp.schema_version",
-            )?,
-            "reading the schema version",
-        )?;
-        let version = main.zip(temp);
+    ///
+    /// `version` counts the schema changes the head statement saw (see
+    /// [`Statements::head`]): the descriptions are read again when it moved.
+    fn check_tables(
+        &mut self,
+        conn: RawConn,
+        buffer: &TxBuffer,
+        version: i32,
+    ) -> Result<(), CaptureError> {
+        let version = Some(version);
         if version.is_none() || version != self.tables_at {
             self.tables.clear();
             self.tables_at = None;
@@ -126,12 +107,17 @@ impl Statements {
         Ok(())
     }
 
-    /// The position after the newest sealed record.
+    /// The position after the newest sealed record, and how many times
+    /// SQLite prepared the head statement again. SQLite does so after any
+    /// change of the main schema (by any connection) and after any change
+    /// of this connection's TEMP schema (which expires every statement), so
+    /// a new count means a replicated table's shape or the triggers on it
+    /// may have changed; no `PRAGMA schema_version` per commit.
     fn head(
         &mut self,
         conn: RawConn,
         generation: Generation,
-    ) -> Result<ChainPosition, CaptureError> {
+    ) -> Result<(ChainPosition, i32), CaptureError> {
         let s = kept(
             &mut self.head,
             conn,
@@ -163,8 +149,9 @@ impl Statements {
                 return Err(e);
             }
         };
+        let reprepared = s.reprepares();
         s.reset();
-        Ok(position)
+        Ok((position, reprepared))
     }
 
     /// Reads the row of `key` (an encoded value list) of `table` now: its
@@ -239,33 +226,40 @@ pub(crate) fn wal_value(v: ValueRef<'_>) -> WalValue<'_> {
     }
 }
 
-/// The changes of a record, back to back, and where each ends.
+/// The changes of a record, framed as the record carries them (each a
+/// `u32` length and its bytes), and how many.
 #[derive(Default)]
 struct Changes {
-    bytes: Vec<u8>,
-    ends: Vec<usize>,
+    framed: Vec<u8>,
+    count: usize,
 }
 
 impl Changes {
-    fn push(&mut self, op: Operation, table: &str, parts: &[&[u8]]) -> Result<(), EncodeError> {
-        encode_change_header(&mut self.bytes, op, table)?;
-        for p in parts {
-            self.bytes.extend_from_slice(p);
-        }
-        self.ends.push(self.bytes.len());
-        Ok(())
+    fn clear(&mut self) {
+        self.framed.clear();
+        self.count = 0;
     }
 
-    fn slices(&self) -> Vec<&[u8]> {
-        let mut start = 0;
-        self.ends
-            .iter()
-            .map(|&end| {
-                let s = &self.bytes[start..end];
-                start = end;
-                s
-            })
-            .collect()
+    /// Appends a pre-encoded change.
+    fn push_encoded(&mut self, change: &[u8]) {
+        self.framed
+            .extend_from_slice(&(change.len() as u32).to_le_bytes());
+        self.framed.extend_from_slice(change);
+        self.count += 1;
+    }
+
+    /// Appends a change made of its header and `parts`.
+    fn push(&mut self, op: Operation, table: &str, parts: &[&[u8]]) -> Result<(), EncodeError> {
+        let at = self.framed.len();
+        self.framed.extend_from_slice(&[0; 4]);
+        encode_change_header(&mut self.framed, op, table)?;
+        for p in parts {
+            self.framed.extend_from_slice(p);
+        }
+        let len = (self.framed.len() - at - 4) as u32;
+        self.framed[at..at + 4].copy_from_slice(&len.to_le_bytes());
+        self.count += 1;
+        Ok(())
     }
 }
 
@@ -291,49 +285,38 @@ pub(crate) fn write_record(
     let Some(generation) = state.tx_generation else {
         return Ok(());
     };
-    stmts.check_tables(conn, &state.buffer)?;
-    let start = stmts.head(conn, generation)?;
+    let (start, version) = stmts.head(conn, generation)?;
+    stmts.check_tables(conn, &state.buffer, version)?;
     let commit_id = start.commit_id.next();
     if commit_id.0 > MAX_COMMIT_ID {
         return Err(CaptureError::CommitIdOverflow(commit_id));
     }
-    let changes = build_changes(conn, stmts, &state.buffer)?;
-    if changes.ends.is_empty() {
-        // Only REPLACE candidates that no statement changed: nothing
-        // replicated changed, so no CommitId.
+    let mut changes = std::mem::take(&mut stmts.changes);
+    let mut bytes = std::mem::take(&mut stmts.record);
+    let r = build_changes(conn, stmts, &state.buffer, &mut changes).and_then(|()| {
+        if changes.count == 0 {
+            // Only REPLACE candidates that no statement changed: nothing
+            // replicated changed, so no CommitId.
+            return Ok(None);
+        }
+        let seal = RecordEncoder::new(start)
+            .push_framed(commit_id, changes.count, &changes.framed, &mut bytes)
+            .map_err(|source| CaptureError::Encode {
+                table: state.buffer.tables.first().cloned().unwrap_or_default(),
+                source,
+            })?;
+        insert_record(conn, stmts, commit_id, &seal, &bytes).map(Some)
+    });
+    changes.clear();
+    if changes.framed.capacity() <= KEPT_SCRATCH_BYTES {
+        stmts.changes = changes;
+    }
+    if bytes.capacity() <= KEPT_SCRATCH_BYTES {
+        stmts.record = bytes;
+    }
+    if r?.is_none() {
         return Ok(());
     }
-    let slices = changes.slices();
-    let record = RecordEncoder::new(start)
-        .push(commit_id, &slices)
-        .map_err(|source| CaptureError::Encode {
-            table: state.buffer.tables.first().cloned().unwrap_or_default(),
-            source,
-        })?;
-    drop(slices);
-    let seal = kept(
-        &mut stmts.insert_record,
-        conn,
-        "INSERT INTO main.aerodb_commits(commit_id, wal_offset, length, change_count, prev_chain, chain, crc, record) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-    )?;
-    let values = [
-        commit_id.0 as i64,
-        record.wal_offset.0 as i64,
-        record.bytes.len() as i64,
-        i64::from(record.change_count),
-        i64::from(record.prev_chain),
-        i64::from(record.chain),
-        i64::from(record.crc),
-    ];
-    for (i, v) in values.iter().enumerate() {
-        seal.bind(i + 1, ValueRef::Integer(*v))
-            .map_err(sqlite("writing the WAL record"))?;
-    }
-    seal.bind(8, ValueRef::Blob(&record.bytes))
-        .map_err(sqlite("writing the WAL record"))?;
-    let r = seal.step();
-    seal.reset();
-    r.map_err(sqlite("writing the WAL record"))?;
     state.written = Some(commit_id);
     Ok(())
 }
@@ -371,19 +354,71 @@ enum Final {
     Unchanged,
 }
 
-/// The record's changes, in the order the module doc gives.
+/// Scratch buffers larger than this are not kept between commits.
+const KEPT_SCRATCH_BYTES: usize = 1 << 20;
+
+/// Writes the record and its seal: one `aerodb_commits` row.
+fn insert_record(
+    conn: RawConn,
+    stmts: &mut Statements,
+    commit_id: CommitId,
+    seal: &RecordSeal,
+    bytes: &[u8],
+) -> Result<(), CaptureError> {
+    let s = kept(
+        &mut stmts.insert_record,
+        conn,
+        "INSERT INTO main.aerodb_commits(commit_id, wal_offset, length, change_count, prev_chain, chain, crc, record) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+    )?;
+    let values = [
+        commit_id.0 as i64,
+        seal.wal_offset.0 as i64,
+        bytes.len() as i64,
+        i64::from(seal.change_count),
+        i64::from(seal.prev_chain),
+        i64::from(seal.chain),
+        i64::from(seal.crc),
+    ];
+    let r = values
+        .iter()
+        .enumerate()
+        .try_for_each(|(i, v)| s.bind(i + 1, ValueRef::Integer(*v)))
+        .and_then(|()| s.bind(8, ValueRef::Blob(bytes)))
+        .and_then(|()| s.step().map(|_| ()));
+    s.reset();
+    r.map_err(sqlite("writing the WAL record"))
+}
+
+/// The record's changes, in the order the module doc gives, into
+/// `changes` (empty).
 fn build_changes(
     conn: RawConn,
     stmts: &mut Statements,
     buffer: &TxBuffer,
-) -> Result<Changes, CaptureError> {
-    let mut changes = Changes::default();
+    changes: &mut Changes,
+) -> Result<(), CaptureError> {
     for s in buffer.section_changes() {
-        changes.bytes.extend_from_slice(s);
-        changes.ends.push(changes.bytes.len());
+        changes.push_encoded(s);
     }
     // Final rows of looked-up keys, and where each one's row is.
-    let mut looked_up: Vec<u8> = Vec::new();
+    let mut looked_up = std::mem::take(&mut stmts.looked_up);
+    looked_up.clear();
+    let r = resolve_and_order(conn, stmts, buffer, changes, &mut looked_up);
+    if looked_up.capacity() <= KEPT_SCRATCH_BYTES {
+        stmts.looked_up = looked_up;
+    }
+    r
+}
+
+/// Reads what the touched keys' final states need and appends their
+/// changes: deletes first, then the final rows.
+fn resolve_and_order(
+    conn: RawConn,
+    stmts: &mut Statements,
+    buffer: &TxBuffer,
+    changes: &mut Changes,
+    looked_up: &mut Vec<u8>,
+) -> Result<(), CaptureError> {
     let mut finals: Vec<Final> = Vec::with_capacity(buffer.entries.len());
     for e in &buffer.entries {
         let table = &buffer.tables[e.table as usize];
@@ -392,7 +427,7 @@ fn build_changes(
             Known::Absent => Final::Absent,
             Known::Lookup => {
                 let start = looked_up.len();
-                match stmts.lookup(conn, table, buffer.key(e), &mut looked_up)? {
+                match stmts.lookup(conn, table, buffer.key(e), looked_up)? {
                     true => Final::Row(true, start..looked_up.len()),
                     false => Final::Absent,
                 }
@@ -400,21 +435,25 @@ fn build_changes(
             Known::Candidate => {
                 // Still there: nothing changed it (a change would have
                 // fired a capture trigger). Gone: a REPLACE deleted it.
-                let mut scratch = Vec::new();
-                match stmts.lookup(conn, table, buffer.key(e), &mut scratch)? {
+                let start = looked_up.len();
+                let found = stmts.lookup(conn, table, buffer.key(e), looked_up)?;
+                looked_up.truncate(start);
+                match found {
                     true => Final::Unchanged,
                     false => Final::Absent,
                 }
             }
         });
-        if changes.bytes.len() + buffer.values.len() + looked_up.len() > MAX_RECORD_BYTES {
-            return Err(too_large(buffer, changes.bytes.len() + looked_up.len()));
+        if changes.framed.len() + buffer.values.len() + looked_up.len() > MAX_RECORD_BYTES {
+            return Err(too_large(buffer, changes.framed.len() + looked_up.len()));
         }
     }
-    let info = |e: &super::buffer::Entry| {
-        let table = &buffer.tables[e.table as usize];
-        (table, &stmts.tables[table].info)
-    };
+    // What decides each change, per touched table (one lookup per table).
+    let tables: Vec<&TableInfo> = buffer
+        .tables
+        .iter()
+        .map(|t| &stmts.tables[t].info)
+        .collect();
     let encode = |r: Result<(), EncodeError>, table: &str| {
         r.map_err(|source| CaptureError::Encode {
             table: table.to_owned(),
@@ -425,7 +464,7 @@ fn build_changes(
     // (a key equal to an existing one under its collation comes after it).
     for first_pass in [true, false] {
         for (e, f) in buffer.entries.iter().zip(&finals) {
-            let (table, info) = info(e);
+            let info = tables[e.table as usize];
             let existence = existence(e, info);
             let delete = match (f, existence) {
                 (Final::Unchanged, _) | (_, Existence::New) => false,
@@ -439,7 +478,7 @@ fn build_changes(
                 Existence::Existed => Operation::Delete,
                 _ => Operation::Discard,
             };
-            encode(changes.push(op, table, &[buffer.key(e)]), table)?;
+            encode(changes.push(op, &info.name, &[buffer.key(e)]), &info.name)?;
         }
     }
     for (e, f) in buffer.entries.iter().zip(&finals) {
@@ -451,7 +490,8 @@ fn build_changes(
         } else {
             &buffer.values[range.clone()]
         };
-        let (table, info) = info(e);
+        let info = tables[e.table as usize];
+        let table = &info.name;
         if existence(e, info) == Existence::Existed && !info.extra_unique {
             encode(
                 changes.push(Operation::Update, table, &[buffer.key(e), row]),
@@ -460,11 +500,11 @@ fn build_changes(
         } else {
             encode(changes.push(Operation::Insert, table, &[row]), table)?;
         }
-        if changes.bytes.len() > MAX_RECORD_BYTES {
-            return Err(too_large(buffer, changes.bytes.len()));
+        if changes.framed.len() > MAX_RECORD_BYTES {
+            return Err(too_large(buffer, changes.framed.len()));
         }
     }
-    Ok(changes)
+    Ok(())
 }
 
 fn too_large(buffer: &TxBuffer, bytes: usize) -> CaptureError {
