@@ -197,7 +197,7 @@ unsafe impl Send for ConnState {}
 
 type Shared = Arc<Mutex<ConnState>>;
 
-fn lock(s: &Shared) -> MutexGuard<'_, ConnState> {
+fn lock(s: &Mutex<ConnState>) -> MutexGuard<'_, ConnState> {
     s.lock().unwrap_or_else(|e| e.into_inner())
 }
 
@@ -299,13 +299,123 @@ impl RowEvent {
     }
 }
 
-fn arg_value<'a>(ctx: &'a Context<'_>, i: usize) -> replication::wal::ValueRef<'a> {
+/// The arguments of a raw SQL function call.
+struct Args<'a>(&'a [*mut ffi::sqlite3_value]);
+
+impl<'a> Args<'a> {
+    fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Argument `i` (< len), borrowed for the call.
+    fn get_raw(&self, i: usize) -> ValueRef<'a> {
+        let v = self.0[i];
+        // SAFETY: SQLite passes `len` valid values for the duration of the
+        // call; text and blob pointers stay valid until the call returns
+        // and no conversion is requested between pointer and length.
+        unsafe {
+            let bytes = |p: *const u8, n: c_int| -> &'a [u8] {
+                if p.is_null() || n <= 0 {
+                    &[]
+                } else {
+                    std::slice::from_raw_parts(p, n as usize)
+                }
+            };
+            match ffi::sqlite3_value_type(v) {
+                ffi::SQLITE_INTEGER => ValueRef::Integer(ffi::sqlite3_value_int64(v)),
+                ffi::SQLITE_FLOAT => ValueRef::Real(ffi::sqlite3_value_double(v)),
+                ffi::SQLITE_TEXT => {
+                    let p = ffi::sqlite3_value_text(v);
+                    ValueRef::Text(bytes(p, ffi::sqlite3_value_bytes(v)))
+                }
+                ffi::SQLITE_BLOB => {
+                    let p = ffi::sqlite3_value_blob(v).cast::<u8>();
+                    ValueRef::Blob(bytes(p, ffi::sqlite3_value_bytes(v)))
+                }
+                _ => ValueRef::Null,
+            }
+        }
+    }
+}
+
+/// `SQLITE_INNOCUOUS` (3.31; not in every binding rusqlite ships).
+const FUNCTION_INNOCUOUS: c_int = 0x0020_0000;
+
+/// The raw entry point of `aerodb_capture_row`: it runs once per written
+/// row, so it skips rusqlite's per-call wrapping. No panic crosses it.
+unsafe extern "C" fn capture_row_entry(
+    ctx: *mut ffi::sqlite3_context,
+    argc: c_int,
+    argv: *mut *mut ffi::sqlite3_value,
+) {
+    let result = std::panic::catch_unwind(|| {
+        // SAFETY: user data is the Arc registered with the function, alive
+        // until its destructor runs; argv holds argc values.
+        let shared = unsafe { &*(ffi::sqlite3_user_data(ctx) as *const Mutex<ConnState>) };
+        let args = if argc <= 0 || argv.is_null() {
+            &[][..]
+        } else {
+            unsafe { std::slice::from_raw_parts(argv, argc as usize) }
+        };
+        capture_row(shared, &Args(args))
+    });
+    let message = match result {
+        Ok(Ok(())) => {
+            // SAFETY: ctx is the live call context.
+            unsafe { ffi::sqlite3_result_int(ctx, 0) };
+            return;
+        }
+        Ok(Err(e)) => e.to_string(),
+        Err(_) => "aerodb_capture_row: internal error (panic); the write is refused".to_string(),
+    };
+    // SAFETY: ctx is live; SQLite copies the message (length given).
+    unsafe { ffi::sqlite3_result_error(ctx, message.as_ptr().cast(), message.len() as c_int) };
+}
+
+unsafe extern "C" fn drop_shared(p: *mut std::ffi::c_void) {
+    let _ = std::panic::catch_unwind(|| {
+        // SAFETY: p came from Arc::into_raw when the function was registered.
+        drop(unsafe { Arc::from_raw(p as *const Mutex<ConnState>) });
+    });
+}
+
+fn register_capture_row(db: *mut ffi::sqlite3, shared: &Shared) -> Result<(), CaptureError> {
+    let user = Arc::into_raw(Arc::clone(shared)) as *mut std::ffi::c_void;
+    // SAFETY: db is open; the name is NUL-terminated; SQLite calls
+    // drop_shared exactly once for `user`, also when registration fails.
+    let rc = unsafe {
+        ffi::sqlite3_create_function_v2(
+            db,
+            c"aerodb_capture_row".as_ptr(),
+            -1,
+            ffi::SQLITE_UTF8 | FUNCTION_INNOCUOUS,
+            user,
+            Some(capture_row_entry),
+            None,
+            None,
+            Some(drop_shared),
+        )
+    };
+    if rc != ffi::SQLITE_OK {
+        return Err(CaptureError::Sqlite {
+            doing: "registering aerodb_capture_row".into(),
+            source: RawError {
+                code: rc,
+                message: "sqlite3_create_function_v2 failed".into(),
+                sql: String::new(),
+            },
+        });
+    }
+    Ok(())
+}
+
+fn arg_value<'a>(ctx: &Args<'a>, i: usize) -> replication::wal::ValueRef<'a> {
     commit::wal_value(ctx.get_raw(i))
 }
 
 fn encode_args(
     out: &mut Vec<u8>,
-    ctx: &Context<'_>,
+    ctx: &Args<'_>,
     args: std::ops::Range<usize>,
 ) -> Result<(), EncodeError> {
     out.clear();
@@ -316,7 +426,7 @@ fn encode_args(
 
 /// `aerodb_capture_row(generation, table, event, key_len, ...)`: one row
 /// event of a capture trigger, appended to the transaction's buffer.
-fn capture_row(shared: &Shared, ctx: &Context<'_>) -> Result<(), CaptureError> {
+fn capture_row(shared: &Mutex<ConnState>, ctx: &Args<'_>) -> Result<(), CaptureError> {
     const F: &str = "aerodb_capture_row";
     let bad = |argument: &str, problem: String| CaptureError::BadArgument {
         function: F,
@@ -569,13 +679,9 @@ pub fn register(conn: &Connection) -> Result<CaptureHandle, rusqlite::Error> {
         scratch_values: Vec::new(),
     }));
     let utf8 = FunctionFlags::SQLITE_UTF8;
-    let trigger_safe = utf8 | FunctionFlags::SQLITE_INNOCUOUS;
     let direct = utf8 | FunctionFlags::SQLITE_DIRECTONLY;
 
-    let s = shared.clone();
-    conn.create_scalar_function("aerodb_capture_row", -1, trigger_safe, move |ctx| {
-        capture_row(&s, ctx).map(|()| 0i64).map_err(user_err)
-    })?;
+    register_capture_row(db, &shared).map_err(user_err)?;
     let s = shared.clone();
     conn.create_scalar_function("aerodb_primary_init", 0, direct, move |_ctx| {
         primary_init(raw(&s))
