@@ -230,6 +230,15 @@ impl WalTables {
         if from > last {
             return Ok(out);
         }
+        // In the same read transaction as the records: a truncation that
+        // commits between two reads cannot make retained WAL look corrupt.
+        let oldest = self.oldest()?;
+        if from < oldest {
+            return Err(WalReadError::Truncated {
+                requested: from,
+                oldest_sealed: oldest,
+            });
+        }
         let mut rows = self.conn.prepare(&format!(
             "SELECT {SEALED_COLUMNS}, record FROM main.aerodb_commits WHERE commit_id >= ?1 ORDER BY commit_id"
         ))?;

@@ -45,6 +45,7 @@
 use crate::primary::{PrimaryError, PrimaryWalReader};
 use crate::replica::{ApplyError, ReplicaDb};
 use crate::state_store::SqliteStateStore;
+use crate::WalReadError;
 use replication::read_gate::{self, Decision, ObservedState, ReadRequest};
 use replication::runtime::{
     ApplyStorage, ComponentStatus, Config, Failure, Fetched, PersistedSegment, Runtime,
@@ -170,7 +171,16 @@ impl WalSource for FileSource {
         let (records, head) = self
             .reader
             .records_and_head(from, max_bytes)
-            .map_err(|e| source_failure(&self.path, e))?;
+            .map_err(|e| match e {
+                PrimaryError::Wal(WalReadError::Truncated { oldest_sealed, .. }) => Failure::new(
+                    WAL_TRUNCATED,
+                    format!(
+                        "primary file {}: commit {from} is no longer in its WAL (oldest retained commit is {oldest_sealed})",
+                        self.path.display()
+                    ),
+                ),
+                e => source_failure(&self.path, e),
+            })?;
         if from.0 > head.0 + 1 {
             return Err(Failure::new(
                 "SOURCE_BEHIND",

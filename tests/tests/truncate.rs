@@ -711,3 +711,47 @@ fn truncate_with_concurrent_writers_fails_at_worst_with_busy() {
         }
     }
 }
+
+/// Asking a truncated primary for WAL below its oldest commit is refused
+/// as truncated (never reported as corruption), in the same read
+/// transaction as the records, so a truncation racing a fetch cannot make
+/// retained WAL look corrupt.
+#[test]
+fn reading_below_the_oldest_commit_is_refused_as_truncated() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("p.db");
+    let primary = Primary::open(&path).expect("primary");
+    primary
+        .connection()
+        .execute_batch("CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT)")
+        .expect("table");
+    primary.replicate("t").expect("replicate");
+    for i in 0..20 {
+        primary
+            .connection()
+            .execute("INSERT INTO t VALUES (?1, 'x')", [i])
+            .expect("insert");
+    }
+    assert_eq!(
+        primary.truncate_wal(CommitId(10)).expect("truncate"),
+        CommitId(10)
+    );
+    let reader = PrimaryWalReader::open(&path).expect("reader");
+    for from in [1u64, 4, 9] {
+        let err = reader
+            .records(CommitId(from), usize::MAX)
+            .expect_err("below the oldest commit");
+        assert!(
+            matches!(
+                err,
+                storage_adapter::primary::PrimaryError::Wal(
+                    storage_adapter::WalReadError::Truncated { requested, oldest_sealed }
+                ) if requested == CommitId(from) && oldest_sealed == CommitId(10)
+            ),
+            "{err}"
+        );
+    }
+    let records = reader.records(CommitId(10), usize::MAX).expect("retained");
+    assert_eq!(records.first().map(|r| r.commit_id), Some(CommitId(10)));
+    assert_eq!(records.last().map(|r| r.commit_id), Some(CommitId(21)));
+}

@@ -13,8 +13,9 @@ use super::flag;
 use replication::wal::{CommitId, Segment};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
-use storage_adapter::primary::PrimaryWalReader;
+use storage_adapter::primary::{PrimaryError, PrimaryWalReader};
 use storage_adapter::snapshot;
+use storage_adapter::WalReadError;
 use tiny_http::{Header, Method, Request, Response, Server};
 
 pub const USAGE: &str =
@@ -291,7 +292,20 @@ fn segments(reader: &PrimaryWalReader, params: &[(&str, &str)]) -> Result<Reply,
                 }),
             ));
         }
-        let (records, head) = reader.records_and_head(from, max_bytes).map_err(fail)?;
+        let (records, head) = match reader.records_and_head(from, max_bytes) {
+            Ok(r) => r,
+            // Truncated after the check above: the same answer.
+            Err(PrimaryError::Wal(WalReadError::Truncated { oldest_sealed, .. })) => {
+                return Err(json(
+                    410,
+                    serde_json::json!({
+                        "error": format!("commit {from} is no longer in the primary's WAL (oldest retained commit is {oldest_sealed}); bootstrap from /v1/snapshot"),
+                        "oldest": oldest_sealed.0,
+                    }),
+                ))
+            }
+            Err(e) => return Err(fail(e)),
+        };
         if from.0 > head.0 + 1 {
             return Err(json(
                 409,
