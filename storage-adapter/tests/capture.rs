@@ -2318,3 +2318,37 @@ fn reading_from_a_middle_commit_continues_the_chain() {
         .is_none());
     f.assert_replica_matches();
 }
+
+/// A row event capture cannot take (a value over the WAL's value limit)
+/// fails its statement; whether or not SQLite had a statement savepoint to
+/// undo the row, nothing uncaptured commits: the row is gone with its
+/// statement, or the commit is refused and the transaction rolled back.
+#[rstest]
+#[case::insert("CREATE TABLE t(id INTEGER PRIMARY KEY, v)", "INSERT")]
+#[case::insert_not_null("CREATE TABLE t(id INTEGER PRIMARY KEY, v NOT NULL)", "INSERT")]
+// OR REPLACE on a table with nothing else that can abort: SQLite opens no
+// statement savepoint, so the row stays in the transaction.
+#[case::insert_or_replace("CREATE TABLE t(id INTEGER PRIMARY KEY, v)", "INSERT OR REPLACE")]
+fn a_write_capture_refuses_never_commits_uncaptured(#[case] ddl: &str, #[case] insert: &str) {
+    let f = Fixture::new(ddl, &["t"]);
+    f.exec("INSERT INTO t VALUES (1, 'kept')");
+    let too_big = replication::wal::MAX_VALUE_BYTES as i64 + 1;
+    f.exec("BEGIN; INSERT INTO t VALUES (2, 'before')");
+    let err = f.exec_error(&format!("{insert} INTO t VALUES (3, zeroblob({too_big}))"));
+    assert!(err.contains("value"), "{err}");
+    let commit = f.conn().execute_batch("COMMIT");
+    if !f.conn().is_autocommit() {
+        f.exec("ROLLBACK");
+    }
+    let rows = count(f.conn(), "SELECT count(*) FROM t WHERE id = 3");
+    match commit {
+        // The statement savepoint undid row 3; row 2 committed, captured.
+        Ok(()) => assert_eq!(rows, 0, "row 3 is gone with its statement"),
+        // No statement savepoint: the commit is refused, all rolled back.
+        Err(e) => {
+            assert!(e.to_string().contains("was not captured"), "{e}");
+            assert_eq!(count(f.conn(), "SELECT count(*) FROM t"), 1);
+        }
+    }
+    f.assert_replica_matches();
+}

@@ -271,6 +271,11 @@ impl TxBuffer {
         });
     }
 
+    /// The level of the newest open savepoint the buffer knows of.
+    pub fn newest_savepoint(&self) -> Option<i32> {
+        self.marks.last().map(|m| m.level)
+    }
+
     /// Savepoint `level` and those inside it are released.
     pub fn release(&mut self, level: i32) {
         self.marks.retain(|m| m.level < level);

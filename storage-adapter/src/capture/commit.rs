@@ -279,6 +279,9 @@ pub(crate) fn write_record(
         )
         .map_err(sqlite("rewriting a retried commit's record"))?;
     }
+    if let Some((_, error)) = &state.poisoned {
+        return Err(CaptureError::Uncaptured(error.clone()));
+    }
     if state.buffer.is_empty() {
         return Ok(());
     }

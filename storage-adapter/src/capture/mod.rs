@@ -115,6 +115,9 @@ pub enum CaptureError {
         /// What changed.
         problem: String,
     },
+    /// A row event of this transaction could not be captured.
+    #[error("the transaction cannot commit: a write to a replicated table was not captured ({0}); roll it back")]
+    Uncaptured(String),
     /// A captured write to a primary that is not this connection's main
     /// database.
     #[error("write to a replicated table of primary {generation} refused: the connection's main database is {}; write to a primary through a connection whose main database is that primary (not through ATTACH)", main.map(|g| format!("primary {g}")).unwrap_or_else(|| "not a primary".into()))]
@@ -186,6 +189,14 @@ pub(crate) struct ConnState {
     last_commit: Option<CommitId>,
     /// The main database's generation, once read.
     main_generation: Option<Generation>,
+    /// A row event this transaction could not capture: the commit is
+    /// refused unless a rollback to a savepoint opened before it undoes it.
+    /// (The capture trigger's write to `aerodb_capture` makes SQLite give
+    /// every statement that fires it a statement savepoint, which undoes
+    /// the failed statement's row; this is the second line, should a
+    /// statement ever run without one.) The savepoint level that was
+    /// newest when it happened, and the error.
+    poisoned: Option<(Option<i32>, String)>,
     /// Scratch space for encoding a row's key and values.
     scratch_key: Vec<u8>,
     scratch_values: Vec<u8>,
@@ -205,6 +216,7 @@ impl ConnState {
     /// The capture table joined a transaction (`xBegin`).
     fn begin(&mut self) {
         self.in_transaction = true;
+        self.poisoned = None;
         self.buffer.clear();
         self.tx_generation = None;
         self.written = None;
@@ -224,8 +236,18 @@ impl ConnState {
         self.end();
     }
 
+    /// `ROLLBACK TO` savepoint `level`.
+    fn rolled_back_to(&mut self, level: i32) {
+        self.buffer.rollback_to(level);
+        if matches!(self.poisoned, Some((Some(newest), _)) if level <= newest) {
+            // The failed statement's changes are undone with it.
+            self.poisoned = None;
+        }
+    }
+
     fn end(&mut self) {
         self.in_transaction = false;
+        self.poisoned = None;
         self.buffer.clear();
         self.tx_generation = None;
     }
@@ -548,6 +570,11 @@ fn capture_row(shared: &Mutex<ConnState>, ctx: &Args<'_>) -> Result<(), CaptureE
     })();
     s.scratch_key = key;
     s.scratch_values = values;
+    if let Err(e) = &result {
+        if s.poisoned.is_none() {
+            s.poisoned = Some((s.buffer.newest_savepoint(), e.to_string()));
+        }
+    }
     result
 }
 
@@ -675,6 +702,7 @@ pub fn register(conn: &Connection) -> Result<CaptureHandle, rusqlite::Error> {
         written: None,
         last_commit: None,
         main_generation: None,
+        poisoned: None,
         scratch_key: Vec::new(),
         scratch_values: Vec::new(),
     }));

@@ -327,7 +327,7 @@ unsafe extern "C" fn x_release(vtab: *mut ffi::sqlite3_vtab, level: c_int) -> c_
 
 unsafe extern "C" fn x_rollback_to(vtab: *mut ffi::sqlite3_vtab, level: c_int) -> c_int {
     with_vtab(vtab, "rollback to", |v| {
-        lock(&v.shared).buffer.rollback_to(level);
+        lock(&v.shared).rolled_back_to(level);
         Ok(())
     })
 }
