@@ -262,3 +262,72 @@ SELECT role, applied_commit_id, replicated_tables FROM replica_state;
         "{run:?}"
     );
 }
+
+/// In the stock shell (Debian's 3.40: at most 127 arguments to a function)
+/// a table with 300 columns replicates: its capture triggers hand over only
+/// keys, and the commit reads the final rows. Mixed-case table names match
+/// as SQLite's do.
+#[test]
+fn a_wide_table_replicates_from_the_stock_shell() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = dir.path().join("p.db");
+    let cols: Vec<String> = (0..300).map(|i| format!("c{i}")).collect();
+    let values = |k: i64| -> String {
+        (0..300)
+            .map(|i| match i % 3 {
+                0 => format!("{}", k * 1000 + i),
+                1 => format!("'v{k}_{i}'"),
+                _ => "NULL".into(),
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let run = shell(
+        &db,
+        &format!(
+            "{}.bail on
+PRAGMA journal_mode=WAL;
+SELECT length(aerodb_primary_init());
+CREATE TABLE Wide(id INTEGER PRIMARY KEY, {});
+SELECT aerodb_replicate('wide');
+INSERT INTO Wide VALUES (1, {});
+BEGIN; INSERT INTO Wide VALUES (2, {}); UPDATE Wide SET c7 = 'changed', c299 = 42 WHERE id = 1; COMMIT;
+INSERT INTO Wide VALUES (3, {}); DELETE FROM Wide WHERE id = 2;
+UPDATE Wide SET id = 30 WHERE id = 3;
+SELECT aerodb_head();
+",
+            load(),
+            cols.iter().map(|c| format!("{c} ANY")).collect::<Vec<_>>().join(", "),
+            values(1),
+            values(2),
+            values(3)
+        ),
+    );
+    assert!(run.ok, "{run:?}");
+    assert_eq!(run.stdout, "wal\n16\n1\n6\n", "{run:?}");
+    let reader = PrimaryWalReader::open(&db).expect("reader");
+    let mut replica = ReplicaDb::open(dir.path().join("r.db")).expect("replica");
+    let start = replica.init(reader.generation()).expect("init");
+    let end = aerodb_e2e::catch_up(&reader, &mut replica, start, 1 << 20);
+    assert_eq!(end.commit_id, CommitId(6));
+    let primary = rusqlite::Connection::open(&db).expect("open primary");
+    let quoted = |conn: &rusqlite::Connection| -> Vec<String> {
+        let list: Vec<String> = std::iter::once("id".to_string())
+            .chain(cols.iter().cloned())
+            .map(|c| format!("quote({c}) || typeof({c})"))
+            .collect();
+        let mut s = conn
+            .prepare(&format!(
+                "SELECT {} FROM Wide ORDER BY id",
+                list.join(" || ',' || ")
+            ))
+            .expect("prepare");
+        s.query_map([], |r| r.get(0))
+            .expect("query")
+            .collect::<Result<_, _>>()
+            .expect("rows")
+    };
+    let expected = quoted(&primary);
+    assert_eq!(expected.len(), 2);
+    assert_eq!(quoted(replica.connection()), expected);
+}
