@@ -623,6 +623,9 @@ pub fn segment_crc(before_trailer: &[u8]) -> u32 {
 /// Offset of the header CRC in a segment.
 const HEADER_CRC_AT: usize = 56;
 
+/// Bytes of a record before its first change.
+pub const RECORD_HEADER_LEN: usize = 28;
+
 /// Offset of `prev_chain` in a record.
 const PREV_CHAIN_AT: usize = 24;
 
@@ -728,7 +731,7 @@ impl RecordEncoder {
     /// Encodes the record of `commit_id` (the next CommitId) into `out`
     /// (cleared first) from `count` changes already framed as the record
     /// carries them (each a `u32` length and its bytes, back to back), and
-    /// returns its seal. For writers that build the changes in place.
+    /// returns its seal.
     pub fn push_framed(
         &mut self,
         commit_id: CommitId,
@@ -736,50 +739,62 @@ impl RecordEncoder {
         framed: &[u8],
         out: &mut Vec<u8>,
     ) -> Result<RecordSeal, EncodeError> {
+        out.clear();
+        out.reserve(RECORD_OVERHEAD + framed.len());
+        out.resize(RECORD_HEADER_LEN, 0);
+        out.extend_from_slice(framed);
+        self.seal_in_place(commit_id, count, out)
+    }
+
+    /// Turns `record` (its first [`RECORD_HEADER_LEN`] bytes reserved,
+    /// then `count` framed changes) into the record of `commit_id` (the
+    /// next CommitId): fills in the header, appends the two checksums and
+    /// returns its seal. Writers build the changes in place, so a record is
+    /// held once in memory.
+    pub fn seal_in_place(
+        &mut self,
+        commit_id: CommitId,
+        count: usize,
+        record: &mut Vec<u8>,
+    ) -> Result<RecordSeal, EncodeError> {
+        assert!(
+            record.len() >= RECORD_HEADER_LEN,
+            "seal_in_place: the caller reserves the record header"
+        );
         if commit_id != self.position.commit_id.next() {
             return Err(EncodeError::NotContiguous {
                 previous: self.position.commit_id,
                 actual: commit_id,
             });
         }
-        let with_commit = |e: EncodeError| match e {
-            EncodeError::TooLarge {
-                what,
-                actual,
-                limit,
-                ..
-            } => EncodeError::TooLarge {
-                what,
-                actual,
-                limit,
-                commit_id: Some(commit_id),
-            },
-            other => other,
+        let too_big = |what, actual, limit| EncodeError::TooLarge {
+            what,
+            actual: actual as u64,
+            limit: limit as u64,
+            commit_id: Some(commit_id),
         };
         if count > MAX_CHANGES_PER_RECORD as usize {
-            return Err(with_commit(too_large(
+            return Err(too_big(
                 "change count",
                 count,
                 MAX_CHANGES_PER_RECORD as usize,
-            )));
+            ));
         }
-        let len = RECORD_OVERHEAD + framed.len();
+        let len = record.len() + 8;
         if len > MAX_RECORD_BYTES {
-            return Err(with_commit(too_large("record", len, MAX_RECORD_BYTES)));
+            return Err(too_big("record", len, MAX_RECORD_BYTES));
         }
-        out.clear();
-        out.reserve(len);
-        put_u32(out, len as u32);
-        put_u64(out, commit_id.0);
-        put_u64(out, self.position.wal_offset.0);
-        put_u32(out, count as u32);
-        put_u32(out, self.position.chain);
-        out.extend_from_slice(framed);
-        let chain = crc32fast::hash(out);
-        let crc = record_crc(out);
-        put_u32(out, chain);
-        put_u32(out, crc);
-        debug_assert_eq!(out.len(), len, "record length computed up front");
+        let mut header = Vec::with_capacity(RECORD_HEADER_LEN);
+        put_u32(&mut header, len as u32);
+        put_u64(&mut header, commit_id.0);
+        put_u64(&mut header, self.position.wal_offset.0);
+        put_u32(&mut header, count as u32);
+        put_u32(&mut header, self.position.chain);
+        record[..RECORD_HEADER_LEN].copy_from_slice(&header);
+        let chain = crc32fast::hash(record);
+        let crc = record_crc(record);
+        put_u32(record, chain);
+        put_u32(record, crc);
         let seal = RecordSeal {
             wal_offset: self.position.wal_offset,
             prev_chain: self.position.chain,

@@ -250,6 +250,39 @@ impl Stmt<'_> {
         }
     }
 
+    /// Binds a BLOB without SQLite copying it.
+    ///
+    /// # Safety
+    /// `bytes` must stay valid and unchanged until the statement is reset,
+    /// rebound or finalized.
+    pub(crate) unsafe fn bind_blob_static(
+        &mut self,
+        index: usize,
+        bytes: &[u8],
+    ) -> Result<(), RawError> {
+        // SAFETY: stmt is live; the caller keeps bytes alive (SQLITE_STATIC).
+        let rc = unsafe {
+            ffi::sqlite3_bind_blob64(
+                self.stmt,
+                index as c_int,
+                bytes.as_ptr().cast(),
+                bytes.len() as u64,
+                ffi::SQLITE_STATIC(),
+            )
+        };
+        if rc == ffi::SQLITE_OK {
+            Ok(())
+        } else {
+            Err(self.conn.error(rc, &self.sql))
+        }
+    }
+
+    /// Drops every binding (back to NULL).
+    pub(crate) fn clear_bindings(&mut self) {
+        // SAFETY: stmt is live.
+        unsafe { ffi::sqlite3_clear_bindings(self.stmt) };
+    }
+
     /// Steps once: `true` if a row is available.
     pub(crate) fn step(&mut self) -> Result<bool, RawError> {
         // SAFETY: stmt is live.

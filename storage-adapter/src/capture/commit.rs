@@ -29,7 +29,7 @@ use crate::raw::{RawConn, Stmt};
 use replication::wal::{
     decode_value_list, encode_change_header, encode_count, encode_value, ChainPosition, CommitId,
     EncodeError, Generation, Operation, RecordEncoder, RecordSeal, ValueRef as WalValue, WalOffset,
-    MAX_RECORD_BYTES,
+    MAX_RECORD_BYTES, RECORD_HEADER_LEN,
 };
 use rusqlite::types::ValueRef;
 use std::collections::HashMap;
@@ -47,7 +47,6 @@ pub(crate) struct Statements {
     tables_at: Option<i32>,
     /// Scratch space kept between commits.
     changes: Changes,
-    record: Vec<u8>,
     looked_up: Vec<u8>,
 }
 
@@ -226,17 +225,27 @@ pub(crate) fn wal_value(v: ValueRef<'_>) -> WalValue<'_> {
     }
 }
 
-/// The changes of a record, framed as the record carries them (each a
-/// `u32` length and its bytes), and how many.
-#[derive(Default)]
+/// A record being built in place: its header reserved, then its changes
+/// framed as the record carries them (each a `u32` length and its bytes),
+/// and how many.
 struct Changes {
     framed: Vec<u8>,
     count: usize,
 }
 
+impl Default for Changes {
+    fn default() -> Changes {
+        Changes {
+            framed: vec![0; RECORD_HEADER_LEN],
+            count: 0,
+        }
+    }
+}
+
 impl Changes {
     fn clear(&mut self) {
         self.framed.clear();
+        self.framed.resize(RECORD_HEADER_LEN, 0);
         self.count = 0;
     }
 
@@ -295,27 +304,25 @@ pub(crate) fn write_record(
         return Err(CaptureError::CommitIdOverflow(commit_id));
     }
     let mut changes = std::mem::take(&mut stmts.changes);
-    let mut bytes = std::mem::take(&mut stmts.record);
+    changes.clear();
     let r = build_changes(conn, stmts, &state.buffer, &mut changes).and_then(|()| {
         if changes.count == 0 {
             // Only REPLACE candidates that no statement changed: nothing
             // replicated changed, so no CommitId.
             return Ok(None);
         }
+        let count = changes.count;
         let seal = RecordEncoder::new(start)
-            .push_framed(commit_id, changes.count, &changes.framed, &mut bytes)
+            .seal_in_place(commit_id, count, &mut changes.framed)
             .map_err(|source| CaptureError::Encode {
                 table: state.buffer.tables.first().cloned().unwrap_or_default(),
                 source,
             })?;
-        insert_record(conn, stmts, commit_id, &seal, &bytes).map(Some)
+        insert_record(conn, stmts, commit_id, &seal, &changes.framed).map(Some)
     });
     changes.clear();
     if changes.framed.capacity() <= KEPT_SCRATCH_BYTES {
         stmts.changes = changes;
-    }
-    if bytes.capacity() <= KEPT_SCRATCH_BYTES {
-        stmts.record = bytes;
     }
     if r?.is_none() {
         return Ok(());
@@ -386,9 +393,12 @@ fn insert_record(
         .iter()
         .enumerate()
         .try_for_each(|(i, v)| s.bind(i + 1, ValueRef::Integer(*v)))
-        .and_then(|()| s.bind(8, ValueRef::Blob(bytes)))
+        // SAFETY: `bytes` outlives the step and the reset below.
+        .and_then(|()| unsafe { s.bind_blob_static(8, bytes) })
         .and_then(|()| s.step().map(|_| ()));
     s.reset();
+    // No binding may outlive `bytes`.
+    s.clear_bindings();
     r.map_err(sqlite("writing the WAL record"))
 }
 
@@ -447,7 +457,7 @@ fn resolve_and_order(
                 }
             }
         });
-        if changes.framed.len() + buffer.values.len() + looked_up.len() > MAX_RECORD_BYTES {
+        if changes.framed.len() + looked_up.len() > MAX_RECORD_BYTES {
             return Err(too_large(buffer, changes.framed.len() + looked_up.len()));
         }
     }
