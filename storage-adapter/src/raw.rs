@@ -340,25 +340,12 @@ impl Stmt<'_> {
 
     /// Copies column `i` of the current row.
     pub(crate) fn column(&self, i: usize) -> OwnedValue {
-        let i = i as c_int;
-        // SAFETY: called after step() returned a row; pointers returned by
-        // column_text/blob are valid until the next step and copied at once.
-        unsafe {
-            match ffi::sqlite3_column_type(self.stmt, i) {
-                ffi::SQLITE_INTEGER => OwnedValue::Integer(ffi::sqlite3_column_int64(self.stmt, i)),
-                ffi::SQLITE_FLOAT => OwnedValue::Real(ffi::sqlite3_column_double(self.stmt, i)),
-                ffi::SQLITE_TEXT => {
-                    let p = ffi::sqlite3_column_text(self.stmt, i);
-                    let n = ffi::sqlite3_column_bytes(self.stmt, i) as usize;
-                    OwnedValue::Text(copy_bytes(p, n))
-                }
-                ffi::SQLITE_BLOB => {
-                    let p = ffi::sqlite3_column_blob(self.stmt, i).cast::<u8>();
-                    let n = ffi::sqlite3_column_bytes(self.stmt, i) as usize;
-                    OwnedValue::Blob(copy_bytes(p, n))
-                }
-                _ => OwnedValue::Null,
-            }
+        match self.column_ref(i) {
+            ValueRef::Null => OwnedValue::Null,
+            ValueRef::Integer(v) => OwnedValue::Integer(v),
+            ValueRef::Real(v) => OwnedValue::Real(v),
+            ValueRef::Text(t) => OwnedValue::Text(t.to_vec()),
+            ValueRef::Blob(b) => OwnedValue::Blob(b.to_vec()),
         }
     }
 
@@ -383,16 +370,6 @@ impl Stmt<'_> {
                 Some(std::slice::from_raw_parts(p, n))
             }
         }
-    }
-}
-
-/// # Safety
-/// `p` is NULL or valid for `n` bytes.
-unsafe fn copy_bytes(p: *const u8, n: usize) -> Vec<u8> {
-    if p.is_null() || n == 0 {
-        Vec::new()
-    } else {
-        std::slice::from_raw_parts(p, n).to_vec()
     }
 }
 

@@ -410,6 +410,16 @@ fn build_changes(
     buffer: &TxBuffer,
     changes: &mut Changes,
 ) -> Result<(), CaptureError> {
+    // Room for every change at once: growing by doubling would hold up to
+    // twice a large record.
+    let table_names: usize = buffer.tables.iter().map(String::len).sum();
+    changes.framed.reserve(
+        buffer.section_bytes.len()
+            + buffer.sections.len() * 4
+            + buffer.values.len()
+            + 2 * buffer.keys.len()
+            + buffer.entries.len() * (16 + table_names.min(1024)),
+    );
     for s in buffer.section_changes() {
         changes.push_encoded(s);
     }
