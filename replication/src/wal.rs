@@ -784,6 +784,20 @@ impl RecordEncoder {
         if len > MAX_RECORD_BYTES {
             return Err(too_big("record", len, MAX_RECORD_BYTES));
         }
+        // The decoder never accepts the last representable CommitId (its
+        // successor does not exist), nor a record ending past the largest
+        // WAL offset: refuse to write them.
+        if commit_id.0 == u64::MAX {
+            return Err(too_big("CommitId", usize::MAX, usize::MAX - 1));
+        }
+        let Some(end) = self.position.wal_offset.0.checked_add(len as u64) else {
+            return Err(EncodeError::TooLarge {
+                what: "WAL offset",
+                actual: u64::MAX,
+                limit: u64::MAX - len as u64,
+                commit_id: Some(commit_id),
+            });
+        };
         let mut header = Vec::with_capacity(RECORD_HEADER_LEN);
         put_u32(&mut header, len as u32);
         put_u64(&mut header, commit_id.0);
@@ -805,7 +819,7 @@ impl RecordEncoder {
         self.position = ChainPosition {
             generation: self.position.generation,
             commit_id,
-            wal_offset: WalOffset(self.position.wal_offset.0 + len as u64),
+            wal_offset: WalOffset(end),
             chain,
         };
         Ok(seal)
