@@ -32,6 +32,8 @@ pub(crate) struct Column {
     pub not_null: bool,
     /// Position in the primary key (1-based), 0 if not in it.
     pub pk: i64,
+    /// Declared type (decides the column's affinity).
+    pub decl_type: String,
 }
 
 /// A column of a key or unique index, with the collation it compares with.
@@ -58,7 +60,7 @@ pub(crate) struct UniqueIndex {
 /// columns, which the replica computes itself, left out).
 pub(crate) fn columns(conn: RawConn, schema: &str, table: &str) -> Result<Vec<Column>, RawError> {
     let mut s = conn.prepare(
-        "SELECT name, \"notnull\", pk, hidden FROM pragma_table_xinfo(?1, ?2) ORDER BY cid",
+        "SELECT name, \"notnull\", pk, hidden, type FROM pragma_table_xinfo(?1, ?2) ORDER BY cid",
     )?;
     s.bind(1, ValueRef::Text(table.as_bytes()))?;
     s.bind(2, ValueRef::Text(schema.as_bytes()))?;
@@ -71,6 +73,7 @@ pub(crate) fn columns(conn: RawConn, schema: &str, table: &str) -> Result<Vec<Co
             name: s.column(0).into_string().unwrap_or_default(),
             not_null: s.column(1).as_i64() == Some(1),
             pk: s.column(2).as_i64().unwrap_or(0),
+            decl_type: s.column(4).into_string().unwrap_or_default(),
         });
     }
     Ok(out)
@@ -184,6 +187,35 @@ pub(crate) fn unique_indexes(
             })
         })
         .collect()
+}
+
+/// True when two keys that compare equal are always the same bytes: every
+/// key column compares with BINARY and has a type affinity (a column
+/// without one stores 1 and 1.0 apart, yet they compare equal). The rowid
+/// always does. Capture compares touched keys as bytes; for other keys it
+/// probes the table as the key compares.
+pub(crate) fn key_is_exact(columns: &[Column], key: &[KeyColumn], rowid_key: bool) -> bool {
+    if rowid_key {
+        return true;
+    }
+    key.iter().all(|k| {
+        let affinity_blob = columns
+            .iter()
+            .find(|c| c.name == k.name)
+            .map(|c| {
+                let t = c.decl_type.to_ascii_uppercase();
+                !t.contains("INT")
+                    && !t.contains("CHAR")
+                    && !t.contains("CLOB")
+                    && !t.contains("TEXT")
+                    && !t.contains("REAL")
+                    && !t.contains("FLOA")
+                    && !t.contains("DOUB")
+                    && (t.is_empty() || t.contains("BLOB"))
+            })
+            .unwrap_or(true);
+        k.collation.eq_ignore_ascii_case("BINARY") && !affinity_blob
+    })
 }
 
 /// `"k1" = ?{first} COLLATE "c1" AND ...`: the key matched as the key

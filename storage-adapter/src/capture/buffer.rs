@@ -77,6 +77,7 @@ pub(crate) struct Entry {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Mark {
     level: i32,
+    tables: usize,
     entries: usize,
     keys: usize,
     values: usize,
@@ -263,6 +264,7 @@ impl TxBuffer {
         self.marks.retain(|m| m.level < level);
         self.marks.push(Mark {
             level,
+            tables: self.tables.len(),
             entries: self.entries.len(),
             keys: self.keys.len(),
             values: self.values.len(),
@@ -290,6 +292,7 @@ impl TxBuffer {
             Some(m) => *m,
             None => Mark {
                 level,
+                tables: 0,
                 entries: 0,
                 keys: 0,
                 values: 0,
@@ -306,6 +309,10 @@ impl TxBuffer {
                 self.index.insert(e.hash, e.next);
             }
         }
+        // A table first touched after the savepoint has all its entries
+        // after it too.
+        self.tables.truncate(mark.tables);
+        self.last_table = 0;
         self.keys.truncate(mark.keys);
         self.values.truncate(mark.values);
         self.sections.truncate(mark.sections);

@@ -95,12 +95,30 @@ impl Statements {
             }
             self.tables_at = version;
         }
+        // A trigger that can skip capture refuses every write to
+        // replicated tables: the write it skipped left no touch to name it.
+        if let Some(t) = self.tables.values().find(|t| t.info.raises_first.is_some()) {
+            return Err(CaptureError::UnsafeTrigger {
+                table: t.info.name.clone(),
+                trigger: t.info.raises_first.clone().unwrap_or_default(),
+            });
+        }
         for name in &buffer.tables {
-            if !self.tables.contains_key(name) {
-                return Err(CaptureError::CaptureBroken {
-                    table: name.clone(),
-                    problem: "it is not in aerodb_tables (its capture triggers outlived its registration)".into(),
-                });
+            match self.tables.get(name) {
+                None => {
+                    return Err(CaptureError::CaptureBroken {
+                        table: name.clone(),
+                        problem: "it is not in aerodb_tables (its capture triggers outlived its registration)".into(),
+                    })
+                }
+                Some(t) => {
+                    if let Some(trigger) = &t.info.raises_first {
+                        return Err(CaptureError::UnsafeTrigger {
+                            table: name.clone(),
+                            trigger: trigger.clone(),
+                        });
+                    }
+                }
             }
         }
         Ok(())
@@ -291,12 +309,16 @@ pub(crate) fn write_record(
     if let Some((_, error)) = &state.poisoned {
         return Err(CaptureError::Uncaptured(error.clone()));
     }
+    let Some(generation) = state.tx_generation else {
+        // Nothing captured: still refused if a trigger could have skipped
+        // a capture (the capture table joined: a replicated table was
+        // written).
+        let (_, version) = stmts.head(conn, Generation(0))?;
+        return stmts.check_tables(conn, &state.buffer, version);
+    };
     if state.buffer.is_empty() {
         return Ok(());
     }
-    let Some(generation) = state.tx_generation else {
-        return Ok(());
-    };
     let (start, version) = stmts.head(conn, generation)?;
     stmts.check_tables(conn, &state.buffer, version)?;
     let commit_id = start.commit_id.next();
@@ -344,13 +366,40 @@ enum Existence {
     Unknown,
 }
 
-fn existence(e: &super::buffer::Entry, info: &TableInfo) -> Existence {
-    match (info.order_known, e.existed, info.extra_unique) {
+fn existence(e: &super::buffer::Entry, t: &Touched<'_>) -> Existence {
+    match (
+        t.info.order_known && !t.replicated,
+        e.existed,
+        t.info.probed,
+    ) {
         (false, _, _) => Existence::Unknown,
         (true, true, _) => Existence::Existed,
         (true, false, true) => Existence::New,
         (true, false, false) => Existence::Unknown,
     }
+}
+
+/// A table the transaction touched, as its changes need it.
+struct Touched<'a> {
+    info: &'a TableInfo,
+    /// `aerodb_replicate` ran on it in this transaction: its schema record
+    /// restarts it on the replica from the rows of that moment, so whether
+    /// a key's row existed there is not known.
+    replicated: bool,
+}
+
+/// The tables the transaction's schema records (`aerodb_replicate`) are for.
+fn replicated_tables(buffer: &TxBuffer) -> Vec<String> {
+    buffer
+        .section_changes()
+        .filter(|c| c.first() == Some(&(Operation::Schema as u8)))
+        .filter_map(|c| {
+            let len = u16::from_le_bytes([*c.get(1)?, *c.get(2)?]) as usize;
+            std::str::from_utf8(c.get(3..3 + len)?)
+                .ok()
+                .map(str::to_owned)
+        })
+        .collect()
 }
 
 /// A touched key's state at the end of the transaction.
@@ -442,10 +491,29 @@ fn resolve_and_order(
     changes: &mut Changes,
     looked_up: &mut Vec<u8>,
 ) -> Result<(), CaptureError> {
+    // What decides each change, per touched table (one lookup per table).
+    let replicated = replicated_tables(buffer);
+    let tables: Vec<Touched<'_>> = buffer
+        .tables
+        .iter()
+        .map(|t| Touched {
+            info: &stmts.tables[t].info,
+            replicated: replicated.iter().any(|r| r == t),
+        })
+        .collect();
+    // In a probed table a row a trigger saw can still be deleted by a later
+    // REPLACE without a trigger (one written by a BEFORE trigger that runs
+    // after the probe): read its final state.
+    let probed: Vec<bool> = tables.iter().map(|t| t.info.probed).collect();
+    drop(tables);
     let mut finals: Vec<Final> = Vec::with_capacity(buffer.entries.len());
     for e in &buffer.entries {
         let table = &buffer.tables[e.table as usize];
-        finals.push(match &e.known {
+        let known = match &e.known {
+            Known::Row(_) if probed[e.table as usize] => &Known::Lookup,
+            k => k,
+        };
+        finals.push(match known {
             Known::Row(r) => Final::Row(false, r.clone()),
             Known::Absent => Final::Absent,
             Known::Lookup => {
@@ -471,11 +539,13 @@ fn resolve_and_order(
             return Err(too_large(buffer, changes.framed.len() + looked_up.len()));
         }
     }
-    // What decides each change, per touched table (one lookup per table).
-    let tables: Vec<&TableInfo> = buffer
+    let tables: Vec<Touched<'_>> = buffer
         .tables
         .iter()
-        .map(|t| &stmts.tables[t].info)
+        .map(|t| Touched {
+            info: &stmts.tables[t].info,
+            replicated: replicated.iter().any(|r| r == t),
+        })
         .collect();
     let encode = |r: Result<(), EncodeError>, table: &str| {
         r.map_err(|source| CaptureError::Encode {
@@ -487,8 +557,8 @@ fn resolve_and_order(
     // (a key equal to an existing one under its collation comes after it).
     for first_pass in [true, false] {
         for (e, f) in buffer.entries.iter().zip(&finals) {
-            let info = tables[e.table as usize];
-            let existence = existence(e, info);
+            let t = &tables[e.table as usize];
+            let (info, existence) = (t.info, existence(e, t));
             let delete = match (f, existence) {
                 (Final::Unchanged, _) | (_, Existence::New) => false,
                 (Final::Absent, _) => true,
@@ -513,9 +583,9 @@ fn resolve_and_order(
         } else {
             &buffer.values[range.clone()]
         };
-        let info = tables[e.table as usize];
-        let table = &info.name;
-        if existence(e, info) == Existence::Existed && !info.extra_unique {
+        let t = &tables[e.table as usize];
+        let (info, table) = (t.info, &t.info.name);
+        if existence(e, t) == Existence::Existed && !info.extra_unique {
             encode(
                 changes.push(Operation::Update, table, &[buffer.key(e), row]),
                 table,

@@ -115,6 +115,14 @@ pub enum CaptureError {
         /// What changed.
         problem: String,
     },
+    /// A trigger that fires before capture can skip it.
+    #[error("write to replicated table '{table}' refused: trigger {trigger} fires before its capture triggers (it is TEMP or newer than them) and can RAISE(IGNORE) or RAISE(FAIL), which keeps a row change but skips its capture; drop it, or run aerodb_replicate('{table}') after creating it so that capture fires first (TEMP triggers always fire first)")]
+    UnsafeTrigger {
+        /// The table.
+        table: String,
+        /// The trigger.
+        trigger: String,
+    },
     /// A row event of this transaction could not be captured.
     #[error("the transaction cannot commit: a write to a replicated table was not captured ({0}); roll it back")]
     Uncaptured(String),

@@ -26,6 +26,8 @@ struct Found {
     key: Vec<KeyColumn>,
     unique: Vec<UniqueIndex>,
     indexes: Vec<String>,
+    /// Two equal keys may differ in bytes (collation, no affinity).
+    inexact_key: bool,
 }
 
 fn find(conn: RawConn, table: &str) -> Result<Found, CaptureError> {
@@ -121,7 +123,10 @@ fn find(conn: RawConn, table: &str) -> Result<Found, CaptureError> {
             )
         })?;
     let indexes = tables::indexes_of(conn, &name)?;
+    let rowid_key = table_info::key_is_rowid(conn, "main", &name).map_err(sqlite(doing()))?;
+    let inexact_key = !table_info::key_is_exact(&columns, &key, rowid_key);
     Ok(Found {
+        inexact_key,
         name,
         sql,
         columns,
@@ -199,10 +204,11 @@ fn triggers(
     add("insert", "AFTER INSERT", insert);
     add("update", "AFTER UPDATE", update);
     add("delete", "AFTER DELETE", call(3, key("OLD")));
-    if !t.unique.is_empty() {
+    if !t.unique.is_empty() || t.inexact_key {
         // A REPLACE deletes the rows holding the new row's unique values
-        // without firing a trigger (recursive_triggers is off by default):
-        // note those rows first, so their fate is read at commit.
+        // (or its key, spelled otherwise) without firing a trigger
+        // (recursive_triggers is off by default): note those rows first,
+        // so their fate is read at commit.
         // The row with the new row's key is probed too: a REPLACE deletes
         // it as well, and a key found absent here is known to be new.
         let key_index = UniqueIndex {
@@ -232,18 +238,10 @@ fn triggers(
                 )
             })
             .collect();
-        let mut of: Vec<String> = std::iter::once(&key_index)
-            .chain(&t.unique)
-            .flat_map(|u| u.columns.iter().map(|c| quote_ident(&c.name)))
-            .collect();
-        of.sort();
-        of.dedup();
+        // Every UPDATE: `UPDATE OF` lists match the names written in SET,
+        // which miss `rowid` for the key and generated columns.
         add("before_insert", "BEFORE INSERT", candidates.join(" "));
-        add(
-            "before_update",
-            &format!("BEFORE UPDATE OF {}", of.join(", ")),
-            candidates.join(" "),
-        );
+        add("before_update", "BEFORE UPDATE", candidates.join(" "));
     }
     Ok((names, ddl))
 }

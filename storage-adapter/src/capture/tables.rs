@@ -33,6 +33,15 @@ pub(crate) struct TableInfo {
     /// transaction. A user trigger that fires first can change the row
     /// before capture sees the change, so then existence is unknown.
     pub order_known: bool,
+    /// Its capture triggers probe the table before each INSERT and UPDATE
+    /// (other UNIQUE constraints, or keys that compare equal in other
+    /// bytes): a REPLACE's silent deletions are noted, and a key not found
+    /// existing there was new.
+    pub probed: bool,
+    /// A trigger that fires before its capture triggers and can
+    /// `RAISE(IGNORE)` / `RAISE(FAIL)`: SQLite then keeps the row change
+    /// but skips the capture trigger, so writes to the table are refused.
+    pub raises_first: Option<String>,
 }
 
 /// A registry row.
@@ -193,41 +202,75 @@ pub(crate) fn registered(conn: RawConn) -> Result<Vec<TableInfo>, CaptureError> 
         .into_iter()
         .map(|r| {
             let mut i = info(conn, &r.name)?;
-            i.order_known = capture_fires_first(conn, &r)?;
+            let (first, raises) = capture_fires_first(conn, &r)?;
+            i.order_known = first && !self_cascading(conn, &r.name)?;
+            i.raises_first = raises;
             Ok(i)
         })
         .collect()
 }
 
-/// No trigger fires before `r`'s capture triggers: SQLite fires a table's
-/// TEMP triggers first, then its triggers newest first (in the order of
-/// their rows in sqlite_schema).
-fn capture_fires_first(conn: RawConn, r: &Registered) -> Result<bool, CaptureError> {
-    let doing = "reading the triggers of a replicated table";
-    let temp = conn
+/// A foreign key of `table` to itself with an action: SQLite runs the
+/// action (which changes rows of the table) before the AFTER triggers of
+/// the change that caused it.
+fn self_cascading(conn: RawConn, table: &str) -> Result<bool, CaptureError> {
+    let n = conn
         .query_value(
-            "SELECT count(*) FROM temp.sqlite_schema WHERE type = 'trigger' AND tbl_name = ?1 COLLATE NOCASE",
-            &[ValueRef::Text(r.name.as_bytes())],
+            "SELECT count(*) FROM pragma_foreign_key_list(?1, 'main') WHERE \"table\" = ?1 COLLATE NOCASE \
+             AND (on_update NOT IN ('NO ACTION', 'RESTRICT') OR on_delete NOT IN ('NO ACTION', 'RESTRICT'))",
+            &[ValueRef::Text(table.as_bytes())],
         )
-        .map_err(sqlite(doing))?
+        .map_err(sqlite("reading the foreign keys of a replicated table"))?
         .and_then(|v| v.as_i64());
-    if temp != Some(0) {
-        return Ok(false);
-    }
+    Ok(n != Some(0))
+}
+
+/// Whether no trigger fires before `r`'s capture triggers (SQLite fires a
+/// table's TEMP triggers first, then its triggers newest first, in the
+/// order of their rows in sqlite_schema), and the name of one that fires
+/// before them and can RAISE (AFTER triggers whose body calls RAISE).
+fn capture_fires_first(
+    conn: RawConn,
+    r: &Registered,
+) -> Result<(bool, Option<String>), CaptureError> {
+    let doing = "reading the triggers of a replicated table";
     let ours = format!("{LIST_SEPARATOR}{}{LIST_SEPARATOR}", r.triggers);
-    let newer = conn
-        .query_value(
-            "SELECT count(*) FROM main.sqlite_schema WHERE type = 'trigger' AND tbl_name = ?1 \
+    let mut s = conn
+        .prepare(
+            "SELECT name, sql FROM temp.sqlite_schema WHERE type = 'trigger' AND tbl_name = ?1 COLLATE NOCASE \
+             UNION ALL \
+             SELECT name, sql FROM main.sqlite_schema WHERE type = 'trigger' AND tbl_name = ?1 COLLATE NOCASE \
              AND instr(?2, char(30) || name || char(30)) = 0 \
              AND rowid > (SELECT min(rowid) FROM main.sqlite_schema WHERE type = 'trigger' AND instr(?2, char(30) || name || char(30)) > 0)",
-            &[
-                ValueRef::Text(r.name.as_bytes()),
-                ValueRef::Text(ours.as_bytes()),
-            ],
         )
-        .map_err(sqlite(doing))?
-        .and_then(|v| v.as_i64());
-    Ok(newer == Some(0))
+        .map_err(sqlite(doing))?;
+    s.bind(1, ValueRef::Text(r.name.as_bytes()))
+        .map_err(sqlite(doing))?;
+    s.bind(2, ValueRef::Text(ours.as_bytes()))
+        .map_err(sqlite(doing))?;
+    let (mut first, mut raises) = (true, None);
+    while s.step().map_err(sqlite(doing))? {
+        first = false;
+        let name = s.column(0).into_string().unwrap_or_default();
+        let sql = s.column(1).into_string().unwrap_or_default();
+        if raises.is_none() && can_raise_after(&sql) {
+            raises = Some(name);
+        }
+    }
+    Ok((first, raises))
+}
+
+/// A trigger whose body calls RAISE and that is not a BEFORE trigger
+/// (RAISE(IGNORE) in a BEFORE trigger skips the change itself, which is
+/// safe). Read from its CREATE TRIGGER text; unsure means yes.
+fn can_raise_after(sql: &str) -> bool {
+    let upper = sql.to_ascii_uppercase();
+    if !upper.contains("RAISE") {
+        return false;
+    }
+    let head = upper.split(" ON ").next().unwrap_or("");
+    let before = head.split_whitespace().any(|w| w == "BEFORE");
+    !before
 }
 
 /// What the commit needs of `table`, from its schema.
@@ -244,6 +287,13 @@ pub(crate) fn info(conn: RawConn, table: &str) -> Result<TableInfo, CaptureError
         columns: columns.len(),
         extra_unique,
         order_known: false,
+        probed: extra_unique
+            || !table_info::key_is_exact(
+                &columns,
+                &key,
+                table_info::key_is_rowid(conn, "main", table).map_err(sqlite(doing()))?,
+            ),
+        raises_first: None,
         lookup_sql: format!(
             "SELECT {} FROM main.{} WHERE {}",
             names.join(", "),
