@@ -493,19 +493,14 @@ fn resolve_and_order(
 ) -> Result<(), CaptureError> {
     // What decides each change, per touched table (one lookup per table).
     let replicated = replicated_tables(buffer);
-    let tables: Vec<Touched<'_>> = buffer
-        .tables
-        .iter()
-        .map(|t| Touched {
-            info: &stmts.tables[t].info,
-            replicated: replicated.iter().any(|r| r == t),
-        })
-        .collect();
     // In a probed table a row a trigger saw can still be deleted by a later
     // REPLACE without a trigger (one written by a BEFORE trigger that runs
     // after the probe): read its final state.
-    let probed: Vec<bool> = tables.iter().map(|t| t.info.probed).collect();
-    drop(tables);
+    let probed: Vec<bool> = buffer
+        .tables
+        .iter()
+        .map(|t| stmts.tables[t].info.probed)
+        .collect();
     let mut finals: Vec<Final> = Vec::with_capacity(buffer.entries.len());
     for e in &buffer.entries {
         let table = &buffer.tables[e.table as usize];
