@@ -1444,31 +1444,24 @@ fn probe_insert_or_replace_through_a_unique_generated_column() {
     h.check("after INSERT OR REPLACE through a UNIQUE generated column");
 }
 
-/// DEFECT (low severity, configuration: uncaptured commit): with
-/// `journal_mode=OFF` SQLite cannot undo a failed statement, so the row
-/// whose capture failed (value over MAX_VALUE_BYTES) stays and commits,
-/// while capture forgot it. Expected: capture refuses journal_mode=OFF (or
-/// the row is not kept). Actual: the primary has row 3, the replica not.
+/// Fixed: with `journal_mode=OFF` SQLite cannot undo a failed statement,
+/// so a row whose capture failed would stay: writes to replicated tables
+/// are refused in that mode, before they change anything.
 #[test]
-#[ignore = "known defect (configuration): journal_mode=OFF cannot undo a statement whose capture failed"]
-fn defect_journal_mode_off_keeps_a_row_whose_capture_failed() {
-    let mut h = Harness::with_journal("OFF");
+fn journal_mode_off_refuses_writes_to_replicated_tables() {
+    let mut h = Harness::with_journal("DELETE");
     h.exec("CREATE TABLE t(id INTEGER PRIMARY KEY, v)");
     h.replicate("t");
     h.exec("INSERT INTO t VALUES (1, 'a')");
     h.check("after the insert");
-    let _ = h.conn().execute_batch(&format!(
-        "BEGIN; INSERT INTO t VALUES (2, 'b'); INSERT INTO t VALUES (3, zeroblob({BIG}))"
-    ));
-    let _ = h.conn().execute_batch("COMMIT");
-    let _ = h
-        .conn()
-        .execute_batch("BEGIN; UPDATE t SET v = 'changed'; ROLLBACK");
-    eprintln!(
-        "rows with journal_mode=OFF: {:?}",
-        h.rows("SELECT id, length(v) FROM t ORDER BY id")
-    );
-    h.check("after rollbacks with journal_mode=OFF");
+    h.exec("PRAGMA journal_mode = OFF");
+    let e = h.exec_err("INSERT INTO t VALUES (2, 'b')");
+    assert!(e.contains("journal_mode is OFF"), "{e}");
+    let e = h.exec_err(&format!("BEGIN; INSERT INTO t VALUES (3, zeroblob({BIG}))"));
+    assert!(e.contains("journal_mode is OFF"), "{e}");
+    let _ = h.conn().execute_batch("ROLLBACK");
+    assert_eq!(h.rows("SELECT id FROM t"), ["(1)"]);
+    h.check("after refused writes with journal_mode=OFF");
 }
 
 /// Held: FAIL semantics reached without any user trigger? SQLite runs

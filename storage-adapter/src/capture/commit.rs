@@ -39,6 +39,7 @@ use std::collections::HashMap;
 #[derive(Default)]
 pub(crate) struct Statements {
     head: Option<Stmt<'static>>,
+    journal_mode: Option<Stmt<'static>>,
     insert_record: Option<Stmt<'static>>,
 
     /// Replicated tables as the registry and schema describe them, read
@@ -120,6 +121,28 @@ impl Statements {
                     }
                 }
             }
+        }
+        Ok(())
+    }
+
+    /// Refuses to capture into a database whose journal cannot undo a
+    /// statement (`journal_mode=OFF`): a statement whose capture failed
+    /// would keep its row. Called when the capture table joins a
+    /// transaction, before the statement changes anything.
+    pub(crate) fn check_journal(&mut self, conn: RawConn) -> Result<(), CaptureError> {
+        let s = kept(&mut self.journal_mode, conn, "PRAGMA main.journal_mode")?;
+        let r = s.step().map_err(sqlite("reading the journal mode"));
+        let mode = match r {
+            Ok(true) => s.column(0).into_string().unwrap_or_default(),
+            Ok(false) => String::new(),
+            Err(e) => {
+                s.reset();
+                return Err(e);
+            }
+        };
+        s.reset();
+        if mode.eq_ignore_ascii_case("off") {
+            return Err(CaptureError::JournalOff);
         }
         Ok(())
     }

@@ -123,6 +123,9 @@ pub enum CaptureError {
         /// The trigger.
         trigger: String,
     },
+    /// The database's journal cannot undo a statement.
+    #[error("write to a replicated table refused: journal_mode is OFF, so SQLite cannot undo a statement whose capture fails; use WAL (or any other journal mode)")]
+    JournalOff,
     /// A row event of this transaction could not be captured.
     #[error("the transaction cannot commit: a write to a replicated table was not captured ({0}); roll it back")]
     Uncaptured(String),
