@@ -72,8 +72,7 @@ pub(crate) struct Entry {
     next: u32,
 }
 
-/// A pre-encoded change of the record (schema records and the rows that
-/// travel with them), which goes before the touched keys' changes.
+/// What the buffer held when a savepoint opened (lengths to truncate to).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Mark {
     level: i32,
@@ -120,6 +119,11 @@ fn hash_key(table: u32, key: &[u8]) -> u64 {
 
 const NONE: u32 = u32::MAX;
 
+/// A buffer larger than this is freed, not kept, when its transaction ends.
+const KEPT_BYTES: usize = 1 << 20;
+/// The same for the number of touched keys.
+const KEPT_ENTRIES: usize = 1 << 14;
+
 /// The buffer of one connection's open transaction.
 #[derive(Default)]
 pub(crate) struct TxBuffer {
@@ -131,7 +135,9 @@ pub(crate) struct TxBuffer {
     pub keys: Vec<u8>,
     /// Encoded row value lists.
     pub values: Vec<u8>,
-    /// Pre-encoded changes (schema records and their rows), back to back.
+    /// Pre-encoded changes of the record (schema records and the rows that
+    /// travel with them), back to back; they go before the touched keys'
+    /// changes.
     pub section_bytes: Vec<u8>,
     /// Where each pre-encoded change ends in `section_bytes`.
     pub sections: Vec<usize>,
@@ -157,18 +163,12 @@ impl TxBuffer {
 
     /// Forgets everything (commit or rollback).
     pub fn clear(&mut self) {
-        *self = TxBuffer {
-            // Keep the allocations of a busy connection.
-            tables: std::mem::take(&mut self.tables),
-            entries: std::mem::take(&mut self.entries),
-            keys: std::mem::take(&mut self.keys),
-            values: std::mem::take(&mut self.values),
-            section_bytes: std::mem::take(&mut self.section_bytes),
-            sections: std::mem::take(&mut self.sections),
-            index: std::mem::take(&mut self.index),
-            marks: Vec::new(),
-            last_table: 0,
-        };
+        // Keep the allocations of a busy connection, not those of a big
+        // transaction.
+        if self.bytes() > KEPT_BYTES || self.index.capacity() > KEPT_ENTRIES {
+            *self = TxBuffer::default();
+            return;
+        }
         self.tables.clear();
         self.entries.clear();
         self.keys.clear();
@@ -176,6 +176,8 @@ impl TxBuffer {
         self.section_bytes.clear();
         self.sections.clear();
         self.index.clear();
+        self.marks.clear();
+        self.last_table = 0;
     }
 
     /// The index of `table` in [`TxBuffer::tables`].
