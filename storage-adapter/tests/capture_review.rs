@@ -708,8 +708,9 @@ fn defect_incremental_blob_write_is_not_captured() {
 /// accepted; the replica gets (1, 'copy') and (5, 'copy only'), main has
 /// (1, 'a').
 #[test]
-#[ignore = "known defect: writes through ATTACH to a copy of the primary with the same generation are captured into main"]
-fn defect_attached_copy_of_the_primary_with_the_same_generation() {
+fn writes_through_an_attached_copy_of_the_primary_are_refused() {
+    // Fixed: a connection with a same-generation copy attached refuses
+    // writes to replicated tables (checked when capture joins).
     let mut h = Harness::new();
     h.exec("CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT)");
     h.replicate("t");

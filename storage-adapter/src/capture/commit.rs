@@ -129,12 +129,25 @@ impl Statements {
     /// statement (`journal_mode=OFF`): a statement whose capture failed
     /// would keep its row. Called when the capture table joins a
     /// transaction, before the statement changes anything.
+    ///
+    /// Also refuses a transaction of a connection that has a copy of its
+    /// primary attached (same generation): the copy's capture triggers
+    /// would record its writes as the primary's. ATTACH is not allowed
+    /// inside a transaction, so this holds for the whole transaction.
     pub(crate) fn check_journal(&mut self, conn: RawConn) -> Result<(), CaptureError> {
-        let s = kept(&mut self.journal_mode, conn, "PRAGMA main.journal_mode")?;
+        let s = kept(
+            &mut self.journal_mode,
+            conn,
+            "SELECT (SELECT journal_mode FROM pragma_journal_mode), \
+             (SELECT group_concat(name, char(30)) FROM pragma_database_list WHERE name NOT IN ('main', 'temp'))",
+        )?;
         let r = s.step().map_err(sqlite("reading the journal mode"));
-        let mode = match r {
-            Ok(true) => s.column(0).into_string().unwrap_or_default(),
-            Ok(false) => String::new(),
+        let (mode, attached) = match r {
+            Ok(true) => (
+                s.column(0).into_string().unwrap_or_default(),
+                s.column(1).into_string(),
+            ),
+            Ok(false) => (String::new(), None),
             Err(e) => {
                 s.reset();
                 return Err(e);
@@ -143,6 +156,9 @@ impl Statements {
         s.reset();
         if mode.eq_ignore_ascii_case("off") {
             return Err(CaptureError::JournalOff);
+        }
+        if let Some(attached) = attached {
+            check_attached(conn, &attached)?;
         }
         Ok(())
     }
@@ -434,6 +450,34 @@ enum Final {
     Absent,
     /// The row was only noted as a REPLACE candidate and is unchanged.
     Unchanged,
+}
+
+/// Refuses when an attached database (names joined by char(30)) is a
+/// primary of the main database's generation.
+fn check_attached(conn: RawConn, attached: &str) -> Result<(), CaptureError> {
+    let generation = |schema: &str| -> Option<i64> {
+        conn.query_value(
+            &format!(
+                "SELECT value FROM {}.aerodb_meta WHERE key = 'generation'",
+                crate::table_info::quote_ident(schema)
+            ),
+            &[],
+        )
+        .ok()
+        .flatten()
+        .and_then(|v| v.as_i64())
+    };
+    let Some(main) = generation("main") else {
+        return Ok(());
+    };
+    for schema in attached.split('\u{1e}') {
+        if generation(schema) == Some(main) {
+            return Err(CaptureError::CopyAttached {
+                schema: schema.to_owned(),
+            });
+        }
+    }
+    Ok(())
 }
 
 /// Scratch buffers larger than this are not kept between commits.

@@ -123,6 +123,12 @@ pub enum CaptureError {
         /// The trigger.
         trigger: String,
     },
+    /// A copy of this primary is attached.
+    #[error("write refused: database '{schema}' attached to this connection is a copy of this primary (same generation); its capture triggers would record its writes as this primary's. DETACH it, or write it from its own connection")]
+    CopyAttached {
+        /// The attached database's name.
+        schema: String,
+    },
     /// The database's journal cannot undo a statement.
     #[error("write to a replicated table refused: journal_mode is OFF, so SQLite cannot undo a statement whose capture fails; use WAL (or any other journal mode)")]
     JournalOff,
