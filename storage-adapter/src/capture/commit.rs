@@ -40,6 +40,7 @@ use std::collections::HashMap;
 pub(crate) struct Statements {
     head: Option<Stmt<'static>>,
     journal_mode: Option<Stmt<'static>>,
+    database_list: Option<Stmt<'static>>,
     insert_record: Option<Stmt<'static>>,
 
     /// Replicated tables as the registry and schema describe them, read
@@ -87,6 +88,7 @@ impl Statements {
         if version.is_none() || version != self.tables_at {
             self.tables.clear();
             self.tables_at = None;
+            self.check_connection(conn)?;
             for name in &buffer.tables {
                 tables::verify(conn, name)?;
             }
@@ -126,34 +128,46 @@ impl Statements {
     }
 
     /// Refuses to capture into a database whose journal cannot undo a
-    /// statement (`journal_mode=OFF`): a statement whose capture failed
-    /// would keep its row. Called when the capture table joins a
-    /// transaction, before the statement changes anything.
-    ///
-    /// Also refuses a transaction of a connection that has a copy of its
-    /// primary attached (same generation): the copy's capture triggers
-    /// would record its writes as the primary's. ATTACH is not allowed
-    /// inside a transaction, so this holds for the whole transaction.
-    pub(crate) fn check_journal(&mut self, conn: RawConn) -> Result<(), CaptureError> {
-        let s = kept(
-            &mut self.journal_mode,
-            conn,
-            "SELECT (SELECT journal_mode FROM pragma_journal_mode), \
-             (SELECT group_concat(name, char(30)) FROM pragma_database_list WHERE name NOT IN ('main', 'temp'))",
-        )?;
+    /// statement (`journal_mode=OFF`: a statement whose capture failed
+    /// would keep its row), and on a connection that has a copy of its
+    /// primary attached (same generation: the copy's capture triggers
+    /// would record its writes as the primary's). Run with the table
+    /// descriptions, when the head statement was prepared again: ATTACH
+    /// and DETACH expire every statement, and so does any schema change;
+    /// a later `PRAGMA journal_mode=OFF` alone is not noticed (it costs a
+    /// statement per commit to watch).
+    fn check_connection(&mut self, conn: RawConn) -> Result<(), CaptureError> {
+        // Plain pragmas: their table-valued forms prepare SQL on every run.
+        let s = kept(&mut self.journal_mode, conn, "PRAGMA main.journal_mode")?;
         let r = s.step().map_err(sqlite("reading the journal mode"));
-        let (mode, attached) = match r {
-            Ok(true) => (
-                s.column(0).into_string().unwrap_or_default(),
-                s.column(1).into_string(),
-            ),
-            Ok(false) => (String::new(), None),
+        let mode = match r {
+            Ok(true) => s.column(0).into_string().unwrap_or_default(),
+            Ok(false) => String::new(),
             Err(e) => {
                 s.reset();
                 return Err(e);
             }
         };
         s.reset();
+        let s = kept(&mut self.database_list, conn, "PRAGMA database_list")?;
+        let mut names = Vec::new();
+        loop {
+            match s.step() {
+                Ok(true) => {
+                    let name = s.column(1).into_string().unwrap_or_default();
+                    if name != "main" && name != "temp" {
+                        names.push(name);
+                    }
+                }
+                Ok(false) => break,
+                Err(e) => {
+                    s.reset();
+                    return Err(sqlite("listing attached databases")(e));
+                }
+            }
+        }
+        s.reset();
+        let attached = (!names.is_empty()).then(|| names.join("\u{1e}"));
         if mode.eq_ignore_ascii_case("off") {
             return Err(CaptureError::JournalOff);
         }

@@ -282,9 +282,6 @@ unsafe extern "C" fn x_update(
 
 unsafe extern "C" fn x_begin(vtab: *mut ffi::sqlite3_vtab) -> c_int {
     with_vtab(vtab, "begin", |v| {
-        // SAFETY: the connection is open and running the statement that
-        // joins the table; this only reads a pragma.
-        v.statements.check_journal(unsafe { RawConn::new(v.db) })?;
         lock(&v.shared).begin();
         Ok(())
     })
