@@ -11,7 +11,7 @@
 //! | spec element | module |
 //! |---|---|
 //! | Primary: assigns CommitIds, appends WAL (P1), passive (P2) | [`capture`] (SQL functions; `capture/buffer.rs` the transaction's touched keys, `capture/vtab.rs` the `aerodb_capture` table that joins each transaction, `capture/commit.rs` the record written and sealed at commit, `capture/replicate.rs`, `capture/tables.rs` the registry and shape checks), [`primary`] |
-| Tables as both sides match rows (key collation, columns) | `table_info.rs` |
+//! | Tables as both sides match rows (key collation, columns) | `table_info.rs` |
 //! | Primary: exposes WAL segments (P1) | [`primary::PrimaryWalReader`] |
 //! | Replica State Store tables (5.5, T1) | [`replica`], `sql/replica.sql` |
 //! | WAL Applier's storage mutation: one transaction per segment (5.4, W1, W2) | [`replica::ReplicaDb::apply`] |

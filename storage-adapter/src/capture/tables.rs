@@ -268,9 +268,50 @@ fn can_raise_after(sql: &str) -> bool {
     if !upper.contains("RAISE") {
         return false;
     }
-    let head = upper.split(" ON ").next().unwrap_or("");
-    let before = head.split_whitespace().any(|w| w == "BEFORE");
-    !before
+    trigger_timing(&upper) != Some("BEFORE")
+}
+
+/// The timing keyword of a CREATE TRIGGER statement (upper case):
+/// `BEFORE`, `AFTER` or `INSTEAD`; `BEFORE` when it is left out, as SQLite
+/// does; `None` when the text does not parse as expected.
+fn trigger_timing(upper: &str) -> Option<&'static str> {
+    let mut tokens = upper.split_whitespace().peekable();
+    if tokens.next()? != "CREATE" {
+        return None;
+    }
+    let mut t = tokens.next()?;
+    if t == "TEMP" || t == "TEMPORARY" {
+        t = tokens.next()?;
+    }
+    if t != "TRIGGER" {
+        return None;
+    }
+    let mut name = tokens.next()?;
+    if name == "IF" {
+        // IF NOT EXISTS
+        tokens.next()?;
+        tokens.next()?;
+        name = tokens.next()?;
+    }
+    // A quoted name may hold spaces: skip to its closing quote.
+    if let Some(open) = name
+        .chars()
+        .next()
+        .filter(|c| matches!(c, '"' | '`' | '[' | '\''))
+    {
+        let close = if open == '[' { ']' } else { open };
+        let mut part = &name[1..];
+        while !part.ends_with(close) {
+            part = tokens.next()?;
+        }
+    }
+    match tokens.next()? {
+        "BEFORE" => Some("BEFORE"),
+        "AFTER" => Some("AFTER"),
+        "INSTEAD" => Some("INSTEAD"),
+        "INSERT" | "UPDATE" | "DELETE" => Some("BEFORE"),
+        _ => None,
+    }
 }
 
 /// What the commit needs of `table`, from its schema.
@@ -301,4 +342,46 @@ pub(crate) fn info(conn: RawConn, table: &str) -> Result<TableInfo, CaptureError
             table_info::key_match(&key, 1)
         ),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn trigger_timing_is_read_past_names_that_look_like_keywords() {
+        let t = |sql: &str| trigger_timing(&sql.to_ascii_uppercase());
+        assert_eq!(
+            t("CREATE TRIGGER x AFTER INSERT ON t BEGIN SELECT 1; END"),
+            Some("AFTER")
+        );
+        assert_eq!(
+            t("CREATE TRIGGER before AFTER INSERT ON t BEGIN END"),
+            Some("AFTER")
+        );
+        assert_eq!(
+            t("create temp trigger if not exists \"a b\" before\ndelete\non t begin end"),
+            Some("BEFORE")
+        );
+        assert_eq!(
+            t("CREATE TRIGGER [my trig] UPDATE OF v ON t BEGIN END"),
+            Some("BEFORE")
+        );
+        assert_eq!(
+            t("CREATE TRIGGER x\tAFTER\tUPDATE\tON t BEGIN SELECT 'BEFORE'; END"),
+            Some("AFTER")
+        );
+        assert!(can_raise_after(
+            "CREATE TRIGGER before AFTER INSERT ON t BEGIN SELECT RAISE(IGNORE); END"
+        ));
+        assert!(!can_raise_after(
+            "CREATE TRIGGER x BEFORE INSERT ON t BEGIN SELECT RAISE(IGNORE); END"
+        ));
+        assert!(can_raise_after(
+            "CREATE TRIGGER x AFTER INSERT\nON t BEGIN SELECT 'BEFORE', RAISE(FAIL, 'no'); END"
+        ));
+        assert!(!can_raise_after(
+            "CREATE TRIGGER x AFTER INSERT ON t BEGIN SELECT 1; END"
+        ));
+    }
 }
