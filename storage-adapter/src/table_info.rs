@@ -204,14 +204,17 @@ pub(crate) fn key_is_exact(columns: &[Column], key: &[KeyColumn], rowid_key: boo
             .find(|c| c.name == k.name)
             .map(|c| {
                 let t = c.decl_type.to_ascii_uppercase();
-                !t.contains("INT")
-                    && !t.contains("CHAR")
-                    && !t.contains("CLOB")
-                    && !t.contains("TEXT")
-                    && !t.contains("REAL")
-                    && !t.contains("FLOA")
-                    && !t.contains("DOUB")
-                    && (t.is_empty() || t.contains("BLOB"))
+                // ANY has no affinity in a STRICT table (and NUMERIC in
+                // others): treat it as none either way.
+                t.trim() == "ANY"
+                    || !t.contains("INT")
+                        && !t.contains("CHAR")
+                        && !t.contains("CLOB")
+                        && !t.contains("TEXT")
+                        && !t.contains("REAL")
+                        && !t.contains("FLOA")
+                        && !t.contains("DOUB")
+                        && (t.is_empty() || t.contains("BLOB"))
             })
             .unwrap_or(true);
         k.collation.eq_ignore_ascii_case("BINARY") && !affinity_blob

@@ -260,52 +260,111 @@ fn capture_fires_first(
     Ok((first, raises))
 }
 
-/// A trigger whose body calls RAISE and that is not a BEFORE trigger
-/// (RAISE(IGNORE) in a BEFORE trigger skips the change itself, which is
-/// safe). Read from its CREATE TRIGGER text; unsure means yes.
+/// A trigger that is not a BEFORE trigger and whose body calls
+/// `RAISE(IGNORE)` or `RAISE(FAIL)` (a BEFORE trigger's RAISE stops the
+/// change itself, and ABORT / ROLLBACK undo it: those are safe). Read from
+/// its CREATE TRIGGER text with comments, string literals and quoted names
+/// taken as SQLite takes them; unsure means yes.
 fn can_raise_after(sql: &str) -> bool {
-    let upper = sql.to_ascii_uppercase();
-    if !upper.contains("RAISE") {
-        return false;
-    }
-    trigger_timing(&upper) != Some("BEFORE")
+    let tokens = sql_tokens(sql);
+    let raises = tokens
+        .windows(3)
+        .any(|w| w[0] == "RAISE" && w[1] == "(" && (w[2] == "IGNORE" || w[2] == "FAIL"));
+    raises && trigger_timing(&tokens) != Some("BEFORE")
 }
 
-/// The timing keyword of a CREATE TRIGGER statement (upper case):
-/// `BEFORE`, `AFTER` or `INSTEAD`; `BEFORE` when it is left out, as SQLite
-/// does; `None` when the text does not parse as expected.
-fn trigger_timing(upper: &str) -> Option<&'static str> {
-    let mut tokens = upper.split_whitespace().peekable();
-    if tokens.next()? != "CREATE" {
-        return None;
-    }
-    let mut t = tokens.next()?;
-    if t == "TEMP" || t == "TEMPORARY" {
-        t = tokens.next()?;
-    }
-    if t != "TRIGGER" {
-        return None;
-    }
-    let mut name = tokens.next()?;
-    if name == "IF" {
-        // IF NOT EXISTS
-        tokens.next()?;
-        tokens.next()?;
-        name = tokens.next()?;
-    }
-    // A quoted name may hold spaces: skip to its closing quote.
-    if let Some(open) = name
-        .chars()
-        .next()
-        .filter(|c| matches!(c, '"' | '`' | '[' | '\''))
-    {
-        let close = if open == '[' { ']' } else { open };
-        let mut part = &name[1..];
-        while !part.ends_with(close) {
-            part = tokens.next()?;
+/// SQL tokens, upper-cased: words, quoted names and string literals (one
+/// token each, quotes kept), single punctuation characters. Comments and
+/// whitespace are dropped.
+fn sql_tokens(sql: &str) -> Vec<String> {
+    let chars: Vec<char> = sql.chars().collect();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < chars.len() {
+        let c = chars[i];
+        if c.is_whitespace() {
+            i += 1;
+        } else if c == '-' && chars.get(i + 1) == Some(&'-') {
+            while i < chars.len() && chars[i] != '\n' {
+                i += 1;
+            }
+        } else if c == '/' && chars.get(i + 1) == Some(&'*') {
+            i += 2;
+            while i < chars.len() && !(chars[i] == '*' && chars.get(i + 1) == Some(&'/')) {
+                i += 1;
+            }
+            i += 2;
+        } else if matches!(c, '"' | '\'' | '`' | '[') {
+            let close = if c == '[' { ']' } else { c };
+            let start = i;
+            i += 1;
+            loop {
+                match chars.get(i) {
+                    None => break,
+                    Some(&x) if x == close => {
+                        // A doubled quote is one quote inside the token.
+                        if close != ']' && chars.get(i + 1) == Some(&close) {
+                            i += 2;
+                        } else {
+                            i += 1;
+                            break;
+                        }
+                    }
+                    Some(_) => i += 1,
+                }
+            }
+            out.push(chars[start..i.min(chars.len())].iter().collect::<String>());
+        } else if c.is_alphanumeric() || c == '_' || c == '$' {
+            let start = i;
+            while i < chars.len()
+                && (chars[i].is_alphanumeric() || chars[i] == '_' || chars[i] == '$')
+            {
+                i += 1;
+            }
+            out.push(
+                chars[start..i]
+                    .iter()
+                    .collect::<String>()
+                    .to_ascii_uppercase(),
+            );
+        } else {
+            out.push(c.to_string());
+            i += 1;
         }
     }
-    match tokens.next()? {
+    out
+}
+
+/// The timing keyword of a CREATE TRIGGER statement's tokens: `BEFORE`,
+/// `AFTER` or `INSTEAD`; `BEFORE` when it is left out, as SQLite does;
+/// `None` when the tokens do not read as expected.
+fn trigger_timing(tokens: &[String]) -> Option<&'static str> {
+    let mut t = tokens.iter().map(String::as_str);
+    if t.next()? != "CREATE" {
+        return None;
+    }
+    let mut next = t.next()?;
+    if next == "TEMP" || next == "TEMPORARY" {
+        next = t.next()?;
+    }
+    if next != "TRIGGER" {
+        return None;
+    }
+    let mut name = t.next()?;
+    if name == "IF" {
+        if t.next()? != "NOT" || t.next()? != "EXISTS" {
+            return None;
+        }
+        name = t.next()?;
+    }
+    let _ = name;
+    let mut after_name = t.next()?;
+    if after_name == "." {
+        // schema.name
+        t.next()?;
+        after_name = t.next()?;
+    }
+    match after_name {
         "BEFORE" => Some("BEFORE"),
         "AFTER" => Some("AFTER"),
         "INSTEAD" => Some("INSTEAD"),
@@ -349,8 +408,8 @@ mod tests {
     use super::*;
 
     #[test]
-    fn trigger_timing_is_read_past_names_that_look_like_keywords() {
-        let t = |sql: &str| trigger_timing(&sql.to_ascii_uppercase());
+    fn trigger_timing_is_read_past_names_comments_and_quotes() {
+        let t = |sql: &str| trigger_timing(&sql_tokens(sql));
         assert_eq!(
             t("CREATE TRIGGER x AFTER INSERT ON t BEGIN SELECT 1; END"),
             Some("AFTER")
@@ -368,20 +427,42 @@ mod tests {
             Some("BEFORE")
         );
         assert_eq!(
-            t("CREATE TRIGGER x\tAFTER\tUPDATE\tON t BEGIN SELECT 'BEFORE'; END"),
+            t("CREATE TRIGGER q/* before */ AFTER INSERT ON t BEGIN END"),
             Some("AFTER")
         );
+        assert_eq!(
+            t("CREATE TRIGGER r-- BEFORE\nAFTER INSERT ON t BEGIN END"),
+            Some("AFTER")
+        );
+        assert_eq!(
+            t("CREATE TRIGGER \"a \"\" before \" AFTER INSERT ON t BEGIN END"),
+            Some("AFTER")
+        );
+        assert_eq!(
+            t("CREATE TRIGGER main.before AFTER INSERT ON t BEGIN END"),
+            Some("AFTER")
+        );
+    }
+
+    #[test]
+    fn only_raise_ignore_or_fail_after_the_change_counts() {
         assert!(can_raise_after(
             "CREATE TRIGGER before AFTER INSERT ON t BEGIN SELECT RAISE(IGNORE); END"
+        ));
+        assert!(can_raise_after(
+            "CREATE TRIGGER x AFTER INSERT\nON t BEGIN SELECT raise ( fail , 'no'); END"
         ));
         assert!(!can_raise_after(
             "CREATE TRIGGER x BEFORE INSERT ON t BEGIN SELECT RAISE(IGNORE); END"
         ));
-        assert!(can_raise_after(
-            "CREATE TRIGGER x AFTER INSERT\nON t BEGIN SELECT 'BEFORE', RAISE(FAIL, 'no'); END"
-        ));
         assert!(!can_raise_after(
-            "CREATE TRIGGER x AFTER INSERT ON t BEGIN SELECT 1; END"
+            "CREATE TRIGGER x AFTER INSERT ON t BEGIN SELECT RAISE(ABORT, 'x'); END"
         ));
+        assert!(!can_raise_after("CREATE TRIGGER x AFTER INSERT ON t BEGIN INSERT INTO log(praise) VALUES ('raised ' || NEW.v); END"));
+        assert!(!can_raise_after(
+            "CREATE TRIGGER x AFTER INSERT ON t BEGIN SELECT 'RAISE(IGNORE)'; END"
+        ));
+        // Unreadable: assume it can.
+        assert!(can_raise_after("CREATE TRIGGER x SELECT RAISE(IGNORE)"));
     }
 }
