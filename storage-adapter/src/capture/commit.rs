@@ -583,22 +583,10 @@ fn resolve_and_order(
 ) -> Result<(), CaptureError> {
     // What decides each change, per touched table (one lookup per table).
     let replicated = replicated_tables(buffer);
-    // In a probed table a row a trigger saw can still be deleted by a later
-    // REPLACE without a trigger (one written by a BEFORE trigger that runs
-    // after the probe): read its final state.
-    let probed: Vec<bool> = buffer
-        .tables
-        .iter()
-        .map(|t| stmts.tables[t].info.probed)
-        .collect();
     let mut finals: Vec<Final> = Vec::with_capacity(buffer.entries.len());
     for e in &buffer.entries {
         let table = &buffer.tables[e.table as usize];
-        let known = match &e.known {
-            Known::Row(_) if probed[e.table as usize] => &Known::Lookup,
-            k => k,
-        };
-        finals.push(match known {
+        finals.push(match &e.known {
             Known::Row(r) => Final::Row(false, r.clone()),
             Known::Absent => Final::Absent,
             Known::Lookup => {

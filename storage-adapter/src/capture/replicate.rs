@@ -163,9 +163,12 @@ fn triggers(
             ),
         });
     }
-    // Tables too wide to hand every value to one call hand only keys over;
-    // their rows are read at commit.
-    let wide = FIXED_ARGS + 2 * nkey + t.columns.len() > limit;
+    // Only keys are handed over, and rows read at commit, for tables too
+    // wide to hand every value to one call, and for probed tables: there a
+    // row a trigger saw can still be deleted by a later REPLACE without a
+    // trigger (one written by a BEFORE trigger that runs after the probe).
+    let key_only =
+        FIXED_ARGS + 2 * nkey + t.columns.len() > limit || !t.unique.is_empty() || t.inexact_key;
     let q = quote_ident(&t.name);
     let lit = quote_literal(&t.name);
     let g = generation.0 as i64;
@@ -190,7 +193,7 @@ fn triggers(
         );
         names.push(name);
     };
-    let (insert, update) = if wide {
+    let (insert, update) = if key_only {
         (
             call(5, key("NEW")),
             call(6, [key("OLD"), key("NEW")].concat()),
