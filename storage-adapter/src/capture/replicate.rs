@@ -36,7 +36,7 @@ fn find(conn: RawConn, table: &str) -> Result<Found, CaptureError> {
         reason,
     };
     let mut q = conn
-        .prepare("SELECT name, type FROM pragma_table_list WHERE schema = 'main' AND name = ?1 COLLATE NOCASE")
+        .prepare("SELECT name, type, wr FROM pragma_table_list WHERE schema = 'main' AND name = ?1 COLLATE NOCASE")
         .map_err(sqlite("looking up the table"))?;
     q.bind(1, ValueRef::Text(table.as_bytes()))
         .map_err(sqlite("looking up the table"))?;
@@ -45,9 +45,10 @@ fn find(conn: RawConn, table: &str) -> Result<Found, CaptureError> {
             table: table.into(),
         });
     }
-    let (name, kind) = (
+    let (name, kind, without_rowid) = (
         q.column(0).into_string().unwrap_or_default(),
         q.column(1).into_string(),
+        q.column(2).as_i64() == Some(1),
     );
     drop(q);
     let lower = name.to_ascii_lowercase();
@@ -78,15 +79,8 @@ fn find(conn: RawConn, table: &str) -> Result<Found, CaptureError> {
     // A rowid table's key is the rowid (never NULL) exactly when SQLite made
     // no index for it: `INTEGER PRIMARY KEY` but not `INTEGER PRIMARY KEY
     // DESC`, whose column can hold NULL. WITHOUT ROWID keys are NOT NULL.
-    let without_rowid = conn
-        .query_value(
-            "SELECT wr FROM pragma_table_list WHERE schema = 'main' AND name = ?1",
-            &[ValueRef::Text(name.as_bytes())],
-        )
-        .map_err(sqlite(doing()))?
-        .and_then(|v| v.as_i64())
-        == Some(1);
-    if !without_rowid && !table_info::key_is_rowid(conn, "main", &name).map_err(sqlite(doing()))? {
+    let rowid_key = table_info::key_is_rowid(conn, "main", &name).map_err(sqlite(doing()))?;
+    if !without_rowid && !rowid_key {
         for k in &key {
             if columns.iter().any(|c| c.name == k.name && !c.not_null) {
                 return Err(refused(
@@ -123,7 +117,6 @@ fn find(conn: RawConn, table: &str) -> Result<Found, CaptureError> {
             )
         })?;
     let indexes = tables::indexes_of(conn, &name)?;
-    let rowid_key = table_info::key_is_rowid(conn, "main", &name).map_err(sqlite(doing()))?;
     let inexact_key = !table_info::key_is_exact(&columns, &key, rowid_key);
     Ok(Found {
         inexact_key,
