@@ -82,6 +82,7 @@ pub(crate) struct ConnState {
     poisoned: Option<(Option<i32>, String)>,
     /// Scratch space for encoding a row's key and values.
     scratch_key: Vec<u8>,
+    scratch_new_key: Vec<u8>,
     scratch_values: Vec<u8>,
 }
 
@@ -408,8 +409,9 @@ fn capture_row(shared: &Mutex<ConnState>, ctx: &Args<'_>) -> Result<(), CaptureE
         table: table.to_owned(),
         source,
     };
-    let (mut key, mut values) = (
+    let (mut key, mut new_key, mut values) = (
         std::mem::take(&mut s.scratch_key),
+        std::mem::take(&mut s.scratch_new_key),
         std::mem::take(&mut s.scratch_values),
     );
     let result = (|| {
@@ -424,7 +426,6 @@ fn capture_row(shared: &Mutex<ConnState>, ctx: &Args<'_>) -> Result<(), CaptureE
             RowEvent::Candidate => b.touch(table, &key, true, Touch::Candidate),
             RowEvent::InsertKey => b.touch(table, &key, false, Touch::Lookup),
             RowEvent::Update | RowEvent::UpdateKey => {
-                let mut new_key = Vec::new();
                 encode_args(&mut new_key, ctx, 4 + nkey..4 + 2 * nkey).map_err(encoded)?;
                 let now = if event == RowEvent::Update {
                     Touch::Now(&values)
@@ -452,6 +453,7 @@ fn capture_row(shared: &Mutex<ConnState>, ctx: &Args<'_>) -> Result<(), CaptureE
         Ok(())
     })();
     s.scratch_key = key;
+    s.scratch_new_key = new_key;
     s.scratch_values = values;
     if let Err(e) = &result {
         if s.poisoned.is_none() {
@@ -587,6 +589,7 @@ pub fn register(conn: &Connection) -> Result<CaptureHandle, rusqlite::Error> {
         main_generation: None,
         poisoned: None,
         scratch_key: Vec::new(),
+        scratch_new_key: Vec::new(),
         scratch_values: Vec::new(),
     }));
     let utf8 = FunctionFlags::SQLITE_UTF8;
