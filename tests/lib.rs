@@ -123,17 +123,25 @@ pub fn dump_table(conn: &Connection, table: &str) -> Vec<Vec<Value>> {
 pub fn catch_up(
     reader: &storage_adapter::primary::PrimaryWalReader,
     replica: &mut storage_adapter::replica::ReplicaDb,
-    mut position: replication::wal::ChainPosition,
+    position: replication::wal::ChainPosition,
     segment_bytes: usize,
 ) -> replication::wal::ChainPosition {
     use replication::wal::{validate, Segment};
-    while let Some(bytes) = reader
-        .segment(position.commit_id.next(), segment_bytes)
-        .expect("read the primary's WAL")
-    {
-        let segment = Segment::decode(&bytes).expect("segment decodes");
-        let segment = validate(segment, &position).expect("segment continues the replica");
-        position = replica.apply(&segment).expect("segment applies");
-    }
-    position
+    use storage_adapter::replica::ApplyError;
+    // A segment that ends inside a transaction is applied with those that
+    // follow, up to the one that ends it (one transaction).
+    replica
+        .apply_from(position, &mut |at| {
+            let Some(bytes) = reader
+                .segment(at.commit_id.next(), segment_bytes)
+                .map_err(|e| ApplyError::Source(e.to_string()))?
+            else {
+                return Ok(None);
+            };
+            let segment = Segment::decode(&bytes).expect("segment decodes");
+            Ok(Some(
+                validate(segment, at).expect("segment continues the replica"),
+            ))
+        })
+        .expect("segments apply")
 }

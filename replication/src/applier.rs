@@ -20,6 +20,18 @@ pub enum ApplierState {
         /// Committed position.
         applied: ChainPosition,
     },
+    /// Holding validated segments that end inside one transaction: nothing
+    /// of it is applied until the segment that ends it is validated; then
+    /// all of them are applied in one storage transaction, so the replica's
+    /// position never stops inside a transaction. Only their ranges and
+    /// positions are kept: the runner reads their stored bytes again when
+    /// it applies them (bounded memory, whatever the transaction's size).
+    Holding {
+        /// Committed position (where the transaction starts).
+        applied: ChainPosition,
+        /// The held segments, in order.
+        held: Vec<HeldSegment>,
+    },
     /// The runner is writing this segment (it holds the segment; the core
     /// keeps its range and end, so nothing is copied).
     Applying {
@@ -39,6 +51,17 @@ pub enum ApplierState {
         /// The storage error.
         reason: String,
     },
+}
+
+/// A validated segment the Applier holds until its transaction ends.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HeldSegment {
+    /// First and last CommitId.
+    pub range: (CommitId, CommitId),
+    /// The position it was validated against.
+    pub start: ChainPosition,
+    /// Where it ends (inside the transaction).
+    pub end: ChainPosition,
 }
 
 /// What the Applier is given.
@@ -75,6 +98,18 @@ pub enum ApplierInput {
 pub enum ApplierOutput {
     /// Runner: apply this segment in one storage transaction.
     ApplyToStorage(ValidatedSegment),
+    /// Runner: nothing to write yet; the segment ends inside a transaction
+    /// and is held (its stored bytes are read again with the rest).
+    Held(HeldSegment),
+    /// Runner: apply the held segments (their stored bytes, each checked
+    /// to be the one validated) and then `last`, which ends their
+    /// transaction, in one storage transaction.
+    ApplyHeldToStorage {
+        /// The held segments, in order.
+        held: Vec<HeldSegment>,
+        /// The segment that ends the transaction.
+        last: ValidatedSegment,
+    },
     /// Runner: install the snapshot standing for `first..=last` in one
     /// storage transaction (tables, position, bootstrap metadata).
     InstallSnapshot {
@@ -149,6 +184,14 @@ fn range(s: &ValidatedSegment) -> (CommitId, CommitId) {
     s.segment().header.range()
 }
 
+fn held_segment(s: &ValidatedSegment) -> HeldSegment {
+    HeldSegment {
+        range: range(s),
+        start: s.start(),
+        end: s.end(),
+    }
+}
+
 impl Applier {
     /// Starts from the position storage has committed.
     pub fn new(applied: ChainPosition) -> Applier {
@@ -177,6 +220,14 @@ impl Applier {
                         applied: applied.commit_id,
                     });
                 }
+                if segment.ends_inside_transaction() {
+                    let held = held_segment(&segment);
+                    self.state = ApplierState::Holding {
+                        applied: *applied,
+                        held: vec![held],
+                    };
+                    return Ok(ApplierOutput::Held(held));
+                }
                 self.state = ApplierState::Applying {
                     applied: *applied,
                     range: range(&segment),
@@ -184,6 +235,46 @@ impl Applier {
                 };
                 Ok(ApplierOutput::ApplyToStorage(segment))
             }
+            (ApplierState::Holding { applied, held }, ApplierInput::Validated(segment)) => {
+                let expected = held.last().map_or(*applied, |h| h.end);
+                if segment.start() != expected {
+                    return Err(ApplierError::NotNext {
+                        range: range(&segment),
+                        validated_after: segment.start().commit_id,
+                        applied: expected.commit_id,
+                    });
+                }
+                let (applied, mut held) = (*applied, held.clone());
+                if segment.ends_inside_transaction() {
+                    let h = held_segment(&segment);
+                    held.push(h);
+                    self.state = ApplierState::Holding { applied, held };
+                    return Ok(ApplierOutput::Held(h));
+                }
+                let first = held.first().map_or(range(&segment).0, |h| h.range.0);
+                self.state = ApplierState::Applying {
+                    applied,
+                    range: (first, range(&segment).1),
+                    end: segment.end(),
+                };
+                Ok(ApplierOutput::ApplyHeldToStorage {
+                    held,
+                    last: segment,
+                })
+            }
+            (
+                ApplierState::Holding { held, .. },
+                ApplierInput::ValidatedSnapshot { first, last, .. },
+            ) => Err(ApplierError::Busy {
+                busy: (
+                    held.first().map_or(first, |h| h.range.0),
+                    held.last().map_or(last, |h| h.range.1),
+                ),
+                offered: (first, last),
+            }),
+            (ApplierState::Holding { .. }, report) => Err(ApplierError::UnexpectedReport {
+                detail: format!("{report:?} while holding a transaction's segments"),
+            }),
             (
                 ApplierState::Idle { applied },
                 ApplierInput::ValidatedSnapshot {
@@ -365,5 +456,98 @@ mod tests {
             ap.handle(ApplierInput::StorageCommitted { end: b.end() }),
             Err(ApplierError::UnexpectedReport { .. })
         ));
+    }
+
+    /// Segments 1..=2 (commit 1 continues into 2), 3..=3 (continues), 4..=4
+    /// (ends the transaction 1..=4) of one history.
+    fn spanning_segments() -> Vec<ValidatedSegment> {
+        let mut enc = RecordEncoder::new(ChainPosition::genesis(GEN));
+        let recs: Vec<_> = (1..=4u64)
+            .map(|c| {
+                let ch = encode_change(&Change::Delete {
+                    table: "t".into(),
+                    key: vec![Value::Integer(c as i64)],
+                })
+                .expect("encodes");
+                let mut bytes = vec![0; crate::wal::RECORD_HEADER_LEN];
+                bytes.extend_from_slice(&(ch.len() as u32).to_le_bytes());
+                bytes.extend_from_slice(&ch);
+                let seal = enc
+                    .seal_part_in_place(CommitId(c), 1, c < 4, &mut bytes)
+                    .expect("seals");
+                crate::wal::EncodedRecord {
+                    commit_id: CommitId(c),
+                    wal_offset: seal.wal_offset,
+                    prev_chain: seal.prev_chain,
+                    chain: seal.chain,
+                    crc: seal.crc,
+                    change_count: 1,
+                    bytes,
+                }
+            })
+            .collect();
+        let mut at = ChainPosition::genesis(GEN);
+        [&recs[..2], &recs[2..3], &recs[3..]]
+            .iter()
+            .map(|r| {
+                let s = Segment::decode(&Segment::encode(GEN, r).expect("enc")).expect("dec");
+                let v = validate(s, &at).expect("valid");
+                at = v.end();
+                v
+            })
+            .collect()
+    }
+
+    #[test]
+    fn holds_segments_inside_a_transaction_and_applies_them_with_the_one_that_ends_it() {
+        let segs = spanning_segments();
+        let genesis = ChainPosition::genesis(GEN);
+        let mut ap = Applier::new(genesis);
+        let h1 = match ap.handle(ApplierInput::Validated(segs[0].clone())) {
+            Ok(ApplierOutput::Held(h)) => h,
+            other => panic!("expected Held, got {other:?}"),
+        };
+        assert_eq!(h1.range, (CommitId(1), CommitId(2)));
+        // Out of order: refused, nothing changes.
+        assert!(matches!(
+            ap.handle(ApplierInput::Validated(segs[2].clone())),
+            Err(ApplierError::NotNext { .. })
+        ));
+        // A storage report while holding is unexpected.
+        assert!(matches!(
+            ap.handle(ApplierInput::StorageCommitted { end: segs[0].end() }),
+            Err(ApplierError::UnexpectedReport { .. })
+        ));
+        assert!(matches!(
+            ap.handle(ApplierInput::Validated(segs[1].clone())),
+            Ok(ApplierOutput::Held(_))
+        ));
+        match ap.handle(ApplierInput::Validated(segs[2].clone())) {
+            Ok(ApplierOutput::ApplyHeldToStorage { held, last }) => {
+                assert_eq!(held.len(), 2);
+                assert_eq!(held[0].start, genesis);
+                assert_eq!(held[1].start, segs[0].end());
+                assert_eq!(last, segs[2]);
+            }
+            other => panic!("expected ApplyHeldToStorage, got {other:?}"),
+        }
+        // The position never stops inside the transaction: the only
+        // committed position reported is its end.
+        assert_eq!(
+            ap.handle(ApplierInput::StorageCommitted { end: segs[1].end() }),
+            Err(ApplierError::UnexpectedReport {
+                detail: "storage committed commit 3, segment 1..=4 ends at commit 4".into()
+            })
+        );
+        assert_eq!(
+            ap.handle(ApplierInput::StorageCommitted { end: segs[2].end() }),
+            Ok(ApplierOutput::Applied { end: segs[2].end() })
+        );
+        assert_eq!(
+            ap.state(),
+            &ApplierState::Idle {
+                applied: segs[2].end()
+            }
+        );
     }
 }

@@ -379,6 +379,10 @@ enum Event {
         last: CommitId,
         end: ChainPosition,
     },
+    ApplierHolding {
+        first: CommitId,
+        last: CommitId,
+    },
     ApplierFailed(Failure),
     ApplierExited(String),
     Stop(String),
@@ -737,7 +741,7 @@ fn run_applier(
 ) {
     let mut core = Applier::new(applied);
     for item in input {
-        let (range, asked) = match item {
+        let (mut range, asked) = match item {
             ToApply::Segment(segment) => (
                 segment.segment().header.range(),
                 core.handle(ApplierInput::Validated(segment))
@@ -761,7 +765,23 @@ fn run_applier(
             ),
         };
         let stored = match asked {
+            Ok((ApplierOutput::Held(h), _)) => {
+                send(
+                    &events,
+                    Event::ApplierHolding {
+                        first: h.range.0,
+                        last: h.range.1,
+                    },
+                );
+                continue;
+            }
             Ok((ApplierOutput::ApplyToStorage(segment), _)) => storage.apply(&segment),
+            Ok((ApplierOutput::ApplyHeldToStorage { held, last }, _)) => {
+                // Failures and the Applied report name the whole
+                // transaction's segments.
+                range.0 = held.first().map_or(range.0, |h| h.range.0);
+                storage.apply_held(&held, &last)
+            }
             Ok((ApplierOutput::InstallSnapshot { first, last, end }, Some(path))) => {
                 storage.install_snapshot(first, last, &path, end)
             }
@@ -1231,6 +1251,15 @@ impl SupervisorRunner {
                     ),
                 );
                 self.drive(SupervisorInput::Applied { end })?;
+            }
+            Event::ApplierHolding { first, last } => {
+                self.set_state(
+                    Component::Applier,
+                    &format!(
+                        "Holding (segment {first}..={last} ends inside a transaction; applied commit {})",
+                        self.applied.commit_id
+                    ),
+                );
             }
             Event::ApplierFailed(f) => {
                 let range = f.segment.unwrap_or_default();

@@ -22,7 +22,7 @@
 use std::fmt;
 
 /// Format version written in every segment header.
-pub const FORMAT_VERSION: u16 = 2;
+pub const FORMAT_VERSION: u16 = 3;
 /// First bytes of every segment.
 pub const SEGMENT_MAGIC: [u8; 4] = *b"AEWS";
 /// Bytes of the segment header, including its CRC.
@@ -271,6 +271,15 @@ pub enum EncodeError {
     /// A segment needs at least one record.
     #[error("a segment needs at least one record")]
     EmptySegment,
+    /// A segment ending inside a transaction would hold the end of
+    /// another one.
+    #[error("a segment that ends inside the transaction of commit {last} cannot hold commit {ended}, which ends a transaction")]
+    MixedTransactions {
+        /// A record that ends its transaction.
+        ended: CommitId,
+        /// The segment's last record, which continues.
+        last: CommitId,
+    },
 }
 
 fn at_commit(c: Option<CommitId>) -> String {
@@ -629,6 +638,13 @@ pub const RECORD_HEADER_LEN: usize = 28;
 /// Offset of `prev_chain` in a record.
 const PREV_CHAIN_AT: usize = 24;
 
+/// Offset of the change count word in a record.
+const COUNT_AT: usize = 20;
+
+/// Bit 31 of a record's change count word: its transaction continues in
+/// the next record.
+pub const CONTINUES: u32 = 1 << 31;
+
 /// A record's own CRC: over its bytes before the two checksums, without
 /// `prev_chain`. It checks the record by itself, independent of history;
 /// the chain (which covers `prev_chain`) checks its place in history. (A
@@ -671,6 +687,14 @@ impl EncodedRecord {
         self.chain = chain;
         self.crc = crc;
         self
+    }
+
+    /// Whether its transaction continues in the next record (read from
+    /// its bytes, as stored).
+    pub fn continues(&self) -> bool {
+        self.bytes
+            .get(COUNT_AT..COUNT_AT + 4)
+            .is_some_and(|w| u32::from_le_bytes([w[0], w[1], w[2], w[3]]) & CONTINUES != 0)
     }
 
     /// The chain position just after this record.
@@ -757,6 +781,20 @@ impl RecordEncoder {
         count: usize,
         record: &mut Vec<u8>,
     ) -> Result<RecordSeal, EncodeError> {
+        self.seal_part_in_place(commit_id, count, false, record)
+    }
+
+    /// [`RecordEncoder::seal_in_place`] for a record that may not end its
+    /// transaction: with `continues`, the transaction's changes go on in
+    /// the next record (which takes the next CommitId), and a replica
+    /// applies them together, its position never stopping in between.
+    pub fn seal_part_in_place(
+        &mut self,
+        commit_id: CommitId,
+        count: usize,
+        continues: bool,
+        record: &mut Vec<u8>,
+    ) -> Result<RecordSeal, EncodeError> {
         assert!(
             record.len() >= RECORD_HEADER_LEN,
             "seal_in_place: the caller reserves the record header"
@@ -802,7 +840,10 @@ impl RecordEncoder {
         put_u32(&mut header, len as u32);
         put_u64(&mut header, commit_id.0);
         put_u64(&mut header, self.position.wal_offset.0);
-        put_u32(&mut header, count as u32);
+        put_u32(
+            &mut header,
+            count as u32 | if continues { CONTINUES } else { 0 },
+        );
         put_u32(&mut header, self.position.chain);
         record[..RECORD_HEADER_LEN].copy_from_slice(&header);
         let chain = crc32fast::hash(record);
@@ -897,6 +938,9 @@ pub struct Record {
     pub chain: u32,
     /// Its CRC32.
     pub crc: u32,
+    /// Its transaction continues in the next record: a replica applies
+    /// both in one transaction and never stops between them.
+    pub continues: bool,
     /// Its changes, in commit order.
     pub changes: Vec<Change>,
 }
@@ -927,6 +971,14 @@ impl Segment {
                 return Err(EncodeError::NotContiguous {
                     previous: pair[0].commit_id,
                     actual: pair[1].commit_id,
+                });
+            }
+        }
+        if last.continues() {
+            if let Some(r) = records.iter().find(|r| !r.continues()) {
+                return Err(EncodeError::MixedTransactions {
+                    ended: r.commit_id,
+                    last: last.commit_id,
                 });
             }
         }
@@ -1022,6 +1074,7 @@ impl Segment {
                 range,
             });
         }
+        check_transactions(&records, range)?;
         let last = records.last().map(|r| r.wal_offset).unwrap_or_default();
         if last != header.last_wal_offset {
             return Err(DecodeError::BadHeader {
@@ -1044,6 +1097,12 @@ impl Segment {
         }
     }
 
+    /// Whether it ends inside a transaction: its last record continues in
+    /// the next segment (then it holds records of that transaction only).
+    pub fn ends_inside_transaction(&self) -> bool {
+        self.records.last().is_some_and(|r| r.continues)
+    }
+
     /// The previous-chain value the first record carries: the chain the
     /// replica must hold.
     pub fn start_chain(&self) -> u32 {
@@ -1051,6 +1110,29 @@ impl Segment {
             .first()
             .map(|r| r.prev_chain)
             .unwrap_or_default()
+    }
+}
+
+/// A segment that ends inside a transaction holds that transaction's
+/// records only: a replica then holds it whole until the segment that ends
+/// the transaction, and applies everything from the transaction's first
+/// record at once (a segment never has to be applied in part).
+fn check_transactions(records: &[Record], range: (CommitId, CommitId)) -> Result<(), DecodeError> {
+    if !records.last().is_some_and(|r| r.continues) {
+        return Ok(());
+    }
+    match records.iter().find(|r| !r.continues) {
+        None => Ok(()),
+        Some(r) => Err(DecodeError::BadRecord {
+            commit_id: r.commit_id,
+            wal_offset: r.wal_offset,
+            at: 0,
+            problem: format!(
+                "it ends a transaction, but the segment's last record (commit {}) continues in the next segment; a segment that ends inside a transaction holds only that transaction's records",
+                range.1
+            ),
+            range,
+        }),
     }
 }
 
@@ -1126,6 +1208,12 @@ impl ValidatedSegment {
     /// Where it ends.
     pub fn end(&self) -> ChainPosition {
         self.segment.end_position()
+    }
+
+    /// Whether it ends inside a transaction (see
+    /// [`Segment::ends_inside_transaction`]).
+    pub fn ends_inside_transaction(&self) -> bool {
+        self.segment.ends_inside_transaction()
     }
 }
 
@@ -1404,7 +1492,8 @@ fn decode_record(
             "WAL offset field is {actual_offset}, expected {wal_offset}"
         )));
     }
-    let count = r.u32("change count").map_err(malformed)?;
+    let word = r.u32("change count").map_err(malformed)?;
+    let (count, continues) = (word & !CONTINUES, word & CONTINUES != 0);
     if count > MAX_CHANGES_PER_RECORD {
         return Err(malformed(format!(
             "change count {count} over the limit of {MAX_CHANGES_PER_RECORD}"
@@ -1447,6 +1536,7 @@ fn decode_record(
         prev_chain: record_prev_chain,
         chain: stored_chain,
         crc: stored_crc,
+        continues,
         changes,
     })
 }

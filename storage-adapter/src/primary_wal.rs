@@ -285,9 +285,7 @@ impl WalTables {
                     ),
                 ));
             }
-            bytes = bytes.saturating_add(record.len());
-            expected_offset = seal.wal_offset.checked_add(seal.length);
-            out.push(EncodedRecord {
+            let encoded = EncodedRecord {
                 commit_id,
                 wal_offset: WalOffset(seal.wal_offset),
                 prev_chain: seal.prev_chain,
@@ -295,7 +293,16 @@ impl WalTables {
                 crc: seal.crc,
                 change_count: seal.change_count,
                 bytes: record.to_vec(),
-            });
+            };
+            // A segment that ends inside a transaction holds only that
+            // transaction's records: a record that opens or continues a
+            // transaction does not follow one that ends another.
+            if encoded.continues() && out.iter().any(|r| !r.continues()) {
+                break;
+            }
+            bytes = bytes.saturating_add(record.len());
+            expected_offset = seal.wal_offset.checked_add(seal.length);
+            out.push(encoded);
             commit_id = commit_id.next();
         }
         Ok(out)

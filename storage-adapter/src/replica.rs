@@ -124,6 +124,34 @@ pub enum ApplyError {
         /// What is wrong.
         problem: String,
     },
+    /// A segment that ends inside a transaction cannot be applied alone.
+    #[error("segment {first}..={last} ends inside a transaction: it is applied together with the segments up to the one that ends it (ReplicaDb::apply_transaction); nothing applied")]
+    EndsInsideTransaction {
+        /// First CommitId.
+        first: CommitId,
+        /// Last CommitId.
+        last: CommitId,
+    },
+    /// The WAL source failed while a transaction was being applied.
+    #[error("reading the WAL source: {0}; nothing of the transaction applied")]
+    Source(String),
+    /// The WAL ended inside a transaction.
+    #[error("the WAL has no segment after commit {after}, whose transaction continues; nothing of that transaction applied")]
+    TransactionCut {
+        /// The last record the source had.
+        after: CommitId,
+    },
+    /// A held segment read back from WAL storage is not the one the
+    /// Validator validated.
+    #[error("held segment {first}..={last}: {problem}; nothing of its transaction applied")]
+    HeldSegment {
+        /// First CommitId.
+        first: CommitId,
+        /// Last CommitId.
+        last: CommitId,
+        /// What is wrong.
+        problem: String,
+    },
     /// The runtime applies only segments its Receiver persisted.
     #[error("segment {first}..={last} is not a received, unapplied segment in aerodb_replica_segments; nothing applied")]
     SegmentNotReceived {
@@ -262,11 +290,32 @@ impl ReplicaDb {
     /// Applies a validated segment in one transaction: its row changes and
     /// the new position commit together, or nothing changes.
     pub fn apply(&mut self, segment: &ValidatedSegment) -> Result<ChainPosition, ApplyError> {
+        if segment.ends_inside_transaction() {
+            let (first, last) = segment.segment().header.range();
+            return Err(ApplyError::EndsInsideTransaction { first, last });
+        }
+        self.apply_transaction(Some(segment), &mut |_, _| {
+            unreachable!("a segment that ends a transaction needs no next one")
+        })
+    }
+
+    /// Applies `first` (when given) and then, while the segment applied
+    /// last ends inside a transaction, the segments `next` returns, asked
+    /// with this transaction's connection and the position reached so far:
+    /// all in ONE transaction, so a transaction that spans segments is
+    /// applied whole and the position advances once, past its last
+    /// record. Each segment must continue the position reached (checked
+    /// here again); memory holds one segment at a time.
+    pub fn apply_transaction(
+        &mut self,
+        first: Option<&ValidatedSegment>,
+        next: &mut dyn FnMut(&Connection, &ChainPosition) -> Result<ValidatedSegment, ApplyError>,
+    ) -> Result<ChainPosition, ApplyError> {
         if !self.conn.is_autocommit() {
             return Err(ApplyError::InTransaction);
         }
         let shapes_before = self.shapes.clone();
-        let result = self.apply_in_transaction(segment);
+        let result = self.apply_in_transaction(first, next);
         if result.is_err() {
             // A rolled-back schema record must not leave a cached shape.
             self.shapes = shapes_before;
@@ -276,7 +325,8 @@ impl ReplicaDb {
 
     fn apply_in_transaction(
         &mut self,
-        segment: &ValidatedSegment,
+        first: Option<&ValidatedSegment>,
+        next: &mut dyn FnMut(&Connection, &ChainPosition) -> Result<ValidatedSegment, ApplyError>,
     ) -> Result<ChainPosition, ApplyError> {
         let ReplicaDb {
             conn,
@@ -288,19 +338,42 @@ impl ReplicaDb {
         let tx = rusqlite::Transaction::new_unchecked(conn, TransactionBehavior::Immediate)
             .map_err(sql_err("beginning the apply transaction", None))?;
         let stored = read_position(&tx)?.ok_or(ApplyError::NotReplica)?;
-        // Check at both ends: the position committed now, not the one the
-        // Validator saw.
-        check_continuity(segment.segment(), &stored)?;
-        {
-            // Dropped (statements back to the cache) before the commit.
-            let mut tables = Tables::default();
-            for record in &segment.segment().records {
-                for change in &record.changes {
-                    apply_change(&tx, shapes, &mut tables, record.commit_id, change)?;
+        let mut end = stored;
+        let mut owned;
+        let mut segment = match first {
+            Some(s) => s,
+            None => {
+                owned = next(&tx, &end)?;
+                &owned
+            }
+        };
+        loop {
+            // Check at both ends: the position committed now (or reached in
+            // this transaction), not the one the Validator saw.
+            check_continuity(segment.segment(), &end)?;
+            {
+                // Dropped (statements back to the cache) before the commit.
+                let mut tables = Tables::default();
+                for record in &segment.segment().records {
+                    for change in &record.changes {
+                        apply_change(&tx, shapes, &mut tables, record.commit_id, change)?;
+                    }
                 }
             }
+            if *track_segments {
+                // Received -> Validated (if the Supervisor has not recorded
+                // it yet: this segment is a ValidatedSegment) -> Applied; a
+                // Rejected or Applied row does not match.
+                let range = segment.segment().header.range();
+                mark_applied(&tx, range, segment.start().wal_offset, segment.end())?;
+            }
+            end = segment.end();
+            if !segment.ends_inside_transaction() {
+                break;
+            }
+            owned = next(&tx, &end)?;
+            segment = &owned;
         }
-        let end = segment.end();
         let updated = tx
             .prepare_cached(
                 "UPDATE aerodb_replica_position SET applied_commit_id = ?1, applied_wal_offset = ?2, applied_chain = ?3 WHERE id = 1 AND applied_commit_id = ?4",
@@ -308,18 +381,32 @@ impl ReplicaDb {
             .and_then(|mut s| s.execute(params![end.commit_id.0 as i64, end.wal_offset.0 as i64, i64::from(end.chain), stored.commit_id.0 as i64]))
             .map_err(sql_err("advancing the replica position", Some(end.commit_id)))?;
         assert_eq!(updated, 1, "the position row was read in this transaction");
-        if *track_segments {
-            // Received -> Validated (if the Supervisor has not recorded it
-            // yet: this segment is a ValidatedSegment) -> Applied; a
-            // Rejected or Applied row does not match.
-            let (first, last) = segment.segment().header.range();
-            mark_applied(&tx, (first, last), segment.start().wal_offset, end)?;
-        }
         tx.commit().map_err(sql_err(
             "committing the apply transaction",
             Some(end.commit_id),
         ))?;
         Ok(end)
+    }
+
+    /// Applies every segment `source` gives from the replica's position on,
+    /// one transaction per transaction boundary: a segment that ends inside
+    /// a transaction is applied with those that follow it, up to the one
+    /// that ends it. `source(from)` returns the segment starting at commit
+    /// `from`, already validated against the given position, or `None` when
+    /// there is nothing more. Returns the position reached.
+    pub fn apply_from(
+        &mut self,
+        mut position: ChainPosition,
+        source: &mut dyn FnMut(&ChainPosition) -> Result<Option<ValidatedSegment>, ApplyError>,
+    ) -> Result<ChainPosition, ApplyError> {
+        while let Some(segment) = source(&position)? {
+            position = self.apply_transaction(Some(&segment), &mut |_, at| {
+                source(at)?.ok_or(ApplyError::TransactionCut {
+                    after: at.commit_id,
+                })
+            })?;
+        }
+        Ok(position)
     }
 }
 

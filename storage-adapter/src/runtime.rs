@@ -46,6 +46,7 @@ use crate::primary::{PrimaryError, PrimaryWalReader};
 use crate::replica::{ApplyError, ReplicaDb};
 use crate::state_store::SqliteStateStore;
 use crate::WalReadError;
+use replication::applier::HeldSegment;
 use replication::read_gate::{self, Decision, ObservedState, ReadRequest};
 use replication::runtime::{
     ApplyStorage, ComponentStatus, Config, Failure, Fetched, PersistedSegment, Runtime,
@@ -53,7 +54,9 @@ use replication::runtime::{
     WalStorage, WAL_TRUNCATED,
 };
 use replication::state::{BlockReason, GlobalState, ReadStatus};
-use replication::wal::{ChainPosition, CommitId, Generation, Segment, ValidatedSegment, WalOffset};
+use replication::wal::{
+    validate, ChainPosition, CommitId, Generation, Segment, ValidatedSegment, WalOffset,
+};
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension, TransactionBehavior};
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -454,6 +457,29 @@ impl ApplyStorage for SqliteApply {
         })
     }
 
+    fn apply_held(
+        &mut self,
+        held: &[HeldSegment],
+        last: &ValidatedSegment,
+    ) -> Result<ChainPosition, Failure> {
+        let _writing = self.lock.hold();
+        let start = held.first().map_or(last.start(), |h| h.start);
+        let mut pending = held.iter();
+        let mut last = Some(last);
+        self.db
+            .apply_transaction(None, &mut |tx, at| match pending.next() {
+                Some(h) => read_held(tx, h, at),
+                None => last.take().cloned().ok_or(ApplyError::TransactionCut {
+                    after: at.commit_id,
+                }),
+            })
+            .map_err(|e| {
+                let mut f = apply_failure(e);
+                f.wal_offset = Some(start.wal_offset);
+                f
+            })
+    }
+
     fn install_snapshot(
         &mut self,
         first: CommitId,
@@ -466,6 +492,54 @@ impl ApplyStorage for SqliteApply {
             .install_snapshot(first, last, path, end)
             .map_err(apply_failure)
     }
+}
+
+/// Reads held segment `h` back from WAL storage, in the apply transaction,
+/// and checks it is the one the Validator validated: it decodes (its CRCs
+/// hold), continues `at` and ends where it was validated to end.
+fn read_held(
+    tx: &Connection,
+    h: &HeldSegment,
+    at: &ChainPosition,
+) -> Result<ValidatedSegment, ApplyError> {
+    let (first, last) = h.range;
+    let problem = |problem: String| ApplyError::HeldSegment {
+        first,
+        last,
+        problem,
+    };
+    if h.start != *at {
+        return Err(problem(format!(
+            "it was validated after commit {}, the transaction reached commit {}",
+            h.start.commit_id, at.commit_id
+        )));
+    }
+    let bytes: Option<Vec<u8>> = tx
+        .prepare_cached(
+            "SELECT b.bytes FROM main.aerodb_replica_segments s JOIN main.aerodb_replica_segment_bytes b ON b.first_commit_id = s.first_commit_id WHERE s.first_commit_id = ?1 AND s.last_commit_id = ?2 AND s.state IN ('Received', 'Validated')",
+        )
+        .and_then(|mut s| {
+            s.query_row([first.0 as i64, last.0 as i64], |r| r.get(0))
+                .optional()
+        })
+        .map_err(|e| problem(format!("reading its stored bytes: {e}")))?;
+    let bytes = bytes.ok_or_else(|| {
+        problem("it is not a received, unapplied segment with stored bytes".into())
+    })?;
+    let segment = Segment::decode(&bytes)
+        .map_err(|e| problem(format!("its stored bytes no longer decode: {e}")))?;
+    let segment = validate(segment, at)
+        .map_err(|e| problem(format!("its stored bytes no longer continue: {e}")))?;
+    if segment.end() != h.end || segment.segment().header.range() != h.range {
+        return Err(problem(format!(
+            "its stored bytes end at commit {} (WAL offset {}), it was validated to end at commit {} (WAL offset {})",
+            segment.end().commit_id,
+            segment.end().wal_offset,
+            h.end.commit_id,
+            h.end.wal_offset
+        )));
+    }
+    Ok(segment)
 }
 
 // --------------------------------------------------------- read-side views

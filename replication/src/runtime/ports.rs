@@ -2,6 +2,7 @@
 //! the apply storage and the state store. `storage-adapter` implements them
 //! on SQLite files; tests implement them with faults injected.
 
+use crate::applier::HeldSegment;
 use crate::runtime::{ComponentStatus, Failure, TransitionRecord};
 use crate::state::SegmentState;
 use crate::wal::{ChainPosition, CommitId, ValidatedSegment, WalOffset};
@@ -165,6 +166,26 @@ pub trait SegmentReader: Send {
 pub trait ApplyStorage: Send {
     /// Applies a validated segment; returns the committed position.
     fn apply(&mut self, segment: &ValidatedSegment) -> Result<ChainPosition, Failure>;
+
+    /// Applies the held segments of one transaction (read again from WAL
+    /// storage, each checked to continue the previous one and to end where
+    /// it was validated to) and then `last`, which ends the transaction,
+    /// in one transaction: the changes, the position `last.end()` and every
+    /// segment's state Applied. The default cannot.
+    fn apply_held(
+        &mut self,
+        held: &[HeldSegment],
+        last: &ValidatedSegment,
+    ) -> Result<ChainPosition, Failure> {
+        let _ = last;
+        Err(Failure::new(
+            "APPLY",
+            format!(
+                "this storage cannot apply a transaction spanning {} segments",
+                held.len() + 1
+            ),
+        ))
+    }
 
     /// Installs a validated snapshot standing for `first..=last` in one
     /// transaction: replaces the replicated tables, sets the position to

@@ -10,7 +10,7 @@ use replication::wal::{validate, CommitId, Segment};
 use rusqlite::types::ValueRef;
 use rusqlite::Connection;
 use storage_adapter::primary::{Primary, PrimaryWalReader};
-use storage_adapter::replica::ReplicaDb;
+use storage_adapter::replica::{ApplyError, ReplicaDb};
 use tempfile::TempDir;
 
 // ------------------------------------------------------------------ harness
@@ -413,9 +413,22 @@ impl Harness {
                 .map_err(|e| format!("decoding the segment from commit {from}: {}", brief(e)))?;
             let validated = validate(segment, &position)
                 .map_err(|e| format!("validating the segment from commit {from}: {}", brief(e)))?;
+            // A segment that ends inside a transaction is applied with the
+            // ones up to the one that ends it, in one transaction.
+            let reader = &self.reader;
             let applied = self
                 .replica
-                .apply(&validated)
+                .apply_transaction(Some(&validated), &mut |_, at| {
+                    let bytes = reader
+                        .segment(at.commit_id.next(), SEGMENT_BYTES)
+                        .map_err(|e| ApplyError::Source(e.to_string()))?
+                        .ok_or(ApplyError::TransactionCut {
+                            after: at.commit_id,
+                        })?;
+                    let segment =
+                        Segment::decode(&bytes).map_err(|e| ApplyError::Source(e.to_string()))?;
+                    Ok(validate(segment, at)?)
+                })
                 .map_err(|e| format!("applying the segment from commit {from}: {}", brief(e)))?;
             if applied.commit_id <= position.commit_id {
                 return Err(format!(

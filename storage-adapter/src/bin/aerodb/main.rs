@@ -19,7 +19,7 @@ use std::process::ExitCode;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 use storage_adapter::primary::PrimaryWalReader;
-use storage_adapter::replica::ReplicaDb;
+use storage_adapter::replica::{ApplyError, ReplicaDb};
 use storage_adapter::runtime::Replica;
 
 const USAGE: &str = "usage: aerodb replica --primary PRIMARY.db|http://HOST:PORT --replica REPLICA.db [--token-file FILE] [--segment-bytes N] [--until-caught-up]
@@ -205,8 +205,23 @@ fn run(args: &[String]) -> Result<(), String> {
     {
         let segment = Segment::decode(&bytes).map_err(|e| e.to_string())?;
         let validated = validate(segment, &position).map_err(|e| e.to_string())?;
-        let (first, last) = validated.segment().header.range();
-        position = db.apply(&validated).map_err(|e| e.to_string())?;
+        let first = validated.segment().header.first_commit_id;
+        // A segment that ends inside a transaction is applied with the
+        // ones that follow, up to the one that ends it.
+        position = db
+            .apply_transaction(Some(&validated), &mut |_, at| {
+                let bytes = reader
+                    .segment(at.commit_id.next(), segment_bytes)
+                    .map_err(|e| ApplyError::Source(e.to_string()))?
+                    .ok_or(ApplyError::TransactionCut {
+                        after: at.commit_id,
+                    })?;
+                let segment =
+                    Segment::decode(&bytes).map_err(|e| ApplyError::Source(e.to_string()))?;
+                validate(segment, at).map_err(ApplyError::from)
+            })
+            .map_err(|e| e.to_string())?;
+        let last = position.commit_id;
         println!(
             "applied segment {first}..={last} ({} bytes); replica at commit {} (WAL offset {})",
             bytes.len(),
