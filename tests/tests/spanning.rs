@@ -305,3 +305,109 @@ fn the_runtime_holds_segments_inside_a_transaction_and_applies_them_together() {
     assert!(d.allowed(), "{d}");
     drop(replica.stop());
 }
+
+/// A file source that serves nothing past commit `cap`.
+struct CappedSource {
+    inner: storage_adapter::runtime::FileSource,
+    cap: CommitId,
+}
+
+impl replication::runtime::WalSource for CappedSource {
+    fn describe(&self) -> String {
+        format!("{} (capped at commit {})", self.inner.describe(), self.cap)
+    }
+    fn fetch(
+        &mut self,
+        from: CommitId,
+        max: usize,
+    ) -> Result<Option<replication::runtime::Fetched>, replication::runtime::Failure> {
+        if from > self.cap {
+            return Ok(None);
+        }
+        // At most one segment of at most `max` bytes: capped by bytes so
+        // that no segment passes the cap (records here are > 300 bytes).
+        self.inner.fetch(from, max)
+    }
+    fn wait_for_wal(
+        &mut self,
+        stop: &replication::runtime::StopSignal,
+    ) -> Result<bool, replication::runtime::Failure> {
+        self.inner.wait_for_wal(stop)
+    }
+}
+
+#[test]
+fn a_restart_while_holding_a_transaction_applies_it_whole_later() {
+    use replication::runtime::Component;
+    use storage_adapter::runtime::FileSource;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (p, first, last) = primary_with_spanning(&dir.path().join("p.db"), 400, 8);
+    let head = p.last_commit_id().expect("head").expect("a commit");
+    let config = Config {
+        segment_bytes: 300,
+        ..Config::default()
+    };
+    let source = FileSource::open(dir.path().join("p.db")).expect("source");
+    let generation = source.generation();
+    // Serves the transaction's first records only: the Applier holds them.
+    let capped = CappedSource {
+        inner: source,
+        cap: CommitId(first.0 + 3),
+    };
+    let replica = Replica::start(
+        dir.path().join("r.db"),
+        Box::new(capped),
+        generation,
+        config.clone(),
+    )
+    .expect("start");
+    let s = replica
+        .wait_until(deadline(), |s| {
+            s.component(Component::Applier).state.starts_with("Holding")
+                && s.progress.validated.0 >= first.0 + 3
+        })
+        .expect("holds the transaction's first segments");
+    assert_eq!(s.progress.applied.0, first.0 - 1, "nothing of it applied");
+    let d = replica.explain_read(Some(first)).expect("gate");
+    assert!(!d.allowed(), "{d}");
+    drop(replica.stop());
+    let r = Connection::open(dir.path().join("r.db")).expect("open replica");
+    let applied: i64 = r
+        .query_row(
+            "SELECT applied_commit_id FROM aerodb_replica_position",
+            [],
+            |row| row.get(0),
+        )
+        .expect("position");
+    assert_eq!(
+        applied as u64,
+        first.0 - 1,
+        "stopped outside the transaction"
+    );
+    let rows: i64 = r
+        .query_row("SELECT count(*) FROM t WHERE id < 1000000", [], |row| {
+            row.get(0)
+        })
+        .expect("count");
+    assert_eq!(rows, 0, "none of the transaction's rows");
+    // Restart with the whole WAL: the held segments are validated again
+    // from their stored bytes and applied with the rest.
+    let replica =
+        Replica::start_from_file(dir.path().join("r.db"), dir.path().join("p.db"), config)
+            .expect("restart");
+    replica.wait_for(head, deadline()).expect("caught up");
+    assert_eq!(dump_table(&r, "t"), dump_table(p.connection(), "t"));
+    let segments = replica.segments().expect("segments");
+    assert!(
+        segments
+            .iter()
+            .filter(|s| s.first_commit_id >= first && s.last_commit_id <= last)
+            .count()
+            >= 2
+    );
+    assert!(
+        segments.iter().all(|s| s.state == "Applied"),
+        "{segments:?}"
+    );
+    drop(replica.stop());
+}
