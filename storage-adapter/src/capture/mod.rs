@@ -6,7 +6,8 @@
 //! P1) and is passive (P2): nothing here runs on its own; everything runs in
 //! the application's own statements.
 //!
-//! How capture works (format 2):
+//! How capture works (WAL format 3; capture writes one record per
+//! transaction, never one that continues):
 //! - `aerodb_replicate('t')` installs AFTER INSERT/UPDATE/DELETE triggers on
 //!   `t` (and, when `t` has UNIQUE constraints besides its key, BEFORE
 //!   triggers that note the rows a REPLACE could delete without firing a
