@@ -8,7 +8,8 @@
 //!   replica stops explicitly (`SOURCE_UNAVAILABLE`, reads refused), then
 //!   resumes by itself, recorded as a transition; nothing lost or applied
 //!   twice.
-//! - A wrong token gets 401, and the server never logs the token.
+//! - A wrong token gets 401, logged (warning and access line with path and
+//!   peer), and the server never logs the token.
 //! - Malformed, oversized and out-of-range requests get a 4xx whose JSON
 //!   `error` says why.
 //! - A primary whose WAL was truncated bootstraps new and lagging replicas
@@ -60,6 +61,9 @@ struct Server {
     child: Child,
     /// Kept open: the server's stdout stays a live pipe.
     _stdout: BufReader<ChildStdout>,
+    /// Reads the server's stderr (its log, one access line per request)
+    /// as it comes, so a full pipe never blocks the server.
+    stderr: Option<std::thread::JoinHandle<String>>,
     port: u16,
 }
 
@@ -75,6 +79,7 @@ impl Server {
             .arg(format!("127.0.0.1:{port}"))
             .arg("--token-file")
             .arg(token_file)
+            .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -109,9 +114,16 @@ impl Server {
         if port != 0 {
             assert_eq!(bound, port, "the server bound another port");
         }
+        let mut stderr = child.stderr.take().expect("stderr piped");
+        let stderr = std::thread::spawn(move || {
+            let mut text = String::new();
+            let _ = stderr.read_to_string(&mut text);
+            text
+        });
         Server {
             child,
             _stdout: stdout,
+            stderr: Some(stderr),
             port: bound,
         }
     }
@@ -124,11 +136,10 @@ impl Server {
     fn kill(mut self) -> String {
         self.child.kill().expect("SIGKILL");
         self.child.wait().expect("reaped");
-        let mut stderr = String::new();
-        if let Some(mut e) = self.child.stderr.take() {
-            e.read_to_string(&mut stderr).expect("reading stderr");
-        }
-        stderr
+        self.stderr
+            .take()
+            .map(|t| t.join().expect("the stderr reader does not panic"))
+            .unwrap_or_default()
     }
 }
 
@@ -645,12 +656,23 @@ fn wrong_token_is_refused_with_401_and_the_server_never_logs_a_token() {
     );
     assert!(!r_path.exists(), "nothing was created");
     let stderr = server.kill();
-    let lines: Vec<&str> = stderr.lines().collect();
-    assert_eq!(lines.len(), 1, "{stderr}");
-    let peer = lines[0]
-        .strip_prefix("aerodb serve: 401 for GET /v1/head from 127.0.0.1:")
-        .unwrap_or_else(|| panic!("{stderr}"));
-    assert!(peer.parse::<u16>().is_ok(), "{stderr}");
+    // One warning and one access-log line for the refused request, both
+    // naming the path and the peer.
+    let refused: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.contains("status=401") || l.contains("refused:"))
+        .collect();
+    assert_eq!(refused.len(), 2, "{stderr}");
+    assert!(
+        refused[0].contains(" WARN ")
+            && refused[0].contains("refused: missing or wrong bearer token (401)"),
+        "{stderr}"
+    );
+    assert!(refused[1].contains("aerodb::access"), "{stderr}");
+    for line in &refused {
+        assert!(line.contains("path=\"/v1/head\""), "{stderr}");
+        assert!(line.contains("peer=\"127.0.0.1:"), "{stderr}");
+    }
     for secret in [wrong, TOKEN, "Bearer"] {
         assert!(
             !stderr.contains(secret),
