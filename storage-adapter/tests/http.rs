@@ -61,9 +61,11 @@ struct Server {
     child: Child,
     /// Kept open: the server's stdout stays a live pipe.
     _stdout: BufReader<ChildStdout>,
-    /// Reads the server's stderr (its log, one access line per request)
-    /// as it comes, so a full pipe never blocks the server.
-    stderr: Option<std::thread::JoinHandle<String>>,
+    /// The server's stderr lines (its log, one access line per request),
+    /// read as they come so a full pipe never blocks the server.
+    stderr: mpsc::Receiver<String>,
+    /// Lines already taken from `stderr`.
+    log: Vec<String>,
     port: u16,
 }
 
@@ -114,16 +116,21 @@ impl Server {
         if port != 0 {
             assert_eq!(bound, port, "the server bound another port");
         }
-        let mut stderr = child.stderr.take().expect("stderr piped");
-        let stderr = std::thread::spawn(move || {
-            let mut text = String::new();
-            let _ = stderr.read_to_string(&mut text);
-            text
+        let stderr = BufReader::new(child.stderr.take().expect("stderr piped"));
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in stderr.lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
         });
         Server {
             child,
             _stdout: stdout,
-            stderr: Some(stderr),
+            stderr: lines,
+            log: Vec::new(),
             port: bound,
         }
     }
@@ -132,14 +139,30 @@ impl Server {
         format!("http://127.0.0.1:{}", self.port)
     }
 
+    /// Waits for a log line for which `done` holds (the access line of a
+    /// request is written once its response is sent).
+    fn wait_log_line(&mut self, done: impl Fn(&str) -> bool) -> String {
+        loop {
+            match self.stderr.recv_timeout(WAIT) {
+                Ok(line) => {
+                    self.log.push(line.clone());
+                    if done(&line) {
+                        return line;
+                    }
+                }
+                Err(e) => panic!("no such log line ({e:?}); so far: {:#?}", self.log),
+            }
+        }
+    }
+
     /// SIGKILL, reaped; returns everything the server wrote to stderr.
     fn kill(mut self) -> String {
         self.child.kill().expect("SIGKILL");
         self.child.wait().expect("reaped");
-        self.stderr
-            .take()
-            .map(|t| t.join().expect("the stderr reader does not panic"))
-            .unwrap_or_default()
+        let mut log = std::mem::take(&mut self.log);
+        // The pipe closed with the process: the reader ends.
+        log.extend(self.stderr.iter());
+        log.join("\n")
     }
 }
 
@@ -641,7 +664,7 @@ fn wrong_token_is_refused_with_401_and_the_server_never_logs_a_token() {
     let (p_path, r_path) = (dir.path().join("p.db"), dir.path().join("r.db"));
     let p = primary(&p_path);
     insert(&p, 1..=3, "a");
-    let server = Server::start(&p_path, &token_file(dir.path()), 0);
+    let mut server = Server::start(&p_path, &token_file(dir.path()), 0);
     let url = server.url();
     let wrong = "not-the-token-7b1e3a9c44d0";
     let err = match Replica::start_from_url(&r_path, &url, wrong, Config::default()) {
@@ -655,6 +678,7 @@ fn wrong_token_is_refused_with_401_and_the_server_never_logs_a_token() {
         )
     );
     assert!(!r_path.exists(), "nothing was created");
+    server.wait_log_line(|l| l.contains("aerodb::access") && l.contains("status=401"));
     let stderr = server.kill();
     // One warning and one access-log line for the refused request, both
     // naming the path and the peer.
