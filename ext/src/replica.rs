@@ -13,8 +13,7 @@
 //! (`.quit` in the shell) drops it, which stops the threads cleanly.
 
 use replication::read_gate::Decision;
-use replication::runtime::WalSource;
-use replication::runtime::{Component, Config, WaitError};
+use replication::runtime::{Component, WaitError};
 use replication::wal::CommitId;
 use rusqlite::functions::{Context as FnContext, FunctionFlags};
 use rusqlite::types::{Value, ValueRef};
@@ -27,10 +26,8 @@ use std::ffi::c_int;
 use std::marker::PhantomData;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
-use storage_adapter::http_source::HttpSource;
-use storage_adapter::runtime::{
-    read_gate_in, segments_in, transitions_in, FileSource, Replica, DEFAULT_POLL_INTERVAL,
-};
+use storage_adapter::options::{ReplicaOptions, Spelling};
+use storage_adapter::runtime::{read_gate_in, segments_in, transitions_in, Replica};
 
 use crate::guard;
 
@@ -55,79 +52,9 @@ fn user_error(msg: impl Into<String>) -> Error {
     Error::UserFunctionError(msg.into().into())
 }
 
-/// The option keys `aerodb_replica_start` accepts.
-const OPTION_KEYS: &str = "segment_bytes, queue_depth, poll_interval_ms, token_file";
-
 /// Longest `aerodb_wait` timeout (one day), so a typo cannot hang a shell
 /// for years.
 const MAX_WAIT_MS: i64 = 86_400_000;
-
-fn positive(key: &str, v: &serde_json::Value, max: u64) -> Result<u64> {
-    v.as_u64().filter(|n| (1..=max).contains(n)).ok_or_else(|| {
-        user_error(format!(
-            "aerodb_replica_start: option \"{key}\" must be an integer from 1 to {max}, got {v}"
-        ))
-    })
-}
-
-/// What `options_json` sets.
-struct Options {
-    config: Config,
-    poll: Duration,
-    token_file: Option<String>,
-}
-
-/// Parses `options_json`.
-fn parse_options(json: Option<&str>) -> Result<Options> {
-    let mut config = Config::default();
-    let mut poll = DEFAULT_POLL_INTERVAL;
-    let mut token_file = None;
-    let Some(json) = json else {
-        return Ok(Options {
-            config,
-            poll,
-            token_file,
-        });
-    };
-    let value: serde_json::Value = serde_json::from_str(json).map_err(|e| {
-        user_error(format!(
-            "aerodb_replica_start: argument 2 (options) is not valid JSON: {e}"
-        ))
-    })?;
-    let object = value.as_object().ok_or_else(|| {
-        user_error(format!(
-            "aerodb_replica_start: argument 2 (options) must be a JSON object, got {value}"
-        ))
-    })?;
-    for (key, v) in object {
-        match key.as_str() {
-            "segment_bytes" => config.segment_bytes = positive(key, v, 64 << 20)? as usize,
-            "queue_depth" => config.queue_depth = positive(key, v, 1024)? as usize,
-            "poll_interval_ms" => poll = Duration::from_millis(positive(key, v, 60_000)?),
-            "token_file" => {
-                token_file = Some(
-                    v.as_str()
-                        .ok_or_else(|| {
-                            user_error(format!(
-                                "aerodb_replica_start: option \"token_file\" must be a string (a file path), got {v}"
-                            ))
-                        })?
-                        .to_owned(),
-                )
-            }
-            other => {
-                return Err(user_error(format!(
-                    "aerodb_replica_start: unknown option \"{other}\" (known: {OPTION_KEYS})"
-                )))
-            }
-        }
-    }
-    Ok(Options {
-        config,
-        poll,
-        token_file,
-    })
-}
 
 fn text_arg<'a>(ctx: &'a FnContext<'_>, i: usize, what: &str) -> Result<&'a str> {
     match ctx.get_raw(i) {
@@ -184,22 +111,13 @@ fn start(ctx: &FnContext<'_>, registry: &Registry) -> Result<i64> {
         ),
         _ => None,
     };
-    let options = parse_options(options.as_deref())?;
+    let options = match options.as_deref() {
+        Some(json) => ReplicaOptions::from_json(json),
+        None => Ok(ReplicaOptions::new(Spelling::Json)),
+    }
+    .and_then(|o| o.check_source(&source).map(|()| o))
+    .map_err(|e| user_error(format!("aerodb_replica_start: {e}")))?;
     outside_transaction(ctx, "aerodb_replica_start")?;
-    let http = source.starts_with("http://");
-    if source.starts_with("https://") {
-        return Err(user_error(format!(
-            "aerodb_replica_start: source '{source}': https is not supported by this build; use http:// over a trusted network or a tunnel"
-        )));
-    }
-    if http != options.token_file.is_some() {
-        return Err(user_error(if http {
-            format!("aerodb_replica_start: source '{source}' needs the option \"token_file\" (a file holding the server's bearer token)")
-        } else {
-            "aerodb_replica_start: option \"token_file\" applies to http:// sources only"
-                .to_string()
-        }));
-    }
     // SAFETY: called on the connection running this function.
     let conn = unsafe { ctx.get_connection()? };
     let path = conn
@@ -228,27 +146,10 @@ fn start(ctx: &FnContext<'_>, registry: &Registry) -> Result<i64> {
             "aerodb_replica_start: source '{source}' is this replica's own database file"
         )));
     }
-    let (wal_source, generation): (Box<dyn WalSource>, _) = match &options.token_file {
-        Some(token_file) => {
-            let token = std::fs::read_to_string(token_file).map_err(|e| {
-                user_error(format!(
-                    "aerodb_replica_start: option \"token_file\" '{token_file}': {e}"
-                ))
-            })?;
-            let s = HttpSource::open(&source, token.trim())
-                .map_err(|f| user_error(format!("aerodb_replica_start: source '{source}': {f}")))?;
-            let g = s.generation();
-            (Box::new(s), g)
-        }
-        None => {
-            let s = FileSource::open(&source)
-                .map_err(|e| user_error(format!("aerodb_replica_start: source '{source}': {e}")))?
-                .with_poll_interval(options.poll);
-            let g = s.generation();
-            (Box::new(s), g)
-        }
-    };
-    let replica = Replica::start(&path, wal_source, generation, options.config)
+    let opened = options
+        .open_source(&source)
+        .map_err(|e| user_error(format!("aerodb_replica_start: {e}")))?;
+    let replica = Replica::start(&path, opened.source, opened.generation, options.config)
         .map_err(|e| user_error(format!("aerodb_replica_start: {e}")))?;
     let applied = replica.snapshot().applied.commit_id;
     *running = Some(Running { replica, source });

@@ -1582,11 +1582,36 @@ impl Runtime {
         self.snapshot()
     }
 
+    /// A handle that asks this replica to stop from another thread (a
+    /// signal handler's, say) without owning it: the Supervisor records
+    /// the stop with `reason`, as [`stop`](Self::stop) does, and publishes
+    /// a snapshot that is no longer running. The owner still calls
+    /// [`stop`](Self::stop) (or drops the runtime) to join the threads.
+    pub fn stop_requester(&self) -> StopRequester {
+        StopRequester {
+            events: self.events.clone(),
+        }
+    }
+
     fn shutdown(&mut self, reason: &str) {
         if let Some(h) = self.supervisor.take() {
             let _ = self.events.send(Event::Stop(reason.into()));
             let _ = h.join();
         }
+    }
+}
+
+/// Asks a running replica to stop ([`Runtime::stop_requester`]).
+#[derive(Clone, Debug)]
+pub struct StopRequester {
+    events: Sender<Event>,
+}
+
+impl StopRequester {
+    /// Asks for a stop recorded with `reason` (the first reason asked
+    /// wins). Does nothing once the replica has stopped.
+    pub fn request_stop(&self, reason: impl Into<String>) {
+        let _ = self.events.send(Event::Stop(reason.into()));
     }
 }
 

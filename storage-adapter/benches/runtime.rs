@@ -943,6 +943,9 @@ impl Server {
             .arg("127.0.0.1:0")
             .arg("--token-file")
             .arg(token_file)
+            // Warnings only: an access-log line per request would flood
+            // the report and cost the server time it measures.
+            .env("RUST_LOG", "warn")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())

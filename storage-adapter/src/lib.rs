@@ -15,6 +15,8 @@
 //! | Primary: exposes WAL segments (P1) | [`primary::PrimaryWalReader`] |
 //! | Replica State Store tables (5.5, T1) | [`replica`], `sql/replica.sql` |
 //! | WAL Applier's storage mutation: one transaction per segment (5.4, W1, W2) | [`replica::ReplicaDb::apply`] |
+//! | Runtime bounds and the source's options (SQL JSON and CLI flags alike) | [`options`] |
+//! | `aerodb_version()` (same string as `aerodb --version`) | [`version`] |
 //!
 //! ## Example
 //!
@@ -47,6 +49,7 @@
 
 pub mod capture;
 pub mod http_source;
+pub mod options;
 pub mod primary;
 mod primary_wal;
 mod raw;
@@ -56,6 +59,7 @@ pub mod snapshot;
 mod state_store;
 pub mod status;
 mod table_info;
+pub mod version;
 
 pub use primary_wal::WalReadError;
 pub use raw::RawError;

@@ -50,8 +50,8 @@ use replication::applier::HeldSegment;
 use replication::read_gate::{self, Decision, ObservedState, ReadRequest};
 use replication::runtime::{
     ApplyStorage, ComponentStatus, Config, Failure, Fetched, PersistedSegment, Runtime,
-    SegmentReader, Snapshot, SnapshotFacts, StateStore, StopSignal, Storage, WaitError, WalSource,
-    WalStorage, WAL_TRUNCATED,
+    SegmentReader, Snapshot, SnapshotFacts, StateStore, StopRequester, StopSignal, Storage,
+    WaitError, WalSource, WalStorage, WAL_TRUNCATED,
 };
 use replication::state::{BlockReason, GlobalState, ReadStatus};
 use replication::wal::{
@@ -905,6 +905,13 @@ impl Replica {
         done: impl FnMut(&Snapshot) -> bool,
     ) -> Result<Arc<Snapshot>, Arc<Snapshot>> {
         self.runtime().wait_until(deadline, done)
+    }
+
+    /// A handle that asks this replica to stop from another thread (e.g.
+    /// on a signal); the stop is recorded with the reason given. Call
+    /// [`stop`](Self::stop) afterwards to join the threads.
+    pub fn stop_requester(&self) -> StopRequester {
+        self.runtime().stop_requester()
     }
 
     /// Stops the replica (threads joined, stop recorded); returns the last

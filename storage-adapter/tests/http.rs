@@ -8,7 +8,8 @@
 //!   replica stops explicitly (`SOURCE_UNAVAILABLE`, reads refused), then
 //!   resumes by itself, recorded as a transition; nothing lost or applied
 //!   twice.
-//! - A wrong token gets 401, and the server never logs the token.
+//! - A wrong token gets 401, logged (warning and access line with path and
+//!   peer), and the server never logs the token.
 //! - Malformed, oversized and out-of-range requests get a 4xx whose JSON
 //!   `error` says why.
 //! - A primary whose WAL was truncated bootstraps new and lagging replicas
@@ -60,6 +61,11 @@ struct Server {
     child: Child,
     /// Kept open: the server's stdout stays a live pipe.
     _stdout: BufReader<ChildStdout>,
+    /// The server's stderr lines (its log, one access line per request),
+    /// read as they come so a full pipe never blocks the server.
+    stderr: mpsc::Receiver<String>,
+    /// Lines already taken from `stderr`.
+    log: Vec<String>,
     port: u16,
 }
 
@@ -75,6 +81,7 @@ impl Server {
             .arg(format!("127.0.0.1:{port}"))
             .arg("--token-file")
             .arg(token_file)
+            .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -109,9 +116,21 @@ impl Server {
         if port != 0 {
             assert_eq!(bound, port, "the server bound another port");
         }
+        let stderr = BufReader::new(child.stderr.take().expect("stderr piped"));
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in stderr.lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
         Server {
             child,
             _stdout: stdout,
+            stderr: lines,
+            log: Vec::new(),
             port: bound,
         }
     }
@@ -120,15 +139,30 @@ impl Server {
         format!("http://127.0.0.1:{}", self.port)
     }
 
+    /// Waits for a log line for which `done` holds (the access line of a
+    /// request is written once its response is sent).
+    fn wait_log_line(&mut self, done: impl Fn(&str) -> bool) -> String {
+        loop {
+            match self.stderr.recv_timeout(WAIT) {
+                Ok(line) => {
+                    self.log.push(line.clone());
+                    if done(&line) {
+                        return line;
+                    }
+                }
+                Err(e) => panic!("no such log line ({e:?}); so far: {:#?}", self.log),
+            }
+        }
+    }
+
     /// SIGKILL, reaped; returns everything the server wrote to stderr.
     fn kill(mut self) -> String {
         self.child.kill().expect("SIGKILL");
         self.child.wait().expect("reaped");
-        let mut stderr = String::new();
-        if let Some(mut e) = self.child.stderr.take() {
-            e.read_to_string(&mut stderr).expect("reading stderr");
-        }
-        stderr
+        let mut log = std::mem::take(&mut self.log);
+        // The pipe closed with the process: the reader ends.
+        log.extend(self.stderr.iter());
+        log.join("\n")
     }
 }
 
@@ -630,7 +664,7 @@ fn wrong_token_is_refused_with_401_and_the_server_never_logs_a_token() {
     let (p_path, r_path) = (dir.path().join("p.db"), dir.path().join("r.db"));
     let p = primary(&p_path);
     insert(&p, 1..=3, "a");
-    let server = Server::start(&p_path, &token_file(dir.path()), 0);
+    let mut server = Server::start(&p_path, &token_file(dir.path()), 0);
     let url = server.url();
     let wrong = "not-the-token-7b1e3a9c44d0";
     let err = match Replica::start_from_url(&r_path, &url, wrong, Config::default()) {
@@ -644,13 +678,25 @@ fn wrong_token_is_refused_with_401_and_the_server_never_logs_a_token() {
         )
     );
     assert!(!r_path.exists(), "nothing was created");
+    server.wait_log_line(|l| l.contains("aerodb::access") && l.contains("status=401"));
     let stderr = server.kill();
-    let lines: Vec<&str> = stderr.lines().collect();
-    assert_eq!(lines.len(), 1, "{stderr}");
-    let peer = lines[0]
-        .strip_prefix("aerodb serve: 401 for GET /v1/head from 127.0.0.1:")
-        .unwrap_or_else(|| panic!("{stderr}"));
-    assert!(peer.parse::<u16>().is_ok(), "{stderr}");
+    // One warning and one access-log line for the refused request, both
+    // naming the path and the peer.
+    let refused: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.contains("status=401") || l.contains("refused:"))
+        .collect();
+    assert_eq!(refused.len(), 2, "{stderr}");
+    assert!(
+        refused[0].contains(" WARN ")
+            && refused[0].contains("refused: missing or wrong bearer token (401)"),
+        "{stderr}"
+    );
+    assert!(refused[1].contains("aerodb::access"), "{stderr}");
+    for line in &refused {
+        assert!(line.contains("path=\"/v1/head\""), "{stderr}");
+        assert!(line.contains("peer=\"127.0.0.1:"), "{stderr}");
+    }
     for secret in [wrong, TOKEN, "Bearer"] {
         assert!(
             !stderr.contains(secret),

@@ -634,6 +634,7 @@ pub fn register(conn: &Connection) -> Result<CaptureHandle, rusqlite::Error> {
     conn.create_scalar_function("aerodb_last_commit_id", 0, utf8, move |_ctx| {
         Ok(last_commit_id(&s).map(|c| c.0 as i64))
     })?;
+    crate::version::register(conn)?;
     // The table last, once every function holds the new state: it shares
     // the state the functions own.
     vtab::register(db, &shared).map_err(user_err)?;

@@ -1,234 +1,147 @@
-//! `aerodb`: command-line tool.
+//! `aerodb`: the command-line tool (DESIGN 6, "Command line").
 //!
-//! `aerodb replica --primary P.db --replica R.db [--segment-bytes N]
-//! [--until-caught-up]` runs the threaded replica runtime: it prints each
-//! change of the applied CommitId and of the global state, and runs until
-//! stdin closes (or, with `--until-caught-up`, until the replica is Ready
-//! with everything the primary had), then stops cleanly.
+//! - `aerodb replica` runs the threaded replica runtime as a service
+//!   (`replica.rs`): until SIGTERM/SIGINT, through source outages.
+//! - `aerodb catch-up` applies what the replica lacks, single-threaded,
+//!   without the runtime, then exits (`catch_up.rs`).
+//! - `aerodb serve` serves a primary's WAL read-only over HTTP (`serve.rs`).
 //!
-//! `aerodb catch-up --primary P.db --replica R.db [--segment-bytes N]`
-//! applies everything the primary has that the replica lacks, one segment
-//! per SQLite transaction, single-threaded, without the runtime, then exits.
-//! Both read the primary read-only.
+//! Conventions: `--help` / `-h` / `help CMD` on stdout with exit 0,
+//! `--version`, `--flag=value`; exit codes 0 ok, 1 runtime failure,
+//! 2 usage error (an unknown flag, a flag the command does not take, a
+//! value outside its limit). The replica's limits are those of
+//! `aerodb_replica_start`'s JSON, checked by the same code
+//! (`storage_adapter::options`). Logs go to stderr through
+//! `tracing-subscriber` (`RUST_LOG`, default `info`; `--log-format`).
 
-use replication::runtime::{is_blocked, Config};
-use replication::state::GlobalKind;
-use replication::wal::{validate, CommitId, Segment};
-use std::io::Write;
+use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
 use std::process::ExitCode;
-use std::sync::mpsc;
-use std::time::{Duration, Instant};
-use storage_adapter::primary::PrimaryWalReader;
-use storage_adapter::replica::{ApplyError, ReplicaDb};
-use storage_adapter::runtime::Replica;
+use storage_adapter::options::{NumberOption, OptionError, ReplicaOptions, Spelling};
 
-const USAGE: &str = "usage: aerodb replica --primary PRIMARY.db|http://HOST:PORT --replica REPLICA.db [--token-file FILE] [--segment-bytes N] [--until-caught-up]
-       aerodb catch-up --primary PRIMARY.db --replica REPLICA.db [--segment-bytes N]
-       aerodb serve --db PRIMARY.db --listen 127.0.0.1:PORT --token-file FILE [--allow-remote]";
+mod catch_up;
+mod replica;
+mod serve;
 
-/// Default target size of a segment read from the primary.
-const DEFAULT_SEGMENT_BYTES: usize = 1 << 20;
+/// SQLite replication: serve a primary's WAL, run a replica.
+#[derive(Parser, Debug)]
+#[command(
+    name = "aerodb",
+    version = storage_adapter::version::VERSION,
+    arg_required_else_help = true,
+    after_help = "Logs go to stderr; RUST_LOG sets their filter (default: info).\nExit codes: 0 ok, 1 failure, 2 usage error."
+)]
+struct Cli {
+    /// Format of the log lines written to stderr.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
 
-fn run_replica(
-    primary: &str,
-    replica: &str,
-    segment_bytes: usize,
-    until_caught_up: bool,
-    token_file: Option<&str>,
-) -> Result<(), String> {
-    let config = Config {
-        segment_bytes,
-        ..Config::default()
-    };
-    let (head, handle) = if primary.starts_with("http://") {
-        let token_file =
-            token_file.ok_or_else(|| format!("--primary {primary} needs --token-file\n{USAGE}"))?;
-        let token = std::fs::read_to_string(token_file)
-            .map_err(|e| format!("--token-file {token_file}: {e}"))?;
-        let source = storage_adapter::http_source::HttpSource::open(primary, token.trim())
-            .map_err(|e| e.to_string())?;
-        let head = source.head().map_err(|e| e.to_string())?.head;
-        let generation = source.generation();
-        let handle = Replica::start(replica, Box::new(source), generation, config)
-            .map_err(|e| e.to_string())?;
-        (head, handle)
-    } else {
-        let head = PrimaryWalReader::open(primary)
-            .and_then(|r| r.head())
-            .map_err(|e| format!("primary {primary}: {e}"))?;
-        let handle =
-            Replica::start_from_file(replica, primary, config).map_err(|e| e.to_string())?;
-        (head, handle)
-    };
-    // stdin closing asks for a stop (so a parent can stop it cleanly).
-    let (closed_tx, closed_rx) = mpsc::channel::<()>();
-    if !until_caught_up {
-        std::thread::spawn(move || {
-            let _ = std::io::copy(&mut std::io::stdin(), &mut std::io::sink());
-            let _ = closed_tx.send(());
-        });
-    }
-    let mut shown = (CommitId(0), String::new());
-    let out = std::io::stdout();
-    loop {
-        // Wake on every published change; the deadline only bounds how long
-        // a check of stdin can be delayed (no decision depends on it).
-        let s = handle
-            .wait_until(Instant::now() + Duration::from_millis(50), |s| {
-                (s.applied.commit_id, s.global.to_string()) != shown || !s.running
-            })
-            .unwrap_or_else(|s| s);
-        let now = (s.applied.commit_id, s.global.to_string());
-        if now != shown {
-            let mut o = out.lock();
-            let _ = writeln!(
-                o,
-                "applied commit {} (WAL offset {}); state {}",
-                s.applied.commit_id, s.applied.wal_offset, s.global
-            );
-            let _ = o.flush();
-            shown = now;
-        }
-        if !s.running || is_blocked(&s.global) {
-            break;
-        }
-        if until_caught_up && s.applied.commit_id >= head && s.global.kind() == GlobalKind::Ready {
-            break;
-        }
-        if closed_rx.try_recv().is_ok() {
-            break;
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum LogFormat {
+    /// One human-readable line per event, with a UTC timestamp.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run a replica of a primary file or an `aerodb serve`, as a service:
+    /// until SIGTERM or SIGINT, through source outages.
+    Replica(replica::ReplicaArgs),
+    /// Apply everything the primary file has that the replica lacks,
+    /// single-threaded and without the runtime, then exit.
+    CatchUp(catch_up::CatchUpArgs),
+    /// Serve a primary's WAL read-only over HTTP to replicas.
+    Serve(serve::ServeArgs),
+}
+
+/// The runtime's limits, as flags (the keys of `aerodb_replica_start`'s
+/// JSON options; same bounds, same checks).
+#[derive(Args, Debug, Default)]
+struct LimitArgs {
+    /// Target size of a segment asked from the source [1..=67108864, default 1048576].
+    #[arg(long, value_name = "BYTES")]
+    segment_bytes: Option<u64>,
+}
+
+/// Why a command failed: a usage error (exit 2) or at run time (exit 1).
+#[derive(Debug)]
+enum Failure {
+    /// The command line asks for something the command cannot do.
+    Usage {
+        command: &'static str,
+        message: String,
+    },
+    /// Running it failed.
+    Run(String),
+}
+
+impl Failure {
+    fn usage(command: &'static str, e: OptionError) -> Failure {
+        Failure::Usage {
+            command,
+            message: e.to_string(),
         }
     }
-    let blocked = handle.snapshot().global.clone();
-    let last = handle.stop();
-    println!(
-        "stopped: applied commit {}; state {}",
-        last.applied.commit_id, last.global
-    );
-    for c in &last.components {
-        if let Some(e) = &c.last_error {
-            println!("{}: last error {e}", c.component);
+}
+
+/// Starts the options from the defaults and applies the limits given.
+fn options_from(
+    command: &'static str,
+    limits: &[(NumberOption, Option<u64>)],
+) -> Result<ReplicaOptions, Failure> {
+    let mut options = ReplicaOptions::new(Spelling::Flag);
+    for (option, value) in limits {
+        if let Some(v) = value {
+            options
+                .set(*option, *v)
+                .map_err(|e| Failure::usage(command, e))?;
         }
     }
-    if is_blocked(&blocked) {
-        return Err(format!("replication was blocked: {blocked}"));
+    Ok(options)
+}
+
+fn init_logging(format: LogFormat) {
+    use tracing_subscriber::filter::{EnvFilter, LevelFilter};
+    let filter = EnvFilter::builder()
+        .with_default_directive(LevelFilter::INFO.into())
+        .from_env_lossy();
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
     }
-    Ok(())
 }
 
 fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    match run(&args) {
+    // `e.exit()`: help and version on stdout with 0, usage errors on
+    // stderr with 2.
+    let cli = Cli::try_parse().unwrap_or_else(|e| e.exit());
+    init_logging(cli.log_format);
+    let result = match cli.command {
+        Command::Replica(args) => replica::run(args),
+        Command::CatchUp(args) => catch_up::run(args),
+        Command::Serve(args) => serve::run(args),
+    };
+    match result {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("aerodb: {e}");
+        Err(Failure::Usage { command, message }) => {
+            let mut cmd = Cli::command();
+            cmd.build();
+            let sub = cmd
+                .find_subcommand_mut(command)
+                .expect("every Failure::Usage names one of the subcommands above");
+            sub.error(clap::error::ErrorKind::ValueValidation, message)
+                .exit()
+        }
+        Err(Failure::Run(message)) => {
+            eprintln!("aerodb: {message}");
             ExitCode::FAILURE
         }
     }
-}
-
-fn flag<'a>(args: &'a [String], name: &str) -> Result<Option<&'a str>, String> {
-    match args.iter().position(|a| a == name) {
-        None => Ok(None),
-        Some(i) => args
-            .get(i + 1)
-            .map(|v| Some(v.as_str()))
-            .ok_or_else(|| format!("{name} needs a value\n{USAGE}")),
-    }
-}
-
-mod serve;
-
-fn run(args: &[String]) -> Result<(), String> {
-    if args.first().map(String::as_str) == Some("serve") {
-        return serve::run(&args[1..]);
-    }
-    let command = match args.first().map(String::as_str) {
-        Some(c @ ("catch-up" | "replica")) => c,
-        Some(other) => return Err(format!("unknown command '{other}'\n{USAGE}")),
-        None => return Err(USAGE.into()),
-    };
-    let until_caught_up = args.iter().any(|a| a == "--until-caught-up");
-    if until_caught_up && command != "replica" {
-        return Err(format!(
-            "--until-caught-up is an option of 'replica'\n{USAGE}"
-        ));
-    }
-    let rest: Vec<String> = args[1..]
-        .iter()
-        .filter(|a| *a != "--until-caught-up")
-        .cloned()
-        .collect();
-    let known = ["--primary", "--replica", "--segment-bytes", "--token-file"];
-    for pair in rest.chunks(2) {
-        if !known.contains(&pair[0].as_str()) {
-            return Err(format!("unknown argument '{}'\n{USAGE}", pair[0]));
-        }
-    }
-    let args = &rest[..];
-    let primary =
-        flag(args, "--primary")?.ok_or_else(|| format!("--primary is required\n{USAGE}"))?;
-    let replica =
-        flag(args, "--replica")?.ok_or_else(|| format!("--replica is required\n{USAGE}"))?;
-    let segment_bytes = match flag(args, "--segment-bytes")? {
-        None => DEFAULT_SEGMENT_BYTES,
-        Some(v) => v
-            .parse::<usize>()
-            .ok()
-            .filter(|n| *n > 0)
-            .ok_or_else(|| format!("--segment-bytes: '{v}' is not a positive integer"))?,
-    };
-    if command == "replica" {
-        return run_replica(
-            primary,
-            replica,
-            segment_bytes,
-            until_caught_up,
-            flag(args, "--token-file")?,
-        );
-    }
-    let reader = PrimaryWalReader::open(primary).map_err(|e| format!("primary {primary}: {e}"))?;
-    let mut db = ReplicaDb::open(replica).map_err(|e| format!("replica {replica}: {e}"))?;
-    let mut position = db
-        .init(reader.generation())
-        .map_err(|e| format!("replica {replica}: {e}"))?;
-    let head = reader.head().map_err(|e| e.to_string())?;
-    println!(
-        "primary generation {} head commit {head}; replica at commit {} (WAL offset {})",
-        reader.generation(),
-        position.commit_id,
-        position.wal_offset
-    );
-    while let Some(bytes) = reader
-        .segment(position.commit_id.next(), segment_bytes)
-        .map_err(|e| e.to_string())?
-    {
-        let segment = Segment::decode(&bytes).map_err(|e| e.to_string())?;
-        let validated = validate(segment, &position).map_err(|e| e.to_string())?;
-        let first = validated.segment().header.first_commit_id;
-        // A segment that ends inside a transaction is applied with the
-        // ones that follow, up to the one that ends it.
-        position = db
-            .apply_transaction(Some(&validated), &mut |_, at| {
-                let bytes = reader
-                    .segment(at.commit_id.next(), segment_bytes)
-                    .map_err(|e| ApplyError::Source(e.to_string()))?
-                    .ok_or(ApplyError::TransactionCut {
-                        after: at.commit_id,
-                    })?;
-                let segment =
-                    Segment::decode(&bytes).map_err(|e| ApplyError::Source(e.to_string()))?;
-                validate(segment, at).map_err(ApplyError::from)
-            })
-            .map_err(|e| e.to_string())?;
-        let last = position.commit_id;
-        println!(
-            "applied segment {first}..={last} ({} bytes); replica at commit {} (WAL offset {})",
-            bytes.len(),
-            position.commit_id,
-            position.wal_offset
-        );
-    }
-    println!("caught up: replica at commit {}", position.commit_id);
-    Ok(())
 }

@@ -1,4 +1,4 @@
-//! `aerodb serve --db PRIMARY.db --listen 127.0.0.1:PORT --token-file FILE`:
+//! `aerodb serve --db PRIMARY.db --listen HOST:PORT --token-file FILE`:
 //! serves a primary's WAL read-only over HTTP (protocol:
 //! `storage_adapter::http_source`). It opens the primary read-only and
 //! never writes it; the primary itself runs no replication threads.
@@ -8,18 +8,37 @@
 //! `PRAGMA data_version` to move (checked every millisecond), at most the
 //! time the client asked for and never more than `MAX_WAIT`: a transport
 //! wait that decides nothing but when to answer.
+//!
+//! Every request gets one access-log line (`tracing` target
+//! `aerodb::access`: method, path, status, bytes, duration, peer); no log
+//! line ever holds a header or a query (the token travels in a header).
 
-use super::flag;
+use super::Failure;
+use clap::Args;
 use replication::wal::{CommitId, Segment};
-use std::net::SocketAddr;
+use std::net::{SocketAddr, ToSocketAddrs};
 use std::time::{Duration, Instant};
 use storage_adapter::primary::{PrimaryError, PrimaryWalReader};
 use storage_adapter::snapshot;
 use storage_adapter::WalReadError;
 use tiny_http::{Header, Method, Request, Response, Server};
 
-pub const USAGE: &str =
-    "aerodb serve --db PRIMARY.db --listen 127.0.0.1:PORT --token-file FILE [--allow-remote]";
+#[derive(Args, Debug)]
+pub struct ServeArgs {
+    /// The primary database file (opened read-only).
+    #[arg(long, value_name = "FILE")]
+    db: String,
+    /// Address to listen on, HOST:PORT (e.g. 127.0.0.1:7070,
+    /// localhost:7070, [::1]:7070; port 0 picks a free one).
+    #[arg(long, value_name = "HOST:PORT")]
+    listen: String,
+    /// File holding the bearer token clients must send (>= 16 characters).
+    #[arg(long, value_name = "FILE")]
+    token_file: String,
+    /// Bind a non-loopback address (the WAL is served over plain HTTP).
+    #[arg(long)]
+    allow_remote: bool,
+}
 
 /// Longest long-poll a client may ask for.
 const MAX_WAIT: Duration = Duration::from_secs(30);
@@ -35,52 +54,77 @@ struct Config {
     token: String,
 }
 
-pub fn run(args: &[String]) -> Result<(), String> {
-    let allow_remote = args.iter().any(|a| a == "--allow-remote");
-    let rest: Vec<String> = args
-        .iter()
-        .filter(|a| *a != "--allow-remote")
-        .cloned()
+/// The addresses `listen` names: every one must be loopback unless
+/// `allow_remote` (plain HTTP must not face a network by accident).
+fn resolve(listen: &str, allow_remote: bool) -> Result<Vec<SocketAddr>, Failure> {
+    let usage = |message: String| Failure::Usage {
+        command: "serve",
+        message,
+    };
+    let port_ok = listen
+        .rsplit_once(':')
+        .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
+    if !port_ok {
+        return Err(usage(format!(
+            "--listen '{listen}': expected HOST:PORT (e.g. 127.0.0.1:7070 or localhost:7070)"
+        )));
+    }
+    let addrs: Vec<SocketAddr> = listen
+        .to_socket_addrs()
+        .map_err(|e| Failure::Run(format!("--listen '{listen}': cannot resolve it: {e}")))?
         .collect();
-    for pair in rest.chunks(2) {
-        if !["--db", "--listen", "--token-file"].contains(&pair[0].as_str()) {
-            return Err(format!("unknown argument '{}'\nusage: {USAGE}", pair[0]));
+    if addrs.is_empty() {
+        return Err(Failure::Run(format!(
+            "--listen '{listen}': resolves to no address"
+        )));
+    }
+    if let Some(remote) = addrs.iter().find(|a| !a.ip().is_loopback()) {
+        if !allow_remote {
+            return Err(usage(format!(
+                "--listen {listen} resolves to {remote}, which is not a loopback address; the WAL is served over plain HTTP (no TLS), so pass --allow-remote to bind it anyway"
+            )));
         }
     }
-    let need = |name: &str| -> Result<String, String> {
-        flag(&rest, name)?
-            .map(str::to_owned)
-            .ok_or_else(|| format!("{name} is required\nusage: {USAGE}"))
-    };
-    let (db, listen, token_file) = (need("--db")?, need("--listen")?, need("--token-file")?);
-    let addr: SocketAddr = listen
-        .parse()
-        .map_err(|e| format!("--listen '{listen}': {e} (expected IP:PORT)"))?;
-    if !addr.ip().is_loopback() && !allow_remote {
-        return Err(format!(
-            "--listen {addr} is not a loopback address; the WAL is served over plain HTTP (no TLS), so pass --allow-remote to bind it anyway"
-        ));
-    }
+    Ok(addrs)
+}
+
+pub fn run(args: ServeArgs) -> Result<(), Failure> {
+    let ServeArgs {
+        db,
+        listen,
+        token_file,
+        allow_remote,
+    } = args;
+    let addrs = resolve(&listen, allow_remote)?;
+    let run = Failure::Run;
     let token = std::fs::read_to_string(&token_file)
-        .map_err(|e| format!("--token-file {token_file}: {e}"))?
+        .map_err(|e| run(format!("--token-file {token_file}: {e}")))?
         .trim()
         .to_owned();
     if token.len() < 16 {
-        return Err(format!(
+        return Err(run(format!(
             "--token-file {token_file}: the token must be at least 16 characters"
-        ));
+        )));
     }
     // Fail now, not at the first request, if this is not a primary.
-    PrimaryWalReader::open(&db).map_err(|e| format!("--db {db}: {e}"))?;
-    let server = Server::from_listener(listen_nodelay(addr)?, None)
-        .map_err(|e| format!("listening on {addr}: {e}"))?;
+    PrimaryWalReader::open(&db).map_err(|e| run(format!("--db {db}: {e}")))?;
+    // The first address that binds (a name such as localhost may resolve
+    // to 127.0.0.1 and ::1; one listener serves).
+    let mut errors = Vec::new();
+    let listener = addrs
+        .iter()
+        .find_map(|a| listen_nodelay(*a).map_err(|e| errors.push(e)).ok())
+        .ok_or_else(|| run(errors.join("; ")))?;
+    let server = Server::from_listener(listener, None)
+        .map_err(|e| run(format!("listening on {listen}: {e}")))?;
     let bound = server
         .server_addr()
         .to_ip()
-        .ok_or("the server is not bound to an IP address")?;
+        .ok_or_else(|| run("the server is not bound to an IP address".into()))?;
     println!("aerodb serve: serving the WAL of {db} on http://{bound}");
     use std::io::Write;
     let _ = std::io::stdout().flush();
+    tracing::info!(db = %db, listen = %bound, "serving the WAL read-only");
     let config = std::sync::Arc::new(Config { db, token });
     let server = std::sync::Arc::new(server);
     let workers: Vec<_> = (0..WORKERS)
@@ -89,7 +133,7 @@ pub fn run(args: &[String]) -> Result<(), String> {
             std::thread::Builder::new()
                 .name(format!("aerodb-serve-{i}"))
                 .spawn(move || worker(&server, &config))
-                .map_err(|e| format!("spawning a worker: {e}"))
+                .map_err(|e| run(format!("spawning a worker: {e}")))
         })
         .collect::<Result<_, _>>()?;
     for w in workers {
@@ -120,11 +164,29 @@ fn worker(server: &Server, config: &Config) {
         if reader.is_none() {
             reader = PrimaryWalReader::open(&config.db).ok();
         }
+        let started = Instant::now();
         let response = match reader.as_ref() {
             Some(r) => handle(&request, r, config),
             None => error(503, "the primary database cannot be opened"),
         };
-        let _ = request.respond(response);
+        let status = response.status_code().0;
+        let bytes = response.data_length();
+        let method = request.method().to_string();
+        // The path only: never a header (the token) and never the query.
+        let path = request.url().split('?').next().unwrap_or("").to_owned();
+        let peer = request.remote_addr().map(|a| a.to_string());
+        let sent = request.respond(response);
+        tracing::info!(
+            target: "aerodb::access",
+            method,
+            path,
+            status,
+            bytes,
+            duration_ms = started.elapsed().as_secs_f64() * 1000.0,
+            peer = peer.as_deref().unwrap_or("-"),
+            sent = sent.is_ok(),
+            "request"
+        );
     }
 }
 
@@ -210,13 +272,11 @@ fn handle(request: &Request, reader: &PrimaryWalReader, config: &Config) -> Repl
     }
     if !authorized(request, &config.token) {
         // Never log the presented credentials.
-        eprintln!(
-            "aerodb serve: 401 for {} {path} from {}",
-            request.method(),
-            request
-                .remote_addr()
-                .map(|a| a.to_string())
-                .unwrap_or_default()
+        tracing::warn!(
+            method = %request.method(),
+            path,
+            peer = request.remote_addr().map(|a| a.to_string()).unwrap_or_default(),
+            "refused: missing or wrong bearer token (401)"
         );
         return error(401, "missing or wrong bearer token")
             .with_header(header("WWW-Authenticate", "Bearer"));

@@ -1,0 +1,264 @@
+//! `aerodb replica --primary FILE|URL --replica R.db`: the threaded replica
+//! runtime as a service.
+//!
+//! It prints each change of the applied CommitId and of the global state on
+//! stdout, and runs until SIGTERM or SIGINT (or, when asked, until stdin
+//! closes or the replica has caught up with the primary's head at start).
+//! A stop, whatever asked for it, is the runtime's recorded stop (state
+//! Disabled, the reason in `replica_transitions`), as
+//! `aerodb_replica_stop()` records it. A source outage
+//! (`SOURCE_UNAVAILABLE`) is not the end: the runtime shows it
+//! (read-blocked) and resumes when the source answers again, as it does in
+//! the SQL runtime. Any other block (a rejected segment, a fork, a failed
+//! apply) needs an operator: the process stops the replica and exits 1.
+//!
+//! No timer orders anything (X5): the main thread waits on the runtime's
+//! published state; signals and stdin reach it as stop requests the
+//! Supervisor records, which publish a stopped state.
+
+use super::{options_from, Failure, LimitArgs};
+use clap::Args;
+use replication::runtime::{is_blocked, Component, Snapshot, SOURCE_UNAVAILABLE};
+use replication::state::{BlockReason, GlobalKind, GlobalState, ReadStatus};
+use replication::wal::CommitId;
+use std::io::Write;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+use storage_adapter::options::NumberOption;
+use storage_adapter::runtime::Replica;
+
+#[derive(Args, Debug)]
+pub struct ReplicaArgs {
+    /// The primary: a database file (opened read-only) or the
+    /// http://HOST:PORT of an `aerodb serve`.
+    #[arg(long, value_name = "FILE|URL")]
+    primary: String,
+    /// The replica database file (created if missing).
+    #[arg(long, value_name = "FILE")]
+    replica: String,
+    /// File holding the server's bearer token (http:// primaries only).
+    #[arg(long, value_name = "FILE")]
+    token_file: Option<String>,
+    #[command(flatten)]
+    limits: LimitArgs,
+    /// Segments queued between the runtime's stages [1..=1024, default 2].
+    #[arg(long, value_name = "N")]
+    queue_depth: Option<u64>,
+    /// How often a primary file is checked for new WAL, in ms [1..=60000,
+    /// default 1] (file primaries only).
+    #[arg(long, value_name = "MS")]
+    poll_interval_ms: Option<u64>,
+    /// Stop once the replica is Ready with everything the primary had when
+    /// it started.
+    #[arg(long)]
+    until_caught_up: bool,
+    /// Stop when stdin closes (for a parent process that holds a pipe);
+    /// without it stdin is not read.
+    #[arg(long)]
+    stop_on_stdin_eof: bool,
+}
+
+/// Longest single wait on the published state before waiting again: a
+/// bound on one wait, not a decision (every decision is on the state).
+const WAIT_BOUND: Duration = Duration::from_secs(3600);
+
+/// What asked the replica to stop.
+#[derive(Debug)]
+enum StopCause {
+    Signal(&'static str),
+    StdinClosed,
+}
+
+impl StopCause {
+    fn reason(&self) -> String {
+        match self {
+            StopCause::Signal(name) => format!("stopped by {name} (aerodb replica)"),
+            StopCause::StdinClosed => "stdin closed (aerodb replica --stop-on-stdin-eof)".into(),
+        }
+    }
+}
+
+/// Why the loop over published states ended.
+#[derive(Debug, PartialEq)]
+enum End {
+    /// The runtime no longer runs (a stop was recorded, or it failed).
+    NotRunning,
+    /// Blocked by something other than a source outage.
+    Blocked(String),
+    /// `--until-caught-up` and there.
+    CaughtUp,
+}
+
+/// Whether the replica is blocked only because its source does not answer
+/// (the Receiver waits for it and resumes by itself).
+fn waiting_for_source(s: &Snapshot) -> bool {
+    matches!(
+        &s.global,
+        GlobalState::Ready {
+            read: ReadStatus::Blocked(BlockReason::ReceiverFailed { .. })
+        }
+    ) && s
+        .component(Component::Receiver)
+        .last_error
+        .as_ref()
+        .is_some_and(|f| f.code == SOURCE_UNAVAILABLE)
+}
+
+/// What the loop decides after a published state.
+fn end_of(s: &Snapshot, until: Option<CommitId>) -> Option<End> {
+    if !s.running {
+        return Some(End::NotRunning);
+    }
+    if is_blocked(&s.global) && !waiting_for_source(s) {
+        return Some(End::Blocked(s.global.to_string()));
+    }
+    match until {
+        Some(head) if s.applied.commit_id >= head && s.global.kind() == GlobalKind::Ready => {
+            Some(End::CaughtUp)
+        }
+        _ => None,
+    }
+}
+
+pub fn run(args: ReplicaArgs) -> Result<(), Failure> {
+    let mut options = options_from(
+        "replica",
+        &[
+            (NumberOption::SegmentBytes, args.limits.segment_bytes),
+            (NumberOption::QueueDepth, args.queue_depth),
+            (NumberOption::PollIntervalMs, args.poll_interval_ms),
+        ],
+    )?;
+    options.token_file = args.token_file.clone();
+    options
+        .check_source(&args.primary)
+        .map_err(|e| Failure::usage("replica", e))?;
+    if args.until_caught_up && args.stop_on_stdin_eof {
+        return Err(Failure::Usage {
+            command: "replica",
+            message: "--until-caught-up and --stop-on-stdin-eof: give one way to stop".into(),
+        });
+    }
+    let opened = options
+        .open_source(&args.primary)
+        .map_err(|e| Failure::Run(e.to_string()))?;
+    let head = opened.head;
+    let (causes_tx, causes) = mpsc::channel::<StopCause>();
+    // Signals are caught before the runtime starts, so none is lost.
+    let mut signals = signal_hook::iterator::Signals::new([
+        signal_hook::consts::SIGTERM,
+        signal_hook::consts::SIGINT,
+    ])
+    .map_err(|e| Failure::Run(format!("installing the signal handlers: {e}")))?;
+    let handle = Replica::start(
+        &args.replica,
+        opened.source,
+        opened.generation,
+        options.config,
+    )
+    .map_err(|e| Failure::Run(e.to_string()))?;
+    tracing::info!(
+        primary = %args.primary,
+        replica = %args.replica,
+        "replica runtime started; stops on SIGTERM or SIGINT"
+    );
+    let signal_thread = {
+        let (stopper, causes_tx, signals_handle) =
+            (handle.stop_requester(), causes_tx.clone(), signals.handle());
+        let thread = std::thread::Builder::new()
+            .name("aerodb-signals".into())
+            .spawn(move || {
+                for signal in signals.forever() {
+                    let name = match signal {
+                        signal_hook::consts::SIGTERM => "SIGTERM",
+                        _ => "SIGINT",
+                    };
+                    let cause = StopCause::Signal(name);
+                    tracing::info!("{name} received; stopping the replica");
+                    // The cause first: the main thread reads it once the
+                    // stop this request records is published.
+                    let reason = cause.reason();
+                    let _ = causes_tx.send(cause);
+                    stopper.request_stop(reason);
+                }
+            })
+            .map_err(|e| Failure::Run(format!("spawning the signal thread: {e}")))?;
+        (thread, signals_handle)
+    };
+    if args.stop_on_stdin_eof {
+        let stopper = handle.stop_requester();
+        // Not joined: it blocks in read(2) until stdin closes; the process
+        // may end first.
+        std::thread::Builder::new()
+            .name("aerodb-stdin".into())
+            .spawn(move || {
+                let _ = std::io::copy(&mut std::io::stdin(), &mut std::io::sink());
+                let cause = StopCause::StdinClosed;
+                let reason = cause.reason();
+                let _ = causes_tx.send(cause);
+                stopper.request_stop(reason);
+            })
+            .map_err(|e| Failure::Run(format!("spawning the stdin thread: {e}")))?;
+    }
+    let end = follow(&handle, args.until_caught_up.then_some(head));
+    let last = handle.stop();
+    signal_thread.1.close();
+    let _ = signal_thread.0.join();
+    println!(
+        "stopped: applied commit {}; state {}",
+        last.applied.commit_id, last.global
+    );
+    for c in &last.components {
+        if let Some(e) = &c.last_error {
+            println!("{}: last error {e}", c.component);
+        }
+    }
+    let _ = std::io::stdout().flush();
+    match (end, causes.try_recv()) {
+        (End::Blocked(state), _) => Err(Failure::Run(format!("replication was blocked: {state}"))),
+        (End::CaughtUp, _) | (End::NotRunning, Ok(_)) => Ok(()),
+        (End::NotRunning, Err(_)) => Err(Failure::Run(format!(
+            "the replica runtime stopped by itself: {}",
+            last.global
+        ))),
+    }
+}
+
+/// Prints every change of the applied CommitId and the global state until
+/// the loop must end.
+fn follow(handle: &Replica, until: Option<CommitId>) -> End {
+    let mut shown = (CommitId(0), String::new());
+    let mut outage = false;
+    loop {
+        let s = handle
+            .wait_until(Instant::now() + WAIT_BOUND, |s| {
+                (s.applied.commit_id, s.global.to_string()) != shown || !s.running
+            })
+            .unwrap_or_else(|s| s);
+        let now = (s.applied.commit_id, s.global.to_string());
+        if now != shown {
+            let mut o = std::io::stdout().lock();
+            let _ = writeln!(
+                o,
+                "applied commit {} (WAL offset {}); state {}",
+                s.applied.commit_id, s.applied.wal_offset, s.global
+            );
+            let _ = o.flush();
+            shown = now;
+        }
+        match (waiting_for_source(&s), outage) {
+            (true, false) => tracing::warn!(
+                state = %s.global,
+                "the WAL source does not answer; the replica keeps running and resumes when it answers again"
+            ),
+            (false, true) if s.running => {
+                tracing::info!(state = %s.global, "the WAL source answers again")
+            }
+            _ => {}
+        }
+        outage = waiting_for_source(&s);
+        if let Some(end) = end_of(&s, until) {
+            return end;
+        }
+    }
+}

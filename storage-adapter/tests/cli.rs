@@ -1,0 +1,580 @@
+//! The `aerodb` command line as a user and a service manager meet it
+//! (issue 12): a real binary, real primary and replica files, real signals.
+//!
+//! - Help and version on stdout with exit 0; `--version` is the string
+//!   `aerodb_version()` returns in SQL.
+//! - Usage errors exit 2 naming what is wrong (unknown flags, flags a
+//!   command does not take, values outside the limits `aerodb_replica_start`
+//!   also enforces, a `--listen` without a port or off loopback); runtime
+//!   failures exit 1; `--flag=value` works.
+//! - `aerodb serve --listen localhost:0` resolves the name and serves; every
+//!   request gets an access-log line (text or JSON) that never holds the
+//!   token.
+//! - `aerodb replica` is a service: stdin EOF does not stop it (unless
+//!   `--stop-on-stdin-eof`); SIGTERM/SIGINT stop it with exit 0 and the
+//!   stop recorded (Disabled, the signal in the reason); when `aerodb
+//!   serve` is killed and restarted, it keeps running and resumes.
+//!
+//! Rules proven: F1 (a source outage is an explicit, recorded block and
+//! resuming a recorded transition, in the CLI as in the SQL runtime), T1
+//! (the stop is recorded in the state store).
+//!
+//! No test sleeps: every wait is on a line the child prints (read by a
+//! thread, received with a bounded deadline) or on the child's exit.
+
+use rstest::rstest;
+use rusqlite::{Connection, OpenFlags};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::ops::RangeInclusive;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+use storage_adapter::primary::Primary;
+use storage_adapter::status::ReplicaStatus;
+use storage_adapter::version::VERSION;
+
+/// The bearer token the servers of these tests accept.
+const TOKEN: &str = "aerodb-cli-test-token-3e8a61f0";
+/// Client-side bound of every wait (never reached when things work).
+const WAIT: Duration = Duration::from_secs(30);
+
+fn aerodb(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_aerodb"))
+        .args(args)
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .output()
+        .expect("running aerodb")
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// A primary with table `t` (its schema record is commit 1).
+fn primary(path: &Path) -> Primary {
+    let p = Primary::open(path).expect("primary");
+    p.connection()
+        .execute_batch("CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT NOT NULL)")
+        .expect("table");
+    p.replicate("t").expect("replicate");
+    p
+}
+
+/// One commit per row. Returns the head.
+fn insert(p: &Primary, ids: RangeInclusive<i64>) -> u64 {
+    for id in ids {
+        p.connection()
+            .execute("INSERT INTO t VALUES (?1, 'v' || ?1)", [id])
+            .expect("insert");
+    }
+    p.head().expect("head").0
+}
+
+fn token_file(dir: &Path) -> PathBuf {
+    let path = dir.join("token.txt");
+    std::fs::write(&path, format!("{TOKEN}\n")).expect("token file");
+    path
+}
+
+fn recorded(replica: &Path) -> ReplicaStatus {
+    let conn = Connection::open_with_flags(replica, OpenFlags::SQLITE_OPEN_READ_ONLY)
+        .expect("replica opens");
+    ReplicaStatus::read(&conn).expect("replica status")
+}
+
+fn last_transition_reason(replica: &Path) -> String {
+    let conn = Connection::open_with_flags(replica, OpenFlags::SQLITE_OPEN_READ_ONLY)
+        .expect("replica opens");
+    conn.query_row(
+        "SELECT to_state || ': ' || reason FROM aerodb_replica_transitions ORDER BY seq DESC LIMIT 1",
+        [],
+        |r| r.get(0),
+    )
+    .expect("a transition")
+}
+
+fn transitions(replica: &Path) -> Vec<String> {
+    let conn = Connection::open_with_flags(replica, OpenFlags::SQLITE_OPEN_READ_ONLY)
+        .expect("replica opens");
+    let mut stmt = conn
+        .prepare("SELECT reason FROM aerodb_replica_transitions ORDER BY seq")
+        .expect("transitions");
+    let rows = stmt
+        .query_map([], |r| r.get(0))
+        .expect("rows")
+        .collect::<Result<_, _>>()
+        .expect("reasons");
+    rows
+}
+
+// ----------------------------------------------------- a child and its lines
+
+/// A child whose stdout and stderr lines arrive on channels as it prints
+/// them (so a full pipe never blocks it, and a test waits on a line).
+struct Running {
+    child: Child,
+    stdout: mpsc::Receiver<String>,
+    stderr: mpsc::Receiver<String>,
+    seen: Vec<String>,
+    seen_log: Vec<String>,
+}
+
+fn lines_of(r: impl Read + Send + 'static) -> mpsc::Receiver<String> {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(r).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
+impl Running {
+    fn start(args: &[&str], stdin: Stdio) -> Running {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_aerodb"))
+            .args(args)
+            .env("RUST_LOG", "info")
+            .stdin(stdin)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawning aerodb");
+        let stdout = lines_of(child.stdout.take().expect("stdout piped"));
+        let stderr = lines_of(child.stderr.take().expect("stderr piped"));
+        Running {
+            child,
+            stdout,
+            stderr,
+            seen: Vec::new(),
+            seen_log: Vec::new(),
+        }
+    }
+
+    /// Waits for a stdout line for which `done` holds; returns it.
+    fn wait_line(&mut self, what: &str, done: impl Fn(&str) -> bool) -> String {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.stdout.recv_timeout(left) {
+                Ok(line) => {
+                    self.seen.push(line.clone());
+                    if done(&line) {
+                        return line;
+                    }
+                }
+                Err(e) => panic!(
+                    "no stdout line {what} ({e:?}); stdout so far: {:#?}\nstderr: {}",
+                    self.seen,
+                    self.stderr_now()
+                ),
+            }
+        }
+    }
+
+    /// Waits for a stderr line for which `done` holds; returns it.
+    fn wait_log_line(&mut self, what: &str, done: impl Fn(&str) -> bool) -> String {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.stderr.recv_timeout(left) {
+                Ok(line) => {
+                    self.seen_log.push(line.clone());
+                    if done(&line) {
+                        return line;
+                    }
+                }
+                Err(e) => panic!(
+                    "no stderr line {what} ({e:?}); so far: {:#?}",
+                    self.seen_log
+                ),
+            }
+        }
+    }
+
+    fn stderr_now(&self) -> String {
+        self.stderr.try_iter().collect::<Vec<_>>().join("\n")
+    }
+
+    fn signal(&self, name: &str) {
+        let status = Command::new("kill")
+            .args(["-s", name, &self.child.id().to_string()])
+            .status()
+            .expect("running kill");
+        assert!(status.success(), "kill -s {name}");
+    }
+
+    /// Waits for the exit; returns its status and the rest of stdout and
+    /// all of stderr.
+    fn exit(mut self) -> (ExitStatus, Vec<String>, String) {
+        let status = self.child.wait().expect("reaped");
+        // The pipes close with the process: the readers end.
+        let rest: Vec<String> = self.stdout.iter().collect();
+        let mut stderr = std::mem::take(&mut self.seen_log);
+        stderr.extend(self.stderr.iter());
+        (status, rest, stderr.join("\n"))
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// An `aerodb serve` on `127.0.0.1:port` (0: any), started and serving.
+fn serve(db: &Path, token: &Path, port: u16, extra: &[&str]) -> (Running, u16) {
+    let listen = format!("127.0.0.1:{port}");
+    let mut args = vec![
+        "serve",
+        "--db",
+        db.to_str().expect("UTF-8 path"),
+        "--listen",
+        &listen,
+        "--token-file",
+        token.to_str().expect("UTF-8 path"),
+    ];
+    args.extend_from_slice(extra);
+    let mut server = Running::start(&args, Stdio::null());
+    let line = server.wait_line("serving", |l| l.starts_with("aerodb serve: serving"));
+    let bound = line
+        .rsplit_once(':')
+        .and_then(|(_, p)| p.parse().ok())
+        .unwrap_or_else(|| panic!("no port in {line:?}"));
+    (server, bound)
+}
+
+fn ready_at(line: &str, commit: u64) -> bool {
+    line.starts_with(&format!("applied commit {commit} "))
+        && line.ends_with("state Ready (read-safe)")
+}
+
+// ------------------------------------------------------- 1. conventions
+
+#[rstest]
+#[case::help(&["--help"], "Usage: aerodb [OPTIONS] <COMMAND>")]
+#[case::short_help(&["-h"], "Commands:")]
+#[case::help_command(&["help", "replica"], "Usage: aerodb replica [OPTIONS] --primary <FILE|URL> --replica <FILE>")]
+#[case::command_help(&["replica", "--help"], "--stop-on-stdin-eof")]
+#[case::serve_help(&["serve", "-h"], "--listen <HOST:PORT>")]
+#[case::catch_up_help(&["catch-up", "--help"], "--segment-bytes <BYTES>")]
+fn help_goes_to_stdout_with_exit_0(#[case] args: &[&str], #[case] shows: &str) {
+    let out = aerodb(args);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert!(text(&out.stdout).contains(shows), "{}", text(&out.stdout));
+    assert_eq!(text(&out.stderr), "");
+}
+
+#[test]
+fn version_is_the_string_aerodb_version_returns_in_sql() {
+    let out = aerodb(&["--version"]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let conn = Connection::open_in_memory().expect("in-memory database");
+    storage_adapter::capture::register(&conn).expect("SQL functions");
+    let sql: String = conn
+        .query_row("SELECT aerodb_version()", [], |r| r.get(0))
+        .expect("aerodb_version()");
+    assert_eq!(sql, VERSION);
+    assert_eq!(text(&out.stdout), format!("aerodb {sql}\n"));
+}
+
+#[rstest]
+#[case::no_command(&[], "Usage: aerodb")]
+#[case::unknown_command(&["bogus"], "unrecognized subcommand 'bogus'")]
+#[case::unknown_flag(&["replica", "--primary", "p.db", "--replica", "r.db", "--bogus"], "unexpected argument '--bogus'")]
+#[case::flag_of_another_command(&["catch-up", "--primary", "p.db", "--replica", "r.db", "--token-file", "t"], "unexpected argument '--token-file'")]
+#[case::missing_flag(&["replica", "--primary", "p.db"], "--replica <FILE>")]
+#[case::not_a_number(&["replica", "--primary", "p.db", "--replica", "r.db", "--queue-depth", "x"], "invalid value 'x' for '--queue-depth <N>'")]
+#[case::segment_bytes_zero(&["replica", "--primary=p.db", "--replica=r.db", "--segment-bytes=0"], "--segment-bytes must be an integer from 1 to 67108864, got 0")]
+#[case::queue_depth_over(&["replica", "--primary", "p.db", "--replica", "r.db", "--queue-depth=1025"], "--queue-depth must be an integer from 1 to 1024, got 1025")]
+#[case::catch_up_segment_bytes(&["catch-up", "--primary", "p.db", "--replica", "r.db", "--segment-bytes", "67108865"], "--segment-bytes must be an integer from 1 to 67108864, got 67108865")]
+#[case::http_without_token(&["replica", "--primary", "http://127.0.0.1:1", "--replica", "r.db"], "needs the --token-file")]
+#[case::token_for_a_file(&["replica", "--primary", "p.db", "--replica", "r.db", "--token-file", "t"], "--token-file applies to http:// sources only")]
+#[case::poll_for_http(&["replica", "--primary", "http://127.0.0.1:1", "--replica", "r.db", "--token-file", "t", "--poll-interval-ms", "5"], "--poll-interval-ms applies to primary file sources only")]
+#[case::two_ways_to_stop(&["replica", "--primary", "p.db", "--replica", "r.db", "--until-caught-up", "--stop-on-stdin-eof"], "give one way to stop")]
+#[case::listen_without_port(&["serve", "--db", "p.db", "--listen", "localhost", "--token-file", "t"], "--listen 'localhost': expected HOST:PORT")]
+#[case::listen_off_loopback(&["serve", "--db", "p.db", "--listen", "192.0.2.1:7070", "--token-file", "t"], "resolves to 192.0.2.1:7070, which is not a loopback address")]
+#[case::log_format(&["--log-format=xml", "serve", "--db", "p.db", "--listen", "localhost:1", "--token-file", "t"], "invalid value 'xml' for '--log-format <LOG_FORMAT>'")]
+fn usage_errors_exit_2_saying_what_is_wrong(#[case] args: &[&str], #[case] says: &str) {
+    let out = aerodb(args);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert_eq!(text(&out.stdout), "");
+    assert!(text(&out.stderr).contains(says), "{}", text(&out.stderr));
+}
+
+#[rstest]
+#[case::missing_primary(&["replica", "--primary", "/nonexistent/p.db", "--replica", "r.db"], "aerodb: source '/nonexistent/p.db'")]
+#[case::catch_up_missing_primary(&["catch-up", "--primary", "/nonexistent/p.db", "--replica", "r.db"], "aerodb: primary /nonexistent/p.db")]
+#[case::serve_missing_token(&["serve", "--db", "p.db", "--listen", "localhost:0", "--token-file", "/nonexistent/t"], "aerodb: --token-file /nonexistent/t")]
+fn runtime_failures_exit_1(#[case] args: &[&str], #[case] says: &str) {
+    let out = aerodb(args);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(text(&out.stderr).contains(says), "{}", text(&out.stderr));
+}
+
+#[test]
+fn flags_take_their_value_after_an_equals_sign() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (p_path, r_path) = (dir.path().join("p.db"), dir.path().join("r.db"));
+    let p = primary(&p_path);
+    let head = insert(&p, 1..=5);
+    let out = aerodb(&[
+        "catch-up",
+        &format!("--primary={}", p_path.display()),
+        &format!("--replica={}", r_path.display()),
+        "--segment-bytes=200",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert!(
+        text(&out.stdout).ends_with(&format!("caught up: replica at commit {head}\n")),
+        "{}",
+        text(&out.stdout)
+    );
+    assert_eq!(recorded(&r_path).applied_commit_id.map(|c| c.0), Some(head));
+}
+
+// ------------------------------------------------- 2. serve: names, logs
+
+/// `GET target` with the token; returns the status code.
+fn get(addr: &str, target: &str) -> u16 {
+    let mut s = TcpStream::connect(addr).expect("connects");
+    write!(
+        s,
+        "GET {target} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\nConnection: close\r\n\r\n"
+    )
+    .expect("request sent");
+    let mut reply = Vec::new();
+    let _ = s.read_to_end(&mut reply);
+    let reply = String::from_utf8_lossy(&reply);
+    reply
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or_else(|| panic!("no status in {reply:?}"))
+}
+
+#[rstest]
+#[case::text("text")]
+#[case::json("json")]
+fn serve_resolves_localhost_and_logs_each_request_never_the_token(#[case] format: &str) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let p_path = dir.path().join("p.db");
+    let p = primary(&p_path);
+    insert(&p, 1..=2);
+    let token = token_file(dir.path());
+    let mut server = Running::start(
+        &[
+            "serve",
+            "--db",
+            p_path.to_str().expect("UTF-8"),
+            "--listen",
+            "localhost:0",
+            "--token-file",
+            token.to_str().expect("UTF-8"),
+            "--log-format",
+            format,
+        ],
+        Stdio::null(),
+    );
+    let line = server.wait_line("serving", |l| l.starts_with("aerodb serve: serving"));
+    let addr = line
+        .rsplit_once("http://")
+        .map(|(_, a)| a.to_owned())
+        .expect("an address");
+    assert!(
+        addr.starts_with("127.0.0.1:") || addr.starts_with("[::1]:"),
+        "{line}"
+    );
+    let expected = [("/v1/head", 200), ("/v1/segments", 200), ("/nope", 404)];
+    let mut access = Vec::new();
+    for (path, status) in expected {
+        let target = match path {
+            "/v1/segments" => "/v1/segments?from=1&wait_ms=0",
+            p => p,
+        };
+        assert_eq!(get(&addr, target), status);
+        // The line is written once the response is sent: wait for it.
+        access.push(server.wait_log_line(path, |l| {
+            l.contains("aerodb::access") && l.contains(&format!("\"{path}\""))
+        }));
+    }
+    server.signal("KILL");
+    let (_, _, stderr) = server.exit();
+    assert!(!stderr.contains(TOKEN), "the log shows the token: {stderr}");
+    assert_eq!(
+        stderr
+            .lines()
+            .filter(|l| l.contains("aerodb::access"))
+            .count(),
+        3,
+        "{stderr}"
+    );
+    for (line, (path, status)) in access.iter().zip(expected) {
+        if format == "json" {
+            let v: serde_json::Value = serde_json::from_str(line).expect("a JSON line");
+            let f = &v["fields"];
+            assert_eq!(f["method"], "GET", "{line}");
+            assert_eq!(f["path"], path, "{line}");
+            assert_eq!(f["status"], status, "{line}");
+            assert!(f["bytes"].as_u64().is_some_and(|b| b > 0), "{line}");
+            assert!(f["duration_ms"].as_f64().is_some(), "{line}");
+            assert!(
+                f["peer"].as_str().is_some_and(|p| p.contains(':')),
+                "{line}"
+            );
+            assert!(v["timestamp"].as_str().is_some(), "{line}");
+        } else {
+            for field in [
+                "method=\"GET\"".to_string(),
+                format!("path=\"{path}\""),
+                format!("status={status}"),
+                "bytes=".into(),
+                "duration_ms=".into(),
+                "peer=\"".into(),
+            ] {
+                assert!(line.contains(&field), "{field} not in {line}");
+            }
+            // A UTC timestamp opens the line.
+            assert!(
+                line.get(..4)
+                    .is_some_and(|y| y.bytes().all(|b| b.is_ascii_digit()))
+                    && line.contains('T')
+                    && line.contains('Z'),
+                "{line}"
+            );
+        }
+    }
+}
+
+// ---------------------------------------------- 3. replica as a service
+
+fn replica_args<'a>(p: &'a Path, r: &'a Path) -> Vec<&'a str> {
+    vec![
+        "replica",
+        "--primary",
+        p.to_str().expect("UTF-8"),
+        "--replica",
+        r.to_str().expect("UTF-8"),
+    ]
+}
+
+#[rstest]
+#[case::sigterm("TERM", "SIGTERM")]
+#[case::sigint("INT", "SIGINT")]
+fn a_signal_stops_the_replica_cleanly_with_the_stop_recorded_and_stdin_eof_does_not(
+    #[case] signal: &str,
+    #[case] name: &str,
+) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (p_path, r_path) = (dir.path().join("p.db"), dir.path().join("r.db"));
+    let p = primary(&p_path);
+    let head = insert(&p, 1..=3);
+    // stdin is /dev/null: at EOF from the start, as under systemd or nohup.
+    let mut replica = Running::start(&replica_args(&p_path, &r_path), Stdio::null());
+    replica.wait_line("Ready at the head", |l| ready_at(l, head));
+    // Still running after stdin's EOF: it follows a new commit.
+    let head = insert(&p, 4..=4);
+    replica.wait_line("Ready at the new head", |l| ready_at(l, head));
+    let live = recorded(&r_path).runtime.expect("recorded state");
+    assert_eq!(
+        (live.global_state.as_str(), live.read_status.as_str()),
+        ("Ready", "read-safe")
+    );
+    replica.signal(signal);
+    let (status, rest, stderr) = replica.exit();
+    assert_eq!(status.code(), Some(0), "{rest:?} {stderr}");
+    assert_eq!(
+        rest.last().map(String::as_str),
+        Some(format!("stopped: applied commit {head}; state Disabled").as_str()),
+        "{rest:?}"
+    );
+    assert!(stderr.contains(&format!("{name} received")), "{stderr}");
+    let stopped = recorded(&r_path).runtime.expect("recorded state");
+    assert_eq!(
+        (stopped.global_state.as_str(), stopped.read_status.as_str()),
+        ("Disabled", ""),
+        "{stopped:?}"
+    );
+    assert_eq!(
+        last_transition_reason(&r_path),
+        format!("Disabled: stopped by {name} (aerodb replica)")
+    );
+}
+
+#[test]
+fn with_stop_on_stdin_eof_closing_stdin_stops_the_replica_recorded() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (p_path, r_path) = (dir.path().join("p.db"), dir.path().join("r.db"));
+    let p = primary(&p_path);
+    let head = insert(&p, 1..=3);
+    let mut args = replica_args(&p_path, &r_path);
+    args.push("--stop-on-stdin-eof");
+    let mut replica = Running::start(&args, Stdio::piped());
+    replica.wait_line("Ready at the head", |l| ready_at(l, head));
+    drop(replica.child.stdin.take());
+    let (status, rest, stderr) = replica.exit();
+    assert_eq!(status.code(), Some(0), "{rest:?} {stderr}");
+    assert_eq!(
+        recorded(&r_path).runtime.expect("state").global_state,
+        "Disabled"
+    );
+    assert_eq!(
+        last_transition_reason(&r_path),
+        "Disabled: stdin closed (aerodb replica --stop-on-stdin-eof)"
+    );
+}
+
+#[test]
+fn replica_keeps_running_while_the_server_is_down_and_resumes_when_it_restarts() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (p_path, r_path) = (dir.path().join("p.db"), dir.path().join("r.db"));
+    let p = primary(&p_path);
+    let head = insert(&p, 1..=3);
+    let token = token_file(dir.path());
+    let (server, port) = serve(&p_path, &token, 0, &[]);
+    let url = format!("http://127.0.0.1:{port}");
+    let mut replica = Running::start(
+        &[
+            "replica",
+            "--primary",
+            &url,
+            "--token-file",
+            token.to_str().expect("UTF-8"),
+            "--replica",
+            r_path.to_str().expect("UTF-8"),
+        ],
+        Stdio::null(),
+    );
+    replica.wait_line("Ready at the head", |l| ready_at(l, head));
+    let resume_at = head + 1;
+    // The server goes away: the replica shows it, explicitly, and waits.
+    drop(server);
+    replica.wait_line("read-blocked on SOURCE_UNAVAILABLE", |l| {
+        l.contains("read-blocked") && l.contains("SOURCE_UNAVAILABLE")
+    });
+    let head = insert(&p, 4..=6);
+    let (_server, again) = serve(&p_path, &token, port, &[]);
+    assert_eq!(again, port);
+    replica.wait_line("Ready at the new head", |l| ready_at(l, head));
+    assert!(
+        transitions(&r_path)
+            .iter()
+            .any(|t| t.ends_with(&format!("answers again; resuming at commit {resume_at}"))),
+        "{:?}",
+        transitions(&r_path)
+    );
+    replica.signal("TERM");
+    let (status, rest, stderr) = replica.exit();
+    assert_eq!(status.code(), Some(0), "{rest:?} {stderr}");
+    assert!(
+        stderr.contains("the WAL source does not answer") && stderr.contains("answers again"),
+        "{stderr}"
+    );
+    assert_eq!(recorded(&r_path).applied_commit_id.map(|c| c.0), Some(head));
+}
