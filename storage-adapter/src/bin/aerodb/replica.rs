@@ -133,12 +133,6 @@ pub fn run(args: ReplicaArgs) -> Result<(), Failure> {
     options
         .check_source(&args.primary)
         .map_err(|e| Failure::usage("replica", e))?;
-    if args.until_caught_up && args.stop_on_stdin_eof {
-        return Err(Failure::Usage {
-            command: "replica",
-            message: "--until-caught-up and --stop-on-stdin-eof: give one way to stop".into(),
-        });
-    }
     let opened = options
         .open_source(&args.primary)
         .map_err(|e| Failure::Run(e.to_string()))?;
