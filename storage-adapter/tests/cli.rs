@@ -297,7 +297,6 @@ fn version_is_the_string_aerodb_version_returns_in_sql() {
 #[case::http_without_token(&["replica", "--primary", "http://127.0.0.1:1", "--replica", "r.db"], "needs the --token-file")]
 #[case::token_for_a_file(&["replica", "--primary", "p.db", "--replica", "r.db", "--token-file", "t"], "--token-file applies to http:// sources only")]
 #[case::poll_for_http(&["replica", "--primary", "http://127.0.0.1:1", "--replica", "r.db", "--token-file", "t", "--poll-interval-ms", "5"], "--poll-interval-ms applies to primary file sources only")]
-#[case::two_ways_to_stop(&["replica", "--primary", "p.db", "--replica", "r.db", "--until-caught-up", "--stop-on-stdin-eof"], "give one way to stop")]
 #[case::listen_without_port(&["serve", "--db", "p.db", "--listen", "localhost", "--token-file", "t"], "--listen 'localhost': expected HOST:PORT")]
 #[case::listen_off_loopback(&["serve", "--db", "p.db", "--listen", "192.0.2.1:7070", "--token-file", "t"], "resolves to 192.0.2.1:7070, which is not a loopback address")]
 #[case::log_format(&["--log-format=xml", "serve", "--db", "p.db", "--listen", "localhost:1", "--token-file", "t"], "invalid value 'xml' for '--log-format <LOG_FORMAT>'")]
@@ -577,4 +576,55 @@ fn replica_keeps_running_while_the_server_is_down_and_resumes_when_it_restarts()
         "{stderr}"
     );
     assert_eq!(recorded(&r_path).applied_commit_id.map(|c| c.0), Some(head));
+}
+
+#[test]
+fn until_caught_up_exits_0_at_the_primary_head() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (p_path, r_path) = (dir.path().join("p.db"), dir.path().join("r.db"));
+    let p = primary(&p_path);
+    let head = insert(&p, 1..=5);
+    let mut args = replica_args(&p_path, &r_path);
+    args.extend([
+        "--until-caught-up",
+        "--segment-bytes=200",
+        "--queue-depth=1",
+    ]);
+    let out = aerodb(&args);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert!(
+        text(&out.stdout).ends_with(&format!("stopped: applied commit {head}; state Disabled\n")),
+        "{}",
+        text(&out.stdout)
+    );
+}
+
+#[test]
+fn a_block_an_operator_must_resolve_stops_the_replica_and_exits_1() {
+    // A replica of one primary pointed at another (a foreign generation):
+    // not an outage, so the service does not wait for it to pass.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (p_path, q_path, r_path) = (
+        dir.path().join("p.db"),
+        dir.path().join("q.db"),
+        dir.path().join("r.db"),
+    );
+    let p = primary(&p_path);
+    insert(&p, 1..=2);
+    let q = primary(&q_path);
+    insert(&q, 1..=4);
+    let mut args = replica_args(&p_path, &r_path);
+    args.push("--until-caught-up");
+    assert_eq!(aerodb(&args).status.code(), Some(0));
+    let out = aerodb(&replica_args(&q_path, &r_path));
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(
+        text(&out.stderr).contains("aerodb: replication was blocked: Ready (read-blocked: "),
+        "{}",
+        text(&out.stderr)
+    );
+    assert_eq!(
+        recorded(&r_path).runtime.expect("state").global_state,
+        "Disabled"
+    );
 }

@@ -16,7 +16,9 @@
 
 use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
 use std::process::ExitCode;
-use storage_adapter::options::{NumberOption, OptionError, ReplicaOptions, Spelling};
+use storage_adapter::options::{
+    Limit, NumberOption, OptionError, ReplicaOptions, Spelling, SEGMENT_BYTES,
+};
 
 mod catch_up;
 mod replica;
@@ -62,9 +64,17 @@ enum Command {
 /// JSON options; same bounds, same checks).
 #[derive(Args, Debug, Default)]
 struct LimitArgs {
-    /// Target size of a segment asked from the source [1..=67108864, default 1048576].
-    #[arg(long, value_name = "BYTES")]
+    #[arg(long, value_name = "BYTES", help = limit_help("Target size of a segment asked from the source", SEGMENT_BYTES))]
     segment_bytes: Option<u64>,
+}
+
+/// A limit flag's help, with its bounds and default from the constants the
+/// check uses (so the help cannot drift from it).
+fn limit_help(what: &str, limit: Limit) -> String {
+    format!(
+        "{what} [{}..={}, default {}]",
+        limit.min, limit.max, limit.default
+    )
 }
 
 /// Why a command failed: a usage error (exit 2) or at run time (exit 1).

@@ -16,7 +16,7 @@
 //! published state; signals and stdin reach it as stop requests the
 //! Supervisor records, which publish a stopped state.
 
-use super::{options_from, Failure, LimitArgs};
+use super::{limit_help, options_from, Failure, LimitArgs};
 use clap::Args;
 use replication::runtime::{is_blocked, Component, Snapshot, SOURCE_UNAVAILABLE};
 use replication::state::{BlockReason, GlobalKind, GlobalState, ReadStatus};
@@ -24,7 +24,7 @@ use replication::wal::CommitId;
 use std::io::Write;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
-use storage_adapter::options::NumberOption;
+use storage_adapter::options::{NumberOption, POLL_INTERVAL_MS, QUEUE_DEPTH};
 use storage_adapter::runtime::Replica;
 
 #[derive(Args, Debug)]
@@ -41,12 +41,9 @@ pub struct ReplicaArgs {
     token_file: Option<String>,
     #[command(flatten)]
     limits: LimitArgs,
-    /// Segments queued between the runtime's stages [1..=1024, default 2].
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", help = limit_help("Segments queued between the runtime's stages", QUEUE_DEPTH))]
     queue_depth: Option<u64>,
-    /// How often a primary file is checked for new WAL, in ms [1..=60000,
-    /// default 1] (file primaries only).
-    #[arg(long, value_name = "MS")]
+    #[arg(long, value_name = "MS", help = limit_help("How often a primary file is checked for new WAL, in ms (file primaries only)", POLL_INTERVAL_MS))]
     poll_interval_ms: Option<u64>,
     /// Stop once the replica is Ready with everything the primary had when
     /// it started.
@@ -133,12 +130,6 @@ pub fn run(args: ReplicaArgs) -> Result<(), Failure> {
     options
         .check_source(&args.primary)
         .map_err(|e| Failure::usage("replica", e))?;
-    if args.until_caught_up && args.stop_on_stdin_eof {
-        return Err(Failure::Usage {
-            command: "replica",
-            message: "--until-caught-up and --stop-on-stdin-eof: give one way to stop".into(),
-        });
-    }
     let opened = options
         .open_source(&args.primary)
         .map_err(|e| Failure::Run(e.to_string()))?;
