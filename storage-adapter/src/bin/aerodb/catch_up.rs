@@ -67,7 +67,7 @@ pub fn run(args: CatchUpArgs) -> Result<(), Failure> {
             })
             .map_err(|e| run(&e))?;
         println!(
-            "applied commits {first}..={} ({} bytes in the first segment); replica at commit {} (WAL offset {})",
+            "applied segment {first}..={} ({} bytes); replica at commit {} (WAL offset {})",
             position.commit_id,
             bytes.len(),
             position.commit_id,
