@@ -126,22 +126,11 @@ pub fn catch_up(
     position: replication::wal::ChainPosition,
     segment_bytes: usize,
 ) -> replication::wal::ChainPosition {
-    use replication::wal::{validate, Segment};
-    use storage_adapter::replica::ApplyError;
     // A segment that ends inside a transaction is applied with those that
     // follow, up to the one that ends it (one transaction).
     replica
         .apply_from(position, &mut |at| {
-            let Some(bytes) = reader
-                .segment(at.commit_id.next(), segment_bytes)
-                .map_err(|e| ApplyError::Source(e.to_string()))?
-            else {
-                return Ok(None);
-            };
-            let segment = Segment::decode(&bytes).expect("segment decodes");
-            Ok(Some(
-                validate(segment, at).expect("segment continues the replica"),
-            ))
+            storage_adapter::replica::next_segment(reader, at, segment_bytes)
         })
         .expect("segments apply")
 }

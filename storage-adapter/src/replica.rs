@@ -410,6 +410,26 @@ impl ReplicaDb {
     }
 }
 
+/// The segment `reader` has right after `at` (about `max_bytes`), decoded
+/// and validated against `at`, or `None` when it has nothing more: what
+/// [`ReplicaDb::apply_from`] and [`ReplicaDb::apply_transaction`] ask for
+/// when a replica follows a primary file directly.
+pub fn next_segment(
+    reader: &crate::primary::PrimaryWalReader,
+    at: &ChainPosition,
+    max_bytes: usize,
+) -> Result<Option<ValidatedSegment>, ApplyError> {
+    let Some(bytes) = reader
+        .segment(at.commit_id.next(), max_bytes)
+        .map_err(|e| ApplyError::Source(e.to_string()))?
+    else {
+        return Ok(None);
+    };
+    let segment =
+        replication::wal::Segment::decode(&bytes).map_err(|e| ApplyError::Source(e.to_string()))?;
+    Ok(Some(replication::wal::validate(segment, at)?))
+}
+
 impl ReplicaDb {
     /// Installs the snapshot file `path`, standing for commits
     /// `first..=last`, in ONE transaction: the replicated tables are

@@ -20,7 +20,7 @@ use rusqlite::Connection;
 use std::path::Path;
 use std::time::{Duration, Instant};
 use storage_adapter::primary::{Primary, PrimaryWalReader};
-use storage_adapter::replica::{ApplyError, ReplicaDb};
+use storage_adapter::replica::{next_segment, ApplyError, ReplicaDb};
 use storage_adapter::runtime::Replica;
 
 fn deadline() -> Instant {
@@ -210,11 +210,7 @@ fn a_transaction_cut_short_by_its_source_changes_nothing() {
             if at.commit_id.0 >= before {
                 return Ok(None);
             }
-            let bytes = reader
-                .segment(at.commit_id.next(), 200)
-                .expect("read")
-                .expect("segment");
-            Ok(Some(validate(Segment::decode(&bytes).expect("dec"), at)?))
+            next_segment(&reader, at, 200)
         })
         .expect("applies up to the transaction");
     assert_eq!(position.commit_id.0, before);
@@ -226,11 +222,7 @@ fn a_transaction_cut_short_by_its_source_changes_nothing() {
             if at.commit_id.0 > first.0 {
                 return Ok(None);
             }
-            let bytes = reader
-                .segment(at.commit_id.next(), 200)
-                .expect("read")
-                .expect("segment");
-            Ok(Some(validate(Segment::decode(&bytes).expect("dec"), at)?))
+            next_segment(&reader, at, 200)
         })
         .expect_err("cut short");
     assert!(

@@ -10,7 +10,7 @@ use replication::wal::{validate, CommitId, Segment};
 use rusqlite::types::ValueRef;
 use rusqlite::Connection;
 use storage_adapter::primary::{Primary, PrimaryWalReader};
-use storage_adapter::replica::{ApplyError, ReplicaDb};
+use storage_adapter::replica::{next_segment, ApplyError, ReplicaDb};
 use tempfile::TempDir;
 
 // ------------------------------------------------------------------ harness
@@ -419,15 +419,9 @@ impl Harness {
             let applied = self
                 .replica
                 .apply_transaction(Some(&validated), &mut |_, at| {
-                    let bytes = reader
-                        .segment(at.commit_id.next(), SEGMENT_BYTES)
-                        .map_err(|e| ApplyError::Source(e.to_string()))?
-                        .ok_or(ApplyError::TransactionCut {
-                            after: at.commit_id,
-                        })?;
-                    let segment =
-                        Segment::decode(&bytes).map_err(|e| ApplyError::Source(e.to_string()))?;
-                    Ok(validate(segment, at)?)
+                    next_segment(reader, at, SEGMENT_BYTES)?.ok_or(ApplyError::TransactionCut {
+                        after: at.commit_id,
+                    })
                 })
                 .map_err(|e| format!("applying the segment from commit {from}: {}", brief(e)))?;
             if applied.commit_id <= position.commit_id {

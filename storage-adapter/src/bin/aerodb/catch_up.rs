@@ -8,7 +8,7 @@ use clap::Args;
 use replication::wal::{validate, Segment};
 use storage_adapter::options::NumberOption;
 use storage_adapter::primary::PrimaryWalReader;
-use storage_adapter::replica::{ApplyError, ReplicaDb};
+use storage_adapter::replica::{next_segment, ApplyError, ReplicaDb};
 
 #[derive(Args, Debug)]
 pub struct CatchUpArgs {
@@ -55,15 +55,9 @@ pub fn run(args: CatchUpArgs) -> Result<(), Failure> {
         // ones that follow, up to the one that ends it (one transaction).
         position = db
             .apply_transaction(Some(&validated), &mut |_, at| {
-                let bytes = reader
-                    .segment(at.commit_id.next(), segment_bytes)
-                    .map_err(|e| ApplyError::Source(e.to_string()))?
-                    .ok_or(ApplyError::TransactionCut {
-                        after: at.commit_id,
-                    })?;
-                let segment =
-                    Segment::decode(&bytes).map_err(|e| ApplyError::Source(e.to_string()))?;
-                validate(segment, at).map_err(ApplyError::from)
+                next_segment(&reader, at, segment_bytes)?.ok_or(ApplyError::TransactionCut {
+                    after: at.commit_id,
+                })
             })
             .map_err(|e| run(&e))?;
         println!(
