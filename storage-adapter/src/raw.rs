@@ -61,6 +61,26 @@ impl RawConn {
         }
     }
 
+    /// How many of the connection's statements are running and may write
+    /// (stepped, not reset, not read-only). SQLite refuses `SAVEPOINT`
+    /// while one is, so inside a capture callback a count of one is the
+    /// statement being run, and more means one runs nested in another.
+    pub(crate) fn busy_writers(&self) -> usize {
+        let mut n = 0;
+        // SAFETY: db is open; next_stmt walks the connection's own list,
+        // and the loop only reads each statement's flags.
+        unsafe {
+            let mut s = ffi::sqlite3_next_stmt(self.db, std::ptr::null_mut());
+            while !s.is_null() {
+                if ffi::sqlite3_stmt_busy(s) != 0 && ffi::sqlite3_stmt_readonly(s) == 0 {
+                    n += 1;
+                }
+                s = ffi::sqlite3_next_stmt(self.db, s);
+            }
+        }
+        n
+    }
+
     /// Prepares one statement.
     pub(crate) fn prepare<'c>(&'c self, sql: &str) -> Result<Stmt<'c>, RawError> {
         let mut stmt = std::ptr::null_mut();

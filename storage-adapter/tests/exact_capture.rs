@@ -479,10 +479,10 @@ fn savepoints_rollback_to_and_release_nested() {
          SAVEPOINT inner_sp; DELETE FROM t WHERE id = 2; ROLLBACK TO inner_sp; RELEASE inner_sp;
          RELEASE outer_tx",
     );
-    assert_eq!(
-        h.head(),
-        CommitId(before.0 + 1),
-        "one commit for the SAVEPOINT transaction"
+    let after = h.head();
+    assert!(
+        after == CommitId(before.0 + 1) || (spilling() && after > before),
+        "one commit for the SAVEPOINT transaction (head {before} -> {after})"
     );
     h.check("after a SAVEPOINT used as the transaction");
     let before = h.head();
@@ -549,10 +549,10 @@ fn rolled_back_transaction_consumes_no_commit_id() {
     assert_eq!(h.head(), before, "ROLLBACK consumed no CommitId");
     h.check("after a rolled-back transaction");
     h.exec("INSERT INTO t VALUES (3, 'c')");
-    assert_eq!(
-        h.head(),
-        CommitId(before.0 + 1),
-        "the next commit takes head + 1"
+    let after = h.head();
+    assert!(
+        after == CommitId(before.0 + 1) || (spilling() && after > before),
+        "the next commit takes head + 1 (head {before} -> {after})"
     );
     h.check("after the commit that followed the rollback");
 }
@@ -1254,7 +1254,7 @@ fn run_workload(seed: u64, units: usize) -> Result<(), String> {
                 "unit {unit}: ROLLBACK moved the head from {before} to {after}"
             )));
         }
-        if after.0 > before.0 + 1 {
+        if after.0 > before.0 + 1 && !spilling() {
             return Err(trace.fail(format!(
                 "unit {unit}: one transaction moved the head from {before} to {after}"
             )));
@@ -1264,6 +1264,12 @@ fn run_workload(seed: u64, units: usize) -> Result<(), String> {
                 .map_err(|e| trace.fail(format!("after unit {unit}: {e}")))?;
             trace.log.clear();
         }
+    }
+    if spilling() && continued_records(h.conn()) == 0 {
+        return Err(format!(
+            "seed {seed}: no transaction was spilled with a capture chunk of {:?} bytes",
+            test_chunk_bytes()
+        ));
     }
     Ok(())
 }

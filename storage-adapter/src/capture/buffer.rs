@@ -20,6 +20,16 @@
 //! state moved to [`Known::Lookup`] after the savepoint stays there, which
 //! is always correct (the lookup reads the true final row).
 //!
+//! Spills: a large transaction's buffer is written out as a record that
+//! continues (see `commit::spill`) and then emptied; [`TxBuffer::spilled`]
+//! keeps the count. A spill written inside an open savepoint is undone by
+//! SQLite when that savepoint is rolled back to, so the buffer must hold
+//! again what it held when the savepoint opened: at each spill the buffer
+//! keeps a copy of the part the open savepoints of that moment cover (keys,
+//! existence, schema sections; values are dropped, so those keys are looked
+//! up at commit). A copy is at most one chunk, and one is kept per
+//! savepoint that saw a spill, so memory stays bounded.
+//!
 //! Nothing here does IO; it is unit-tested on its own.
 
 use std::collections::HashMap;
@@ -76,6 +86,8 @@ pub(crate) struct Entry {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Mark {
     level: i32,
+    /// Spills written before the savepoint opened.
+    spills: u32,
     tables: usize,
     entries: usize,
     keys: usize,
@@ -145,6 +157,11 @@ pub(crate) struct TxBuffer {
     marks: Vec<Mark>,
     /// Index of the last table touched (runs of one table are common).
     last_table: usize,
+    /// Records written by spills of this transaction (they continue).
+    spills: u32,
+    /// What the buffer held, up to its newest open savepoint, when spill
+    /// `epoch` was written: (epoch, copy without values).
+    saved: Vec<(u32, Box<TxBuffer>)>,
 }
 
 impl TxBuffer {
@@ -178,6 +195,50 @@ impl TxBuffer {
         self.index.clear();
         self.marks.clear();
         self.last_table = 0;
+        self.spills = 0;
+        self.saved.clear();
+    }
+
+    /// How many records spills of this transaction wrote (and SQLite has
+    /// not rolled back).
+    pub fn spills(&self) -> u32 {
+        self.spills
+    }
+
+    /// The buffer was written out as a record that continues: keep what the
+    /// open savepoints need should they be rolled back to, then empty it.
+    pub fn spilled(&mut self) {
+        let covered = self
+            .marks
+            .iter()
+            .rev()
+            .find(|m| m.spills == self.spills)
+            .copied();
+        if let Some(m) = covered {
+            let mut copy = TxBuffer {
+                tables: self.tables[..m.tables].to_vec(),
+                entries: self.entries[..m.entries].to_vec(),
+                keys: self.keys[..m.keys].to_vec(),
+                section_bytes: self.section_bytes[..m.section_bytes].to_vec(),
+                sections: self.sections[..m.sections].to_vec(),
+                ..TxBuffer::default()
+            };
+            for e in &mut copy.entries {
+                if matches!(e.known, Known::Row(_)) {
+                    e.known = Known::Lookup;
+                }
+            }
+            self.saved.push((self.spills, Box::new(copy)));
+        }
+        self.tables.clear();
+        self.entries.clear();
+        self.keys.clear();
+        self.values.clear();
+        self.section_bytes.clear();
+        self.sections.clear();
+        self.index.clear();
+        self.last_table = 0;
+        self.spills += 1;
     }
 
     /// The index of `table` in [`TxBuffer::tables`].
@@ -266,6 +327,7 @@ impl TxBuffer {
         self.marks.retain(|m| m.level < level);
         self.marks.push(Mark {
             level,
+            spills: self.spills,
             tables: self.tables.len(),
             entries: self.entries.len(),
             keys: self.keys.len(),
@@ -283,6 +345,14 @@ impl TxBuffer {
     /// Savepoint `level` and those inside it are released.
     pub fn release(&mut self, level: i32) {
         self.marks.retain(|m| m.level < level);
+        self.forget_unneeded_copies();
+    }
+
+    /// Drops copies no open savepoint can roll back to.
+    fn forget_unneeded_copies(&mut self) {
+        let marks = &self.marks;
+        self.saved
+            .retain(|(epoch, _)| marks.iter().any(|m| m.spills == *epoch));
     }
 
     /// `ROLLBACK TO` savepoint `level`: back to what the buffer held when it
@@ -294,6 +364,7 @@ impl TxBuffer {
             Some(m) => *m,
             None => Mark {
                 level,
+                spills: 0,
                 tables: 0,
                 entries: 0,
                 keys: 0,
@@ -302,6 +373,28 @@ impl TxBuffer {
                 section_bytes: 0,
             },
         };
+        if mark.spills < self.spills {
+            // SQLite undid the spills written since the savepoint opened:
+            // back to the copy of what the buffer held then.
+            let copy = self
+                .saved
+                .iter()
+                .position(|(epoch, _)| *epoch == mark.spills)
+                .map(|i| std::mem::take(&mut *self.saved[i].1));
+            let copy = copy.unwrap_or_default();
+            self.tables = copy.tables;
+            self.entries = copy.entries;
+            self.keys = copy.keys;
+            self.values.clear();
+            self.section_bytes = copy.section_bytes;
+            self.sections = copy.sections;
+            self.spills = mark.spills;
+            self.saved.retain(|(epoch, _)| *epoch < mark.spills);
+            self.index.clear();
+            for (i, e) in self.entries.iter_mut().enumerate() {
+                e.next = self.index.insert(e.hash, i as u32).unwrap_or(NONE);
+            }
+        }
         while self.entries.len() > mark.entries {
             let e = self.entries.pop().expect("len > mark.entries >= 0");
             // Entries are removed newest first, so each is its hash's head.
@@ -316,7 +409,7 @@ impl TxBuffer {
         self.tables.truncate(mark.tables);
         self.last_table = 0;
         self.keys.truncate(mark.keys);
-        self.values.truncate(mark.values);
+        self.values.truncate(mark.values.min(self.values.len()));
         self.sections.truncate(mark.sections);
         self.section_bytes.truncate(mark.section_bytes);
     }

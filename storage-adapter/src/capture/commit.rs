@@ -33,6 +33,7 @@ use replication::wal::{
 };
 use rusqlite::types::ValueRef;
 use std::collections::HashMap;
+use std::rc::Rc;
 
 /// Statements the commit runs, kept by the capture table for the life of
 /// the connection's schema (see `vtab.rs`).
@@ -46,6 +47,15 @@ pub(crate) struct Statements {
     /// Replicated tables as the registry and schema describe them, read
     /// when the head statement had been prepared `tables_at` times again.
     tables: HashMap<String, TableCommit>,
+    /// A foreign key with an action whose parent is a replicated table
+    /// (read with `tables`): while `foreign_keys` is on, its action writes
+    /// before the change that caused it reaches its capture trigger.
+    cascade: Option<String>,
+    /// A user trigger on a replicated table (read with `tables`): a BEFORE
+    /// one can write a row that the REPLACE its statement is about to do
+    /// deletes without a trigger, and one that fires before capture can
+    /// write while a change waits for its capture trigger.
+    user_trigger: Option<String>,
     tables_at: Option<i32>,
     /// Scratch space kept between commits.
     changes: Changes,
@@ -53,7 +63,7 @@ pub(crate) struct Statements {
 }
 
 struct TableCommit {
-    info: TableInfo,
+    info: Rc<TableInfo>,
     lookup: Option<Stmt<'static>>,
 }
 
@@ -92,9 +102,16 @@ impl Statements {
             for name in &buffer.tables {
                 tables::verify(conn, name)?;
             }
+            self.cascade = tables::cascade_into_replicated(conn)?;
+            self.user_trigger = tables::user_trigger_on_replicated(conn)?;
             for info in tables::registered(conn)? {
-                self.tables
-                    .insert(info.name.clone(), TableCommit { info, lookup: None });
+                self.tables.insert(
+                    info.name.clone(),
+                    TableCommit {
+                        info: Rc::new(info),
+                        lookup: None,
+                    },
+                );
             }
             self.tables_at = version;
         }
@@ -125,6 +142,33 @@ impl Statements {
             }
         }
         Ok(())
+    }
+
+    /// Why the buffer cannot be spilled from a capture trigger in the
+    /// middle of a statement (`None`: it can): a change can then still be
+    /// waiting for its own capture trigger, so the touched keys' rows of
+    /// that moment are not a state the replica may pass through. After
+    /// [`Statements::check_tables`].
+    fn nesting(&self, conn: RawConn) -> Result<Option<String>, CaptureError> {
+        if let Some(trigger) = &self.user_trigger {
+            return Ok(Some(trigger.clone()));
+        }
+        if let Some(t) = self.tables.values().find(|t| !t.info.order_known) {
+            return Ok(Some(format!(
+                "a trigger on '{}' fires before its capture triggers (or a foreign key of it to itself has an action)",
+                t.info.name
+            )));
+        }
+        if let Some(cascade) = &self.cascade {
+            let on = conn
+                .query_value("PRAGMA foreign_keys", &[])
+                .map_err(sqlite("reading PRAGMA foreign_keys"))?
+                .and_then(|v| v.as_i64());
+            if on == Some(1) {
+                return Ok(Some(cascade.clone()));
+            }
+        }
+        Ok(None)
     }
 
     /// Refuses to capture into a database whose journal cannot undo a
@@ -344,7 +388,9 @@ impl Changes {
 }
 
 /// Writes and seals the open transaction's record, if it changed anything
-/// replicated (no CommitId otherwise). Called once per commit attempt.
+/// replicated (no CommitId otherwise). Called once per commit attempt. A
+/// transaction that spilled always ends with a record, possibly of no
+/// changes: its spilled records continue into it.
 pub(crate) fn write_record(
     conn: RawConn,
     stmts: &mut Statements,
@@ -352,9 +398,10 @@ pub(crate) fn write_record(
 ) -> Result<(), CaptureError> {
     if let Some(c) = state.written.take() {
         // A commit that failed after the sync (SQLITE_BUSY) is being
-        // retried: the transaction may have changed since. Write it anew.
+        // retried: the transaction may have changed since. Write it anew
+        // (its spilled records stand: they are the transaction's data).
         conn.execute(
-            "DELETE FROM main.aerodb_commits WHERE commit_id = ?1",
+            "DELETE FROM main.aerodb_commits WHERE commit_id >= ?1",
             &[ValueRef::Integer(c.0 as i64)],
         )
         .map_err(sqlite("rewriting a retried commit's record"))?;
@@ -378,41 +425,185 @@ pub(crate) fn write_record(
         };
         return stmts.check_tables(conn, &state.buffer, version);
     };
-    if state.buffer.is_empty() {
+    if state.buffer.is_empty() && state.buffer.spills() == 0 {
         return Ok(());
     }
+    if let Some(commit_id) = write_part(conn, stmts, state, generation, false)? {
+        state.written = Some(commit_id);
+    }
+    Ok(())
+}
+
+/// Where a spill is asked for: whether every change made so far has been
+/// seen by a capture trigger there decides whether the buffer may be
+/// written out at that point.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum SpillPoint {
+    /// A savepoint opens: a statement starts, or `SAVEPOINT` runs. Every
+    /// earlier statement has finished.
+    Savepoint,
+    /// A row event of an AFTER capture trigger, in the middle of a
+    /// statement: a change can still be waiting for its own capture
+    /// trigger when a trigger that fires before it, or a foreign key
+    /// action, writes a replicated table.
+    Row,
+    /// `aerodb_replicate` reading the rows of a table (no statement of the
+    /// connection is writing).
+    Replicate,
+}
+
+/// Writes the buffer out as records that continue, when that is safe at
+/// `point` (see [`SpillPoint`]). When it is not, the buffer keeps growing
+/// until the next safe point.
+pub(crate) fn spill(
+    conn: RawConn,
+    stmts: &mut Statements,
+    state: &mut ConnState,
+    point: SpillPoint,
+) -> Result<(), CaptureError> {
+    let Some(generation) = state.tx_generation.filter(|_| state.poisoned.is_none()) else {
+        // Nothing captured, or a transaction the commit will refuse.
+        return Ok(());
+    };
+    let writers = match point {
+        SpillPoint::Savepoint | SpillPoint::Row => 1,
+        SpillPoint::Replicate => 0,
+    };
+    let mut unsafe_here = (conn.busy_writers() > writers)
+        .then(|| "a statement runs nested in another one".to_owned());
+    if unsafe_here.is_none() && point == SpillPoint::Row {
+        let (_, version) = stmts.head(conn, generation)?;
+        stmts
+            .check_tables(conn, &state.buffer, version)
+            .inspect_err(|e| refuse_commit(state, e))?;
+        unsafe_here = stmts.nesting(conn)?;
+    }
+    if let Some(reason) = unsafe_here {
+        // Wait for a safe point: a later row, a statement boundary or the
+        // commit (which writes any amount in parts). Until then the buffer
+        // grows past its chunk.
+        tracing::debug!(
+            reason,
+            bytes = state.buffer.bytes(),
+            "capture buffer not spilled here"
+        );
+        state.spill_at = state.buffer.bytes() + state.chunk_bytes;
+        return Ok(());
+    }
+    if write_part(conn, stmts, state, generation, true)
+        .inspect_err(|e| refuse_commit(state, e))?
+        .is_some()
+    {
+        state.buffer.spilled();
+    }
+    state.spill_at = state.buffer.bytes() + state.chunk_bytes;
+    Ok(())
+}
+
+/// A spill found that the transaction cannot commit (a replicated table it
+/// wrote changed shape, or a trigger can skip capture): the commit would
+/// have refused it, so the commit still does, whatever the statement that
+/// found it does next.
+fn refuse_commit(state: &mut ConnState, e: &CaptureError) {
+    if matches!(
+        e,
+        CaptureError::CaptureBroken { .. } | CaptureError::UnsafeTrigger { .. }
+    ) && state.poisoned.is_none()
+    {
+        state.poisoned = Some((None, e.to_string()));
+    }
+}
+
+/// Builds, seals and writes the open transaction's changes from its
+/// buffer: one record, or several once they outgrow [`PART_BYTES`]; the
+/// last continues when `continues`. Returns the first CommitId written,
+/// `None` when there was nothing to write (only unchanged REPLACE
+/// candidates; a commit that follows spills still writes its last record).
+fn write_part(
+    conn: RawConn,
+    stmts: &mut Statements,
+    state: &mut ConnState,
+    generation: Generation,
+    continues: bool,
+) -> Result<Option<CommitId>, CaptureError> {
     let (start, version) = stmts.head(conn, generation)?;
     stmts.check_tables(conn, &state.buffer, version)?;
-    let commit_id = start.commit_id.next();
-    if commit_id.0 > MAX_COMMIT_ID {
-        return Err(CaptureError::CommitIdOverflow(commit_id));
-    }
+    let mut parts = Parts {
+        encoder: RecordEncoder::new(start),
+        next: start.commit_id.next(),
+        first: None,
+        table: state.buffer.tables.first().cloned().unwrap_or_default(),
+    };
     let mut changes = std::mem::take(&mut stmts.changes);
     changes.clear();
-    let r = build_changes(conn, stmts, &state.buffer, &mut changes).and_then(|()| {
-        if changes.count == 0 {
-            // Only REPLACE candidates that no statement changed: nothing
-            // replicated changed, so no CommitId.
-            return Ok(None);
+    let r = build_changes(conn, stmts, &state.buffer, &mut changes, &mut parts).and_then(|()| {
+        let end = !continues && (parts.first.is_some() || state.buffer.spills() > 0);
+        if changes.count > 0 || end {
+            parts.write(conn, &mut stmts.insert_record, &mut changes, continues)?;
         }
-        let count = changes.count;
-        let seal = RecordEncoder::new(start)
-            .seal_in_place(commit_id, count, &mut changes.framed)
-            .map_err(|source| CaptureError::Encode {
-                table: state.buffer.tables.first().cloned().unwrap_or_default(),
-                source,
-            })?;
-        insert_record(conn, stmts, commit_id, &seal, &changes.framed).map(Some)
+        Ok(parts.first)
     });
     changes.clear();
     if changes.framed.capacity() <= KEPT_SCRATCH_BYTES {
         stmts.changes = changes;
     }
-    if r?.is_none() {
-        return Ok(());
+    r
+}
+
+/// One write's records are cut once their changes reach this many bytes,
+/// so no record nears the limit and the writer holds at most about this
+/// much of them at a time.
+const PART_BYTES: usize = MAX_RECORD_BYTES / 4;
+
+/// The records one write (a spill or the commit) makes.
+struct Parts {
+    encoder: RecordEncoder,
+    next: CommitId,
+    first: Option<CommitId>,
+    /// A table for messages.
+    table: String,
+}
+
+impl Parts {
+    /// Seals `changes` as the next record, writes it and empties `changes`.
+    fn write(
+        &mut self,
+        conn: RawConn,
+        insert: &mut Option<Stmt<'static>>,
+        changes: &mut Changes,
+        continues: bool,
+    ) -> Result<(), CaptureError> {
+        let commit_id = self.next;
+        if commit_id.0 > MAX_COMMIT_ID {
+            return Err(CaptureError::CommitIdOverflow(commit_id));
+        }
+        let seal = self
+            .encoder
+            .seal_part_in_place(commit_id, changes.count, continues, &mut changes.framed)
+            .map_err(|source| CaptureError::Encode {
+                table: self.table.clone(),
+                source,
+            })?;
+        insert_record(conn, insert, commit_id, &seal, &changes.framed)?;
+        self.first.get_or_insert(commit_id);
+        self.next = commit_id.next();
+        changes.clear();
+        Ok(())
     }
-    state.written = Some(commit_id);
-    Ok(())
+
+    /// Writes `changes` out as a record that continues once they are
+    /// [`PART_BYTES`] or more.
+    fn cut(
+        &mut self,
+        conn: RawConn,
+        insert: &mut Option<Stmt<'static>>,
+        changes: &mut Changes,
+    ) -> Result<(), CaptureError> {
+        if changes.framed.len() >= PART_BYTES {
+            self.write(conn, insert, changes, true)?;
+        }
+        Ok(())
+    }
 }
 
 /// Whether a touched key's row existed before the transaction.
@@ -428,7 +619,7 @@ enum Existence {
     Unknown,
 }
 
-fn existence(e: &super::buffer::Entry, t: &Touched<'_>) -> Existence {
+fn existence(e: &super::buffer::Entry, t: &Touched) -> Existence {
     match (
         t.info.order_known && !t.replicated,
         e.existed,
@@ -442,8 +633,8 @@ fn existence(e: &super::buffer::Entry, t: &Touched<'_>) -> Existence {
 }
 
 /// A table the transaction touched, as its changes need it.
-struct Touched<'a> {
-    info: &'a TableInfo,
+struct Touched {
+    info: Rc<TableInfo>,
     /// `aerodb_replicate` ran on it in this transaction: its schema record
     /// restarts it on the replica from the rows of that moment, so whether
     /// a key's row existed there is not known.
@@ -469,6 +660,9 @@ enum Final {
     /// Its row: from a lookup (`true`: in the looked-up bytes) or as its
     /// trigger saw it, and where.
     Row(bool, std::ops::Range<usize>),
+    /// A row, read again when its change is written (the rows read at
+    /// commit are held up to a bound).
+    RowAgain,
     /// No row.
     Absent,
     /// The row was only noted as a REPLACE candidate and is unchanged.
@@ -509,13 +703,13 @@ const KEPT_SCRATCH_BYTES: usize = 1 << 20;
 /// Writes the record and its seal: one `aerodb_commits` row.
 fn insert_record(
     conn: RawConn,
-    stmts: &mut Statements,
+    insert: &mut Option<Stmt<'static>>,
     commit_id: CommitId,
     seal: &RecordSeal,
     bytes: &[u8],
 ) -> Result<(), CaptureError> {
     let s = kept(
-        &mut stmts.insert_record,
+        insert,
         conn,
         "INSERT INTO main.aerodb_commits(commit_id, wal_offset, length, change_count, prev_chain, chain, crc, record) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
     )?;
@@ -542,30 +736,33 @@ fn insert_record(
 }
 
 /// The record's changes, in the order the module doc gives, into
-/// `changes` (empty).
+/// `changes` (empty), records cut off through `parts` as they fill.
 fn build_changes(
     conn: RawConn,
     stmts: &mut Statements,
     buffer: &TxBuffer,
     changes: &mut Changes,
+    parts: &mut Parts,
 ) -> Result<(), CaptureError> {
-    // Room for every change at once: growing by doubling would hold up to
-    // twice a large record.
+    // Room for every change at once (up to a part): growing by doubling
+    // would hold up to twice a large record.
     let table_names: usize = buffer.tables.iter().map(String::len).sum();
     changes.framed.reserve(
-        buffer.section_bytes.len()
+        (buffer.section_bytes.len()
             + buffer.sections.len() * 4
             + buffer.values.len()
             + 2 * buffer.keys.len()
-            + buffer.entries.len() * (16 + table_names.min(1024)),
+            + buffer.entries.len() * (16 + table_names.min(1024)))
+        .min(PART_BYTES + PART_BYTES / 8),
     );
     for s in buffer.section_changes() {
         changes.push_encoded(s);
+        parts.cut(conn, &mut stmts.insert_record, changes)?;
     }
     // Final rows of looked-up keys, and where each one's row is.
     let mut looked_up = std::mem::take(&mut stmts.looked_up);
     looked_up.clear();
-    let r = resolve_and_order(conn, stmts, buffer, changes, &mut looked_up);
+    let r = resolve_and_order(conn, stmts, buffer, changes, parts, &mut looked_up);
     if looked_up.capacity() <= KEPT_SCRATCH_BYTES {
         stmts.looked_up = looked_up;
     }
@@ -579,6 +776,7 @@ fn resolve_and_order(
     stmts: &mut Statements,
     buffer: &TxBuffer,
     changes: &mut Changes,
+    parts: &mut Parts,
     looked_up: &mut Vec<u8>,
 ) -> Result<(), CaptureError> {
     // What decides each change, per touched table (one lookup per table).
@@ -592,7 +790,15 @@ fn resolve_and_order(
             Known::Lookup => {
                 let start = looked_up.len();
                 match stmts.lookup(conn, table, buffer.key(e), looked_up)? {
-                    true => Final::Row(true, start..looked_up.len()),
+                    true if looked_up.len() <= PART_BYTES => {
+                        Final::Row(true, start..looked_up.len())
+                    }
+                    true => {
+                        // Held rows are bounded: this one is read again
+                        // when its change is written.
+                        looked_up.truncate(start);
+                        Final::RowAgain
+                    }
                     false => Final::Absent,
                 }
             }
@@ -608,15 +814,12 @@ fn resolve_and_order(
                 }
             }
         });
-        if changes.framed.len() + looked_up.len() > MAX_RECORD_BYTES {
-            return Err(too_large(buffer, changes.framed.len() + looked_up.len()));
-        }
     }
-    let tables: Vec<Touched<'_>> = buffer
+    let tables: Vec<Touched> = buffer
         .tables
         .iter()
         .map(|t| Touched {
-            info: &stmts.tables[t].info,
+            info: Rc::clone(&stmts.tables[t].info),
             replicated: replicated.iter().any(|r| r == t),
         })
         .collect();
@@ -631,11 +834,11 @@ fn resolve_and_order(
     for first_pass in [true, false] {
         for (e, f) in buffer.entries.iter().zip(&finals) {
             let t = &tables[e.table as usize];
-            let (info, existence) = (t.info, existence(e, t));
+            let (info, existence) = (&*t.info, existence(e, t));
             let delete = match (f, existence) {
                 (Final::Unchanged, _) | (_, Existence::New) => false,
                 (Final::Absent, _) => true,
-                (Final::Row(..), _) => info.extra_unique,
+                (Final::Row(..) | Final::RowAgain, _) => info.extra_unique,
             };
             if !delete || (existence == Existence::Existed) != first_pass {
                 continue;
@@ -645,19 +848,32 @@ fn resolve_and_order(
                 _ => Operation::Discard,
             };
             encode(changes.push(op, &info.name, &[buffer.key(e)]), &info.name)?;
+            parts.cut(conn, &mut stmts.insert_record, changes)?;
         }
     }
+    let mut again = Vec::new();
     for (e, f) in buffer.entries.iter().zip(&finals) {
-        let Final::Row(from_lookup, range) = f else {
-            continue;
-        };
-        let row = if *from_lookup {
-            &looked_up[range.clone()]
-        } else {
-            &buffer.values[range.clone()]
-        };
         let t = &tables[e.table as usize];
-        let (info, table) = (t.info, &t.info.name);
+        let (info, table) = (&*t.info, &t.info.name);
+        let row = match f {
+            Final::Row(true, range) => &looked_up[range.clone()],
+            Final::Row(false, range) => &buffer.values[range.clone()],
+            Final::RowAgain => {
+                again.clear();
+                if !stmts.lookup(conn, table, buffer.key(e), &mut again)? {
+                    return Err(CaptureError::Sqlite {
+                        doing: format!("reading the final row of a touched key of '{table}'"),
+                        source: crate::raw::RawError {
+                            code: rusqlite::ffi::SQLITE_INTERNAL,
+                            message: "the row was there a moment ago and is gone, inside the committing transaction".into(),
+                            sql: String::new(),
+                        },
+                    });
+                }
+                &again[..]
+            }
+            Final::Absent | Final::Unchanged => continue,
+        };
         if existence(e, t) == Existence::Existed && !info.extra_unique {
             encode(
                 changes.push(Operation::Update, table, &[buffer.key(e), row]),
@@ -666,21 +882,7 @@ fn resolve_and_order(
         } else {
             encode(changes.push(Operation::Insert, table, &[row]), table)?;
         }
-        if changes.framed.len() > MAX_RECORD_BYTES {
-            return Err(too_large(buffer, changes.framed.len()));
-        }
+        parts.cut(conn, &mut stmts.insert_record, changes)?;
     }
     Ok(())
-}
-
-fn too_large(buffer: &TxBuffer, bytes: usize) -> CaptureError {
-    CaptureError::Encode {
-        table: buffer.tables.first().cloned().unwrap_or_default(),
-        source: EncodeError::TooLarge {
-            what: "transaction's WAL record",
-            actual: bytes as u64,
-            limit: MAX_RECORD_BYTES as u64,
-            commit_id: None,
-        },
-    }
 }

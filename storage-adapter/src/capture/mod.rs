@@ -6,8 +6,7 @@
 //! P1) and is passive (P2): nothing here runs on its own; everything runs in
 //! the application's own statements.
 //!
-//! How capture works (WAL format 3; capture writes one record per
-//! transaction, never one that continues):
+//! How capture works (WAL format 3):
 //! - `aerodb_replicate('t')` installs AFTER INSERT/UPDATE/DELETE triggers on
 //!   `t` (and, when `t` has UNIQUE constraints besides its key, BEFORE
 //!   triggers that note the rows a REPLACE could delete without firing a
@@ -20,8 +19,12 @@
 //! - At commit ([`commit`], the table's `xSync`, still inside the
 //!   transaction) the record is built from each touched key's final row
 //!   (or its absence), given the next CommitId, written to
-//!   `aerodb_commits` with its seal (CRC and chained checksum), one row. A crash can never leave data without WAL or WAL
-//!   without data; `ROLLBACK` and `ROLLBACK TO` leave no trace; a
+//!   `aerodb_commits` with its seal (CRC and chained checksum), one row.
+//!   A transaction whose buffer outgrows a chunk ([`DEFAULT_CHUNK_BYTES`])
+//!   is spilled while it runs: the buffer becomes a record that continues
+//!   (its own CommitId, sealed, in the same transaction) and starts again
+//!   empty, so memory stays bounded; the transaction's last record ends
+//!   it. A crash can never leave data without WAL or WAL without data; `ROLLBACK` and `ROLLBACK TO` leave no trace; a
 //!   transaction that changed nothing replicated gets no CommitId.
 //!   SQLite's single writer serializes CommitIds across connections and
 //!   processes. Writes to a primary that is not the connection's `main`
@@ -52,6 +55,16 @@ pub(crate) use error::sqlite;
 pub use error::{check_sqlite_version, CaptureError, MIN_SQLITE_VERSION, MIN_SQLITE_VERSION_STR};
 pub(crate) use tables::verify_capture;
 
+/// A transaction's buffer is spilled into a record that continues once it
+/// holds more than this (`aerodb_capture_chunk_bytes` changes it per
+/// connection): the writer's memory stays a few times this, whatever the
+/// transaction's size.
+pub const DEFAULT_CHUNK_BYTES: usize = 8 << 20;
+
+/// The largest chunk `aerodb_capture_chunk_bytes` accepts: a chunk's record
+/// must stay under the record limit with room for the rows read at commit.
+pub const MAX_CHUNK_BYTES: usize = replication::wal::MAX_RECORD_BYTES / 4;
+
 /// The primary schema (`sql/primary.sql`).
 pub const PRIMARY_SQL: &str = include_str!("../../../sql/primary.sql");
 
@@ -81,6 +94,14 @@ pub(crate) struct ConnState {
     /// statement ever run without one.) The savepoint level that was
     /// newest when it happened, and the error.
     poisoned: Option<(Option<i32>, String)>,
+    /// A capture trigger asked its `INSERT INTO aerodb_capture` to reach
+    /// the table (`xUpdate`), which spills the buffer.
+    spill_requested: bool,
+    /// The buffer is spilled once it holds more than this many bytes.
+    chunk_bytes: usize,
+    /// The next size at which a capture trigger asks for a spill (raised
+    /// when a spill could not be written at that point).
+    spill_at: usize,
     /// Scratch space for encoding a row's key and values.
     scratch_key: Vec<u8>,
     scratch_new_key: Vec<u8>,
@@ -97,10 +118,25 @@ fn lock(s: &Mutex<ConnState>) -> MutexGuard<'_, ConnState> {
     s.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// [`lock`] for the capture table's callbacks, which SQLite may call
+/// while a capture function runs SQL: a call made while the state is held
+/// on this thread fails instead of deadlocking.
+fn lock_now(s: &Mutex<ConnState>) -> Result<MutexGuard<'_, ConnState>, CaptureError> {
+    match s.try_lock() {
+        Ok(g) => Ok(g),
+        Err(std::sync::TryLockError::Poisoned(e)) => Ok(e.into_inner()),
+        Err(std::sync::TryLockError::WouldBlock) => Err(CaptureError::Uncaptured(
+            "the capture table was called back while capture was busy on this connection".into(),
+        )),
+    }
+}
+
 impl ConnState {
     /// The capture table joined a transaction (`xBegin`).
     fn begin(&mut self) {
         self.in_transaction = true;
+        self.spill_requested = false;
+        self.spill_at = self.chunk_bytes;
         self.poisoned = None;
         self.buffer.clear();
         self.tx_generation = None;
@@ -124,6 +160,7 @@ impl ConnState {
     /// `ROLLBACK TO` savepoint `level`.
     fn rolled_back_to(&mut self, level: i32) {
         self.buffer.rollback_to(level);
+        self.spill_at = self.spill_at.min(self.buffer.bytes() + self.chunk_bytes);
         if matches!(self.poisoned, Some((Some(newest), _)) if level <= newest) {
             // The failed statement's changes are undone with it.
             self.poisoned = None;
@@ -267,9 +304,11 @@ unsafe extern "C" fn capture_row_entry(
         capture_row(shared, &Args(args))
     });
     let message = match result {
-        Ok(Ok(())) => {
+        Ok(Ok(spill)) => {
+            // 1 lets the trigger's INSERT reach the capture table, which
+            // spills the buffer (`vtab::x_update`).
             // SAFETY: ctx is the live call context.
-            unsafe { ffi::sqlite3_result_int(ctx, 0) };
+            unsafe { ffi::sqlite3_result_int(ctx, c_int::from(spill)) };
             return;
         }
         Ok(Err(e)) => e.to_string(),
@@ -333,7 +372,8 @@ fn encode_args(
 
 /// `aerodb_capture_row(generation, table, event, key_len, ...)`: one row
 /// event of a capture trigger, appended to the transaction's buffer.
-fn capture_row(shared: &Mutex<ConnState>, ctx: &Args<'_>) -> Result<(), CaptureError> {
+/// True asks for a spill of the buffer (see [`ConnState::spill_requested`]).
+fn capture_row(shared: &Mutex<ConnState>, ctx: &Args<'_>) -> Result<bool, CaptureError> {
     const F: &str = "aerodb_capture_row";
     let bad = |argument: &str, problem: String| CaptureError::BadArgument {
         function: F,
@@ -415,7 +455,7 @@ fn capture_row(shared: &Mutex<ConnState>, ctx: &Args<'_>) -> Result<(), CaptureE
         std::mem::take(&mut s.scratch_new_key),
         std::mem::take(&mut s.scratch_values),
     );
-    let result = (|| {
+    let result = (|| -> Result<(), CaptureError> {
         encode_args(&mut key, ctx, 4..4 + nkey).map_err(encoded)?;
         if event.has_values() {
             encode_args(&mut values, ctx, values_at..ctx.len()).map_err(encoded)?;
@@ -441,15 +481,11 @@ fn capture_row(shared: &Mutex<ConnState>, ctx: &Args<'_>) -> Result<(), CaptureE
                 }
             }
         }
-        if b.bytes() > replication::wal::MAX_RECORD_BYTES {
-            // SAFETY: called by SQLite on this connection, which is open.
-            let head = WalTables::new(unsafe { RawConn::new(s.db) }).head().ok();
-            return Err(encoded(EncodeError::TooLarge {
-                what: "transaction's WAL record",
-                actual: b.bytes() as u64,
-                limit: replication::wal::MAX_RECORD_BYTES as u64,
-                commit_id: head.map(CommitId::next),
-            }));
+        // A row event of an AFTER trigger: every change made so far has
+        // been seen, so the buffer may be spilled here (not in a BEFORE
+        // trigger's probe: the REPLACE it prepares for has not run).
+        if b.bytes() > s.spill_at && event != RowEvent::Candidate {
+            s.spill_requested = true;
         }
         Ok(())
     })();
@@ -461,7 +497,7 @@ fn capture_row(shared: &Mutex<ConnState>, ctx: &Args<'_>) -> Result<(), CaptureE
             s.poisoned = Some((s.buffer.newest_savepoint(), e.to_string()));
         }
     }
-    result
+    result.map(|()| s.spill_requested)
 }
 
 fn random_u64() -> u64 {
@@ -589,6 +625,9 @@ pub fn register(conn: &Connection) -> Result<CaptureHandle, rusqlite::Error> {
         last_commit: None,
         main_generation: None,
         poisoned: None,
+        spill_requested: false,
+        chunk_bytes: DEFAULT_CHUNK_BYTES,
+        spill_at: DEFAULT_CHUNK_BYTES,
         scratch_key: Vec::new(),
         scratch_new_key: Vec::new(),
         scratch_values: Vec::new(),
@@ -629,6 +668,23 @@ pub fn register(conn: &Connection) -> Result<CaptureHandle, rusqlite::Error> {
         truncate_wal(raw(&s), below)
             .map(|c| c.0 as i64)
             .map_err(user_err)
+    })?;
+    let s = shared.clone();
+    conn.create_scalar_function("aerodb_capture_chunk_bytes", 1, direct, move |ctx| {
+        let bytes = match ctx.get_raw(0) {
+            ValueRef::Integer(n) if n >= 1 && n as u64 <= MAX_CHUNK_BYTES as u64 => n as usize,
+            other => {
+                return Err(user_err(CaptureError::BadArgument {
+                    function: "aerodb_capture_chunk_bytes",
+                    argument: "1 (bytes)".into(),
+                    problem: format!("is {other:?}, expected an INTEGER in 1..={MAX_CHUNK_BYTES}"),
+                }))
+            }
+        };
+        let mut state = lock(&s);
+        let previous = std::mem::replace(&mut state.chunk_bytes, bytes);
+        state.spill_at = state.spill_at.min(state.buffer.bytes() + bytes);
+        Ok(previous as i64)
     })?;
     let s = shared.clone();
     conn.create_scalar_function("aerodb_last_commit_id", 0, utf8, move |_ctx| {

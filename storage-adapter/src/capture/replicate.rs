@@ -2,6 +2,7 @@
 //! installs its capture triggers, registers it and puts its schema record
 //! (with the rows it holds) into the open transaction's record.
 
+use super::commit::SpillPoint;
 use super::tables::{self, LIST_SEPARATOR};
 use super::{lock, primary_generation, sqlite, CaptureError, Shared};
 use crate::primary_wal::WalTables;
@@ -9,7 +10,7 @@ use crate::raw::RawConn;
 use crate::table_info::{self, quote_ident, quote_literal, Column, KeyColumn, UniqueIndex};
 use replication::wal::{
     encode_change, encode_change_header, encode_count, encode_value, Change, CommitId, Generation,
-    Operation, MAX_RECORD_BYTES,
+    Operation,
 };
 use rusqlite::ffi;
 use rusqlite::types::ValueRef;
@@ -346,6 +347,10 @@ fn install(
         ))
         .map_err(sqlite(doing()))?;
     let mut change = Vec::new();
+    // The rows go out in records that continue, a chunk at a time, so a
+    // table of any size is replicated with bounded memory. The statements
+    // a spill runs are finalized when this call returns.
+    let mut stmts = super::commit::Statements::default();
     while rows.step().map_err(sqlite(doing()))? {
         change.clear();
         encode_change_header(&mut change, Operation::Insert, &t.name).map_err(encoded)?;
@@ -356,13 +361,8 @@ fn install(
         }
         let mut s = lock(shared);
         s.buffer.push_section(&change);
-        if s.buffer.bytes() > MAX_RECORD_BYTES {
-            return Err(encoded(replication::wal::EncodeError::TooLarge {
-                what: "transaction's WAL record",
-                actual: s.buffer.bytes() as u64,
-                limit: MAX_RECORD_BYTES as u64,
-                commit_id: Some(commit_id),
-            }));
+        if s.buffer.bytes() > s.chunk_bytes {
+            super::commit::spill(conn, &mut stmts, &mut s, SpillPoint::Replicate)?;
         }
     }
     Ok(commit_id)

@@ -210,6 +210,40 @@ pub(crate) fn registered(conn: RawConn) -> Result<Vec<TableInfo>, CaptureError> 
         .collect()
 }
 
+/// A user trigger (not one of AeroDB's capture triggers; TEMP ones too) on
+/// a replicated table, described for a message.
+pub(crate) fn user_trigger_on_replicated(conn: RawConn) -> Result<Option<String>, CaptureError> {
+    let found = conn
+        .query_value(
+            "SELECT 'trigger ' || name || ' on replicated table ''' || tbl_name || ''' may write rows that a REPLACE of the same statement deletes unseen' FROM ( \
+               SELECT name, tbl_name FROM main.sqlite_schema WHERE type = 'trigger' \
+               UNION ALL SELECT name, tbl_name FROM temp.sqlite_schema WHERE type = 'trigger') AS g \
+             WHERE g.tbl_name COLLATE NOCASE IN (SELECT name FROM main.aerodb_tables) \
+             AND NOT EXISTS (SELECT 1 FROM main.aerodb_tables AS a \
+               WHERE instr(char(30) || a.triggers || char(30), char(30) || g.name || char(30)) > 0) \
+             LIMIT 1",
+            &[],
+        )
+        .map_err(sqlite("reading the triggers on replicated tables"))?;
+    Ok(found.and_then(|v| v.into_string()))
+}
+
+/// A foreign key with an ON UPDATE / ON DELETE action whose parent is a
+/// replicated table, described for a message.
+pub(crate) fn cascade_into_replicated(conn: RawConn) -> Result<Option<String>, CaptureError> {
+    let found = conn
+        .query_value(
+            "SELECT 'foreign key of ''' || m.name || ''' on replicated table ''' || f.\"table\" || ''' has an action that runs before the change that caused it is captured' \
+             FROM main.sqlite_schema AS m, pragma_foreign_key_list(m.name, 'main') AS f \
+             WHERE m.type = 'table' \
+             AND (f.on_update NOT IN ('NO ACTION', 'RESTRICT') OR f.on_delete NOT IN ('NO ACTION', 'RESTRICT')) \
+             AND f.\"table\" COLLATE NOCASE IN (SELECT name FROM main.aerodb_tables) LIMIT 1",
+            &[],
+        )
+        .map_err(sqlite("reading the foreign keys on replicated tables"))?;
+    Ok(found.and_then(|v| v.into_string()))
+}
+
 /// A foreign key of `table` to itself with an action: SQLite runs the
 /// action (which changes rows of the table) before the AFTER triggers of
 /// the change that caused it.

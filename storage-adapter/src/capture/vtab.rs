@@ -15,7 +15,8 @@
 //! so this is a raw `sqlite3_module`. Every callback catches panics: none
 //! crosses into SQLite.
 
-use super::{commit, lock, CaptureError, ConnState, Shared};
+use super::commit::{self, SpillPoint};
+use super::{lock, lock_now, CaptureError, ConnState, Shared};
 use crate::raw::RawConn;
 use rusqlite::ffi;
 use std::ffi::{c_char, c_int, c_void, CStr};
@@ -267,17 +268,29 @@ unsafe extern "C" fn x_rowid(_cursor: *mut ffi::sqlite3_vtab_cursor, rowid: *mut
     ffi::SQLITE_OK
 }
 
+/// A row reaches the table only when `aerodb_capture_row` asked for it
+/// (its buffer outgrew a chunk): the buffer is spilled here, in the
+/// middle of the statement, when that is safe. Other writes are refused.
 unsafe extern "C" fn x_update(
     vtab: *mut ffi::sqlite3_vtab,
     _argc: c_int,
     _argv: *mut *mut ffi::sqlite3_value,
     _rowid: *mut i64,
 ) -> c_int {
-    fail(
-        vtab,
-        ffi::SQLITE_ERROR,
-        "aerodb_capture is written by AeroDB's capture triggers only",
-    )
+    with_vtab(vtab, "spill", |v| {
+        let mut state = lock_now(&v.shared)?;
+        if !std::mem::take(&mut state.spill_requested) {
+            return Err(CaptureError::BadArgument {
+                function: "aerodb_capture",
+                argument: "row".into(),
+                problem: "was written directly: aerodb_capture is written by AeroDB's capture triggers only".into(),
+            });
+        }
+        // SAFETY: the connection is open and running the statement whose
+        // trigger wrote this row, on this thread.
+        let conn = unsafe { RawConn::new(v.db) };
+        commit::spill(conn, &mut v.statements, &mut state, SpillPoint::Row)
+    })
 }
 
 unsafe extern "C" fn x_begin(vtab: *mut ffi::sqlite3_vtab) -> c_int {
@@ -311,9 +324,20 @@ unsafe extern "C" fn x_rollback(vtab: *mut ffi::sqlite3_vtab) -> c_int {
     })
 }
 
+/// A savepoint opens (a statement starts, or `SAVEPOINT`): every earlier
+/// statement has finished, so a buffer that outgrew its chunk is spilled
+/// here, before the savepoint's mark (the spill is not inside it).
 unsafe extern "C" fn x_savepoint(vtab: *mut ffi::sqlite3_vtab, level: c_int) -> c_int {
     with_vtab(vtab, "savepoint", |v| {
-        lock(&v.shared).buffer.savepoint(level);
+        let mut state = lock_now(&v.shared)?;
+        if state.in_transaction && state.buffer.bytes() > state.chunk_bytes {
+            // SAFETY: the connection is open and opening the savepoint on
+            // this thread; what the spill writes is part of the
+            // transaction (FTS5 flushes its pending data here too).
+            let conn = unsafe { RawConn::new(v.db) };
+            commit::spill(conn, &mut v.statements, &mut state, SpillPoint::Savepoint)?;
+        }
+        state.buffer.savepoint(level);
         Ok(())
     })
 }

@@ -299,6 +299,49 @@ pub fn rows_of(conn: &Connection, sql: &str) -> Vec<String> {
     .unwrap_or_else(|e| panic!("run `{sql}`: {e}"))
 }
 
+/// The capture chunk the harness's primary connections use: from
+/// `AERODB_TEST_CHUNK_BYTES`, else 1 byte (every row and statement spills
+/// the transaction's buffer into a record that continues) in test crates
+/// whose name ends in `_spilled`, else the default.
+pub fn test_chunk_bytes() -> Option<i64> {
+    if let Ok(v) = std::env::var("AERODB_TEST_CHUNK_BYTES") {
+        return Some(
+            v.parse()
+                .expect("AERODB_TEST_CHUNK_BYTES is a number of bytes"),
+        );
+    }
+    let exe = std::env::current_exe().ok()?;
+    let name = exe.file_name()?.to_string_lossy().into_owned();
+    // Test binaries are named `<crate>-<hash>`.
+    let krate = name.rsplit_once('-').map_or(name.as_str(), |(c, _)| c);
+    krate.ends_with("_spilled").then_some(1)
+}
+
+/// The harness's primaries spill transactions into several records, so a
+/// transaction may take more than one CommitId.
+pub fn spilling() -> bool {
+    test_chunk_bytes().is_some_and(|n| n < 1 << 20)
+}
+
+/// How many of the primary's stored records continue into the next one
+/// (bit 31 of the change-count word, bytes 20..24 of a record).
+pub fn continued_records(conn: &Connection) -> i64 {
+    conn.query_row(
+        "SELECT count(*) FROM aerodb_commits WHERE hex(substr(record, 24, 1)) >= '80'",
+        [],
+        |r| r.get(0),
+    )
+    .expect("count continued records")
+}
+
+/// Sets [`test_chunk_bytes`] on a connection with capture registered.
+pub fn use_test_chunk(conn: &Connection) {
+    if let Some(n) = test_chunk_bytes() {
+        conn.query_row("SELECT aerodb_capture_chunk_bytes(?1)", [n], |_| Ok(()))
+            .expect("aerodb_capture_chunk_bytes");
+    }
+}
+
 /// A primary, a reader of its WAL and a replica that follows it on demand.
 pub struct Harness {
     pub primary: Primary,
@@ -331,6 +374,7 @@ impl Harness {
             "journal mode {mode}"
         );
         let primary = Primary::from_connection(conn).expect("make it a primary");
+        use_test_chunk(primary.connection());
         let reader = PrimaryWalReader::open(&path).expect("open the primary's WAL read-only");
         let replica = ReplicaDb::open(dir.path().join("replica.db")).expect("open the replica");
         replica
@@ -467,6 +511,7 @@ impl Harness {
 pub fn second_connection(h: &Harness) -> (Connection, storage_adapter::capture::CaptureHandle) {
     let conn = Connection::open(&h.path).expect("open a second connection");
     let handle = storage_adapter::capture::register(&conn).expect("register capture");
+    use_test_chunk(&conn);
     (conn, handle)
 }
 
