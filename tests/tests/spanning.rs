@@ -5,10 +5,12 @@
 //! inside a transaction holds only that transaction's records, and the
 //! primary cuts segments so.
 //!
-//! The primary's capture does not split transactions yet, so these tests
-//! split one committed transaction's record into several records in the
-//! primary's `aerodb_commits` themselves, sealed as a primary seals them,
-//! and let the primary's own capture chain later commits onto them.
+//! Most tests here split one committed transaction's record into several
+//! records in the primary's `aerodb_commits` themselves, sealed as a
+//! primary seals them (exact control over where records end), and let the
+//! primary's own capture chain later commits onto them. The last one lets
+//! the primary's capture spill its transactions (a small
+//! `aerodb_capture_chunk_bytes`) while a replica runtime follows it live.
 
 use aerodb_e2e::{catch_up, dump_table};
 use replication::runtime::Config;
@@ -401,5 +403,83 @@ fn a_restart_while_holding_a_transaction_applies_it_whole_later() {
         segments.iter().all(|s| s.state == "Applied"),
         "{segments:?}"
     );
+    drop(replica.stop());
+}
+
+/// The primary spills its own transactions (a 2 KiB chunk) while the
+/// replica runtime follows it live: transactions of many sizes, with
+/// savepoints rolled back across spills, arrive whole and exact.
+#[test]
+fn the_runtime_follows_transactions_the_primary_spilled_live() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let p = Primary::open(dir.path().join("p.db")).expect("primary");
+    let conn = p.connection();
+    conn.execute_batch("CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT, n REAL, b BLOB)")
+        .expect("table");
+    p.replicate("t").expect("replicate");
+    conn.query_row("SELECT aerodb_capture_chunk_bytes(2048)", [], |_| Ok(()))
+        .expect("chunk");
+    let config = Config {
+        segment_bytes: 4096,
+        ..Config::default()
+    };
+    let replica =
+        Replica::start_from_file(dir.path().join("r.db"), dir.path().join("p.db"), config)
+            .expect("start");
+    let mut next = 0i64;
+    for size in [1i64, 10, 100, 1000, 3000] {
+        conn.execute_batch("BEGIN").expect("begin");
+        for _ in 0..size {
+            conn.execute(
+                "INSERT INTO t VALUES (?1, printf('row %d', ?1), ?1 * 0.25, randomblob(?1 % 50))",
+                [next],
+            )
+            .expect("row");
+            next += 1;
+        }
+        conn.execute_batch(&format!(
+            "SAVEPOINT s; UPDATE t SET v = 'undone', n = NULL; DELETE FROM t WHERE id % 3 = 0; ROLLBACK TO s; RELEASE s;
+             UPDATE t SET n = n + 1 WHERE id % 7 = {}; DELETE FROM t WHERE id % 11 = {}; COMMIT",
+            size % 7,
+            size % 11
+        ))
+        .expect("commit");
+        let head = p.last_commit_id().expect("head").expect("a commit");
+        replica.wait_for(head, deadline()).expect("caught up");
+    }
+    let continued: i64 = conn
+        .query_row(
+            "SELECT count(*) FROM aerodb_commits WHERE hex(substr(record, 24, 1)) >= '80'",
+            [],
+            |r| r.get(0),
+        )
+        .expect("count");
+    assert!(
+        continued > 10,
+        "the primary spilled ({continued} records continue)"
+    );
+    let r = Connection::open(dir.path().join("r.db")).expect("open replica");
+    let typed = |c: &Connection| -> Vec<String> {
+        c.prepare("SELECT quote(id), typeof(v), quote(v), typeof(n), quote(n), quote(b) FROM t ORDER BY id")
+            .expect("prepare")
+            .query_map([], |r| {
+                (0..6)
+                    .map(|i| r.get::<_, String>(i))
+                    .collect::<Result<Vec<_>, _>>()
+                    .map(|v| v.join("|"))
+            })
+            .expect("query")
+            .collect::<Result<_, _>>()
+            .expect("rows")
+    };
+    assert_eq!(typed(&r), typed(conn));
+    let segments = replica.segments().expect("segments");
+    assert!(
+        segments.iter().all(|s| s.state == "Applied"),
+        "{segments:?}"
+    );
+    let head = p.last_commit_id().expect("head").expect("a commit");
+    let d = replica.explain_read(Some(head)).expect("gate");
+    assert!(d.allowed(), "{d}");
     drop(replica.stop());
 }
