@@ -538,4 +538,59 @@ mod tests {
         b.touch("t", &12_000u32.to_le_bytes(), false, Touch::Gone);
         assert_eq!(b.entries.len(), 10_001);
     }
+
+    #[test]
+    fn rollback_across_spills_restores_what_the_savepoint_covered_as_lookups() {
+        let mut b = TxBuffer::default();
+        b.touch("t", b"k1", false, Touch::Now(b"a"));
+        b.touch("t", b"k2", true, Touch::Gone);
+        b.savepoint(0);
+        b.touch("t", b"k3", false, Touch::Now(b"c"));
+        b.savepoint(1);
+        b.touch("t", b"k4", false, Touch::Now(b"d"));
+        b.spilled();
+        assert!(b.is_empty());
+        assert_eq!(b.spills(), 1);
+        b.touch("t", b"k5", false, Touch::Now(b"e"));
+        b.spilled();
+        b.touch("t", b"k6", false, Touch::Now(b"f"));
+        // Savepoint 1 opened before both spills: back to k1..k3, values
+        // dropped (looked up at commit), existence and absence kept.
+        b.rollback_to(1);
+        assert_eq!(b.spills(), 0);
+        let seen = known(&b);
+        assert_eq!(seen.len(), 3, "{seen:?}");
+        assert_eq!(seen[0], ("t".into(), b"k1".to_vec(), false, None, true));
+        assert_eq!(seen[1], ("t".into(), b"k2".to_vec(), true, None, false));
+        assert_eq!(seen[2].1, b"k3".to_vec());
+        // The index works again: k1 touched again is not a new entry.
+        b.touch("t", b"k1", false, Touch::Gone);
+        assert_eq!(b.entries.len(), 3);
+        // A savepoint opened after a spill rolls back within its epoch.
+        b.spilled();
+        b.savepoint(2);
+        b.touch("t", b"k7", false, Touch::Now(b"g"));
+        b.rollback_to(2);
+        assert!(b.is_empty());
+        assert_eq!(b.spills(), 1);
+        // Releasing every savepoint drops the kept copies.
+        b.release(0);
+        assert!(b.saved.is_empty());
+    }
+
+    #[test]
+    fn a_spill_with_no_savepoint_open_keeps_no_copy() {
+        let mut b = TxBuffer::default();
+        for i in 0..100u32 {
+            b.touch("t", &i.to_le_bytes(), false, Touch::Now(b"v"));
+        }
+        b.spilled();
+        assert!(b.saved.is_empty());
+        // Rolling back to a savepoint opened before the buffer joined
+        // empties it and forgets the spills (SQLite undid them).
+        b.touch("t", b"x", false, Touch::Gone);
+        b.rollback_to(0);
+        assert!(b.is_empty());
+        assert_eq!(b.spills(), 0);
+    }
 }
