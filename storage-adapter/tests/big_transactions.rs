@@ -36,7 +36,8 @@ fn status_kib(field: &str) -> u64 {
 
 /// Resets the peak and returns the current RSS (KiB).
 fn reset_peak() -> u64 {
-    std::fs::write("/proc/self/clear_refs", "5").expect("reset VmHWM through /proc/self/clear_refs");
+    std::fs::write("/proc/self/clear_refs", "5")
+        .expect("reset VmHWM through /proc/self/clear_refs");
     status_kib("VmRSS:")
 }
 
