@@ -8,7 +8,7 @@
 //! is a value with an explanation citing the global state, the applied
 //! CommitId and WAL offset (E1, E2).
 
-use crate::state::{GlobalState, ReadStatus};
+use crate::state::{BlockReason, GlobalState, ReadStatus};
 use crate::wal::{CommitId, WalOffset};
 use std::fmt;
 
@@ -22,6 +22,10 @@ pub struct ObservedState {
     pub applied_commit_id: CommitId,
     /// WAL offset after it.
     pub applied_wal_offset: WalOffset,
+    /// A block recorded earlier that nothing has lifted since (a stop, a
+    /// crash or a restart does not lift it; reaching Ready read-safe
+    /// again does): reads stay refused with it, whatever the state now.
+    pub recorded_block: Option<BlockReason>,
 }
 
 /// A read's requirement.
@@ -107,6 +111,21 @@ pub fn evaluate(state: &ObservedState, request: &ReadRequest) -> Decision {
         "replica in state {} has applied commit {} (WAL offset {})",
         state.global, state.applied_commit_id, state.applied_wal_offset
     );
+    if let (Some(reason), false) = (
+        &state.recorded_block,
+        matches!(state.global, GlobalState::Ready { .. }),
+    ) {
+        return Decision {
+            code: if reason.is_divergence() {
+                DecisionCode::Diverged
+            } else {
+                DecisionCode::Blocked
+            },
+            explanation: format!(
+                "read refused: replication was blocked ({reason}) and nothing has lifted that since (a restart that reaches Ready read-safe does); {at}"
+            ),
+        };
+    }
     if let GlobalState::Ready {
         read: ReadStatus::Blocked(reason),
     } = &state.global
@@ -149,7 +168,6 @@ pub fn evaluate(state: &ObservedState, request: &ReadRequest) -> Decision {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::state::BlockReason;
     use rstest::rstest;
 
     fn observed(global: GlobalState, applied: u64) -> ObservedState {
@@ -157,6 +175,7 @@ mod tests {
             global,
             applied_commit_id: CommitId(applied),
             applied_wal_offset: WalOffset(applied * 100),
+            recorded_block: None,
         }
     }
 

@@ -284,6 +284,7 @@ impl Snapshot {
                 global: self.global.clone(),
                 applied_commit_id: self.applied.commit_id,
                 applied_wal_offset: self.applied.wal_offset,
+                recorded_block: None,
             },
             &ReadRequest { min_commit_id },
         )

@@ -656,6 +656,15 @@ pub fn read_gate_in(conn: &Connection, min_commit_id: Option<CommitId>) -> Decis
             })?;
         let (applied, offset, kind, read, reason, code) =
             row.ok_or("this database is not an AeroDB replica")?;
+        // A block recorded before the replica left Ready (it stopped, or a
+        // restart has not reached Ready read-safe yet) still refuses.
+        let recorded_block = match (&kind, &code) {
+            (Some(k), Some(c)) if k != "Ready" && !c.is_empty() => Some(BlockReason::Recorded {
+                code: c.clone(),
+                reason: reason.clone().unwrap_or_default(),
+            }),
+            _ => None,
+        };
         let global = match kind {
             None => GlobalState::Disabled,
             Some(kind) if kind == "Ready" => GlobalState::Ready {
@@ -689,6 +698,7 @@ pub fn read_gate_in(conn: &Connection, min_commit_id: Option<CommitId>) -> Decis
             global,
             applied_commit_id: CommitId(applied as u64),
             applied_wal_offset: WalOffset(offset as u64),
+            recorded_block,
         })
     };
     match observe() {

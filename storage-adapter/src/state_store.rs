@@ -148,7 +148,14 @@ impl StateStore for SqliteStateStore {
                     .map_err(sql("recording a transition"))?;
                     let seq = tx.last_insert_rowid();
                     tx.prepare_cached(
-                        "INSERT OR REPLACE INTO aerodb_replica_state(id, global_state, read_status, blocking_code, blocking_reason, received_commit_id, validated_commit_id, last_transition_seq) VALUES (1, ?1, ?2, ?7, ?3, ?4, ?5, ?6)",
+                        // A block stays recorded until the replica is Ready and
+                        // read-safe again (a successful resume): stopping,
+                        // crashing or restarting does not lift it.
+                        "INSERT OR REPLACE INTO aerodb_replica_state(id, global_state, read_status, blocking_code, blocking_reason, received_commit_id, validated_commit_id, last_transition_seq) \
+                         SELECT 1, ?1, ?2, \
+                           CASE WHEN ?7 IS NOT NULL OR ?1 = 'Ready' THEN ?7 ELSE (SELECT blocking_code FROM aerodb_replica_state WHERE id = 1) END, \
+                           CASE WHEN ?7 IS NOT NULL OR ?1 = 'Ready' THEN ?3 ELSE (SELECT blocking_reason FROM aerodb_replica_state WHERE id = 1) END, \
+                           ?4, ?5, ?6",
                     )
                     .and_then(|mut s| {
                         s.execute(params![
