@@ -203,10 +203,10 @@ fn a_100_mib_transaction_of_many_statements_with_a_savepoint_rolled_back_across_
         .expect("savepoint");
         // A statement that fails in its middle, after spilling.
         let err = c
-            .execute_batch(&format!(
+            .execute_batch(
                 "WITH RECURSIVE s(i) AS (SELECT 300000 UNION ALL SELECT i + 1 FROM s WHERE i < 320000) \
-                 INSERT INTO t SELECT CASE WHEN i = 319999 THEN 1 ELSE i END, randomblob(1024) FROM s"
-            ))
+                 INSERT INTO t SELECT CASE WHEN i = 319999 THEN 1 ELSE i END, randomblob(1024) FROM s",
+            )
             .expect_err("the duplicate key fails the statement");
         assert!(err.to_string().contains("UNIQUE"), "{err}");
         c.execute_batch("UPDATE t SET v = zeroblob(10) WHERE id % 97 = 0; DELETE FROM t WHERE id % 89 = 0; COMMIT")
