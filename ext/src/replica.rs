@@ -151,7 +151,8 @@ fn start(ctx: &FnContext<'_>, registry: &Registry) -> Result<i64> {
         .map_err(|e| user_error(format!("aerodb_replica_start: {e}")))?;
     let replica = Replica::start(&path, opened.source, opened.generation, options.config)
         .map_err(|e| user_error(format!("aerodb_replica_start: {e}")))?;
-    let applied = replica.snapshot().applied.commit_id;
+    // The CommitId this run starts from: what the replica file records.
+    let applied = replica.started_at().commit_id;
     *running = Some(Running { replica, source });
     Ok(applied.0 as i64)
 }
@@ -216,7 +217,13 @@ fn wait(ctx: &FnContext<'_>, registry: &Registry) -> Result<i64> {
         ))),
         Err(WaitError::Unreachable { wanted, snapshot }) => Err(user_error(format!(
             "{F}: commit {wanted} cannot be reached: {}",
-            snapshot.explain_read(Some(wanted)).explanation
+            r.replica
+                .explain_read(Some(wanted))
+                .unwrap_or_else(|_| snapshot.explain_read(Some(wanted)))
+        ))),
+        // The gate is the one authority: applied, but reads are refused.
+        Err(WaitError::Refused { wanted, decision }) => Err(user_error(format!(
+            "{F}: commit {wanted} is applied, but read_safety({wanted}) refuses it: {decision}"
         ))),
     }
 }

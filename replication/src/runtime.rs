@@ -1413,6 +1413,16 @@ pub enum WaitError {
         /// The state that makes it unreachable.
         snapshot: Arc<Snapshot>,
     },
+    /// The replica holds the commit, but the read gate refuses reads at
+    /// it (the replica is blocked or diverged): the gate is the one
+    /// authority, so waiting does not vouch for a read it refuses.
+    #[error("commit {wanted} is applied, but reads are refused: {decision}")]
+    Refused {
+        /// The CommitId waited for.
+        wanted: CommitId,
+        /// The gate's decision.
+        decision: Decision,
+    },
 }
 
 /// A running replica: the handle of the Supervisor thread (which owns the
@@ -1563,7 +1573,17 @@ impl Runtime {
             s.applied.commit_id >= commit_id || !s.running || is_blocked(&s.global)
         });
         match r {
-            Ok(s) if s.applied.commit_id >= commit_id => Ok(s.applied),
+            Ok(s) if s.applied.commit_id >= commit_id => {
+                let decision = s.explain_read(Some(commit_id));
+                if decision.allowed() {
+                    Ok(s.applied)
+                } else {
+                    Err(WaitError::Refused {
+                        wanted: commit_id,
+                        decision,
+                    })
+                }
+            }
             Ok(snapshot) => Err(WaitError::Unreachable {
                 wanted: commit_id,
                 snapshot,

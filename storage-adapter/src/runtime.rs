@@ -765,6 +765,7 @@ pub enum StartError {
 pub struct Replica {
     runtime: Option<Runtime>,
     path: PathBuf,
+    started_at: ChainPosition,
     _lock: File,
 }
 
@@ -836,7 +837,7 @@ impl Replica {
                 lock: lock_path,
             });
         }
-        {
+        let started_at = {
             let db = ReplicaDb::open(&path).map_err(|e| err(e.to_string()))?;
             let is_primary: bool = db
                 .connection()
@@ -852,16 +853,24 @@ impl Replica {
                     "is an AeroDB primary (it has aerodb_meta); a database cannot be both".into(),
                 ));
             }
-            if db.position().map_err(|e| err(e.to_string()))?.is_none() {
-                db.init(generation).map_err(|e| err(e.to_string()))?;
+            match db.position().map_err(|e| err(e.to_string()))? {
+                Some(p) => p,
+                None => db.init(generation).map_err(|e| err(e.to_string()))?,
             }
-        }
+        };
         let runtime = Runtime::start(source, storage(&path), generation, config);
         Ok(Replica {
             runtime: Some(runtime),
             path,
+            started_at,
             _lock: lock,
         })
+    }
+
+    /// The applied position recorded in the replica file when it started:
+    /// where this run resumes from (CommitId 0 for a new replica).
+    pub fn started_at(&self) -> ChainPosition {
+        self.started_at
     }
 
     fn runtime(&self) -> &Runtime {
@@ -899,13 +908,41 @@ impl Replica {
         Ok(read_gate_in(&self.reader()?, min_commit_id))
     }
 
-    /// Waits for the replica to apply `commit_id` (client-side deadline).
+    /// Waits until a read needing `commit_id` would be served: the replica
+    /// has applied it and the read gate, over the state recorded in the
+    /// replica file, allows it (client-side deadline). A replica that
+    /// holds the commit but is blocked or diverged, live or as recorded
+    /// earlier, answers [`WaitError::Refused`] with the gate's decision:
+    /// `wait_for` never vouches for a read `explain_read` refuses.
     pub fn wait_for(
         &self,
         commit_id: CommitId,
         deadline: Instant,
     ) -> Result<ChainPosition, WaitError> {
-        self.runtime().wait_for(commit_id, deadline)
+        loop {
+            // The live state allows the read (or this returns why not).
+            let applied = self.runtime().wait_for(commit_id, deadline)?;
+            let seen = self.snapshot();
+            let decision = self
+                .explain_read(Some(commit_id))
+                .unwrap_or_else(|e| read_gate::refuse_unobservable(&e.to_string()));
+            if decision.allowed() {
+                return Ok(applied);
+            }
+            // The recorded state refuses what the live one allows: a block
+            // recorded earlier that this run has not lifted yet (it lifts
+            // when the run reaches Ready read-safe, recorded before it is
+            // published). Wait for the next published state and ask the
+            // gate again; at the deadline, or when nothing will lift it (the
+            // runtime stopped or is blocked), its refusal is the answer.
+            let settled = !seen.running || replication::runtime::is_blocked(&seen.global);
+            if settled || self.wait_until(deadline, |s| *s != *seen).is_err() {
+                return Err(WaitError::Refused {
+                    wanted: commit_id,
+                    decision,
+                });
+            }
+        }
     }
 
     /// Waits until `done` holds for the live state (client-side deadline).

@@ -599,6 +599,78 @@ fn until_caught_up_exits_0_at_the_primary_head() {
     );
 }
 
+/// A WAL server that advertises `head` and never delivers a segment (it
+/// closes every `/v1/segments` request unanswered): a replica of it stays
+/// behind, waiting for its source. Serves until the process ends.
+fn server_that_never_delivers(head: u64) -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { continue };
+            let mut request = Vec::new();
+            let mut buf = [0u8; 1024];
+            while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+                match conn.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => request.extend_from_slice(&buf[..n]),
+                }
+            }
+            if request.starts_with(b"GET /v1/head") {
+                let body = format!(
+                    "{{\"generation\": \"0123456789abcdef\", \"head\": {head}, \"oldest\": 1}}"
+                );
+                let _ = write!(
+                    conn,
+                    "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+            }
+        }
+    });
+    port
+}
+
+#[test]
+fn until_caught_up_exits_1_when_stopped_before_the_head() {
+    // Asked to catch up with commit 473, stopped by SIGTERM at 0: not a
+    // success (the old code exited 0 here).
+    let dir = tempfile::tempdir().expect("tempdir");
+    let r_path = dir.path().join("r.db");
+    let token = token_file(dir.path());
+    let url = format!("http://127.0.0.1:{}", server_that_never_delivers(473));
+    let mut replica = Running::start(
+        &[
+            "replica",
+            "--primary",
+            &url,
+            "--token-file",
+            token.to_str().expect("UTF-8"),
+            "--replica",
+            r_path.to_str().expect("UTF-8"),
+            "--until-caught-up",
+        ],
+        Stdio::null(),
+    );
+    replica.wait_line("read-blocked on SOURCE_UNAVAILABLE", |l| {
+        l.contains("read-blocked") && l.contains("SOURCE_UNAVAILABLE")
+    });
+    replica.signal("TERM");
+    let (status, rest, stderr) = replica.exit();
+    assert_eq!(status.code(), Some(1), "{rest:?} {stderr}");
+    assert!(
+        stderr.contains(
+            "aerodb: stopped by SIGTERM (aerodb replica) before catching up: applied commit 0 of the primary's head 473"
+        ),
+        "{stderr}"
+    );
+    // The stop itself is recorded as usual.
+    assert_eq!(
+        last_transition_reason(&r_path),
+        "Disabled: stopped by SIGTERM (aerodb replica)"
+    );
+}
+
 #[test]
 fn a_block_an_operator_must_resolve_stops_the_replica_and_exits_1() {
     // A replica of one primary pointed at another (a foreign generation):

@@ -117,3 +117,101 @@ fn a_diverged_replica_stays_refused_across_stop_and_restart_until_a_resume_succe
     drop(r.stop());
     assert!(gate(&r_path, 1).allowed());
 }
+
+/// In the stock `sqlite3` shell: `aerodb_replica_start` returns the
+/// CommitId the replica starts from, and `aerodb_wait` answers as the gate
+/// does: a replica that holds commit 3 but is diverged refuses to vouch
+/// for a read at 3, live and right after a restart, with the gate's
+/// explanation (the old code returned 0 from the start and 3 from the
+/// waits).
+#[test]
+fn in_the_shell_aerodb_wait_answers_as_the_gate_and_start_returns_where_it_starts() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (p_path, q_path, r_path) = (
+        dir.path().join("p.db"),
+        dir.path().join("q.db"),
+        dir.path().join("r.db"),
+    );
+    let p = primary(&p_path, 2);
+    let _q = primary(&q_path, 6);
+    let head = p.head().expect("head").0;
+    assert_eq!(head, 3, "schema record and two rows");
+    let load = format!(".load {}\n", aerodb_e2e::extension().display());
+    let start = |source: &Path| {
+        format!(
+            "SELECT 'start=' || aerodb_replica_start('{}');\n",
+            source.display()
+        )
+    };
+    // Caught up with its own primary, then stopped.
+    let run = aerodb_e2e::shell(
+        &r_path,
+        &format!(
+            "{load}PRAGMA journal_mode = WAL;\n{}SELECT 'wait=' || aerodb_wait({head}, 60000);\nSELECT aerodb_replica_stop();\n",
+            start(&p_path)
+        ),
+    );
+    assert!(run.ok, "{run:?}");
+    assert!(run.stdout.contains("start=0\n"), "{run:?}");
+    assert!(run.stdout.contains(&format!("wait={head}\n")), "{run:?}");
+
+    // Pointed at the foreign primary: waiting for commit 4 ends when it
+    // blocks (it cannot be reached); then a wait for commit 3, which the
+    // replica holds, is refused with the gate's reason.
+    let run = aerodb_e2e::shell(
+        &r_path,
+        &format!(
+            "{load}{}SELECT 'wait4=' || aerodb_wait(4, 60000);\nSELECT 'wait3=' || aerodb_wait(3, 60000);\nSELECT 'gate=' || reason_code FROM read_safety(3);\nSELECT aerodb_replica_stop();\n",
+            start(&q_path)
+        ),
+    );
+    assert!(run.stdout.contains(&format!("start={head}\n")), "{run:?}");
+    assert!(
+        !run.stdout.contains("wait4=") && !run.stdout.contains("wait3="),
+        "{run:?}"
+    );
+    assert!(
+        run.stderr
+            .contains("aerodb_wait: commit 4 cannot be reached: DIVERGED"),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        run.stderr
+            .contains("aerodb_wait: commit 3 is applied, but read_safety(3) refuses it: DIVERGED"),
+        "{}",
+        run.stderr
+    );
+    assert!(run.stdout.contains("gate=DIVERGED\n"), "{run:?}");
+
+    // Restarted on the foreign primary: the wait for 3 begins before the
+    // runtime has seen anything, and still refuses (the recorded verdict).
+    let run = aerodb_e2e::shell(
+        &r_path,
+        &format!(
+            "{load}{}SELECT 'wait3=' || aerodb_wait(3, 60000);\nSELECT aerodb_replica_stop();\n",
+            start(&q_path)
+        ),
+    );
+    assert!(run.stdout.contains(&format!("start={head}\n")), "{run:?}");
+    assert!(!run.stdout.contains("wait3="), "{run:?}");
+    assert!(
+        run.stderr
+            .contains("aerodb_wait: commit 3 is applied, but read_safety(3) refuses it: DIVERGED"),
+        "{}",
+        run.stderr
+    );
+
+    // Back on its own primary: the resume lifts the verdict and the wait
+    // answers.
+    let run = aerodb_e2e::shell(
+        &r_path,
+        &format!(
+            "{load}{}SELECT 'wait=' || aerodb_wait({head}, 60000);\nSELECT 'gate=' || reason_code FROM read_safety({head});\nSELECT aerodb_replica_stop();\n",
+            start(&p_path)
+        ),
+    );
+    assert!(run.ok, "{run:?}");
+    assert!(run.stdout.contains(&format!("wait={head}\n")), "{run:?}");
+    assert!(run.stdout.contains("gate=ALLOWED\n"), "{run:?}");
+}

@@ -76,7 +76,7 @@ impl StopCause {
 }
 
 /// Why the loop over published states ended.
-#[derive(Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq)]
 enum End {
     /// The runtime no longer runs (a stop was recorded, or it failed).
     NotRunning,
@@ -205,10 +205,41 @@ pub fn run(args: ReplicaArgs) -> Result<(), Failure> {
         }
     }
     let _ = std::io::stdout().flush();
-    match (end, causes.try_recv()) {
-        (End::Blocked(state), _) => Err(Failure::Run(format!("replication was blocked: {state}"))),
-        (End::CaughtUp, _) | (End::NotRunning, Ok(_)) => Ok(()),
-        (End::NotRunning, Err(_)) => Err(Failure::Run(format!(
+    outcome(
+        end,
+        causes.try_recv().ok(),
+        args.until_caught_up.then_some(head),
+        &last,
+    )
+}
+
+/// The exit: 0 only when the run did what was asked (caught up with
+/// `--until-caught-up`; stopped on request otherwise) and its Supervisor
+/// recorded everything (a failure to record, a disk full say, is exit 1).
+fn outcome(
+    end: End,
+    cause: Option<StopCause>,
+    until: Option<CommitId>,
+    last: &Snapshot,
+) -> Result<(), Failure> {
+    if let Some(e) = &last.component(Component::Supervisor).last_error {
+        return Err(Failure::Run(format!(
+            "the replica's supervisor failed at applied commit {}: {e}",
+            last.applied.commit_id
+        )));
+    }
+    match (end, cause, until) {
+        (End::Blocked(state), _, _) => {
+            Err(Failure::Run(format!("replication was blocked: {state}")))
+        }
+        (End::CaughtUp, _, _) => Ok(()),
+        (End::NotRunning, Some(cause), Some(head)) => Err(Failure::Run(format!(
+            "{} before catching up: applied commit {} of the primary's head {head}",
+            cause.reason(),
+            last.applied.commit_id
+        ))),
+        (End::NotRunning, Some(_), None) => Ok(()),
+        (End::NotRunning, None, _) => Err(Failure::Run(format!(
             "the replica runtime stopped by itself: {}",
             last.global
         ))),
@@ -250,6 +281,98 @@ fn follow(handle: &Replica, until: Option<CommitId>) -> End {
         outage = waiting_for_source(&s);
         if let Some(end) = end_of(&s, until) {
             return end;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use replication::runtime::{ComponentStatus, Failure as RuntimeFailure};
+    use replication::wal::{ChainPosition, Generation};
+
+    fn last(applied: u64, supervisor_error: Option<&str>) -> Snapshot {
+        let mut applied_at = ChainPosition::genesis(Generation(7));
+        applied_at.commit_id = CommitId(applied);
+        Snapshot {
+            global: GlobalState::Disabled,
+            progress: Default::default(),
+            applied: applied_at,
+            components: Component::ALL
+                .iter()
+                .map(|&component| ComponentStatus {
+                    component,
+                    state: "Stopped".into(),
+                    blocking_reason: None,
+                    last_transition: None,
+                    last_error: (component == Component::Supervisor)
+                        .then_some(supervisor_error)
+                        .flatten()
+                        .map(|e| RuntimeFailure::new("DISK_FULL", e)),
+                })
+                .collect(),
+            last_transition: None,
+            running: false,
+        }
+    }
+
+    fn exit(r: Result<(), Failure>) -> String {
+        match r {
+            Ok(()) => "ok".into(),
+            Err(Failure::Run(m)) => m,
+            Err(Failure::Usage { message, .. }) => format!("usage: {message}"),
+        }
+    }
+
+    #[test]
+    fn until_caught_up_succeeds_only_when_caught_up() {
+        let head = Some(CommitId(473));
+        assert_eq!(
+            exit(outcome(End::CaughtUp, None, head, &last(473, None))),
+            "ok"
+        );
+        // A signal before the head: asked to catch up, did not.
+        assert_eq!(
+            exit(outcome(
+                End::NotRunning,
+                Some(StopCause::Signal("SIGTERM")),
+                head,
+                &last(177, None)
+            )),
+            "stopped by SIGTERM (aerodb replica) before catching up: applied commit 177 of the primary's head 473"
+        );
+        // Without --until-caught-up, a requested stop is a success.
+        assert_eq!(
+            exit(outcome(
+                End::NotRunning,
+                Some(StopCause::Signal("SIGTERM")),
+                None,
+                &last(177, None)
+            )),
+            "ok"
+        );
+    }
+
+    #[test]
+    fn a_failed_supervisor_is_a_failure_whatever_ended_the_loop() {
+        for (end, cause) in [
+            (End::NotRunning, None),
+            (End::NotRunning, Some(StopCause::Signal("SIGINT"))),
+            (End::CaughtUp, None),
+        ] {
+            for until in [None, Some(CommitId(473))] {
+                let why = exit(outcome(
+                    end.clone(),
+                    cause.as_ref().map(|_| StopCause::Signal("SIGINT")),
+                    until,
+                    &last(177, Some("database or disk is full")),
+                ));
+                assert_eq!(
+                    why,
+                    "the replica's supervisor failed at applied commit 177: DISK_FULL: database or disk is full",
+                    "{end:?} {cause:?} {until:?}"
+                );
+            }
         }
     }
 }
