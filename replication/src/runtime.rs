@@ -396,6 +396,37 @@ fn send(events: &Sender<Event>, e: Event) {
     let _ = events.send(e);
 }
 
+/// Runs one runner's loop (`body`); if it panics, `report` gets the panic
+/// as a `PANIC` failure of `component` while `keep` (the runner's sender
+/// to the next stage) is still held, so the Supervisor learns why before
+/// the next stage sees its input close. `None` after a panic.
+fn guarded<T, K>(
+    component: Component,
+    keep: K,
+    body: impl FnOnce() -> T,
+    report: impl FnOnce(Failure),
+) -> Option<T> {
+    let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(body));
+    let out = match run {
+        Ok(t) => Some(t),
+        Err(panic) => {
+            let what = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "no message".into());
+            tracing::error!(%component, panic = %what, "a runner thread panicked");
+            report(Failure::new(
+                "PANIC",
+                format!("the {component} thread panicked (a bug in aerodb): {what}"),
+            ));
+            None
+        }
+    };
+    drop(keep);
+    out
+}
+
 #[allow(clippy::too_many_arguments)] // one runner, its ports and channels
 fn run_receiver(
     mut source: Box<dyn WalSource>,
@@ -843,9 +874,10 @@ fn run_applier(
 
 struct Pipeline {
     stop: Sender<()>,
-    receiver: JoinHandle<Box<dyn WalSource>>,
-    validator: JoinHandle<()>,
-    applier: JoinHandle<()>,
+    /// The source back (`None` once its thread panicked).
+    receiver: JoinHandle<Option<Box<dyn WalSource>>>,
+    validator: JoinHandle<Option<()>>,
+    applier: JoinHandle<Option<()>>,
 }
 
 /// Published state and the condition observers wait on.
@@ -1032,30 +1064,66 @@ impl SupervisorRunner {
                 ),
             )
         });
+        // Each runner is guarded: a panic (a bug) becomes its component's
+        // failure, reported as the event its own failures are, before the
+        // next stage sees its input close (the guard holds a sender).
         let receiver = thread::Builder::new()
             .name("aerodb-receiver".into())
             .spawn(move || {
-                run_receiver(
-                    source,
-                    wal_storage,
-                    received,
-                    refuse,
-                    config,
-                    StopSignal::new(stop_rx),
-                    seg_tx,
-                    ev,
+                let (keep, report) = (seg_tx.clone(), ev.clone());
+                guarded(
+                    Component::Receiver,
+                    keep,
+                    || {
+                        run_receiver(
+                            source,
+                            wal_storage,
+                            received,
+                            refuse,
+                            config,
+                            StopSignal::new(stop_rx),
+                            seg_tx,
+                            ev,
+                        )
+                    },
+                    |f| {
+                        send(&report, Event::ReceiverFailed(f));
+                        send(&report, Event::ReceiverExited("panicked".into()));
+                    },
                 )
             })
             .map_err(spawn_err)?;
         let ev = self.events_tx.clone();
         let validator = thread::Builder::new()
             .name("aerodb-validator".into())
-            .spawn(move || run_validator(reader, applied, received, seg_rx, val_tx, ev))
+            .spawn(move || {
+                let (keep, report) = (val_tx.clone(), ev.clone());
+                guarded(
+                    Component::Validator,
+                    keep,
+                    || run_validator(reader, applied, received, seg_rx, val_tx, ev),
+                    |f| {
+                        send(&report, Event::ValidatorFailed(f));
+                        send(&report, Event::ValidatorExited("panicked".into()));
+                    },
+                )
+            })
             .map_err(spawn_err)?;
         let ev = self.events_tx.clone();
         let applier = thread::Builder::new()
             .name("aerodb-applier".into())
-            .spawn(move || run_applier(apply, applied, val_rx, ev))
+            .spawn(move || {
+                let report = ev.clone();
+                guarded(
+                    Component::Applier,
+                    (),
+                    || run_applier(apply, applied, val_rx, ev),
+                    |f| {
+                        send(&report, Event::ApplierFailed(f));
+                        send(&report, Event::ApplierExited("panicked".into()));
+                    },
+                )
+            })
             .map_err(spawn_err)?;
         self.pipeline = Some(Pipeline {
             stop: stop_tx,
@@ -1089,7 +1157,9 @@ impl SupervisorRunner {
             let v = p.validator.join();
             let a = p.applier.join();
             match joined {
-                Ok(source) => self.source = Some(source),
+                Ok(Some(source)) => self.source = Some(source),
+                // Its panic was reported (and recorded) as its failure.
+                Ok(None) => {}
                 Err(_) => {
                     self.failed(
                         Component::Receiver,

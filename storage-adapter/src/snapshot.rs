@@ -16,7 +16,7 @@ use crate::capture::verify_capture;
 use crate::primary_wal::WalTables;
 use crate::raw::RawConn;
 use replication::wal::{encode_value, ChainPosition, CommitId, Generation, WalOffset};
-use rusqlite::types::{Value, ValueRef};
+use rusqlite::types::{ToSqlOutput, Value, ValueRef};
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 use std::path::Path;
 
@@ -209,9 +209,14 @@ pub fn take(
     };
     tables.sort();
     let out = Connection::open(dest).map_err(sql("creating the snapshot file"))?;
-    out.execute_batch("PRAGMA journal_mode = DELETE; BEGIN;")
+    // Foreign keys off: the file holds what the primary holds, whatever
+    // order its tables sort in and whatever dangling references the
+    // primary legally keeps (its foreign_keys is off by default).
+    out.execute_batch("PRAGMA foreign_keys = OFF; PRAGMA journal_mode = DELETE; BEGIN;")
         .map_err(sql("starting the snapshot file"))?;
-    out.execute_batch("CREATE TABLE aerodb_snapshot(key TEXT PRIMARY KEY, value ANY NOT NULL)")
+    // `value` has no declared type, so no affinity converts what is stored
+    // (a generation's hex such as '0123456789012345' stays text).
+    out.execute_batch("CREATE TABLE aerodb_snapshot(key TEXT PRIMARY KEY, value NOT NULL)")
         .map_err(sql("creating aerodb_snapshot"))?;
     for t in &tables {
         let (create, indexes) = definition(&tx, "main", t)?;
@@ -241,8 +246,10 @@ pub fn take(
             .map_err(sql(format!("writing '{t}'")))?;
         let mut rows = read.query([]).map_err(sql(format!("reading '{t}'")))?;
         while let Some(row) = rows.next().map_err(sql(format!("reading '{t}'")))? {
-            let values: Vec<Value> = (0..cols.len())
-                .map(|i| row.get::<_, Value>(i))
+            // Values are copied as SQLite holds them: TEXT as its bytes,
+            // whether or not they are valid UTF-8.
+            let values: Vec<ToSqlOutput<'_>> = (0..cols.len())
+                .map(|i| row.get_ref(i).map(ToSqlOutput::Borrowed))
                 .collect::<Result<_, _>>()
                 .map_err(sql(format!("reading '{t}'")))?;
             write

@@ -166,7 +166,20 @@ fn worker(server: &Server, config: &Config) {
         }
         let started = Instant::now();
         let response = match reader.as_ref() {
-            Some(r) => handle(&request, r, config),
+            // A bug that panics answers 500 with its message as JSON, and
+            // the worker goes on serving.
+            Some(r) => std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                handle(&request, r, config)
+            }))
+            .unwrap_or_else(|panic| {
+                let what = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "a panic".into());
+                tracing::error!(panic = %what, "a request handler panicked");
+                error(500, &format!("internal error (a bug): {what}"))
+            }),
             None => error(503, "the primary database cannot be opened"),
         };
         let status = response.status_code().0;
