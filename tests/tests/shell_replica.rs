@@ -88,7 +88,8 @@ fn the_sql_surface_is_exactly_the_documented_one() {
         added,
         vec![
             // DESIGN 6, primary.
-            "f:aerodb_capture_row", // internal: called by capture triggers
+            "f:aerodb_capture_chunk_bytes", // issue 9: the spill chunk of this connection
+            "f:aerodb_capture_row",         // internal: called by capture triggers
             "f:aerodb_head",
             "f:aerodb_last_commit_id",
             "f:aerodb_primary_init",
@@ -337,7 +338,7 @@ SELECT count(*), max(id) FROM t;
         ),
     );
     assert!(
-        run.stderr.contains("aerodb_wait: commit 80 cannot be reached: read refused: replication is blocked (segment"),
+        run.stderr.contains("aerodb_wait: commit 80 cannot be reached: BLOCKED: read refused: replication is blocked (segment"),
         "{run:?}"
     );
     let lines: Vec<&str> = run.stdout.lines().collect();
