@@ -700,3 +700,88 @@ fn a_block_an_operator_must_resolve_stops_the_replica_and_exits_1() {
         "Disabled"
     );
 }
+
+// ------------------------------------------ catch-up on a truncated primary
+
+fn rows_of(db: &Path) -> Vec<(i64, String)> {
+    Connection::open_with_flags(db, OpenFlags::SQLITE_OPEN_READ_ONLY)
+        .and_then(|c| {
+            c.prepare("SELECT id, v FROM t ORDER BY id")?
+                .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+                .collect()
+        })
+        .expect("rows of t")
+}
+
+#[test]
+fn catch_up_on_a_truncated_primary_bootstraps_from_a_snapshot_then_follows_the_wal() {
+    // Found by trying (issue 11): catch-up on a truncated primary failed
+    // instead of bootstrapping as `aerodb replica` does.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (p_path, r_path, s_path) = (
+        dir.path().join("p.db"),
+        dir.path().join("r.db"),
+        dir.path().join("s.db"),
+    );
+    let p = primary(&p_path);
+    insert(&p, 1..=9);
+    let catch_up = |replica: &Path| {
+        aerodb(&[
+            "catch-up",
+            "--primary",
+            p_path.to_str().expect("UTF-8"),
+            "--replica",
+            replica.to_str().expect("UTF-8"),
+            "--segment-bytes=300",
+        ])
+    };
+    // s.db follows up to commit 10 while the WAL is whole.
+    let out = catch_up(&s_path);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let head = insert(&p, 10..=29);
+    assert_eq!(
+        p.truncate_wal(replication::wal::CommitId(20))
+            .expect("truncate")
+            .0,
+        20
+    );
+
+    // A new replica (needs commit 1) and one at commit 10 (needs 11): both
+    // bootstrap, then apply the WAL after the snapshot.
+    for (replica, needs) in [(&r_path, 1), (&s_path, 11)] {
+        let out = catch_up(replica);
+        let stdout = text(&out.stdout);
+        assert_eq!(out.status.code(), Some(0), "{out:?}");
+        assert!(
+            stdout.contains(&format!(
+                "the primary's WAL starts at commit 20; the replica needs commit {needs}: bootstrapping from a snapshot"
+            )) && stdout.contains(&format!("installed a snapshot of commits {needs}..={head}")),
+            "{stdout}"
+        );
+        assert!(
+            stdout.ends_with(&format!("caught up: replica at commit {head}\n")),
+            "{stdout}"
+        );
+        assert_eq!(rows_of(replica), rows_of(&p_path));
+    }
+    // No snapshot file is left beside the replicas.
+    let left: Vec<_> = std::fs::read_dir(dir.path())
+        .expect("dir")
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains("snapshot"))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+
+    // WAL after the snapshot: the next catch-up applies it, no bootstrap.
+    let head = insert(&p, 30..=34);
+    let out = catch_up(&r_path);
+    let stdout = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert!(!stdout.contains("bootstrapping"), "{stdout}");
+    assert!(
+        stdout.ends_with(&format!("caught up: replica at commit {head}\n")),
+        "{stdout}"
+    );
+    assert_eq!(rows_of(&r_path), rows_of(&p_path));
+}

@@ -1,14 +1,18 @@
 //! `aerodb catch-up --primary P.db --replica R.db [--segment-bytes N]`:
 //! applies everything the primary has that the replica lacks, one segment
 //! per SQLite transaction, single-threaded, without the runtime, then
-//! exits. Reads the primary read-only.
+//! exits. Reads the primary read-only. When the primary's WAL no longer
+//! holds the commits the replica needs (truncated), it bootstraps from a
+//! snapshot of the primary first, as `aerodb replica` does.
 
 use super::{options_from, Failure, LimitArgs};
 use clap::Args;
-use replication::wal::{validate, Segment};
+use replication::wal::{validate, ChainPosition, CommitId, Segment};
+use std::path::Path;
 use storage_adapter::options::NumberOption;
 use storage_adapter::primary::PrimaryWalReader;
 use storage_adapter::replica::{next_segment, ApplyError, ReplicaDb};
+use storage_adapter::snapshot;
 
 #[derive(Args, Debug)]
 pub struct CatchUpArgs {
@@ -44,10 +48,18 @@ pub fn run(args: CatchUpArgs) -> Result<(), Failure> {
         position.commit_id,
         position.wal_offset
     );
-    while let Some(bytes) = reader
-        .segment(position.commit_id.next(), segment_bytes)
-        .map_err(|e| run(&e))?
-    {
+    loop {
+        let next = position.commit_id.next();
+        let oldest = reader.oldest().map_err(|e| run(&e))?;
+        if next < oldest && next <= head {
+            // The WAL the replica needs is gone: bootstrap from a snapshot
+            // of the primary, as `aerodb replica` does.
+            position = bootstrap(primary, replica, &mut db, next, oldest)?;
+            continue;
+        }
+        let Some(bytes) = reader.segment(next, segment_bytes).map_err(|e| run(&e))? else {
+            break;
+        };
         let segment = Segment::decode(&bytes).map_err(|e| run(&e))?;
         let validated = validate(segment, &position).map_err(|e| run(&e))?;
         let first = validated.segment().header.first_commit_id;
@@ -70,4 +82,55 @@ pub fn run(args: CatchUpArgs) -> Result<(), Failure> {
     }
     println!("caught up: replica at commit {}", position.commit_id);
     Ok(())
+}
+
+/// Takes a snapshot of `primary` beside the replica file, checks its
+/// checksum and installs it in one transaction (the snapshot stands for
+/// commits `next..=` its CommitId). Returns the position after it.
+fn bootstrap(
+    primary: &str,
+    replica: &str,
+    db: &mut ReplicaDb,
+    next: CommitId,
+    oldest: CommitId,
+) -> Result<ChainPosition, Failure> {
+    println!(
+        "the primary's WAL starts at commit {oldest}; the replica needs commit {next}: bootstrapping from a snapshot of the primary"
+    );
+    let beside = Path::new(replica)
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let dir = tempfile::Builder::new()
+        .prefix(".aerodb-snapshot-")
+        .tempdir_in(beside)
+        .map_err(|e| {
+            Failure::Run(format!(
+                "creating a snapshot directory in {}: {e}",
+                beside.display()
+            ))
+        })?;
+    let path = dir.path().join("snapshot.db");
+    let info = snapshot::take(primary, &path)
+        .map_err(|e| Failure::Run(format!("snapshot of primary {primary}: {e}")))?;
+    let (recorded, computed) = snapshot::inspect(&path)
+        .map_err(|e| Failure::Run(format!("reading the snapshot of {primary}: {e}")))?;
+    if recorded != info || computed != info.checksum {
+        return Err(Failure::Run(format!(
+            "the snapshot of {primary} does not check: it records checksum 0x{:08x}, its tables compute 0x{computed:08x}",
+            recorded.checksum
+        )));
+    }
+    let end = db
+        .install_snapshot(next, info.commit_id, &path, info.position())
+        .map_err(|e| Failure::Run(format!("replica {replica}: {e}")))?;
+    println!(
+        "installed a snapshot of commits {next}..={} ({} tables, checksum 0x{:08x}); replica at commit {} (WAL offset {})",
+        info.commit_id,
+        info.tables.len(),
+        info.checksum,
+        end.commit_id,
+        end.wal_offset
+    );
+    Ok(end)
 }
