@@ -322,6 +322,20 @@ impl SegmentState {
             SegmentState::Rejected { .. } => "Rejected",
         }
     }
+
+    /// The state a stored name stands for (`reason` is a Rejected
+    /// segment's); `None` for a name no state has.
+    pub fn from_stored(name: &str, reason: Option<&str>) -> Option<SegmentState> {
+        Some(match name {
+            "Received" => SegmentState::Received,
+            "Validated" => SegmentState::Validated,
+            "Applied" => SegmentState::Applied,
+            "Rejected" => SegmentState::Rejected {
+                reason: reason.unwrap_or_default().to_owned(),
+            },
+            _ => return None,
+        })
+    }
 }
 
 /// Checks a segment move: Received -> Validated -> Applied, or Received ->

@@ -438,6 +438,9 @@ pub(crate) fn apply_failure(e: ApplyError) -> Failure {
         }
         ApplyError::Continuity(c) => Failure::new("CONTINUITY", c.to_string()),
         ApplyError::Snapshot { .. } => Failure::new("SNAPSHOT", e.to_string()),
+        ApplyError::IllegalSegmentMove { first, last, .. } => {
+            Failure::new("ILLEGAL_TRANSITION", e.to_string()).at(*first, *last)
+        }
         ApplyError::Sqlite { .. } => storage_failure("applying", &e),
         _ => Failure::new("APPLY", e.to_string()),
     };

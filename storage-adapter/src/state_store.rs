@@ -7,10 +7,10 @@
 //! apply transaction, the Applier (`ReplicaDb::apply` /
 //! `install_snapshot`): rule T2. Tables: `sql/replica.sql`.
 
-use crate::replica::read_position;
+use crate::replica::{read_position, stored_segment_state};
 use crate::runtime::{apply_failure, sql, WriteTurn, KEEP_APPLIED_SEGMENTS, KEEP_TRANSITIONS};
 use replication::runtime::{Component, ComponentStatus, Failure, StateStore, StoreOp, StoredState};
-use replication::state::SegmentState;
+use replication::state::{check_segment, SegmentState};
 use replication::wal::{CommitId, WalOffset};
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 
@@ -177,26 +177,73 @@ impl StateStore for SqliteStateStore {
                     end_wal_offset,
                     to,
                 } => {
-                    // Each move is checked by the row's current state:
-                    // only Received moves to Validated or Rejected.
+                    // Each move goes through the segment state machine and
+                    // must change exactly one row.
                     let reason = match to {
                         SegmentState::Rejected { reason } => Some(reason.as_str()),
                         _ => None,
                     };
-                    tx.prepare_cached(
-                        "UPDATE aerodb_replica_segments SET state = ?3, reason = ?4, first_wal_offset = coalesce(?5, first_wal_offset), end_wal_offset = coalesce(?6, end_wal_offset) WHERE first_commit_id = ?1 AND last_commit_id = ?2 AND state = 'Received'",
-                    )
-                    .and_then(|mut s| {
-                        s.execute(params![
-                            first.0 as i64,
-                            last.0 as i64,
-                            to.as_str(),
-                            reason,
-                            wal_offset.map(|o| o.0 as i64),
-                            end_wal_offset.map(|o| o.0 as i64)
-                        ])
-                    })
-                    .map_err(sql("recording a segment state"))?;
+                    let illegal = |what: String| {
+                        Failure::new(
+                            "ILLEGAL_TRANSITION",
+                            format!("segment {first}..={last}: {what}"),
+                        )
+                        .at(*first, *last)
+                    };
+                    let current = match stored_segment_state(&tx, *first, *last)
+                        .map_err(sql("reading a segment state"))?
+                    {
+                        Some(state) => state,
+                        // Only Applied rows are pruned (the newest
+                        // KEEP_APPLIED_SEGMENTS stay): one the position has
+                        // passed was applied, and pruned before this record.
+                        None if read_position(&tx)
+                            .map_err(apply_failure)?
+                            .is_some_and(|p| p.commit_id >= *last) =>
+                        {
+                            SegmentState::Applied
+                        }
+                        None => return Err(illegal("it is not in the state store".into())),
+                    };
+                    if current == SegmentState::Applied && *to == SegmentState::Validated {
+                        // The Applier's transaction recorded the validation
+                        // with the apply (it applies only what the Validator
+                        // proved): nothing is left to move.
+                        continue;
+                    }
+                    // A restart re-validates a Rejected segment (its bytes
+                    // are kept) and rejects it again: not a move, the same
+                    // state observed again, its reason rewritten.
+                    let again = matches!(
+                        (&current, to),
+                        (SegmentState::Rejected { .. }, SegmentState::Rejected { .. })
+                    );
+                    if !again {
+                        check_segment(&current, to).map_err(|e| illegal(e.to_string()))?;
+                    }
+                    let moved = tx
+                        .prepare_cached(
+                            "UPDATE aerodb_replica_segments SET state = ?3, reason = ?4, first_wal_offset = coalesce(?5, first_wal_offset), end_wal_offset = coalesce(?6, end_wal_offset) WHERE first_commit_id = ?1 AND last_commit_id = ?2 AND state = ?7",
+                        )
+                        .and_then(|mut s| {
+                            s.execute(params![
+                                first.0 as i64,
+                                last.0 as i64,
+                                to.as_str(),
+                                reason,
+                                wal_offset.map(|o| o.0 as i64),
+                                end_wal_offset.map(|o| o.0 as i64),
+                                current.as_str()
+                            ])
+                        })
+                        .map_err(sql("recording a segment state"))?;
+                    if moved != 1 {
+                        return Err(illegal(format!(
+                            "moving it from {} to {} changed {moved} rows, not 1",
+                            current.as_str(),
+                            to.as_str()
+                        )));
+                    }
                 }
                 StoreOp::Component(c) => {
                     let e = c.last_error.as_ref();
