@@ -369,6 +369,9 @@ enum Event {
         end: ChainPosition,
     },
     ValidatorRejected(Rejection),
+    /// Recovery's re-read of a stored segment (never rejected before)
+    /// fails validation: the replica's own copy is damaged.
+    ValidatorStoredRejected(Rejection),
     ValidatorRecovered {
         revalidated: u64,
         through: CommitId,
@@ -634,79 +637,87 @@ fn run_validator(
     let mut core = Validator::new(applied);
     // Returns false when validation must stop (rejected, unreadable, or no
     // Applier).
-    let mut validate = |reader: &mut dyn SegmentReader, item: ReceivedSegment| {
-        let input = match &item.snapshot {
-            None => ValidatorInput::Persisted {
-                first: item.first,
-                last: item.last,
-                bytes: item.bytes,
-            },
-            Some(path) => match reader.inspect_snapshot(path) {
-                Ok(facts) => ValidatorInput::Snapshot {
+    // `stored_copy`: the item is the replica's own stored copy, never
+    // rejected before (recovery's re-read), so a rejection means the copy
+    // is damaged.
+    let mut validate =
+        |reader: &mut dyn SegmentReader, item: ReceivedSegment, stored_copy: bool| {
+            let input = match &item.snapshot {
+                None => ValidatorInput::Persisted {
                     first: item.first,
                     last: item.last,
-                    recorded: facts.recorded,
-                    recorded_checksum: facts.recorded_checksum,
-                    computed_checksum: facts.computed_checksum,
+                    bytes: item.bytes,
                 },
-                Err(f) => {
-                    send(&events, Event::ValidatorFailed(f.at(item.first, item.last)));
-                    return false;
+                Some(path) => match reader.inspect_snapshot(path) {
+                    Ok(facts) => ValidatorInput::Snapshot {
+                        first: item.first,
+                        last: item.last,
+                        recorded: facts.recorded,
+                        recorded_checksum: facts.recorded_checksum,
+                        computed_checksum: facts.computed_checksum,
+                    },
+                    Err(f) => {
+                        send(&events, Event::ValidatorFailed(f.at(item.first, item.last)));
+                        return false;
+                    }
+                },
+            };
+            match core.handle(input) {
+                Ok(ValidatorOutput::Validated(segment)) => {
+                    let (first, last) = segment.segment().header.range();
+                    send(
+                        &events,
+                        Event::ValidatorValidated {
+                            first,
+                            last,
+                            start: segment.start(),
+                            end: segment.end(),
+                        },
+                    );
+                    out.send(ToApply::Segment(segment)).is_ok()
                 }
-            },
-        };
-        match core.handle(input) {
-            Ok(ValidatorOutput::Validated(segment)) => {
-                let (first, last) = segment.segment().header.range();
-                send(
-                    &events,
-                    Event::ValidatorValidated {
-                        first,
-                        last,
-                        start: segment.start(),
-                        end: segment.end(),
-                    },
-                );
-                out.send(ToApply::Segment(segment)).is_ok()
-            }
-            Ok(ValidatorOutput::SnapshotValidated {
-                first,
-                last,
-                start,
-                end,
-            }) => {
-                send(
-                    &events,
-                    Event::ValidatorValidated {
-                        first,
-                        last,
-                        start,
-                        end,
-                    },
-                );
-                let path = item.snapshot.unwrap_or_default();
-                out.send(ToApply::Snapshot {
+                Ok(ValidatorOutput::SnapshotValidated {
                     first,
                     last,
                     start,
                     end,
-                    path,
-                })
-                .is_ok()
+                }) => {
+                    send(
+                        &events,
+                        Event::ValidatorValidated {
+                            first,
+                            last,
+                            start,
+                            end,
+                        },
+                    );
+                    let path = item.snapshot.unwrap_or_default();
+                    out.send(ToApply::Snapshot {
+                        first,
+                        last,
+                        start,
+                        end,
+                        path,
+                    })
+                    .is_ok()
+                }
+                Ok(ValidatorOutput::Rejected(r)) if stored_copy => {
+                    send(&events, Event::ValidatorStoredRejected(r));
+                    false
+                }
+                Ok(ValidatorOutput::Rejected(r)) => {
+                    send(&events, Event::ValidatorRejected(r));
+                    false
+                }
+                Err(blocked) => {
+                    send(
+                        &events,
+                        Event::ValidatorFailed(Failure::new("BLOCKED", blocked.to_string())),
+                    );
+                    false
+                }
             }
-            Ok(ValidatorOutput::Rejected(r)) => {
-                send(&events, Event::ValidatorRejected(r));
-                false
-            }
-            Err(blocked) => {
-                send(
-                    &events,
-                    Event::ValidatorFailed(Failure::new("BLOCKED", blocked.to_string())),
-                );
-                false
-            }
-        }
-    };
+        };
     // Recovery: what was persisted but not applied before this run is
     // validated again, in order, from the applied checkpoint (V2).
     let mut after = applied.commit_id;
@@ -716,13 +727,14 @@ fn run_validator(
             Ok(Some(s)) => {
                 after = s.last;
                 revalidated += 1;
+                let stored_copy = !s.rejected;
                 let item = ReceivedSegment {
                     first: s.first,
                     last: s.last,
                     bytes: s.bytes,
                     snapshot: s.snapshot,
                 };
-                if !validate(reader.as_mut(), item) {
+                if !validate(reader.as_mut(), item, stored_copy) {
                     send(&events, Event::ValidatorExited("blocked".into()));
                     return;
                 }
@@ -754,7 +766,7 @@ fn run_validator(
         },
     );
     for item in input {
-        if !validate(reader.as_mut(), item) {
+        if !validate(reader.as_mut(), item, false) {
             break;
         }
     }
@@ -1285,6 +1297,39 @@ impl SupervisorRunner {
                     Failure::from_rejection(&r),
                 );
                 self.drive(SupervisorInput::Rejected(r))?;
+            }
+            Event::ValidatorStoredRejected(r) => {
+                // The replica's stored copy is damaged (it was never
+                // rejected when the source sent it): discard it and what
+                // follows, recorded with the segment named, and fetch them
+                // again. A rejection of the copy the source sends again is
+                // an ordinary one (a block).
+                let range = (r.first, r.last);
+                let failure = Failure::from_rejection(&r);
+                let reason = failure.to_string();
+                self.failed(
+                    Component::Validator,
+                    &format!(
+                        "Recovering (stored segment {}..={} fails validation)",
+                        r.first, r.last
+                    ),
+                    failure,
+                );
+                self.flush()?;
+                self.publish(true);
+                self.stop_pipeline()?;
+                if self.stopping.is_none() {
+                    self.flush()?;
+                    // The store's recovery first (Validated back to
+                    // Received), then the discard and its transition,
+                    // recorded in one batch.
+                    self.open_store()?;
+                    self.pending.push(StoreOp::Discard { from: r.first });
+                    self.drive(SupervisorInput::StoredSegmentDiscarded { range, reason })?;
+                    self.flush()?;
+                    let stored = self.open_store()?;
+                    self.start_pipeline(&stored)?;
+                }
             }
             Event::ValidatorRecovered {
                 revalidated,

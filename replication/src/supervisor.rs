@@ -25,6 +25,18 @@ pub enum SupervisorInput {
     },
     /// Recovery re-validated (or discarded, recorded) what it found.
     Recovered,
+    /// Recovery found a segment stored on the replica that fails
+    /// validation though it was never rejected when the source sent it
+    /// (the replica's own copy is damaged): it and everything received
+    /// after it are discarded and fetched again from the source. Ends
+    /// recovery, recorded with the segment named; a rejection of the copy
+    /// the source sends again is an ordinary [`Rejected`](Self::Rejected).
+    StoredSegmentDiscarded {
+        /// The segment.
+        range: (CommitId, CommitId),
+        /// Why it failed validation.
+        reason: String,
+    },
     /// The Receiver persisted a segment.
     Received {
         /// Its last CommitId.
@@ -250,6 +262,27 @@ impl Supervisor {
                 }
             }
             SupervisorInput::Recovered => (self.running_state(), "recovery finished".into()),
+            SupervisorInput::StoredSegmentDiscarded { range, reason } => {
+                if self.state != GlobalState::Recovering {
+                    return Err(IllegalTransition {
+                        machine: "global",
+                        from: self.state.to_string(),
+                        to: "a discard of stored segments (only recovery re-reads them)".into(),
+                    });
+                }
+                // What was received from the damaged segment on is gone;
+                // what is kept before it is validated again.
+                self.progress.received = CommitId(range.0 .0.saturating_sub(1)).max(self.progress.applied);
+                self.progress.validated = self.progress.applied;
+                self.source_head = None;
+                (
+                    self.running_state(),
+                    format!(
+                        "segment {}..={} as stored on this replica fails validation ({reason}); it and everything received after it were discarded and are fetched again from the source from commit {}",
+                        range.0, range.1, range.0
+                    ),
+                )
+            }
             SupervisorInput::Stop { reason } => (GlobalState::Disabled, reason),
             SupervisorInput::ApplierFailed { range, reason } => {
                 // Recovery re-validates everything after the applied
@@ -497,6 +530,52 @@ mod tests {
             .expect("legal")
             .expect("moves");
         assert_eq!(t.to, GlobalState::Disabled);
+    }
+
+    #[test]
+    fn a_damaged_stored_segment_ends_recovery_by_fetching_it_again() {
+        // Issue 11 item 5: recovery re-read a stored copy that fails
+        // validation; the move names it and where fetching resumes, and
+        // the progress forgets what was discarded.
+        let mut s = Supervisor::new();
+        s.start().expect("legal");
+        s.handle(SupervisorInput::Started {
+            applied: pos(5),
+            received: CommitId(20),
+        })
+        .expect("legal");
+        assert_eq!(s.state(), &GlobalState::Recovering);
+        let t = s
+            .handle(SupervisorInput::StoredSegmentDiscarded {
+                range: (CommitId(11), CommitId(15)),
+                reason: "CORRUPT: segment CRC32".into(),
+            })
+            .expect("legal")
+            .expect("moves");
+        assert_eq!(
+            (t.from, t.to.clone()),
+            (GlobalState::Recovering, GlobalState::ValidatingWal)
+        );
+        assert_eq!(
+            t.reason,
+            "segment 11..=15 as stored on this replica fails validation (CORRUPT: segment CRC32); it and everything received after it were discarded and are fetched again from the source from commit 11"
+        );
+        assert_eq!(
+            t.progress,
+            Progress {
+                received: CommitId(10),
+                validated: CommitId(5),
+                applied: CommitId(5)
+            }
+        );
+        // Only recovery re-reads stored segments: elsewhere it is illegal.
+        let e = s
+            .handle(SupervisorInput::StoredSegmentDiscarded {
+                range: (CommitId(11), CommitId(15)),
+                reason: "again".into(),
+            })
+            .expect_err("not recovering");
+        assert_eq!(e.machine, "global");
     }
 
     #[test]

@@ -390,7 +390,7 @@ impl SegmentReader for SqliteSegmentReader {
     fn next_after(&mut self, after: CommitId) -> Result<Option<PersistedSegment>, Failure> {
         self.conn
             .prepare_cached(
-                "SELECT s.first_commit_id, s.last_commit_id, b.bytes, s.snapshot_path FROM aerodb_replica_segments s LEFT JOIN aerodb_replica_segment_bytes b ON b.first_commit_id = s.first_commit_id WHERE s.first_commit_id = ?1 AND s.state <> 'Applied'",
+                "SELECT s.first_commit_id, s.last_commit_id, b.bytes, s.snapshot_path, s.state = 'Rejected' FROM aerodb_replica_segments s LEFT JOIN aerodb_replica_segment_bytes b ON b.first_commit_id = s.first_commit_id WHERE s.first_commit_id = ?1 AND s.state <> 'Applied'",
             )
             .and_then(|mut s| {
                 s.query_row([after.next().0 as i64], |r| {
@@ -399,6 +399,7 @@ impl SegmentReader for SqliteSegmentReader {
                         last: CommitId(r.get::<_, i64>(1)? as u64),
                         bytes: r.get::<_, Option<Vec<u8>>>(2)?.unwrap_or_default(),
                         snapshot: r.get::<_, Option<String>>(3)?.map(PathBuf::from),
+                        rejected: r.get(4)?,
                     })
                 })
                 .optional()

@@ -245,6 +245,41 @@ impl StateStore for SqliteStateStore {
                         )));
                     }
                 }
+                StoreOp::Discard { from } => {
+                    // Only Received segments are discarded (a damaged stored
+                    // copy and what was received after it).
+                    let not_received: Option<(i64, String)> = tx
+                        .query_row(
+                            "SELECT first_commit_id, state FROM aerodb_replica_segments WHERE first_commit_id >= ?1 AND state <> 'Received' ORDER BY first_commit_id LIMIT 1",
+                            [from.0 as i64],
+                            |r| Ok((r.get(0)?, r.get(1)?)),
+                        )
+                        .optional()
+                        .map_err(sql("checking the segments to discard"))?;
+                    if let Some((f, state)) = not_received {
+                        return Err(Failure::new(
+                            "ILLEGAL_TRANSITION",
+                            format!("discarding segments from commit {from}: the segment starting at commit {f} is {state}; only Received segments are discarded"),
+                        ));
+                    }
+                    tx.execute(
+                        "DELETE FROM aerodb_replica_segment_bytes WHERE first_commit_id >= ?1",
+                        [from.0 as i64],
+                    )
+                    .map_err(sql("discarding stored segment bytes"))?;
+                    let gone = tx
+                        .execute(
+                            "DELETE FROM aerodb_replica_segments WHERE first_commit_id >= ?1",
+                            [from.0 as i64],
+                        )
+                        .map_err(sql("discarding stored segments"))?;
+                    if gone == 0 {
+                        return Err(Failure::new(
+                            "ILLEGAL_TRANSITION",
+                            format!("discarding segments from commit {from}: none is stored"),
+                        ));
+                    }
+                }
                 StoreOp::Component(c) => {
                     let e = c.last_error.as_ref();
                     tx.prepare_cached(

@@ -463,6 +463,74 @@ fn an_applier_failure_that_recovery_cannot_fix_blocks_instead_of_retrying() {
 }
 
 #[test]
+fn a_stored_segment_damaged_on_the_replica_is_discarded_and_fetched_again() {
+    // Issue 11 item 5: a Received segment whose stored bytes fail their
+    // checksum locally (the replica's own copy is damaged) while the source
+    // still serves it is discarded and fetched again through a recorded
+    // transition naming it. (A rejection of what the source sends stays a
+    // block: validator_rejection_blocks_application_and_names_the_segment.)
+    let dir = tempfile::tempdir().expect("tempdir");
+    let p = primary(&dir.path().join("p.db"));
+    let head = write(&p, 1..=20);
+    // An Applier that always fails from commit 3 on: received segments stay
+    // stored, unapplied.
+    let replica = start_faulty(dir.path(), Arc::new(AtomicUsize::new(usize::MAX)), None);
+    let s = replica.wait_until(deadline(), blocked).expect("blocked");
+    replica.stop();
+    let r_path = dir.path().join("r.db");
+    let damaged = {
+        let conn = rusqlite::Connection::open(&r_path).expect("open");
+        let (first, last, mut bytes): (i64, i64, Vec<u8>) = conn
+            .query_row(
+                "SELECT s.first_commit_id, s.last_commit_id, b.bytes FROM aerodb_replica_segments s JOIN aerodb_replica_segment_bytes b USING (first_commit_id) WHERE s.first_commit_id = ?1",
+                [s.applied.commit_id.next().0 as i64],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .expect("the first unapplied stored segment");
+        let n = bytes.len();
+        bytes[n / 2] ^= 0x20;
+        conn.execute(
+            "UPDATE aerodb_replica_segment_bytes SET bytes = ?2 WHERE first_commit_id = ?1",
+            rusqlite::params![first, bytes],
+        )
+        .expect("damage the stored copy");
+        (first as u64, last as u64)
+    };
+
+    // Restarted with healthy storage: recovery reads the damaged copy,
+    // discards it, fetches it again and catches up.
+    let replica =
+        Replica::start_from_file(&r_path, dir.path().join("p.db"), small()).expect("restart");
+    let s = replica
+        .wait_until(deadline(), |s| {
+            blocked(s) || (ready(s) && s.applied.commit_id == head)
+        })
+        .expect("caught up or blocked");
+    assert!(ready(&s) && s.applied.commit_id == head, "{}", s.global);
+    let wanted = format!(
+        "segment {}..={} as stored on this replica fails validation (CORRUPT: ",
+        damaged.0, damaged.1
+    );
+    let history = replica.transitions().expect("history");
+    let discard = history
+        .iter()
+        .find(|t| t.reason.starts_with(&wanted))
+        .unwrap_or_else(|| panic!("no transition {wanted:?} in {history:#?}"));
+    assert!(
+        discard.reason.ends_with(&format!(
+            "it and everything received after it were discarded and are fetched again from the source from commit {}",
+            damaged.0
+        )),
+        "{discard:?}"
+    );
+    assert_eq!(discard.from_state, "Recovering", "{discard:?}");
+    let r = rusqlite::Connection::open(&r_path).expect("open");
+    assert_eq!(dump_table(&r, "t"), dump_table(p.connection(), "t"));
+    assert!(replica.explain_read(Some(head)).expect("gate").allowed());
+    replica.stop();
+}
+
+#[test]
 fn supervisor_failure_makes_the_replica_unavailable() {
     // F4: the state store stops accepting writes; the Supervisor cannot
     // record transitions, so the replica goes Disabled, stops its threads,

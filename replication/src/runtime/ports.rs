@@ -137,6 +137,11 @@ pub struct PersistedSegment {
     pub bytes: Vec<u8>,
     /// The snapshot file, if this item is a snapshot.
     pub snapshot: Option<PathBuf>,
+    /// Whether it is recorded Rejected (the Validator refused it when the
+    /// source sent it): a rejection that stays a block. Otherwise a stored
+    /// copy that fails validation is the replica's own damage, fetched
+    /// again.
+    pub rejected: bool,
 }
 
 /// What a snapshot file records and the checksum recomputed over it.
@@ -239,6 +244,13 @@ pub enum StoreOp {
     /// A component's status (state, blocking reason, last transition, last
     /// error).
     Component(ComponentStatus),
+    /// Segments from `from` on, all Received (a stored copy failed
+    /// validation), are discarded with their bytes: the Receiver fetches
+    /// them again.
+    Discard {
+        /// The first discarded CommitId (the damaged segment's first).
+        from: CommitId,
+    },
 }
 
 /// The Replica State Store as the Supervisor writes it (T2: the Supervisor
