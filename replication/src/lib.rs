@@ -19,7 +19,16 @@
 //! | WAL Applier core (spec 5.4, rules W1-W3, F3) | [`applier`] |
 //! | WAL Receiver core (spec 5.2, rules R1, R2, F1) | [`receiver`] |
 //! | Replica Supervisor core (spec 5.1, rules S1, S2, M2) | [`supervisor`] |
-//! | threads, channels, ports to storage and sources (spec 7, C1, K1) | [`runtime`] |
+//! | the runtime handle, config, wait and stop (spec 7) | [`runtime`] (`runtime.rs`) |
+//! | ports to storage and sources (spec 5.5, T1, T2) | `runtime/ports.rs` |
+//! | failures and their codes (rules E1, E2, F6) | `runtime/failure.rs` |
+//! | components and their status, recorded transitions (O1, M2) | `runtime/status.rs` |
+//! | the published view observers read (X2, O2) | `runtime/view.rs` |
+//! | what runners pass on and report, the panic guard (C1, F4) | `runtime/events.rs` |
+//! | the Receiver's thread (R1, R2, F1) | `runtime/receiver_runner.rs` |
+//! | the Validator's thread (V1-V3, F2) | `runtime/validator_runner.rs` |
+//! | the Applier's thread (W1-W3, F3) | `runtime/applier_runner.rs` |
+//! | the Supervisor's thread: events, recording, pipeline (S1, S2, F1-F6) | `runtime/supervisor_runner.rs` |
 //!
 //! ## Example
 //!

@@ -81,14 +81,15 @@ fn every_thread_is_a_named_joined_component() {
     // (Pipeline / Runtime); nothing uses a detached `thread::spawn`.
     assert_eq!(find("thread::spawn("), vec![], "detached threads");
     let named = find(".name(\"aerodb-");
-    let names: Vec<&str> = named.iter().map(|h| h.2.as_str()).collect();
+    let mut names: Vec<&str> = named.iter().map(|h| h.2.as_str()).collect();
+    names.sort_unstable();
     assert_eq!(
         names,
         vec![
-            ".name(\"aerodb-receiver\".into())",
-            ".name(\"aerodb-validator\".into())",
             ".name(\"aerodb-applier\".into())",
+            ".name(\"aerodb-receiver\".into())",
             ".name(\"aerodb-supervisor\".into())",
+            ".name(\"aerodb-validator\".into())",
         ]
     );
     assert_eq!(find(".join()").len(), 4, "{:?}", find(".join()"));
