@@ -13,7 +13,14 @@
 //! | Primary: assigns CommitIds, appends WAL (P1), passive (P2) | [`capture`] (SQL functions; `capture/buffer.rs` the transaction's touched keys, `capture/vtab.rs` the `aerodb_capture` table that joins each transaction, `capture/commit.rs` the record written and sealed at commit, `capture/replicate.rs`, `capture/tables.rs` the registry and shape checks), [`primary`] |
 //! | Tables as both sides match rows (key collation, columns) | `table_info.rs` |
 //! | Primary: exposes WAL segments (P1) | [`primary::PrimaryWalReader`] |
-//! | Replica State Store tables (5.5, T1) | [`replica`], `sql/replica.sql` |
+//! | Replica State Store tables (5.5, T1) | [`replica`], `sql/replica.sql`; the Supervisor's writes: `runtime/state_store.rs` |
+//! | The runtime's ports on a replica file: WAL storage, segment reader, Applier storage (5.2-5.4, R2, V3, W1) | `runtime/sqlite_ports.rs` ([`runtime::SqliteStorage`]) |
+//! | A WAL source reading a primary file | `runtime/file_source.rs` ([`runtime::FileSource`]) |
+//! | Read Safety Gate over the recorded state, in the reader's transaction (5.6, G1) | `runtime/gate.rs` ([`runtime::read_gate_in`]) |
+//! | The embedding handle: one runtime per replica file | `runtime/handle.rs` ([`runtime::Replica`]) |
+//! | A WAL source over HTTP; `aerodb serve` | [`http_source`], `bin/aerodb/serve.rs` |
+//! | Snapshots for bootstrapping (5.5, T1) | [`snapshot`] |
+//! | What `replica_state` / `aerodb status` read | [`status`] |
 //! | WAL Applier's storage mutation: one transaction per segment (5.4, W1, W2) | [`replica::ReplicaDb::apply`] |
 //! | Runtime bounds and the source's options (SQL JSON and CLI flags alike) | [`options`] |
 //! | `aerodb_version()` (same string as `aerodb --version`) | [`version`] |
@@ -56,10 +63,10 @@ mod raw;
 pub mod replica;
 pub mod runtime;
 pub mod snapshot;
-mod state_store;
 pub mod status;
 mod table_info;
 pub mod version;
+mod wall_clock;
 
 pub use primary_wal::WalReadError;
 pub use raw::RawError;

@@ -580,7 +580,7 @@ impl ReplicaDb {
         if self.track_segments {
             mark_applied(&tx, (first, last), stored.wal_offset, end)?;
         }
-        let at = crate::runtime::now_ms();
+        let at = crate::wall_clock::now_ms();
         tx.execute(
             "INSERT OR REPLACE INTO main.aerodb_replica_bootstrap(commit_id, generation, wal_offset, chain, checksum, replaced_from, tables, at_unix_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
             params![
