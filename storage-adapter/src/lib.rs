@@ -21,7 +21,7 @@
 //! | A WAL source over HTTP; `aerodb serve` | [`http_source`], `bin/aerodb/serve.rs` |
 //! | Snapshots for bootstrapping (5.5, T1) | [`snapshot`] |
 //! | What `replica_state` / `aerodb status` read | [`status`] |
-//! | WAL Applier's storage mutation: one transaction per segment (5.4, W1, W2) | [`replica::ReplicaDb::apply`] |
+//! | WAL Applier's storage mutation: one transaction per segment (5.4, W1, W2) | [`replica::ReplicaDb::apply`]; `replica/rows.rs` (row changes, divergence checks), `replica/schema.rs` (schema records), `replica/segments.rs` (segment rows moved in the apply transaction), `replica/snapshot_install.rs` |
 //! | Runtime bounds and the source's options (SQL JSON and CLI flags alike) | [`options`] |
 //! | `aerodb_version()` (same string as `aerodb --version`) | [`version`] |
 //!

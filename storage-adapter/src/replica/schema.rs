@@ -1,0 +1,134 @@
+//! Schema records from the WAL: the single CREATE TABLE / CREATE INDEX
+//! statements they carry, checked, run and registered in the apply
+//! transaction.
+
+use super::rows::replica_indexes;
+use super::{sql_err, ApplyError};
+use crate::table_info::quote_ident;
+use replication::wal::CommitId;
+use rusqlite::{params, Connection, OptionalExtension};
+
+/// What a schema statement from the WAL may be.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum SchemaStatement {
+    /// `CREATE TABLE`.
+    Table,
+    /// `CREATE INDEX` or `CREATE UNIQUE INDEX`.
+    Index,
+}
+
+/// Runs one schema statement from the WAL after checking that it is a
+/// single statement of the expected kind.
+pub(super) fn run_schema_statement(
+    tx: &Connection,
+    commit_id: CommitId,
+    table: &str,
+    statement: &str,
+    kind: SchemaStatement,
+) -> Result<(), ApplyError> {
+    let bad = |problem: String| ApplyError::BadSchema {
+        commit_id,
+        table: table.into(),
+        problem,
+    };
+    let words: Vec<String> = statement
+        .split_whitespace()
+        .take(3)
+        .map(str::to_ascii_uppercase)
+        .collect();
+    let words: Vec<&str> = words.iter().map(String::as_str).collect();
+    let ok = match kind {
+        SchemaStatement::Table => words.starts_with(&["CREATE", "TABLE"]),
+        SchemaStatement::Index => {
+            words.starts_with(&["CREATE", "INDEX"]) || words == ["CREATE", "UNIQUE", "INDEX"]
+        }
+    };
+    if !ok {
+        return Err(bad(format!(
+            "`{statement}` is not a {kind:?} creation statement"
+        )));
+    }
+    // One statement only: prepare refuses a tail.
+    let mut s = tx
+        .prepare(statement)
+        .map_err(|e| bad(format!("`{statement}` does not prepare: {e}")))?;
+    s.raw_execute()
+        .map_err(|e| bad(format!("`{statement}` failed: {e}")))?;
+    Ok(())
+}
+
+/// The `CREATE TABLE` statement of `table` on this replica, if it exists.
+pub(super) fn table_sql(
+    tx: &Connection,
+    commit_id: CommitId,
+    table: &str,
+) -> Result<Option<String>, ApplyError> {
+    tx.query_row(
+        "SELECT sql FROM main.sqlite_schema WHERE type = 'table' AND name = ?1",
+        [table],
+        |r| r.get(0),
+    )
+    .optional()
+    .map_err(sql_err("reading the replica's schema", Some(commit_id)))
+}
+
+pub(super) fn apply_schema(
+    tx: &Connection,
+    commit_id: CommitId,
+    table: &str,
+    sql: &str,
+    indexes: &[String],
+) -> Result<(), ApplyError> {
+    let existing = table_sql(tx, commit_id, table)?;
+    match existing {
+        Some(existing) => {
+            let existing_indexes = replica_indexes(tx, commit_id, table)?;
+            if existing == sql && existing_indexes == indexes {
+                // Same table again (replicated anew, e.g. after DROP and
+                // CREATE on the primary): its content restarts from the
+                // Insert changes that follow in this record.
+                tx.execute(&format!("DELETE FROM {}", quote_ident(table)), [])
+                    .map_err(sql_err(
+                        "resetting the table for its schema record",
+                        Some(commit_id),
+                    ))?;
+            } else {
+                return Err(ApplyError::SchemaMismatch {
+                    commit_id,
+                    table: table.into(),
+                    replica: std::iter::once(existing)
+                        .chain(existing_indexes)
+                        .collect::<Vec<_>>()
+                        .join("; "),
+                    primary: std::iter::once(sql.to_owned())
+                        .chain(indexes.iter().cloned())
+                        .collect::<Vec<_>>()
+                        .join("; "),
+                });
+            }
+        }
+        None => {
+            run_schema_statement(tx, commit_id, table, sql, SchemaStatement::Table)?;
+            for index in indexes {
+                run_schema_statement(tx, commit_id, table, index, SchemaStatement::Index)?;
+            }
+            let created = table_sql(tx, commit_id, table)?;
+            let created_indexes = replica_indexes(tx, commit_id, table)?;
+            if created.as_deref() != Some(sql) || created_indexes != indexes {
+                return Err(ApplyError::BadSchema {
+                    commit_id,
+                    table: table.into(),
+                    problem: format!(
+                        "the statements did not create table '{table}' with exactly its unique indexes (created {created:?}, {created_indexes:?})"
+                    ),
+                });
+            }
+        }
+    }
+    tx.execute(
+        "INSERT OR REPLACE INTO aerodb_replica_tables(name, schema_commit_id, sql) VALUES (?1, ?2, ?3)",
+        params![table, commit_id.0 as i64, sql],
+    )
+    .map_err(sql_err("registering the replicated table", Some(commit_id)))?;
+    Ok(())
+}
