@@ -11,7 +11,7 @@
 //! | spec element | module |
 //! |---|---|
 //! | CommitId, WAL offset, generation (spec 4.1, DESIGN 3) | [`wal`] |
-//! | WAL record, chained checksum, segment (DESIGN 3) | [`wal`] |
+//! | WAL record, chained checksum, segment (DESIGN 3) | [`wal`] (`wal/encode.rs`, `wal/decode.rs`, `wal/segment.rs`, `wal/errors.rs`) |
 //! | continuity proof a Validator runs (spec 5.3, rule V1) | [`wal::check_continuity`] |
 //! | global and segment state machines (spec 6, rules M1, M3) | [`state`] |
 //! | Read Safety Gate (spec 5.6, rules G1-G3) | [`read_gate`] |
