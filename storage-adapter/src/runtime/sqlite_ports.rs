@@ -38,7 +38,7 @@ impl WriteTurn {
 
 impl SqliteStorage {
     /// The replica file (it must have been made a replica: see
-    /// [`Replica::start`]).
+    /// [`Replica::start`](super::Replica::start)).
     pub fn new(path: impl AsRef<Path>) -> SqliteStorage {
         // Absolute: snapshot paths recorded in the store must not depend on
         // the working directory of a later run.
