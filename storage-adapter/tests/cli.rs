@@ -785,3 +785,122 @@ fn catch_up_on_a_truncated_primary_bootstraps_from_a_snapshot_then_follows_the_w
     );
     assert_eq!(rows_of(&r_path), rows_of(&p_path));
 }
+
+// ------------------------------------------------------------- aerodb status
+
+fn status(replica: &Path, json: bool) -> (Option<i32>, String, String) {
+    let mut args = vec!["status", replica.to_str().expect("UTF-8")];
+    if json {
+        args.push("--json");
+    }
+    let out = aerodb(&args);
+    (out.status.code(), text(&out.stdout), text(&out.stderr))
+}
+
+fn status_json(replica: &Path) -> (Option<i32>, serde_json::Value) {
+    let (code, stdout, stderr) = status(replica, true);
+    let v = serde_json::from_str(&stdout)
+        .unwrap_or_else(|e| panic!("status --json is one JSON object ({e}): {stdout} {stderr}"));
+    (code, v)
+}
+
+#[test]
+fn status_exits_0_read_safe_1_blocked_2_diverged_or_unreadable() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (p_path, q_path, r_path, b_path) = (
+        dir.path().join("p.db"),
+        dir.path().join("q.db"),
+        dir.path().join("r.db"),
+        dir.path().join("b.db"),
+    );
+    let p = primary(&p_path);
+    let head = insert(&p, 1..=3);
+    let mut args = replica_args(&p_path, &r_path);
+    args.push("--until-caught-up");
+    assert_eq!(aerodb(&args).status.code(), Some(0));
+
+    // Caught up and stopped: reads allowed, exit 0.
+    let (code, stdout, _) = status(&r_path, false);
+    assert_eq!(code, Some(0), "{stdout}");
+    assert!(
+        stdout.contains(&format!("commit {head} (WAL offset"))
+            && stdout.contains("state                  Disabled")
+            && stdout.contains("reads                  ALLOWED: ")
+            && stdout.contains("WAL Applier"),
+        "{stdout}"
+    );
+    let (code, v) = status_json(&r_path);
+    assert_eq!(code, Some(0));
+    assert_eq!(v["role"], "replica");
+    assert_eq!(v["applied_commit_id"], head);
+    assert_eq!(v["global_state"], "Disabled");
+    assert_eq!(v["verdict"]["code"], "ALLOWED");
+    assert_eq!(v["verdict"]["allowed"], true);
+    assert!(
+        v["components"].as_array().is_some_and(|c| c.len() == 6),
+        "{v}"
+    );
+
+    // Pointed at a foreign primary: diverged, exit 2, also once stopped.
+    let q = primary(&q_path);
+    insert(&q, 1..=4);
+    assert_eq!(
+        aerodb(&replica_args(&q_path, &r_path)).status.code(),
+        Some(1)
+    );
+    let (code, v) = status_json(&r_path);
+    assert_eq!(code, Some(2), "{v}");
+    assert_eq!(v["verdict"]["code"], "DIVERGED", "{v}");
+    assert_eq!(v["verdict"]["allowed"], false);
+    assert!(
+        v["blocking_reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("FOREIGN_GENERATION")),
+        "{v}"
+    );
+
+    // A record corrupted on the primary: rejected, blocked, exit 1.
+    let head = insert(&p, 4..=6);
+    {
+        let c = Connection::open(&p_path).expect("open the primary");
+        let mut record: Vec<u8> = c
+            .query_row(
+                "SELECT record FROM aerodb_commits WHERE commit_id = ?1",
+                [head as i64],
+                |r| r.get(0),
+            )
+            .expect("the last record");
+        let n = record.len();
+        record[n - 9] ^= 0x01; // a byte of its row's text value
+        c.execute(
+            "UPDATE aerodb_commits SET record = ?2 WHERE commit_id = ?1",
+            rusqlite::params![head as i64, record],
+        )
+        .expect("corrupt the last record");
+    }
+    let mut args = replica_args(&p_path, &b_path);
+    args.push("--until-caught-up");
+    assert_eq!(aerodb(&args).status.code(), Some(1));
+    let (code, v) = status_json(&b_path);
+    assert_eq!(code, Some(1), "{v}");
+    assert_eq!(v["verdict"]["code"], "BLOCKED", "{v}");
+    let (code, stdout, _) = status(&b_path, false);
+    assert_eq!(code, Some(1));
+    assert!(stdout.contains("last error CORRUPT: "), "{stdout}");
+
+    // Not a replica, or no file at all: exit 2 with the reason.
+    let (code, v) = status_json(&p_path);
+    assert_eq!(code, Some(2));
+    assert_eq!(v["error"], "it is an AeroDB primary, not a replica");
+    let missing = dir.path().join("missing.db");
+    let (code, _, stderr) = status(&missing, false);
+    assert_eq!(code, Some(2));
+    assert!(
+        stderr.starts_with(&format!(
+            "aerodb status: {}: opening it read-only: ",
+            missing.display()
+        )),
+        "{stderr}"
+    );
+    assert!(!missing.exists(), "status never creates a file");
+}

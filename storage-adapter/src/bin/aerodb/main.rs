@@ -5,6 +5,9 @@
 //! - `aerodb catch-up` applies what the replica lacks, single-threaded,
 //!   without the runtime, then exits (`catch_up.rs`).
 //! - `aerodb serve` serves a primary's WAL read-only over HTTP (`serve.rs`).
+//! - `aerodb status` shows a replica file's recorded state and read verdict
+//!   (`status.rs`), text or JSON, with exit 0 / 1 / 2 for read-safe /
+//!   blocked / diverged or unreadable.
 //!
 //! Conventions: `--help` / `-h` / `help CMD` on stdout with exit 0,
 //! `--version`, `--flag=value`; exit codes 0 ok, 1 runtime failure,
@@ -23,6 +26,7 @@ use storage_adapter::options::{
 mod catch_up;
 mod replica;
 mod serve;
+mod status;
 
 /// SQLite replication: serve a primary's WAL, run a replica.
 #[derive(Parser, Debug)]
@@ -58,6 +62,9 @@ enum Command {
     CatchUp(catch_up::CatchUpArgs),
     /// Serve a primary's WAL read-only over HTTP to replicas.
     Serve(serve::ServeArgs),
+    /// Show a replica file's recorded state, components and read verdict;
+    /// exit 0 read-safe, 1 blocked, 2 diverged or unreadable.
+    Status(status::StatusArgs),
 }
 
 /// The runtime's limits, as flags (the keys of `aerodb_replica_start`'s
@@ -137,6 +144,8 @@ fn main() -> ExitCode {
         Command::Replica(args) => replica::run(args),
         Command::CatchUp(args) => catch_up::run(args),
         Command::Serve(args) => serve::run(args),
+        // Its exit code is the verdict's (0, 1 or 2), not ok/failure.
+        Command::Status(args) => return status::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
