@@ -101,3 +101,12 @@ CREATE TABLE IF NOT EXISTS aerodb_replica_components(
   error_expected         TEXT,
   error_actual           TEXT
 );
+
+-- The newest head the replica's source advertised (one row), written by
+-- the Supervisor when it grows: replica_state shows it and the lag in
+-- commits beside the applied CommitId. Informational; nothing decides on it.
+CREATE TABLE IF NOT EXISTS aerodb_replica_source(
+  id              INTEGER PRIMARY KEY CHECK (id = 1),
+  head_commit_id  INTEGER NOT NULL,
+  at_unix_ms      INTEGER NOT NULL  -- informational
+);

@@ -68,7 +68,7 @@ struct ReplicaStateTab {
     db: *mut ffi::sqlite3,
 }
 
-const COLUMNS: &str = "CREATE TABLE x(role TEXT, generation TEXT, applied_commit_id INTEGER, applied_wal_offset INTEGER, applied_chain TEXT, replicated_tables INTEGER, global_state TEXT, read_status TEXT, blocking_reason TEXT, received_commit_id INTEGER, validated_commit_id INTEGER, last_transition TEXT, last_transition_reason TEXT, snapshot_commit_id INTEGER)";
+const COLUMNS: &str = "CREATE TABLE x(role TEXT, generation TEXT, applied_commit_id INTEGER, applied_wal_offset INTEGER, applied_chain TEXT, replicated_tables INTEGER, global_state TEXT, read_status TEXT, blocking_reason TEXT, received_commit_id INTEGER, validated_commit_id INTEGER, last_transition TEXT, last_transition_reason TEXT, snapshot_commit_id INTEGER, source_head_commit_id INTEGER, lag_commits INTEGER)";
 
 unsafe impl<'vtab> VTab<'vtab> for ReplicaStateTab {
     type Aux = ();
@@ -175,6 +175,8 @@ unsafe impl VTabCursor for ReplicaStateCursor<'_> {
                     }
                 }
                 13 => ctx.set_result(&s.snapshot_commit_id.map(|c| c.0 as i64)),
+                14 => ctx.set_result(&s.source_head.map(|c| c.0 as i64)),
+                15 => ctx.set_result(&s.lag_commits().map(|n| n as i64)),
                 _ => ctx.set_result(&rusqlite::types::Null),
             }
         })

@@ -174,6 +174,7 @@ impl Runtime {
             pending: Vec::new(),
             failed_segment: None,
             source_generation: generation,
+            source_head: CommitId(0),
             stopping: None,
         };
         let on_panic = Arc::clone(&published);

@@ -51,6 +51,9 @@ pub struct ReplicaStatus {
     pub runtime: Option<RecordedState>,
     /// The CommitId of the last snapshot this replica bootstrapped from.
     pub snapshot_commit_id: Option<CommitId>,
+    /// The newest head the replica's source advertised (replica only;
+    /// `None` until a runtime received something).
+    pub source_head: Option<CommitId>,
 }
 
 /// What the Supervisor last recorded in `aerodb_replica_state`, and the
@@ -126,9 +129,20 @@ pub(crate) fn read_raw(conn: RawConn) -> Result<ReplicaStatus, RawError> {
             } else {
                 None
             };
+            let source_head = if table_exists(conn, "aerodb_replica_source")? {
+                conn.query_value(
+                    "SELECT head_commit_id FROM aerodb_replica_source WHERE id = 1",
+                    &[],
+                )?
+                .and_then(|v| v.as_i64())
+                .map(|c| CommitId(c as u64))
+            } else {
+                None
+            };
             return Ok(ReplicaStatus {
                 runtime,
                 snapshot_commit_id,
+                source_head,
                 role: Role::Replica,
                 generation: Some(Generation(i(0) as u64)),
                 applied_commit_id: Some(CommitId(i(1) as u64)),
@@ -151,6 +165,7 @@ pub(crate) fn read_raw(conn: RawConn) -> Result<ReplicaStatus, RawError> {
                 replicated_tables: count(conn, "SELECT count(*) FROM aerodb_tables")?,
                 runtime: None,
                 snapshot_commit_id: None,
+                source_head: None,
             });
         }
     }
@@ -163,10 +178,21 @@ pub(crate) fn read_raw(conn: RawConn) -> Result<ReplicaStatus, RawError> {
         replicated_tables: 0,
         runtime: None,
         snapshot_commit_id: None,
+        source_head: None,
     })
 }
 
 impl ReplicaStatus {
+    /// Commits the replica lacks of what its source advertised (`None`
+    /// while the head is unknown).
+    pub fn lag_commits(&self) -> Option<u64> {
+        Some(
+            self.source_head?
+                .0
+                .saturating_sub(self.applied_commit_id?.0),
+        )
+    }
+
     /// Reads the status of the main database of `conn`.
     pub fn read(conn: &Connection) -> Result<ReplicaStatus, RawError> {
         // SAFETY: conn is open for the whole call.

@@ -836,6 +836,8 @@ fn status_exits_0_read_safe_1_blocked_2_diverged_or_unreadable() {
     assert_eq!(v["global_state"], "Disabled");
     assert_eq!(v["verdict"]["code"], "ALLOWED");
     assert_eq!(v["verdict"]["allowed"], true);
+    assert_eq!(v["source_head_commit_id"], head, "{v}");
+    assert_eq!(v["lag_commits"], 0, "{v}");
     assert!(
         v["components"].as_array().is_some_and(|c| c.len() == 6),
         "{v}"
@@ -884,6 +886,11 @@ fn status_exits_0_read_safe_1_blocked_2_diverged_or_unreadable() {
     let (code, v) = status_json(&b_path);
     assert_eq!(code, Some(1), "{v}");
     assert_eq!(v["verdict"]["code"], "BLOCKED", "{v}");
+    // It knows what it lacks: the source advertised the head it cannot apply.
+    assert_eq!(v["source_head_commit_id"], head, "{v}");
+    let applied = v["applied_commit_id"].as_u64().expect("applied");
+    assert!(applied < head, "{v}");
+    assert_eq!(v["lag_commits"], head - applied, "{v}");
     let (code, stdout, _) = status(&b_path, false);
     assert_eq!(code, Some(1));
     assert!(stdout.contains("last error CORRUPT: "), "{stdout}");

@@ -213,7 +213,7 @@ fn replica_state_shows_role_and_position() {
         &dir.path().join("n.db"),
         &format!("{}SELECT * FROM replica_state;\n", load()),
     );
-    assert_eq!(none.stdout, "none|||||0||||||||\n", "{none:?}");
+    assert_eq!(none.stdout, "none|||||0||||||||||\n", "{none:?}");
     let p = dir.path().join("p.db");
     let primary = shell(
         &p,

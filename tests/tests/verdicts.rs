@@ -147,13 +147,17 @@ fn in_the_shell_aerodb_wait_answers_as_the_gate_and_start_returns_where_it_start
     let run = aerodb_e2e::shell(
         &r_path,
         &format!(
-            "{load}PRAGMA journal_mode = WAL;\n{}SELECT 'wait=' || aerodb_wait({head}, 60000);\nSELECT aerodb_replica_stop();\n",
+            "{load}PRAGMA journal_mode = WAL;\n{}SELECT 'wait=' || aerodb_wait({head}, 60000);\nSELECT 'source=' || source_head_commit_id || ' lag=' || lag_commits FROM replica_state;\nSELECT aerodb_replica_stop();\n",
             start(&p_path)
         ),
     );
     assert!(run.ok, "{run:?}");
     assert!(run.stdout.contains("start=0\n"), "{run:?}");
     assert!(run.stdout.contains(&format!("wait={head}\n")), "{run:?}");
+    assert!(
+        run.stdout.contains(&format!("source={head} lag=0\n")),
+        "{run:?}"
+    );
 
     // Pointed at the foreign primary: waiting for commit 4 ends when it
     // blocks (it cannot be reached); then a wait for commit 3, which the

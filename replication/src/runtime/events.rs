@@ -46,6 +46,8 @@ pub(super) enum Event {
         first: CommitId,
         last: CommitId,
         caught_up: bool,
+        /// The newest CommitId the source advertised with it.
+        source_head: CommitId,
     },
     ReceiverIdle,
     ReceiverFailed(Failure),

@@ -244,6 +244,12 @@ pub enum StoreOp {
     /// A component's status (state, blocking reason, last transition, last
     /// error).
     Component(ComponentStatus),
+    /// The newest CommitId the source advertised (a fetch's head): what
+    /// `replica_state` shows beside the applied CommitId, and the lag.
+    SourceHead {
+        /// The head.
+        head: CommitId,
+    },
     /// Segments from `from` on, all Received (a stored copy failed
     /// validation), are discarded with their bytes: the Receiver fetches
     /// them again.

@@ -107,9 +107,10 @@ pub(super) fn run_receiver(
         };
         let mut forward = None;
         let mut snapshot = None;
-        let (caught_up, range, mut outputs) = match delivery {
+        let (caught_up, source_head, range, mut outputs) = match delivery {
             Delivery::Segment(fetched) => (
                 fetched.source_head == fetched.last,
+                fetched.source_head.max(fetched.last),
                 (fetched.first, fetched.last),
                 core.handle(ReceiverInput::Delivered {
                     first: fetched.first,
@@ -134,6 +135,7 @@ pub(super) fn run_receiver(
                 snapshot = Some(path);
                 (
                     false,
+                    last,
                     (first, last),
                     core.handle(ReceiverInput::SnapshotDelivered { first, last }),
                 )
@@ -171,6 +173,7 @@ pub(super) fn run_receiver(
                             first,
                             last,
                             caught_up,
+                            source_head,
                         },
                     );
                     let bytes = forward.take().unwrap_or_default();

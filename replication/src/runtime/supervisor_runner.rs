@@ -45,6 +45,8 @@ pub(super) struct SupervisorRunner {
     pub(super) failed_segment: Option<(CommitId, CommitId)>,
     /// The generation the source serves.
     pub(super) source_generation: Generation,
+    /// The newest head the source advertised (recorded when it grows).
+    pub(super) source_head: CommitId,
     pub(super) stopping: Option<String>,
 }
 
@@ -329,7 +331,13 @@ impl SupervisorRunner {
                 first,
                 last,
                 caught_up,
+                source_head,
             } => {
+                if source_head > self.source_head {
+                    // Recorded with the batch, for `replica_state`'s lag.
+                    self.source_head = source_head;
+                    self.pending.push(StoreOp::SourceHead { head: source_head });
+                }
                 self.succeeded(
                     Component::Receiver,
                     &format!("Receiving (next commit {})", last.next()),

@@ -245,6 +245,13 @@ impl StateStore for SqliteStateStore {
                         )));
                     }
                 }
+                StoreOp::SourceHead { head } => {
+                    tx.prepare_cached(
+                        "INSERT OR REPLACE INTO aerodb_replica_source(id, head_commit_id, at_unix_ms) VALUES (1, ?1, ?2)",
+                    )
+                    .and_then(|mut s| s.execute(params![head.0 as i64, crate::wall_clock::now_ms()]))
+                    .map_err(sql("recording the source's head"))?;
+                }
                 StoreOp::Discard { from } => {
                     // Only Received segments are discarded (a damaged stored
                     // copy and what was received after it).

@@ -118,6 +118,8 @@ fn as_json(path: &str, r: &Report) -> Value {
         "last_transition_reason": rec.and_then(|r| r.last_transition_reason.as_deref()),
         "replicated_tables": s.replicated_tables,
         "snapshot_commit_id": s.snapshot_commit_id.map(|c| c.0),
+        "source_head_commit_id": s.source_head.map(|c| c.0),
+        "lag_commits": s.lag_commits(),
         "verdict": {
             "code": r.verdict.code.as_str(),
             "allowed": r.verdict.allowed(),
@@ -153,6 +155,16 @@ fn as_text(path: &str, r: &Report) -> String {
             show(s.applied_wal_offset.map(|o| o.to_string()))
         ),
     );
+    if let Some(head) = s.source_head {
+        line(
+            &mut out,
+            "source head",
+            format!(
+                "commit {head} (lag {} commits)",
+                s.lag_commits().unwrap_or_default()
+            ),
+        );
+    }
     match &s.runtime {
         Some(rec) => {
             line(
