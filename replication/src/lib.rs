@@ -21,7 +21,8 @@
 //! | Replica Supervisor core (spec 5.1, rules S1, S2, M2) | [`supervisor`] |
 //! | the runtime handle, config, wait and stop (spec 7) | [`runtime`] (`runtime.rs`) |
 //! | ports to storage and sources (spec 5.5, T1, T2) | `runtime/ports.rs` |
-//! | failures and their codes (rules E1, E2, F6) | `runtime/failure.rs` |
+//! | failure codes, typed, one vocabulary (rules E1, F6) | [`code::FailureCode`] |
+//! | failures (rules E1, E2, F6) | `runtime/failure.rs` |
 //! | components and their status, recorded transitions (O1, M2) | `runtime/status.rs` |
 //! | the published view observers read (X2, O2) | `runtime/view.rs` |
 //! | what runners pass on and report, the panic guard (C1, F4) | `runtime/events.rs` |
@@ -62,6 +63,7 @@
 #![allow(clippy::result_large_err)]
 
 pub mod applier;
+pub mod code;
 pub mod read_gate;
 pub mod receiver;
 pub mod runtime;

@@ -223,7 +223,7 @@ mod tests {
                 first: CommitId(8),
                 last: CommitId(9),
                 wal_offset: WalOffset(800),
-                code: "FORK",
+                code: crate::code::FailureCode::Fork,
                 reason: "chained checksum differs".into(),
             }),
         };
@@ -237,6 +237,7 @@ mod tests {
         // F5 / read-blocked: even a read with no minimum is refused.
         let global = GlobalState::Ready {
             read: ReadStatus::Blocked(BlockReason::ReceiverFailed {
+                code: crate::code::FailureCode::Source,
                 reason: "primary file missing".into(),
             }),
         };

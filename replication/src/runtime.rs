@@ -43,13 +43,14 @@ use events::Event;
 use supervisor_runner::SupervisorRunner;
 use view::Published;
 
+pub use crate::code::FailureCode;
 pub use failure::Failure;
 pub use status::{Component, ComponentStatus, TransitionRecord};
 pub use view::Snapshot;
 
 pub use ports::{
     ApplyStorage, Fetched, PersistedSegment, SegmentReader, SnapshotFacts, StateStore, StopSignal,
-    Storage, StoreOp, StoredState, WalSource, WalStorage, SOURCE_UNAVAILABLE, WAL_TRUNCATED,
+    Storage, StoreOp, StoredState, WalSource, WalStorage,
 };
 
 use crate::read_gate::Decision;
@@ -189,8 +190,7 @@ impl Runtime {
                     let mut s = (**on_panic.lock()).clone();
                     s.running = false;
                     s.global = GlobalState::Disabled;
-                    s.components[Component::Supervisor.index()].last_error = Some(Failure::new(
-                        "PANIC",
+                    s.components[Component::Supervisor.index()].last_error = Some(Failure::new(FailureCode::Panic,
                         "the supervisor thread panicked (a bug in aerodb); the replica is unavailable",
                     ));
                     *on_panic.lock() = Arc::new(s);
@@ -207,7 +207,7 @@ impl Runtime {
                 let mut s = initial_snapshot(generation);
                 s.running = false;
                 s.components[0].last_error = Some(Failure::new(
-                    "THREAD",
+                    FailureCode::Thread,
                     format!("spawning the supervisor thread: {e}"),
                 ));
                 *published.lock() = Arc::new(s);

@@ -7,6 +7,7 @@
 //! value (S1) and the components' runners persist and log each move (M2);
 //! this module only says which moves exist.
 
+use crate::code::FailureCode;
 use crate::wal::{CommitId, WalOffset};
 use std::fmt;
 
@@ -22,12 +23,14 @@ pub enum BlockReason {
         /// WAL offset of its first record.
         wal_offset: WalOffset,
         /// The rejection's code (CORRUPT, GAP, FORK, ...).
-        code: &'static str,
+        code: FailureCode,
         /// The Validator's explanation.
         reason: String,
     },
     /// The WAL source failed; replication stopped at the applied CommitId.
     ReceiverFailed {
+        /// Its failure's code.
+        code: FailureCode,
         /// The Receiver's explanation.
         reason: String,
     },
@@ -43,24 +46,20 @@ pub enum BlockReason {
         first: CommitId,
         /// Its last CommitId.
         last: CommitId,
+        /// The failure's code.
+        code: FailureCode,
         /// The storage error.
         reason: String,
     },
     /// A block reason as the state store recorded it, when the state is
     /// read back from storage by another process or reader.
     Recorded {
-        /// The recorded code ([`BlockReason::code`]).
-        code: String,
+        /// Whether the recorded code ([`BlockReason::code`]) is DIVERGED.
+        diverged: bool,
         /// The recorded sentence.
         reason: String,
     },
 }
-
-/// Rejection and failure codes that mean the replica's history and the
-/// primary's differ. OFFSET_MISMATCH is one: the same generation and the
-/// same next CommitId at another WAL offset means the commits before it
-/// differ (a primary restored from a backup and written again).
-const DIVERGENCE_CODES: [&str; 4] = ["FORK", "FOREIGN_GENERATION", "DIVERGED", "OFFSET_MISMATCH"];
 
 impl BlockReason {
     /// A stable code: DIVERGED when the histories differ (fork, foreign
@@ -77,15 +76,13 @@ impl BlockReason {
     /// differ.
     pub fn is_divergence(&self) -> bool {
         match self {
-            BlockReason::SegmentRejected { code, .. } => DIVERGENCE_CODES.contains(code),
-            BlockReason::ApplierFailed { reason, .. } => reason.starts_with("DIVERGED"),
-            BlockReason::Recorded { code, .. } => code == "DIVERGED",
+            // Fork, foreign generation, divergent rows, a source behind
+            // the replica (restored from an older backup): by code.
+            BlockReason::SegmentRejected { code, .. }
+            | BlockReason::ApplierFailed { code, .. }
+            | BlockReason::ReceiverFailed { code, .. } => code.is_divergence(),
+            BlockReason::Recorded { diverged, .. } => *diverged,
             BlockReason::ValidatorFailed { .. } => false,
-            // A source behind the replica (restored from an older backup)
-            // or serving another generation.
-            BlockReason::ReceiverFailed { reason } => {
-                reason.starts_with("SOURCE_BEHIND") || reason.starts_with("FOREIGN_GENERATION")
-            }
         }
     }
 }
@@ -103,12 +100,15 @@ impl fmt::Display for BlockReason {
                 f,
                 "segment {first}..={last} at WAL offset {wal_offset} rejected: {reason}"
             ),
-            BlockReason::ReceiverFailed { reason } => write!(f, "WAL receiver failed: {reason}"),
+            BlockReason::ReceiverFailed { reason, .. } => {
+                write!(f, "WAL receiver failed: {reason}")
+            }
             BlockReason::ValidatorFailed { reason } => write!(f, "WAL validator failed: {reason}"),
             BlockReason::ApplierFailed {
                 first,
                 last,
                 reason,
+                ..
             } => write!(
                 f,
                 "applying segment {first}..={last} failed again after recovery: {reason}"
@@ -271,16 +271,40 @@ pub const GLOBAL_TRANSITIONS: &[(GlobalKind, GlobalKind)] = {
     ]
 };
 
-/// A move the transition table does not allow.
+/// A move a state machine does not allow (typed: the states themselves,
+/// not their names).
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("illegal {machine} transition {from} -> {to}")]
-pub struct IllegalTransition {
-    /// "global" or "segment".
-    pub machine: &'static str,
-    /// From.
-    pub from: String,
-    /// To.
-    pub to: String,
+pub enum IllegalTransition {
+    /// A global move [`GLOBAL_TRANSITIONS`] does not list.
+    #[error("illegal global transition {from} -> {to}")]
+    Global {
+        /// From.
+        from: GlobalState,
+        /// To.
+        to: GlobalState,
+    },
+    /// A segment move [`check_segment`] refuses.
+    #[error("illegal segment transition {} -> {}", from.as_str(), to.as_str())]
+    Segment {
+        /// From.
+        from: SegmentState,
+        /// To.
+        to: SegmentState,
+    },
+    /// A recovery rollback to Received of a segment that is not Validated.
+    #[error("illegal segment (recovery) transition {} -> Received", from.as_str())]
+    SegmentRecovery {
+        /// From.
+        from: SegmentState,
+    },
+    /// An input the global state does not take.
+    #[error("illegal global transition from {state}: {input}")]
+    NotInState {
+        /// The state.
+        state: GlobalState,
+        /// What was asked, in a few words.
+        input: &'static str,
+    },
 }
 
 /// Checks a global move against [`GLOBAL_TRANSITIONS`].
@@ -288,10 +312,9 @@ pub fn check_global(from: &GlobalState, to: &GlobalState) -> Result<(), IllegalT
     if GLOBAL_TRANSITIONS.contains(&(from.kind(), to.kind())) && from != to {
         Ok(())
     } else {
-        Err(IllegalTransition {
-            machine: "global",
-            from: from.to_string(),
-            to: to.to_string(),
+        Err(IllegalTransition::Global {
+            from: from.clone(),
+            to: to.clone(),
         })
     }
 }
@@ -346,10 +369,9 @@ pub fn check_segment(from: &SegmentState, to: &SegmentState) -> Result<(), Illeg
     use SegmentState::*;
     match (from, to) {
         (Received, Validated) | (Validated, Applied) | (Received, Rejected { .. }) => Ok(()),
-        _ => Err(IllegalTransition {
-            machine: "segment",
-            from: from.as_str().into(),
-            to: to.as_str().into(),
+        _ => Err(IllegalTransition::Segment {
+            from: from.clone(),
+            to: to.clone(),
         }),
     }
 }
@@ -359,10 +381,8 @@ pub fn check_segment(from: &SegmentState, to: &SegmentState) -> Result<(), Illeg
 pub fn check_segment_recovery(from: &SegmentState) -> Result<(), IllegalTransition> {
     match from {
         SegmentState::Validated => Ok(()),
-        other => Err(IllegalTransition {
-            machine: "segment (recovery)",
-            from: other.as_str().into(),
-            to: SegmentState::Received.as_str().into(),
+        other => Err(IllegalTransition::SegmentRecovery {
+            from: other.clone(),
         }),
     }
 }
@@ -381,6 +401,7 @@ mod tests {
     fn blocked() -> GlobalState {
         GlobalState::Ready {
             read: ReadStatus::Blocked(BlockReason::ReceiverFailed {
+                code: FailureCode::SourceUnavailable,
                 reason: "source gone".into(),
             }),
         }
@@ -410,8 +431,7 @@ mod tests {
     #[case(GlobalState::Disabled, GlobalState::Disabled)]
     fn refuses_illegal_global_moves(#[case] from: GlobalState, #[case] to: GlobalState) {
         let err = check_global(&from, &to).expect_err("illegal");
-        assert_eq!(err.machine, "global");
-        assert_eq!(err.from, from.to_string());
+        assert_eq!(err, IllegalTransition::Global { from, to });
     }
 
     #[test]
@@ -465,7 +485,7 @@ mod tests {
             first: CommitId(5),
             last: CommitId(9),
             wal_offset: WalOffset(640),
-            code: "GAP",
+            code: FailureCode::Gap,
             reason: "gap".into(),
         };
         assert_eq!(

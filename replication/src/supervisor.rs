@@ -8,6 +8,7 @@
 //! no reads (S2); it is the only writer of the global state (S1, A1).
 //! Received, validated and applied CommitIds are kept apart.
 
+use crate::code::FailureCode;
 use crate::state::{check_global, BlockReason, GlobalState, IllegalTransition, ReadStatus};
 use crate::validator::Rejection;
 use crate::wal::{ChainPosition, CommitId};
@@ -58,6 +59,8 @@ pub enum SupervisorInput {
     Rejected(Rejection),
     /// The Receiver stopped (F1).
     ReceiverStopped {
+        /// Its failure's code.
+        code: FailureCode,
         /// Why.
         reason: String,
     },
@@ -87,6 +90,8 @@ pub enum SupervisorInput {
     RecoveryFailed {
         /// The segment.
         range: (CommitId, CommitId),
+        /// The failure's code.
+        code: FailureCode,
         /// Why.
         reason: String,
     },
@@ -264,10 +269,9 @@ impl Supervisor {
             SupervisorInput::Recovered => (self.running_state(), "recovery finished".into()),
             SupervisorInput::StoredSegmentDiscarded { range, reason } => {
                 if self.state != GlobalState::Recovering {
-                    return Err(IllegalTransition {
-                        machine: "global",
-                        from: self.state.to_string(),
-                        to: "a discard of stored segments (only recovery re-reads them)".into(),
+                    return Err(IllegalTransition::NotInState {
+                        state: self.state.clone(),
+                        input: "a discard of stored segments (only recovery re-reads them)",
                     });
                 }
                 // What was received from the damaged segment on is gone;
@@ -296,11 +300,16 @@ impl Supervisor {
                     ),
                 )
             }
-            SupervisorInput::RecoveryFailed { range, reason } => (
+            SupervisorInput::RecoveryFailed {
+                range,
+                code,
+                reason,
+            } => (
                 GlobalState::Ready {
                     read: ReadStatus::Blocked(BlockReason::ApplierFailed {
                         first: range.0,
                         last: range.1,
+                        code,
                         reason: reason.clone(),
                     }),
                 },
@@ -324,9 +333,10 @@ impl Supervisor {
                     reason,
                 )
             }
-            SupervisorInput::ReceiverStopped { reason } => (
+            SupervisorInput::ReceiverStopped { code, reason } => (
                 GlobalState::Ready {
                     read: ReadStatus::Blocked(BlockReason::ReceiverFailed {
+                        code,
                         reason: reason.clone(),
                     }),
                 },
@@ -485,7 +495,7 @@ mod tests {
                 first: CommitId(1),
                 last: CommitId(2),
                 wal_offset: WalOffset(0),
-                code: "GAP",
+                code: FailureCode::Gap,
                 expected: Some("commit 1".into()),
                 actual: Some("commit 3".into()),
                 reason: "gap".into(),
@@ -575,7 +585,7 @@ mod tests {
                 reason: "again".into(),
             })
             .expect_err("not recovering");
-        assert_eq!(e.machine, "global");
+        assert!(matches!(e, IllegalTransition::NotInState { .. }), "{e}");
     }
 
     #[test]
@@ -623,6 +633,7 @@ mod tests {
         })
         .expect("legal");
         s.handle(SupervisorInput::ReceiverStopped {
+            code: FailureCode::SourceUnavailable,
             reason: "connection refused".into(),
         })
         .expect("legal");
@@ -656,7 +667,7 @@ mod tests {
             first: CommitId(3),
             last: CommitId(3),
             wal_offset: WalOffset(30),
-            code: "CORRUPT",
+            code: FailureCode::Corrupt,
             expected: None,
             actual: None,
             reason: "crc".into(),
@@ -678,7 +689,16 @@ mod tests {
         let err = s
             .handle(SupervisorInput::Recovered)
             .expect_err("illegal from Disabled");
-        assert_eq!(err.from, "Disabled");
+        assert!(
+            matches!(
+                &err,
+                IllegalTransition::Global {
+                    from: GlobalState::Disabled,
+                    ..
+                }
+            ),
+            "{err}"
+        );
         assert_eq!(s.state(), &GlobalState::Disabled);
     }
 }

@@ -12,6 +12,7 @@
 //! (a rejection blocks application: after it, nothing more is validated
 //! until a restart revalidates from the applied position).
 
+use crate::code::FailureCode;
 use crate::wal::{
     validate, ChainPosition, CommitId, ContinuityError, DecodeError, Segment, SegmentHeader,
     ValidatedSegment, WalOffset,
@@ -41,10 +42,10 @@ pub struct Rejection {
     pub last: CommitId,
     /// WAL offset of its first record as claimed.
     pub wal_offset: WalOffset,
-    /// A stable upper-case code an application can branch on: CORRUPT,
+    /// The stable code an application can branch on (shown as CORRUPT,
     /// TRUNCATED, NOT_WAL, UNSUPPORTED_VERSION, MISLABELED,
-    /// FOREIGN_GENERATION, DUPLICATE, GAP, OFFSET_MISMATCH, FORK.
-    pub code: &'static str,
+    /// FOREIGN_GENERATION, DUPLICATE, GAP, OFFSET_MISMATCH, FORK, ...).
+    pub code: FailureCode,
     /// What was expected, where the check compares two values.
     pub expected: Option<String>,
     /// What the segment holds instead.
@@ -57,70 +58,72 @@ fn hex(v: u32) -> Option<String> {
     Some(format!("0x{v:08x}"))
 }
 
-fn decode_rejection(e: &DecodeError) -> (&'static str, Option<String>, Option<String>) {
+fn decode_rejection(e: &DecodeError) -> (FailureCode, Option<String>, Option<String>) {
     match e {
         DecodeError::Truncated {
             needed, available, ..
         } => (
-            "TRUNCATED",
+            FailureCode::Truncated,
             Some(format!("{needed} bytes")),
             Some(format!("{available} bytes")),
         ),
         DecodeError::BadMagic { expected, actual } => (
-            "NOT_WAL",
+            FailureCode::NotWal,
             Some(format!("{expected:02x?}")),
             Some(format!("{actual:02x?}")),
         ),
         DecodeError::UnsupportedVersion { expected, actual } => (
-            "UNSUPPORTED_VERSION",
+            FailureCode::UnsupportedVersion,
             Some(expected.to_string()),
             Some(actual.to_string()),
         ),
         DecodeError::HeaderChecksum { expected, actual }
         | DecodeError::SegmentChecksum {
             expected, actual, ..
-        } => ("CORRUPT", hex(*expected), hex(*actual)),
-        DecodeError::BadHeader { actual, rule, .. } => {
-            ("CORRUPT", Some(rule.clone()), Some(actual.to_string()))
-        }
+        } => (FailureCode::Corrupt, hex(*expected), hex(*actual)),
+        DecodeError::BadHeader { actual, rule, .. } => (
+            FailureCode::Corrupt,
+            Some(rule.clone()),
+            Some(actual.to_string()),
+        ),
         DecodeError::TrailingBytes { extra, .. } => (
-            "CORRUPT",
+            FailureCode::Corrupt,
             Some("0 bytes after the end".into()),
             Some(format!("{extra} bytes")),
         ),
-        _ => ("CORRUPT", None, None),
+        _ => (FailureCode::Corrupt, None, None),
     }
 }
 
-fn continuity_rejection(e: &ContinuityError) -> (&'static str, Option<String>, Option<String>) {
+fn continuity_rejection(e: &ContinuityError) -> (FailureCode, Option<String>, Option<String>) {
     match e {
         ContinuityError::ForeignGeneration {
             expected, actual, ..
         } => (
-            "FOREIGN_GENERATION",
+            FailureCode::ForeignGeneration,
             Some(expected.to_string()),
             Some(actual.to_string()),
         ),
         ContinuityError::AlreadyApplied { applied, range } => (
-            "DUPLICATE",
+            FailureCode::Duplicate,
             Some(format!("commit {}", applied.next())),
             Some(format!("commit {}", range.0)),
         ),
         ContinuityError::Gap { applied, range } => (
-            "GAP",
+            FailureCode::Gap,
             Some(format!("commit {}", applied.next())),
             Some(format!("commit {}", range.0)),
         ),
         ContinuityError::OffsetMismatch {
             expected, actual, ..
         } => (
-            "OFFSET_MISMATCH",
+            FailureCode::OffsetMismatch,
             Some(format!("WAL offset {expected}")),
             Some(format!("WAL offset {actual}")),
         ),
         ContinuityError::ChainMismatch {
             expected, actual, ..
-        } => ("FORK", hex(*expected), hex(*actual)),
+        } => (FailureCode::Fork, hex(*expected), hex(*actual)),
     }
 }
 
@@ -218,7 +221,7 @@ impl Validator {
     ) -> ValidatorOutput {
         let problem = if recorded.generation != next.generation {
             Some((
-                "FOREIGN_GENERATION",
+                FailureCode::ForeignGeneration,
                 next.generation.to_string(),
                 recorded.generation.to_string(),
                 format!(
@@ -228,7 +231,7 @@ impl Validator {
             ))
         } else if recorded.commit_id != last || last < first {
             Some((
-                "MISLABELED",
+                FailureCode::Mislabeled,
                 format!("commit {last}"),
                 format!("commit {}", recorded.commit_id),
                 format!(
@@ -238,7 +241,7 @@ impl Validator {
             ))
         } else if first != next.commit_id.next() {
             Some((
-                if first <= next.commit_id { "DUPLICATE" } else { "GAP" },
+                if first <= next.commit_id { FailureCode::Duplicate } else { FailureCode::Gap },
                 format!("commit {}", next.commit_id.next()),
                 format!("commit {first}"),
                 format!(
@@ -248,7 +251,7 @@ impl Validator {
             ))
         } else if computed_checksum != recorded_checksum {
             Some((
-                "SNAPSHOT_CHECKSUM",
+                FailureCode::SnapshotChecksum,
                 format!("0x{recorded_checksum:08x}"),
                 format!("0x{computed_checksum:08x}"),
                 format!(
@@ -328,7 +331,7 @@ impl Validator {
                     Some(range) if range != claimed.range() => {
                         return Err((
                             Some(claimed),
-                            "MISLABELED",
+                            FailureCode::Mislabeled,
                             Some(format!("commits {}..={}", range.0, range.1)),
                             Some(format!("commits {}..={}", claimed.range().0, claimed.range().1)),
                             format!(

@@ -295,7 +295,10 @@ fn run(seed: u64) -> Stats {
                             stats.receiver_stops += 1;
                             cores
                                 .supervisor
-                                .handle(SupervisorInput::ReceiverStopped { reason })
+                                .handle(SupervisorInput::ReceiverStopped {
+                                    code: replication::code::FailureCode::OutOfOrder,
+                                    reason,
+                                })
                                 .expect("legal");
                         }
                         ReceiverOutput::Forward { .. } => unreachable!("only after Persisted"),

@@ -17,7 +17,8 @@
 //! - `GET /v1/snapshot` -> 200 with a snapshot database file and headers
 //!   `X-AeroDB-Snapshot-Commit`, `X-AeroDB-Generation`, `X-AeroDB-Checksum`.
 
-use replication::runtime::{Failure, Fetched, StopSignal, WalSource, SOURCE_UNAVAILABLE};
+use replication::runtime::FailureCode;
+use replication::runtime::{Failure, Fetched, StopSignal, WalSource};
 use replication::wal::{CommitId, Generation};
 use std::io::Read;
 use std::path::Path;
@@ -55,13 +56,16 @@ pub struct HttpSource {
 }
 
 fn unavailable(base: &str, e: impl std::fmt::Display) -> Failure {
-    Failure::new(SOURCE_UNAVAILABLE, format!("WAL server {base}: {e}"))
+    Failure::new(
+        FailureCode::SourceUnavailable,
+        format!("WAL server {base}: {e}"),
+    )
 }
 
 fn header_u64(r: &ureq::Response, name: &str, base: &str) -> Result<u64, Failure> {
     r.header(name).and_then(|v| v.parse().ok()).ok_or_else(|| {
         Failure::new(
-            "SOURCE",
+            FailureCode::Source,
             format!("WAL server {base}: response lacks a numeric {name} header"),
         )
     })
@@ -74,12 +78,15 @@ impl HttpSource {
         let base = url.trim_end_matches('/').to_owned();
         if !base.starts_with("http://") {
             return Err(Failure::new(
-                "SOURCE",
+                FailureCode::Source,
                 format!("'{url}' is not an http:// URL (https is not supported by this build)"),
             ));
         }
         if token.is_empty() {
-            return Err(Failure::new("SOURCE", "the bearer token is empty"));
+            return Err(Failure::new(
+                FailureCode::Source,
+                "the bearer token is empty",
+            ));
         }
         let agent = ureq::AgentBuilder::new()
             .timeout_connect(Duration::from_secs(5))
@@ -118,10 +125,10 @@ impl HttpSource {
             Err(ureq::Error::Status(code, r)) => {
                 let body = r.into_string().unwrap_or_default();
                 let code_name = match code {
-                    401 => "UNAUTHORIZED",
-                    409 => "SOURCE_BEHIND",
-                    410 => "WAL_TRUNCATED",
-                    _ => "SOURCE",
+                    401 => FailureCode::Unauthorized,
+                    409 => FailureCode::SourceBehind,
+                    410 => FailureCode::WalTruncated,
+                    _ => FailureCode::Source,
                 };
                 Err(Failure::new(
                     code_name,
@@ -141,7 +148,10 @@ impl HttpSource {
         let r = self.get("/v1/head")?;
         let text = r.into_string().map_err(|e| unavailable(&self.base, e))?;
         let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| {
-            Failure::new("SOURCE", format!("WAL server {}: /v1/head: {e}", self.base))
+            Failure::new(
+                FailureCode::Source,
+                format!("WAL server {}: /v1/head: {e}", self.base),
+            )
         })?;
         let num = |k: &str| v.get(k).and_then(|x| x.as_u64());
         let generation = v
@@ -155,7 +165,7 @@ impl HttpSource {
                 oldest: CommitId(o),
             }),
             _ => Err(Failure::new(
-                "SOURCE",
+                FailureCode::Source,
                 format!("WAL server {}: /v1/head answered {text}", self.base),
             )),
         }
@@ -228,8 +238,12 @@ impl WalSource for HttpSource {
     fn snapshot(&mut self, dest: &Path) -> Result<CommitId, Failure> {
         let r = self.get("/v1/snapshot")?;
         let commit = CommitId(header_u64(&r, "X-AeroDB-Snapshot-Commit", &self.base)?);
-        let mut file = std::fs::File::create_new(dest)
-            .map_err(|e| Failure::new("STORAGE", format!("creating {}: {e}", dest.display())))?;
+        let mut file = std::fs::File::create_new(dest).map_err(|e| {
+            Failure::new(
+                FailureCode::Storage,
+                format!("creating {}: {e}", dest.display()),
+            )
+        })?;
         std::io::copy(&mut r.into_reader(), &mut file)
             .and_then(|_| file.sync_all())
             .map_err(|e| unavailable(&self.base, format!("downloading the snapshot: {e}")))?;
@@ -243,14 +257,14 @@ impl WalSource for HttpSource {
                 Ok(h) if h.generation == self.generation => return Ok(true),
                 Ok(h) => {
                     return Err(Failure::new(
-                        "FOREIGN_GENERATION",
+                        FailureCode::ForeignGeneration,
                         format!(
                             "WAL server {} came back serving generation {}, not {}",
                             self.base, h.generation, self.generation
                         ),
                     ))
                 }
-                Err(f) if f.code == SOURCE_UNAVAILABLE => {
+                Err(f) if f.code == FailureCode::SourceUnavailable => {
                     if stop.wait(self.poll_interval) {
                         return Ok(false);
                     }

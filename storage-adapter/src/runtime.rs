@@ -42,6 +42,7 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+use replication::runtime::FailureCode;
 mod file_source;
 mod gate;
 mod handle;
@@ -70,18 +71,28 @@ pub const KEEP_APPLIED_SEGMENTS: i64 = 1000;
 /// Global transitions kept in `aerodb_replica_transitions`.
 pub const KEEP_TRANSITIONS: i64 = 100_000;
 
-pub(crate) fn storage_failure(doing: &str, e: impl std::fmt::Display) -> Failure {
-    let text = e.to_string();
-    let code = if text.contains("database or disk is full") {
-        "DISK_FULL"
-    } else {
-        "STORAGE"
+/// A storage failure of SQLite: DISK_FULL when SQLite says so
+/// (`SQLITE_FULL`), STORAGE otherwise. Decided by the error code, never by
+/// the message text.
+pub(crate) fn storage_failure(doing: &str, e: &rusqlite::Error) -> Failure {
+    let code = match e.sqlite_error_code() {
+        Some(rusqlite::ErrorCode::DiskFull) => FailureCode::DiskFull,
+        _ => FailureCode::Storage,
     };
-    Failure::new(code, format!("{doing}: {text}"))
+    Failure::new(code, format!("{doing}: {e}"))
+}
+
+/// A storage failure of the file system: DISK_FULL for `ENOSPC`.
+pub(crate) fn io_failure(doing: &str, e: &std::io::Error) -> Failure {
+    let code = match e.kind() {
+        std::io::ErrorKind::StorageFull => FailureCode::DiskFull,
+        _ => FailureCode::Storage,
+    };
+    Failure::new(code, format!("{doing}: {e}"))
 }
 
 pub(crate) fn sql(doing: &'static str) -> impl FnOnce(rusqlite::Error) -> Failure {
-    move |e| storage_failure(doing, e)
+    move |e| storage_failure(doing, &e)
 }
 
 fn open_replica_connection(path: &Path) -> Result<Connection, Failure> {
@@ -95,4 +106,33 @@ fn open_replica_connection(path: &Path) -> Result<Connection, Failure> {
     conn.pragma_update(None, "synchronous", "NORMAL")
         .map_err(sql("setting synchronous"))?;
     Ok(conn)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn disk_full_is_decided_by_sqlites_error_code_not_by_message_text() {
+        // A real SQLITE_FULL: a database capped at its current size.
+        let conn = Connection::open_in_memory().expect("open");
+        conn.execute_batch("CREATE TABLE t(b BLOB); PRAGMA max_page_count = 2;")
+            .expect("cap");
+        let full = conn
+            .execute("INSERT INTO t VALUES (zeroblob(100000))", [])
+            .expect_err("over the cap");
+        let f = storage_failure("applying", &full);
+        assert_eq!(f.code, FailureCode::DiskFull, "{f}");
+        // The same words in another error's message are not a full disk.
+        let other = rusqlite::Error::SqliteFailure(
+            rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_IOERR),
+            Some("database or disk is full".into()),
+        );
+        assert_eq!(
+            storage_failure("applying", &other).code,
+            FailureCode::Storage
+        );
+        let enospc = std::io::Error::from(std::io::ErrorKind::StorageFull);
+        assert_eq!(io_failure("writing", &enospc).code, FailureCode::DiskFull);
+    }
 }

@@ -93,8 +93,8 @@ fn replica_follows_a_primary_file_and_records_everything() {
 // ------------------------------------------------------ failure boundaries
 
 use replication::runtime::{
-    ApplyStorage, Failure, Fetched, Snapshot, StateStore, StopSignal, Storage, StoreOp,
-    StoredState, WaitError, WalSource,
+    ApplyStorage, Failure, FailureCode, Fetched, Snapshot, StateStore, StopSignal, Storage,
+    StoreOp, StoredState, WaitError, WalSource,
 };
 use replication::wal::{ChainPosition, ValidatedSegment};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -122,7 +122,7 @@ impl WalSource for FaultySource {
         }
         if self.fail_at == Some(n) {
             return Err(Failure::new(
-                "SOURCE",
+                FailureCode::Source,
                 "injected: connection to the primary lost",
             ));
         }
@@ -305,7 +305,7 @@ impl ApplyStorage for FaultyApply {
         if left > 0 && segment.start().commit_id.0 >= 3 {
             self.failures.store(left - 1, Ordering::SeqCst);
             return Err(Failure::new(
-                "DISK_FULL",
+                FailureCode::DiskFull,
                 "injected: database or disk is full",
             ));
         }
@@ -334,7 +334,10 @@ impl StateStore for FaultyStore {
     }
     fn record(&mut self, ops: &[StoreOp]) -> Result<(), Failure> {
         match &mut self.left {
-            Some(0) => Err(Failure::new("STORAGE", "injected: disk I/O error")),
+            Some(0) => Err(Failure::new(
+                FailureCode::Storage,
+                "injected: disk I/O error",
+            )),
             Some(n) => {
                 *n -= 1;
                 self.inner.record(ops)

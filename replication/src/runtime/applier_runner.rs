@@ -4,6 +4,7 @@
 use super::events::{send, Event, ToApply};
 use super::{ApplyStorage, Failure};
 use crate::applier::{Applier, ApplierInput, ApplierOutput, ApplierState};
+use crate::code::FailureCode;
 use crate::wal::ChainPosition;
 use std::sync::mpsc::{Receiver as Rx, Sender};
 
@@ -60,10 +61,10 @@ pub(super) fn run_applier(
                 storage.install_snapshot(first, last, &path, end)
             }
             Ok((other, _)) => Err(Failure::new(
-                "PROTOCOL",
+                FailureCode::Protocol,
                 format!("unexpected applier output {other:?}"),
             )),
-            Err(e) => Err(Failure::new("PROTOCOL", e.to_string())),
+            Err(e) => Err(Failure::new(FailureCode::Protocol, e.to_string())),
         };
         let result = match stored {
             Ok(end) => core.handle(ApplierInput::StorageCommitted { end }),
@@ -88,8 +89,11 @@ pub(super) fn run_applier(
                 send(
                     &events,
                     Event::ApplierFailed(
-                        Failure::new("PROTOCOL", format!("unexpected applier output {other:?}"))
-                            .at(range.0, range.1),
+                        Failure::new(
+                            FailureCode::Protocol,
+                            format!("unexpected applier output {other:?}"),
+                        )
+                        .at(range.0, range.1),
                     ),
                 );
                 return;
@@ -98,7 +102,7 @@ pub(super) fn run_applier(
                 send(
                     &events,
                     Event::ApplierFailed(
-                        Failure::new("PROTOCOL", e.to_string()).at(range.0, range.1),
+                        Failure::new(FailureCode::Protocol, e.to_string()).at(range.0, range.1),
                     ),
                 );
                 return;

@@ -2,6 +2,7 @@
 //! Supervisor, and the guard every runner thread runs in.
 
 use super::{Component, Failure, Fetched};
+use crate::code::FailureCode;
 use crate::validator::Rejection;
 use crate::wal::{ChainPosition, CommitId, ValidatedSegment};
 use std::path::PathBuf;
@@ -117,7 +118,7 @@ pub(super) fn guarded<T, K>(
                 .unwrap_or_else(|| "no message".into());
             tracing::error!(%component, panic = %what, "a runner thread panicked");
             report(Failure::new(
-                "PANIC",
+                FailureCode::Panic,
                 format!("the {component} thread panicked (a bug in aerodb): {what}"),
             ));
             None

@@ -1,6 +1,7 @@
 //! A component's failure: a stable code and everything needed to
 //! explain it (rule E2).
 
+use crate::code::FailureCode;
 use crate::validator::Rejection;
 use crate::wal::{CommitId, WalOffset};
 use std::fmt;
@@ -8,10 +9,10 @@ use std::fmt;
 /// A failure, with everything needed to explain it (rule E2): a stable
 /// code, the sentence, and where available the segment, WAL offset and the
 /// expected-versus-actual values.
-#[derive(Clone, Debug, PartialEq, Eq, Default)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Failure {
-    /// Stable upper-case code (SOURCE, STORAGE, CORRUPT, GAP, FORK, ...).
-    pub code: String,
+    /// The stable code (SQL shows its `as_str()`: SOURCE, STORAGE, CORRUPT, ...).
+    pub code: FailureCode,
     /// The explanation.
     pub reason: String,
     /// The segment concerned (first and last CommitId).
@@ -26,11 +27,14 @@ pub struct Failure {
 
 impl Failure {
     /// A failure with a code and a reason.
-    pub fn new(code: &str, reason: impl Into<String>) -> Failure {
+    pub fn new(code: FailureCode, reason: impl Into<String>) -> Failure {
         Failure {
-            code: code.into(),
+            code,
             reason: reason.into(),
-            ..Failure::default()
+            segment: None,
+            wal_offset: None,
+            expected: None,
+            actual: None,
         }
     }
 
@@ -42,7 +46,7 @@ impl Failure {
 
     pub(super) fn from_rejection(r: &Rejection) -> Failure {
         Failure {
-            code: r.code.into(),
+            code: r.code,
             reason: r.reason.clone(),
             segment: Some((r.first, r.last)),
             wal_offset: Some(r.wal_offset),

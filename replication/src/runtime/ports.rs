@@ -3,6 +3,7 @@
 //! on SQLite files; tests implement them with faults injected.
 
 use crate::applier::HeldSegment;
+use crate::code::FailureCode;
 use crate::runtime::{ComponentStatus, Failure, TransitionRecord};
 use crate::state::SegmentState;
 use crate::wal::{ChainPosition, CommitId, ValidatedSegment, WalOffset};
@@ -76,7 +77,7 @@ pub trait WalSource: Send {
     /// `fetch` (true), or when `stop` is requested (false).
     fn wait_for_wal(&mut self, stop: &StopSignal) -> Result<bool, Failure>;
 
-    /// After a failure with code [`SOURCE_UNAVAILABLE`]: returns true when
+    /// After a failure with code [`FailureCode::SourceUnavailable`]: returns true when
     /// the source answers again (the Receiver then resumes, recorded as a
     /// transition), false on stop or if this source cannot come back. The
     /// default cannot.
@@ -87,23 +88,15 @@ pub trait WalSource: Send {
 
     /// Writes a consistent snapshot of the primary's replicated tables to
     /// the new file `dest` and returns the CommitId it is at. Asked when
-    /// `fetch` failed with [`WAL_TRUNCATED`]. The default cannot.
+    /// `fetch` failed with [`FailureCode::WalTruncated`]. The default cannot.
     fn snapshot(&mut self, dest: &Path) -> Result<CommitId, Failure> {
         let _ = dest;
         Err(Failure::new(
-            WAL_TRUNCATED,
+            FailureCode::WalTruncated,
             format!("{} cannot provide a snapshot", self.describe()),
         ))
     }
 }
-
-/// The failure code of a source that no longer has the WAL asked for (the
-/// primary truncated it): the Receiver asks for a snapshot instead.
-pub const WAL_TRUNCATED: &str = "WAL_TRUNCATED";
-
-/// The failure code of a transport failure a source may recover from
-/// (connection refused or reset, server gone).
-pub const SOURCE_UNAVAILABLE: &str = "SOURCE_UNAVAILABLE";
 
 /// The Receiver's WAL storage: raw bytes, persisted before they are passed
 /// on (rule R1). The only storage the Receiver writes (R2).
@@ -184,7 +177,7 @@ pub trait ApplyStorage: Send {
     ) -> Result<ChainPosition, Failure> {
         let _ = last;
         Err(Failure::new(
-            "APPLY",
+            FailureCode::Apply,
             format!(
                 "this storage cannot apply a transaction spanning {} segments",
                 held.len() + 1

@@ -2,9 +2,8 @@
 //! on (spec 5.2; rules R1, R2). Decisions are the Receiver core's.
 
 use super::events::{send, Delivery, Event, ReceivedSegment};
-use super::{
-    Config, Failure, StopSignal, WalSource, WalStorage, SOURCE_UNAVAILABLE, WAL_TRUNCATED,
-};
+use super::{Config, Failure, StopSignal, WalSource, WalStorage};
+use crate::code::FailureCode;
 use crate::receiver::{Receiver, ReceiverInput, ReceiverOutput};
 use crate::wal::CommitId;
 use std::sync::mpsc::{Sender, SyncSender};
@@ -59,7 +58,7 @@ pub(super) fn run_receiver(
         let delivered = match fetched {
             Ok(Some(f)) => Ok(Delivery::Segment(f)),
             Ok(None) => continue,
-            Err(f) if f.code == WAL_TRUNCATED => {
+            Err(f) if f.code == FailureCode::WalTruncated => {
                 // The primary no longer has WAL from `next`: bootstrap from
                 // a snapshot standing for `next..=S`, in a file of its own.
                 let path = storage.snapshot_path(next);
@@ -76,7 +75,7 @@ pub(super) fn run_receiver(
         let delivery = match delivered {
             Ok(d) => d,
             Err(f) => {
-                let transient = f.code == SOURCE_UNAVAILABLE;
+                let transient = f.code == FailureCode::SourceUnavailable;
                 fail(&mut core, f.at(next, next));
                 if !transient {
                     break "failed".to_string();
@@ -197,7 +196,7 @@ pub(super) fn run_receiver(
                     send(
                         &events,
                         Event::ReceiverFailed(
-                            Failure::new("OUT_OF_ORDER", reason).at(range.0, range.1),
+                            Failure::new(FailureCode::OutOfOrder, reason).at(range.0, range.1),
                         ),
                     );
                 }

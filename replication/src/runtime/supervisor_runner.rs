@@ -11,6 +11,7 @@ use super::{
     Component, ComponentStatus, Config, Failure, Snapshot, StateStore, StopSignal, Storage,
     StoreOp, StoredState, TransitionRecord, WalSource,
 };
+use crate::code::FailureCode;
 use crate::state::{GlobalState, SegmentState};
 use crate::supervisor::{Progress, Supervisor, SupervisorInput, Transition};
 use crate::wal::{ChainPosition, CommitId, Generation};
@@ -105,7 +106,7 @@ impl SupervisorRunner {
                 Ok(())
             }
             Ok(None) => Ok(()),
-            Err(e) => Err(Failure::new("ILLEGAL_TRANSITION", e.to_string())),
+            Err(e) => Err(Failure::new(FailureCode::IllegalTransition, e.to_string())),
         }
     }
 
@@ -125,7 +126,7 @@ impl SupervisorRunner {
                 Some(store) => store.record(&ops)?,
                 None => {
                     return Err(Failure::new(
-                        "STATE_STORE",
+                        FailureCode::StateStore,
                         "the state store is not open; transitions cannot be recorded",
                     ))
                 }
@@ -166,18 +167,21 @@ impl SupervisorRunner {
 
     /// Starts the pipeline from what the store holds.
     pub(super) fn start_pipeline(&mut self, stored: &StoredState) -> Result<(), Failure> {
-        let source = self
-            .source
-            .take()
-            .ok_or_else(|| Failure::new("SOURCE", "the WAL source was lost by a previous run"))?;
+        let source = self.source.take().ok_or_else(|| {
+            Failure::new(
+                FailureCode::Source,
+                "the WAL source was lost by a previous run",
+            )
+        })?;
         let wal_storage = self.storage.wal_storage()?;
         let reader = self.storage.segment_reader()?;
         let apply = self.storage.apply_storage()?;
         let (stop_tx, stop_rx) = mpsc::channel();
         let (seg_tx, seg_rx) = mpsc::sync_channel(self.config.queue_depth);
         let (val_tx, val_rx) = mpsc::sync_channel(self.config.queue_depth);
-        let spawn_err =
-            |e: std::io::Error| Failure::new("THREAD", format!("spawning a thread: {e}"));
+        let spawn_err = |e: std::io::Error| {
+            Failure::new(FailureCode::Thread, format!("spawning a thread: {e}"))
+        };
         let (ev, config, applied, received) = (
             self.events_tx.clone(),
             self.config.clone(),
@@ -188,8 +192,7 @@ impl SupervisorRunner {
         // refused before anything is fetched (a foreign primary at the
         // same path or address, whatever its head).
         let refuse = (stored.applied.generation != self.source_generation).then(|| {
-            Failure::new(
-                "FOREIGN_GENERATION",
+            Failure::new(FailureCode::ForeignGeneration,
                 format!(
                     "{} serves generation {}, the replica follows generation {} (applied commit {})",
                     source.describe(),
@@ -299,7 +302,7 @@ impl SupervisorRunner {
                     self.failed(
                         Component::Receiver,
                         "Failed",
-                        Failure::new("PANIC", "the receiver thread panicked"),
+                        Failure::new(FailureCode::Panic, "the receiver thread panicked"),
                     );
                 }
             }
@@ -307,14 +310,14 @@ impl SupervisorRunner {
                 self.failed(
                     Component::Validator,
                     "Failed",
-                    Failure::new("PANIC", "the validator thread panicked"),
+                    Failure::new(FailureCode::Panic, "the validator thread panicked"),
                 );
             }
             if a.is_err() {
                 self.failed(
                     Component::Applier,
                     "Failed",
-                    Failure::new("PANIC", "the applier thread panicked"),
+                    Failure::new(FailureCode::Panic, "the applier thread panicked"),
                 );
             }
             while let Ok(e) = self.events.try_recv() {
@@ -361,9 +364,9 @@ impl SupervisorRunner {
                 self.drive(SupervisorInput::CaughtUp)?;
             }
             Event::ReceiverFailed(f) => {
-                let reason = f.to_string();
+                let (code, reason) = (f.code, f.to_string());
                 self.failed(Component::Receiver, "Failed", f);
-                self.drive(SupervisorInput::ReceiverStopped { reason })?;
+                self.drive(SupervisorInput::ReceiverStopped { code, reason })?;
             }
             Event::ReceiverResumed { source, next } => {
                 self.succeeded(
@@ -508,7 +511,7 @@ impl SupervisorRunner {
             }
             Event::ApplierFailed(f) => {
                 let range = f.segment.unwrap_or_default();
-                let reason = f.to_string();
+                let (code, reason) = (f.code, f.to_string());
                 let again = self.failed_segment == Some(range);
                 self.failed_segment = Some(range);
                 self.failed(Component::Applier, "Failed", f);
@@ -523,7 +526,11 @@ impl SupervisorRunner {
                 self.publish(true);
                 self.stop_pipeline()?;
                 if again {
-                    self.drive(SupervisorInput::RecoveryFailed { range, reason })?;
+                    self.drive(SupervisorInput::RecoveryFailed {
+                        range,
+                        code,
+                        reason,
+                    })?;
                 } else if self.stopping.is_none() {
                     // What the stopped pipeline reported is recorded before
                     // the store's recovery moves Validated segments back to
@@ -586,7 +593,7 @@ impl SupervisorRunner {
         let t = self
             .core
             .start_because(how, stored_progress)
-            .map_err(|e| Failure::new("ILLEGAL_TRANSITION", e.to_string()))?;
+            .map_err(|e| Failure::new(FailureCode::IllegalTransition, e.to_string()))?;
         self.transition(t);
         self.start_pipeline(&stored)?;
         self.set_state(Component::StateStore, "Open");

@@ -3,6 +3,7 @@
 
 use super::events::{send, Event, ReceivedSegment, ToApply};
 use super::{Failure, SegmentReader};
+use crate::code::FailureCode;
 use crate::validator::{Validator, ValidatorInput, ValidatorOutput, ValidatorState};
 use crate::wal::{ChainPosition, CommitId};
 use std::sync::mpsc::{Receiver as Rx, Sender, SyncSender};
@@ -21,84 +22,85 @@ pub(super) fn run_validator(
     // `stored_copy`: the item is the replica's own stored copy, never
     // rejected before (recovery's re-read), so a rejection means the copy
     // is damaged.
-    let mut validate =
-        |reader: &mut dyn SegmentReader, item: ReceivedSegment, stored_copy: bool| {
-            let input = match &item.snapshot {
-                None => ValidatorInput::Persisted {
+    let mut validate = |reader: &mut dyn SegmentReader,
+                        item: ReceivedSegment,
+                        stored_copy: bool| {
+        let input = match &item.snapshot {
+            None => ValidatorInput::Persisted {
+                first: item.first,
+                last: item.last,
+                bytes: item.bytes,
+            },
+            Some(path) => match reader.inspect_snapshot(path) {
+                Ok(facts) => ValidatorInput::Snapshot {
                     first: item.first,
                     last: item.last,
-                    bytes: item.bytes,
+                    recorded: facts.recorded,
+                    recorded_checksum: facts.recorded_checksum,
+                    computed_checksum: facts.computed_checksum,
                 },
-                Some(path) => match reader.inspect_snapshot(path) {
-                    Ok(facts) => ValidatorInput::Snapshot {
-                        first: item.first,
-                        last: item.last,
-                        recorded: facts.recorded,
-                        recorded_checksum: facts.recorded_checksum,
-                        computed_checksum: facts.computed_checksum,
-                    },
-                    Err(f) => {
-                        send(&events, Event::ValidatorFailed(f.at(item.first, item.last)));
-                        return false;
-                    }
-                },
-            };
-            match core.handle(input) {
-                Ok(ValidatorOutput::Validated(segment)) => {
-                    let (first, last) = segment.segment().header.range();
-                    send(
-                        &events,
-                        Event::ValidatorValidated {
-                            first,
-                            last,
-                            start: segment.start(),
-                            end: segment.end(),
-                        },
-                    );
-                    out.send(ToApply::Segment(segment)).is_ok()
+                Err(f) => {
+                    send(&events, Event::ValidatorFailed(f.at(item.first, item.last)));
+                    return false;
                 }
-                Ok(ValidatorOutput::SnapshotValidated {
-                    first,
-                    last,
-                    start,
-                    end,
-                }) => {
-                    send(
-                        &events,
-                        Event::ValidatorValidated {
-                            first,
-                            last,
-                            start,
-                            end,
-                        },
-                    );
-                    let path = item.snapshot.unwrap_or_default();
-                    out.send(ToApply::Snapshot {
+            },
+        };
+        match core.handle(input) {
+            Ok(ValidatorOutput::Validated(segment)) => {
+                let (first, last) = segment.segment().header.range();
+                send(
+                    &events,
+                    Event::ValidatorValidated {
+                        first,
+                        last,
+                        start: segment.start(),
+                        end: segment.end(),
+                    },
+                );
+                out.send(ToApply::Segment(segment)).is_ok()
+            }
+            Ok(ValidatorOutput::SnapshotValidated {
+                first,
+                last,
+                start,
+                end,
+            }) => {
+                send(
+                    &events,
+                    Event::ValidatorValidated {
                         first,
                         last,
                         start,
                         end,
-                        path,
-                    })
-                    .is_ok()
-                }
-                Ok(ValidatorOutput::Rejected(r)) if stored_copy => {
-                    send(&events, Event::ValidatorStoredRejected(r));
-                    false
-                }
-                Ok(ValidatorOutput::Rejected(r)) => {
-                    send(&events, Event::ValidatorRejected(r));
-                    false
-                }
-                Err(blocked) => {
-                    send(
-                        &events,
-                        Event::ValidatorFailed(Failure::new("BLOCKED", blocked.to_string())),
-                    );
-                    false
-                }
+                    },
+                );
+                let path = item.snapshot.unwrap_or_default();
+                out.send(ToApply::Snapshot {
+                    first,
+                    last,
+                    start,
+                    end,
+                    path,
+                })
+                .is_ok()
             }
-        };
+            Ok(ValidatorOutput::Rejected(r)) if stored_copy => {
+                send(&events, Event::ValidatorStoredRejected(r));
+                false
+            }
+            Ok(ValidatorOutput::Rejected(r)) => {
+                send(&events, Event::ValidatorRejected(r));
+                false
+            }
+            Err(blocked) => {
+                send(
+                    &events,
+                    Event::ValidatorFailed(Failure::new(FailureCode::Blocked, blocked.to_string())),
+                );
+                false
+            }
+        }
+    };
     // Recovery: what was persisted but not applied before this run is
     // validated again, in order, from the applied checkpoint (V2).
     let mut after = applied.commit_id;
@@ -123,8 +125,7 @@ pub(super) fn run_validator(
             Ok(None) => {
                 send(
                     &events,
-                    Event::ValidatorFailed(Failure::new(
-                        "TORN_STATE",
+                    Event::ValidatorFailed(Failure::new(FailureCode::TornState,
                         format!(
                             "the state store lists commits through {recover_through} as received, but no persisted segment starts at commit {}",
                             after.next()

@@ -3,7 +3,8 @@
 
 use crate::primary::{PrimaryError, PrimaryWalReader};
 use crate::WalReadError;
-use replication::runtime::{Failure, Fetched, StopSignal, WalSource, WAL_TRUNCATED};
+use replication::runtime::FailureCode;
+use replication::runtime::{Failure, Fetched, StopSignal, WalSource};
 use replication::wal::{CommitId, Generation, Segment};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -48,7 +49,10 @@ impl FileSource {
 }
 
 pub(super) fn source_failure(path: &Path, e: PrimaryError) -> Failure {
-    Failure::new("SOURCE", format!("primary file {}: {e}", path.display()))
+    Failure::new(
+        FailureCode::Source,
+        format!("primary file {}: {e}", path.display()),
+    )
 }
 
 impl WalSource for FileSource {
@@ -68,8 +72,7 @@ impl WalSource for FileSource {
             .oldest()
             .map_err(|e| source_failure(&self.path, e))?;
         if from < oldest {
-            return Err(Failure::new(
-                WAL_TRUNCATED,
+            return Err(Failure::new(FailureCode::WalTruncated,
                 format!(
                     "primary file {}: commit {from} is no longer in its WAL (oldest retained commit is {oldest})",
                     self.path.display()
@@ -80,8 +83,7 @@ impl WalSource for FileSource {
             .reader
             .records_and_head(from, max_bytes)
             .map_err(|e| match e {
-                PrimaryError::Wal(WalReadError::Truncated { oldest_sealed, .. }) => Failure::new(
-                    WAL_TRUNCATED,
+                PrimaryError::Wal(WalReadError::Truncated { oldest_sealed, .. }) => Failure::new(FailureCode::WalTruncated,
                     format!(
                         "primary file {}: commit {from} is no longer in its WAL (oldest retained commit is {oldest_sealed})",
                         self.path.display()
@@ -90,8 +92,7 @@ impl WalSource for FileSource {
                 e => source_failure(&self.path, e),
             })?;
         if from.0 > head.0 + 1 {
-            return Err(Failure::new(
-                "SOURCE_BEHIND",
+            return Err(Failure::new(FailureCode::SourceBehind,
                 format!(
                     "primary file {}: its head is commit {head}, behind this replica (which needs commit {from} next): was it restored from an older backup?",
                     self.path.display()
@@ -103,8 +104,11 @@ impl WalSource for FileSource {
         };
         let (first, last) = (first.commit_id, last.commit_id);
         let bytes = Segment::encode(self.reader.generation(), &records).map_err(|e| {
-            Failure::new("SOURCE", format!("encoding segment {first}..={last}: {e}"))
-                .at(first, last)
+            Failure::new(
+                FailureCode::Source,
+                format!("encoding segment {first}..={last}: {e}"),
+            )
+            .at(first, last)
         })?;
         Ok(Some(Fetched {
             first,
@@ -119,7 +123,7 @@ impl WalSource for FileSource {
             .map(|info| info.commit_id)
             .map_err(|e| {
                 Failure::new(
-                    "SOURCE",
+                    FailureCode::Source,
                     format!("snapshot of primary file {}: {e}", self.path.display()),
                 )
             })

@@ -125,7 +125,7 @@ pub fn read_gate_in(conn: &Connection, min_commit_id: Option<CommitId>) -> Decis
         // restart has not reached Ready read-safe yet) still refuses.
         let recorded_block = match (&kind, &code) {
             (Some(k), Some(c)) if k != "Ready" && !c.is_empty() => Some(BlockReason::Recorded {
-                code: c.clone(),
+                diverged: c == "DIVERGED",
                 reason: reason.clone().unwrap_or_default(),
             }),
             _ => None,
@@ -135,7 +135,7 @@ pub fn read_gate_in(conn: &Connection, min_commit_id: Option<CommitId>) -> Decis
             Some(kind) if kind == "Ready" => GlobalState::Ready {
                 read: if read.as_deref() == Some("read-blocked") {
                     ReadStatus::Blocked(BlockReason::Recorded {
-                        code: code.unwrap_or_else(|| "BLOCKED".into()),
+                        diverged: code.as_deref() == Some("DIVERGED"),
                         reason: reason.unwrap_or_default(),
                     })
                 } else {

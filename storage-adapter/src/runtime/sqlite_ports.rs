@@ -3,9 +3,10 @@
 //! the Applier's storage (rows and position in one transaction).
 
 use super::state_store::SqliteStateStore;
-use super::{open_replica_connection, sql, storage_failure};
+use super::{io_failure, open_replica_connection, sql, storage_failure};
 use crate::replica::{ApplyError, ReplicaDb};
 use replication::applier::HeldSegment;
+use replication::runtime::FailureCode;
 use replication::runtime::{
     ApplyStorage, Failure, PersistedSegment, SegmentReader, SnapshotFacts, StateStore, Storage,
     WalStorage,
@@ -133,7 +134,7 @@ impl WalStorage for SqliteWalStorage {
         path: &Path,
     ) -> Result<(), Failure> {
         let len = std::fs::metadata(path)
-            .map_err(|e| storage_failure(&format!("reading {}", path.display()), e))?
+            .map_err(|e| io_failure(&format!("reading {}", path.display()), &e))?
             .len();
         let _writing = self.lock.hold();
         self.conn
@@ -180,7 +181,7 @@ impl SegmentReader for SqliteSegmentReader {
     fn inspect_snapshot(&mut self, path: &Path) -> Result<SnapshotFacts, Failure> {
         let (info, computed) = crate::snapshot::inspect(path).map_err(|e| {
             Failure::new(
-                "SNAPSHOT_UNREADABLE",
+                FailureCode::SnapshotUnreadable,
                 format!("snapshot {}: {e}", path.display()),
             )
         })?;
@@ -198,27 +199,27 @@ pub(super) struct SqliteApply {
 }
 
 pub(crate) fn apply_failure(e: ApplyError) -> Failure {
-    let mut f = match &e {
+    match &e {
         ApplyError::Divergence { commit_id, .. } => {
-            let mut f = Failure::new("DIVERGED", e.to_string());
+            let mut f = Failure::new(FailureCode::Diverged, e.to_string());
             f.expected = Some("1 row".into());
             if let ApplyError::Divergence { matched, .. } = &e {
                 f.actual = Some(format!("{matched} rows"));
             }
             f.at(*commit_id, *commit_id)
         }
-        ApplyError::Continuity(c) => Failure::new("CONTINUITY", c.to_string()),
-        ApplyError::Snapshot { .. } => Failure::new("SNAPSHOT", e.to_string()),
+        ApplyError::Continuity(c) => Failure::new(FailureCode::Continuity, c.to_string()),
+        ApplyError::Snapshot { .. } => Failure::new(FailureCode::Snapshot, e.to_string()),
         ApplyError::IllegalSegmentMove { first, last, .. } => {
-            Failure::new("ILLEGAL_TRANSITION", e.to_string()).at(*first, *last)
+            Failure::new(FailureCode::IllegalTransition, e.to_string()).at(*first, *last)
         }
-        ApplyError::Sqlite { .. } => storage_failure("applying", &e),
-        _ => Failure::new("APPLY", e.to_string()),
-    };
-    if f.code == "STORAGE" {
-        f.reason = e.to_string();
+        ApplyError::Sqlite { source, .. } => {
+            let mut f = storage_failure("applying", source);
+            f.reason = e.to_string();
+            f
+        }
+        _ => Failure::new(FailureCode::Apply, e.to_string()),
     }
-    f
 }
 
 impl ApplyStorage for SqliteApply {

@@ -9,6 +9,7 @@
 
 use crate::replica::{read_position, stored_segment_state};
 use crate::runtime::{apply_failure, sql, WriteTurn, KEEP_APPLIED_SEGMENTS, KEEP_TRANSITIONS};
+use replication::runtime::FailureCode;
 use replication::runtime::{Component, ComponentStatus, Failure, StateStore, StoreOp, StoredState};
 use replication::state::{check_segment, SegmentState};
 use replication::wal::{CommitId, WalOffset};
@@ -32,7 +33,7 @@ impl SqliteStateStore {
 }
 
 fn torn(reason: String) -> Failure {
-    Failure::new("TORN_STATE", reason)
+    Failure::new(FailureCode::TornState, reason)
 }
 
 impl StateStore for SqliteStateStore {
@@ -40,9 +41,9 @@ impl StateStore for SqliteStateStore {
         let _writing = self.lock.hold();
         let tx = rusqlite::Transaction::new_unchecked(&self.conn, TransactionBehavior::Immediate)
             .map_err(sql("beginning the state store's recovery"))?;
-        let applied = read_position(&tx)
-            .map_err(apply_failure)?
-            .ok_or_else(|| Failure::new("NOT_REPLICA", "the database is not a replica"))?;
+        let applied = read_position(&tx).map_err(apply_failure)?.ok_or_else(|| {
+            Failure::new(FailureCode::NotReplica, "the database is not a replica")
+        })?;
         let a = applied.commit_id.0 as i64;
         let bad: Option<(i64, i64, String)> = tx
             .query_row(
@@ -185,7 +186,7 @@ impl StateStore for SqliteStateStore {
                     };
                     let illegal = |what: String| {
                         Failure::new(
-                            "ILLEGAL_TRANSITION",
+                            FailureCode::IllegalTransition,
                             format!("segment {first}..={last}: {what}"),
                         )
                         .at(*first, *last)
@@ -264,8 +265,7 @@ impl StateStore for SqliteStateStore {
                         .optional()
                         .map_err(sql("checking the segments to discard"))?;
                     if let Some((f, state)) = not_received {
-                        return Err(Failure::new(
-                            "ILLEGAL_TRANSITION",
+                        return Err(Failure::new(FailureCode::IllegalTransition,
                             format!("discarding segments from commit {from}: the segment starting at commit {f} is {state}; only Received segments are discarded"),
                         ));
                     }
@@ -282,7 +282,7 @@ impl StateStore for SqliteStateStore {
                         .map_err(sql("discarding stored segments"))?;
                     if gone == 0 {
                         return Err(Failure::new(
-                            "ILLEGAL_TRANSITION",
+                            FailureCode::IllegalTransition,
                             format!("discarding segments from commit {from}: none is stored"),
                         ));
                     }
@@ -339,9 +339,16 @@ fn read_components(conn: &Connection) -> rusqlite::Result<Vec<ComponentStatus>> 
         let first: Option<i64> = r.get(6)?;
         let last: Option<i64> = r.get(7)?;
         let last_error = match code {
-            Some(code) => Some(Failure {
-                code,
-                reason: r.get::<_, Option<String>>(5)?.unwrap_or_default(),
+            Some(text) => Some(Failure {
+                code: FailureCode::parse(&text).unwrap_or(FailureCode::Unrecognized),
+                reason: {
+                    let reason = r.get::<_, Option<String>>(5)?.unwrap_or_default();
+                    // A code another version recorded keeps its text.
+                    match FailureCode::parse(&text) {
+                        Some(_) => reason,
+                        None => format!("{text}: {reason}"),
+                    }
+                },
                 segment: first
                     .zip(last)
                     .map(|(f, l)| (CommitId(f as u64), CommitId(l as u64))),

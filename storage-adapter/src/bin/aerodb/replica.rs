@@ -18,7 +18,8 @@
 
 use super::{limit_help, options_from, Failure, LimitArgs};
 use clap::Args;
-use replication::runtime::{is_blocked, Component, Snapshot, SOURCE_UNAVAILABLE};
+use replication::runtime::FailureCode;
+use replication::runtime::{is_blocked, Component, Snapshot};
 use replication::state::{BlockReason, GlobalKind, GlobalState, ReadStatus};
 use replication::wal::CommitId;
 use std::io::Write;
@@ -98,7 +99,7 @@ fn waiting_for_source(s: &Snapshot) -> bool {
         .component(Component::Receiver)
         .last_error
         .as_ref()
-        .is_some_and(|f| f.code == SOURCE_UNAVAILABLE)
+        .is_some_and(|f| f.code == FailureCode::SourceUnavailable)
 }
 
 /// What the loop decides after a published state.
@@ -308,7 +309,7 @@ mod tests {
                     last_error: (component == Component::Supervisor)
                         .then_some(supervisor_error)
                         .flatten()
-                        .map(|e| RuntimeFailure::new("DISK_FULL", e)),
+                        .map(|e| RuntimeFailure::new(FailureCode::DiskFull, e)),
                 })
                 .collect(),
             last_transition: None,
