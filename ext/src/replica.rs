@@ -181,6 +181,30 @@ fn stop(ctx: &FnContext<'_>, registry: &Registry) -> Result<i64> {
     Ok(last.applied.commit_id.0 as i64)
 }
 
+/// `aerodb_replica_resume()`: an operator lifts a block of this replica's
+/// own storage or source (a full disk freed), recorded; returns the
+/// applied CommitId recovery starts from.
+fn resume(ctx: &FnContext<'_>, registry: &Registry) -> Result<i64> {
+    const F: &str = "aerodb_replica_resume";
+    if !ctx.is_empty() {
+        return Err(user_error(format!(
+            "{F}() takes no arguments, got {}",
+            ctx.len()
+        )));
+    }
+    outside_transaction(ctx, F)?;
+    let running = registry.lock();
+    let r = running.as_ref().ok_or_else(|| {
+        user_error(format!(
+            "{F}: no replica runs on this connection (start one with aerodb_replica_start)"
+        ))
+    })?;
+    r.replica
+        .resume("aerodb_replica_resume()")
+        .map_err(|e| user_error(format!("{F}: {e}")))?;
+    Ok(r.replica.snapshot().applied.commit_id.0 as i64)
+}
+
 fn wait(ctx: &FnContext<'_>, registry: &Registry) -> Result<i64> {
     const F: &str = "aerodb_wait";
     if ctx.len() != 2 {
@@ -239,6 +263,10 @@ pub fn register(conn: &Connection) -> Result<()> {
     conn.create_scalar_function("aerodb_replica_stop", -1, flags, move |ctx| stop(ctx, &r))?;
     let r = Arc::clone(&registry);
     conn.create_scalar_function("aerodb_wait", -1, flags, move |ctx| wait(ctx, &r))?;
+    let r = Arc::clone(&registry);
+    conn.create_scalar_function("aerodb_replica_resume", -1, flags, move |ctx| {
+        resume(ctx, &r)
+    })?;
     conn.create_module(
         c"replica_components",
         eponymous_only_module::<RowsTab<Components>>(),

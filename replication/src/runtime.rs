@@ -304,6 +304,27 @@ impl Runtime {
         }
     }
 
+    /// Asks the Supervisor to resume a block an operator may lift (a full
+    /// disk freed, a source fixed: [`BlockReason::is_resumable`]), recorded
+    /// as `resumed by {reason}`; recovery then runs from the applied
+    /// position. Returns the state it resumed from, or why nothing resumes
+    /// (not blocked, a divergence, a rejected segment, stopping). Waits
+    /// only for the Supervisor's answer, never on time.
+    ///
+    /// [`BlockReason::is_resumable`]: crate::state::BlockReason::is_resumable
+    pub fn resume(&self, reason: &str) -> Result<String, String> {
+        let (reply, answer) = mpsc::channel();
+        self.events
+            .send(Event::Resume {
+                reason: reason.into(),
+                reply,
+            })
+            .map_err(|_| "the replica runtime is not running".to_string())?;
+        answer
+            .recv()
+            .map_err(|_| "the replica runtime stopped before answering".to_string())?
+    }
+
     fn shutdown(&mut self, reason: &str) {
         if let Some(h) = self.supervisor.take() {
             let _ = self.events.send(Event::Stop(reason.into()));

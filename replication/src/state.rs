@@ -72,6 +72,19 @@ impl BlockReason {
         }
     }
 
+    /// Whether an operator's resume may lift it: a failure of this
+    /// replica's own storage or of its source (a full disk freed, a source
+    /// fixed). Never a divergence (the histories differ: re-bootstrap) nor
+    /// a rejection of what the source sent (it would be rejected again).
+    pub fn is_resumable(&self) -> bool {
+        match self {
+            BlockReason::ApplierFailed { .. }
+            | BlockReason::ValidatorFailed { .. }
+            | BlockReason::ReceiverFailed { .. } => !self.is_divergence(),
+            BlockReason::SegmentRejected { .. } | BlockReason::Recorded { .. } => false,
+        }
+    }
+
     /// Whether the block means the replica's history and the primary's
     /// differ.
     pub fn is_divergence(&self) -> bool {

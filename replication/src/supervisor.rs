@@ -95,6 +95,13 @@ pub enum SupervisorInput {
         /// Why.
         reason: String,
     },
+    /// An operator asked to resume a block that [`BlockReason::is_resumable`]
+    /// (e.g. a full disk freed): recovery runs from the applied position,
+    /// recorded with who asked. Only from such a block.
+    Resume {
+        /// Who asked, and why.
+        reason: String,
+    },
     /// Stop requested (or a component/runner failure: F4).
     Stop {
         /// Why.
@@ -159,6 +166,17 @@ impl Supervisor {
     /// Received / validated / applied CommitIds.
     pub fn progress(&self) -> Progress {
         self.progress
+    }
+
+    /// Whether [`SupervisorInput::Resume`] is taken now: only in a block
+    /// that [`BlockReason::is_resumable`].
+    pub fn can_resume(&self) -> bool {
+        matches!(
+            &self.state,
+            GlobalState::Ready {
+                read: ReadStatus::Blocked(b),
+            } if b.is_resumable()
+        )
     }
 
     /// Begins starting: Disabled -> Initializing.
@@ -267,6 +285,23 @@ impl Supervisor {
                 }
             }
             SupervisorInput::Recovered => (self.running_state(), "recovery finished".into()),
+            SupervisorInput::Resume { reason } => {
+                if !self.can_resume() {
+                    return Err(IllegalTransition::NotInState {
+                        state: self.state.clone(),
+                        input: "a resume (only a block of this replica's storage or source resumes)",
+                    });
+                }
+                self.progress.validated = self.progress.applied;
+                self.source_head = None;
+                (
+                    GlobalState::Recovering,
+                    format!(
+                        "resumed by {reason}: re-validating from applied commit {}",
+                        self.progress.applied
+                    ),
+                )
+            }
             SupervisorInput::StoredSegmentDiscarded { range, reason } => {
                 if self.state != GlobalState::Recovering {
                     return Err(IllegalTransition::NotInState {
@@ -586,6 +621,50 @@ mod tests {
             })
             .expect_err("not recovering");
         assert!(matches!(e, IllegalTransition::NotInState { .. }), "{e}");
+    }
+
+    #[test]
+    fn an_operators_resume_lifts_only_a_resumable_block() {
+        let blocked = |code: FailureCode| {
+            let mut s = Supervisor::new();
+            s.start().expect("legal");
+            s.handle(SupervisorInput::Started {
+                applied: pos(4),
+                received: CommitId(4),
+            })
+            .expect("legal");
+            s.handle(SupervisorInput::ReceiverStopped {
+                code,
+                reason: format!("{code}: test"),
+            })
+            .expect("legal");
+            s
+        };
+        let mut s = blocked(FailureCode::DiskFull);
+        assert!(s.can_resume());
+        let t = s
+            .handle(SupervisorInput::Resume {
+                reason: "the operator".into(),
+            })
+            .expect("legal")
+            .expect("moves");
+        assert_eq!(t.to, GlobalState::Recovering);
+        assert_eq!(
+            t.reason,
+            "resumed by the operator: re-validating from applied commit 4"
+        );
+        // A divergence never resumes; neither does a healthy replica.
+        let mut s = blocked(FailureCode::ForeignGeneration);
+        assert!(!s.can_resume());
+        let e = s
+            .handle(SupervisorInput::Resume {
+                reason: "the operator".into(),
+            })
+            .expect_err("a divergence");
+        assert!(matches!(e, IllegalTransition::NotInState { .. }), "{e}");
+        let mut s = Supervisor::new();
+        s.start().expect("legal");
+        assert!(!s.can_resume());
     }
 
     #[test]

@@ -534,6 +534,56 @@ fn a_stored_segment_damaged_on_the_replica_is_discarded_and_fetched_again() {
 }
 
 #[test]
+fn a_full_disk_blocks_and_an_operators_resume_recovers_recorded() {
+    // Issue 11 item 5: disk full stops replication explicitly (recovery
+    // once, then blocked); once space is back, an operator's resume (here
+    // the Rust API; `aerodb_replica_resume()` in SQL) recovers through a
+    // recorded transition, without a restart.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let p = primary(&dir.path().join("p.db"));
+    let head = write(&p, 1..=20);
+    // Two failures: the first apply and the one after recovery.
+    let failures = Arc::new(AtomicUsize::new(2));
+    let replica = start_faulty(dir.path(), Arc::clone(&failures), None);
+    let s = replica.wait_until(deadline(), blocked).expect("blocked");
+    assert!(
+        s.global
+            .to_string()
+            .contains("failed again after recovery: DISK_FULL"),
+        "{}",
+        s.global
+    );
+    assert_eq!(failures.load(Ordering::SeqCst), 0, "space is back");
+    // Nothing lifts it by itself; a resume does, recorded with who asked.
+    let from = replica.resume("the test (disk freed)").expect("resumes");
+    assert!(from.contains("DISK_FULL"), "{from}");
+    let s = replica
+        .wait_until(deadline(), |s| ready(s) && s.applied.commit_id == head)
+        .expect("recovered and caught up");
+    assert_eq!(s.component(Component::Applier).last_error, None);
+    let history = replica.transitions().expect("history");
+    assert!(
+        history.iter().any(|t| t.to_state == "Recovering"
+            && t.reason
+                == format!(
+                    "resumed by the test (disk freed): re-validating from applied commit {}",
+                    t.applied_commit_id
+                )),
+        "{history:#?}"
+    );
+    assert!(replica.explain_read(Some(head)).expect("gate").allowed());
+    // Nothing to resume on a healthy replica: refused, nothing recorded.
+    let before = replica.transitions().expect("history").len();
+    let e = replica.resume("the test").expect_err("not blocked");
+    assert!(
+        e.starts_with("nothing to resume: the replica is Ready (read-safe)"),
+        "{e}"
+    );
+    assert_eq!(replica.transitions().expect("history").len(), before);
+    replica.stop();
+}
+
+#[test]
 fn supervisor_failure_makes_the_replica_unavailable() {
     // F4: the state store stops accepting writes; the Supervisor cannot
     // record transitions, so the replica goes Disabled, stops its threads,

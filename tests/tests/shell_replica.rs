@@ -94,6 +94,7 @@ fn the_sql_surface_is_exactly_the_documented_one() {
             "f:aerodb_last_commit_id",
             "f:aerodb_primary_init",
             // DESIGN 6, replica.
+            "f:aerodb_replica_resume", // issue 11: an operator lifts a resumable block
             "f:aerodb_replica_start",
             "f:aerodb_replica_stop",
             "f:aerodb_replicate",

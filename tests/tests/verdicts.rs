@@ -165,7 +165,7 @@ fn in_the_shell_aerodb_wait_answers_as_the_gate_and_start_returns_where_it_start
     let run = aerodb_e2e::shell(
         &r_path,
         &format!(
-            "{load}{}SELECT 'wait4=' || aerodb_wait(4, 60000);\nSELECT 'wait3=' || aerodb_wait(3, 60000);\nSELECT 'gate=' || reason_code FROM read_safety(3);\nSELECT aerodb_replica_stop();\n",
+            "{load}{}SELECT 'wait4=' || aerodb_wait(4, 60000);\nSELECT 'wait3=' || aerodb_wait(3, 60000);\nSELECT 'gate=' || reason_code FROM read_safety(3);\nSELECT aerodb_replica_resume();\nSELECT aerodb_replica_stop();\n",
             start(&q_path)
         ),
     );
@@ -187,6 +187,14 @@ fn in_the_shell_aerodb_wait_answers_as_the_gate_and_start_returns_where_it_start
         run.stderr
     );
     assert!(run.stdout.contains("gate=DIVERGED\n"), "{run:?}");
+    // An operator's resume does not lift a divergence.
+    assert!(
+        run.stderr.contains(
+            "aerodb_replica_resume: nothing to resume: the replica is Ready (read-blocked: WAL receiver failed: FOREIGN_GENERATION"
+        ),
+        "{}",
+        run.stderr
+    );
 
     // Restarted on the foreign primary: the wait for 3 begins before the
     // runtime has seen anything, and still refuses (the recorded verdict).

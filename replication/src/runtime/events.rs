@@ -90,6 +90,12 @@ pub(super) enum Event {
     ApplierFailed(Failure),
     ApplierExited(String),
     Stop(String),
+    /// An operator asks to resume a block (who asked; the answer goes back
+    /// on `reply`: the state resumed from, or why nothing resumes).
+    Resume {
+        reason: String,
+        reply: Sender<Result<String, String>>,
+    },
 }
 
 pub(super) fn send(events: &Sender<Event>, e: Event) {

@@ -550,6 +550,33 @@ impl SupervisorRunner {
                     self.stopping = Some(reason);
                 }
             }
+            Event::Resume { reason, reply } => {
+                let from = self.core.state().to_string();
+                if self.stopping.is_some() || !self.core.can_resume() {
+                    let _ = reply.send(Err(format!(
+                        "nothing to resume: the replica is {from}{}",
+                        if self.core.can_resume() {
+                            ", stopping"
+                        } else {
+                            " (only a block of this replica's storage or source resumes: not a divergence, not a rejected segment)"
+                        }
+                    )));
+                    return Ok(());
+                }
+                // Recovery, as after an Applier failure, asked for and
+                // recorded: the pipeline restarts from the applied position.
+                self.drive(SupervisorInput::Resume { reason })?;
+                self.failed_segment = None;
+                self.flush()?;
+                self.publish(true);
+                self.stop_pipeline()?;
+                if self.stopping.is_none() {
+                    self.flush()?;
+                    let stored = self.open_store()?;
+                    self.start_pipeline(&stored)?;
+                }
+                let _ = reply.send(Ok(from));
+            }
         }
         Ok(())
     }

@@ -239,6 +239,14 @@ impl Replica {
         self.runtime().wait_until(deadline, done)
     }
 
+    /// Resumes a block an operator may lift (a full disk freed, a source
+    /// fixed), recorded as `resumed by {reason}`: see
+    /// [`Runtime::resume`]. Returns the state it resumed from, or why
+    /// nothing resumes.
+    pub fn resume(&self, reason: &str) -> Result<String, String> {
+        self.runtime().resume(reason)
+    }
+
     /// A handle that asks this replica to stop from another thread (e.g.
     /// on a signal); the stop is recorded with the reason given. Call
     /// [`stop`](Self::stop) afterwards to join the threads.
