@@ -911,3 +911,131 @@ fn status_exits_0_read_safe_1_blocked_2_diverged_or_unreadable() {
     );
     assert!(!missing.exists(), "status never creates a file");
 }
+
+// ---------------------------------------------- metrics, /health, /ready
+
+/// `GET path` on `port` without credentials: (status, body).
+fn plain_get(port: u16, path: &str) -> (u16, String) {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connects");
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .expect("request sent");
+    let mut reply = Vec::new();
+    let _ = s.read_to_end(&mut reply);
+    let reply = String::from_utf8_lossy(&reply).into_owned();
+    let status = reply
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or_else(|| panic!("no status in {reply:?}"));
+    let body = reply
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (status, body)
+}
+
+fn metric(body: &str, name: &str) -> Option<i64> {
+    body.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+#[test]
+fn replica_metrics_health_and_ready_follow_the_state() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (p_path, r_path) = (dir.path().join("p.db"), dir.path().join("r.db"));
+    let p = primary(&p_path);
+    let head = insert(&p, 1..=3);
+    let token = token_file(dir.path());
+    let (server, port) = serve(&p_path, &token, 0, &[]);
+    let url = format!("http://127.0.0.1:{port}");
+    let mut replica = Running::start(
+        &[
+            "replica",
+            "--primary",
+            &url,
+            "--token-file",
+            token.to_str().expect("UTF-8"),
+            "--replica",
+            r_path.to_str().expect("UTF-8"),
+            "--metrics-listen",
+            "127.0.0.1:0",
+        ],
+        Stdio::null(),
+    );
+    let line = replica.wait_line("the metrics address", |l| l.starts_with("metrics: serving"));
+    let mport: u16 = line
+        .rsplit_once(':')
+        .and_then(|(_, p)| p.parse().ok())
+        .unwrap_or_else(|| panic!("no port in {line:?}"));
+    replica.wait_line("Ready at the head", |l| ready_at(l, head));
+
+    assert_eq!(plain_get(mport, "/health"), (200, "ok\n".to_string()));
+    let (code, ready) = plain_get(mport, "/ready");
+    assert_eq!(code, 200, "{ready}");
+    assert!(ready.contains("\"ready\":true"), "{ready}");
+    let (code, body) = plain_get(mport, "/metrics");
+    assert_eq!(code, 200);
+    assert_eq!(
+        metric(&body, "aerodb_replica_applied_commit_id"),
+        Some(head as i64),
+        "{body}"
+    );
+    assert_eq!(
+        metric(&body, "aerodb_replica_source_head_commit_id"),
+        Some(head as i64),
+        "{body}"
+    );
+    assert_eq!(
+        metric(&body, "aerodb_replica_lag_commits"),
+        Some(0),
+        "{body}"
+    );
+    assert_eq!(metric(&body, "aerodb_replica_read_safe"), Some(1), "{body}");
+    assert_eq!(
+        metric(&body, "aerodb_replica_state{state=\"Ready\"}"),
+        Some(1),
+        "{body}"
+    );
+    assert_eq!(
+        metric(&body, "aerodb_replica_state{state=\"Disabled\"}"),
+        Some(0),
+        "{body}"
+    );
+    assert!(
+        metric(&body, "aerodb_replica_transitions_total").is_some_and(|n| n > 0),
+        "{body}"
+    );
+    assert!(body.ends_with("# EOF\n"), "{body}");
+    assert_eq!(plain_get(mport, "/nope").0, 404);
+
+    // The source goes away: read-blocked, /ready says why, /health stays.
+    drop(server);
+    replica.wait_line("read-blocked on SOURCE_UNAVAILABLE", |l| {
+        l.contains("read-blocked") && l.contains("SOURCE_UNAVAILABLE")
+    });
+    let (code, ready) = plain_get(mport, "/ready");
+    assert_eq!(code, 503, "{ready}");
+    assert!(
+        ready.contains("\"ready\":false") && ready.contains("SOURCE_UNAVAILABLE"),
+        "{ready}"
+    );
+    assert_eq!(plain_get(mport, "/health").0, 200);
+    let (_, body) = plain_get(mport, "/metrics");
+    assert_eq!(metric(&body, "aerodb_replica_read_safe"), Some(0), "{body}");
+    assert!(
+        body.contains("aerodb_replica_component_error{component=\"WAL Receiver\",code=\"SOURCE_UNAVAILABLE\"} 1"),
+        "{body}"
+    );
+
+    // SIGTERM: the listener closes with the replica.
+    replica.signal("TERM");
+    let (status, rest, stderr) = replica.exit();
+    assert_eq!(status.code(), Some(0), "{rest:?} {stderr}");
+    assert!(
+        TcpStream::connect(("127.0.0.1", mport)).is_err(),
+        "the listener closed"
+    );
+}

@@ -24,6 +24,7 @@ use storage_adapter::options::{
 };
 
 mod catch_up;
+mod metrics;
 mod replica;
 mod serve;
 mod status;

@@ -54,6 +54,19 @@ pub struct ReplicaArgs {
     /// without it stdin is not read.
     #[arg(long)]
     stop_on_stdin_eof: bool,
+    /// Serve Prometheus metrics (/metrics), /health and /ready on
+    /// HOST:PORT, unauthenticated (port 0: any free port, printed).
+    #[arg(long, value_name = "HOST:PORT")]
+    metrics_listen: Option<String>,
+    /// /ready answers 200 only within this many commits of the source's
+    /// head (and Ready read-safe, reads allowed).
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = 0,
+        requires = "metrics_listen"
+    )]
+    ready_max_lag: u64,
 }
 
 /// Longest single wait on the published state before waiting again: a
@@ -192,7 +205,41 @@ pub fn run(args: ReplicaArgs) -> Result<(), Failure> {
             })
             .map_err(|e| Failure::Run(format!("spawning the stdin thread: {e}")))?;
     }
-    let end = follow(&handle, args.until_caught_up.then_some(head));
+    let metrics = match &args.metrics_listen {
+        Some(listen) => {
+            let addrs = super::serve::resolve("replica", "--metrics-listen", listen, true)?;
+            let server = tiny_http::Server::http(&addrs[..]).map_err(|e| {
+                Failure::Run(format!("--metrics-listen {listen}: cannot listen: {e}"))
+            })?;
+            let bound = server
+                .server_addr()
+                .to_ip()
+                .map(|a| a.to_string())
+                .unwrap_or_else(|| listen.clone());
+            println!("metrics: serving /metrics, /health and /ready on http://{bound}");
+            let _ = std::io::stdout().flush();
+            Some(server)
+        }
+        None => None,
+    };
+    let replica_path = std::path::PathBuf::from(&args.replica);
+    let end = std::thread::scope(|scope| {
+        if let Some(server) = &metrics {
+            let (handle, path) = (&handle, &replica_path);
+            std::thread::Builder::new()
+                .name("aerodb-metrics".into())
+                .spawn_scoped(scope, move || {
+                    super::metrics::serve(server, handle, path, args.ready_max_lag)
+                })
+                .map_err(|e| Failure::Run(format!("spawning the metrics thread: {e}")))?;
+        }
+        let end = follow(&handle, args.until_caught_up.then_some(head));
+        // The metrics thread ends with its listener (joined by the scope).
+        if let Some(server) = &metrics {
+            server.unblock();
+        }
+        Ok::<End, Failure>(end)
+    })?;
     let last = handle.stop();
     signal_thread.1.close();
     let _ = signal_thread.0.join();

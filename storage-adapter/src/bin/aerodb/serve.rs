@@ -54,34 +54,37 @@ struct Config {
     token: String,
 }
 
-/// The addresses `listen` names: every one must be loopback unless
-/// `allow_remote` (plain HTTP must not face a network by accident).
-fn resolve(listen: &str, allow_remote: bool) -> Result<Vec<SocketAddr>, Failure> {
-    let usage = |message: String| Failure::Usage {
-        command: "serve",
-        message,
-    };
+/// The addresses `listen` (the value of `command`'s `flag`) names: every
+/// one must be loopback unless `allow_remote` (plain HTTP must not face a
+/// network by accident).
+pub(super) fn resolve(
+    command: &'static str,
+    flag: &str,
+    listen: &str,
+    allow_remote: bool,
+) -> Result<Vec<SocketAddr>, Failure> {
+    let usage = |message: String| Failure::Usage { command, message };
     let port_ok = listen
         .rsplit_once(':')
         .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
     if !port_ok {
         return Err(usage(format!(
-            "--listen '{listen}': expected HOST:PORT (e.g. 127.0.0.1:7070 or localhost:7070)"
+            "{flag} '{listen}': expected HOST:PORT (e.g. 127.0.0.1:7070 or localhost:7070)"
         )));
     }
     let addrs: Vec<SocketAddr> = listen
         .to_socket_addrs()
-        .map_err(|e| Failure::Run(format!("--listen '{listen}': cannot resolve it: {e}")))?
+        .map_err(|e| Failure::Run(format!("{flag} '{listen}': cannot resolve it: {e}")))?
         .collect();
     if addrs.is_empty() {
         return Err(Failure::Run(format!(
-            "--listen '{listen}': resolves to no address"
+            "{flag} '{listen}': resolves to no address"
         )));
     }
     if let Some(remote) = addrs.iter().find(|a| !a.ip().is_loopback()) {
         if !allow_remote {
             return Err(usage(format!(
-                "--listen {listen} resolves to {remote}, which is not a loopback address; the WAL is served over plain HTTP (no TLS), so pass --allow-remote to bind it anyway"
+                "{flag} {listen} resolves to {remote}, which is not a loopback address; the WAL is served over plain HTTP (no TLS), so pass --allow-remote to bind it anyway"
             )));
         }
     }
@@ -95,7 +98,7 @@ pub fn run(args: ServeArgs) -> Result<(), Failure> {
         token_file,
         allow_remote,
     } = args;
-    let addrs = resolve(&listen, allow_remote)?;
+    let addrs = resolve("serve", "--listen", &listen, allow_remote)?;
     let run = Failure::Run;
     let token = std::fs::read_to_string(&token_file)
         .map_err(|e| run(format!("--token-file {token_file}: {e}")))?

@@ -1,0 +1,265 @@
+//! `aerodb replica --metrics-listen HOST:PORT`: Prometheus / OpenMetrics
+//! text metrics, `/health` and `/ready`, unauthenticated, on one small
+//! HTTP listener of their own (one thread, requests answered one at a time:
+//! a scrape reads the live snapshot and the replica file, nothing else).
+//!
+//! - `GET /metrics`: gauges of the live state (applied / validated /
+//!   received CommitId, the source's head and the lag in commits, the
+//!   global state as a labelled gauge, read-safe, running, each
+//!   component's last error by code) and counters from the state store
+//!   (transitions recorded, segments rejected). Every metric is documented
+//!   in `docs/metrics.md`.
+//! - `GET /health`: 200 while the process runs.
+//! - `GET /ready`: 200 only when the replica is Ready read-safe, the read
+//!   gate allows reads and it is within `--ready-max-lag` commits of its
+//!   source's head; 503 with the reason (JSON) otherwise.
+//!
+//! Values are computed when scraped; nothing here decides anything about
+//! replication.
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+use replication::runtime::Snapshot;
+use replication::state::{GlobalKind, GlobalState, ReadStatus};
+use rusqlite::{Connection, OpenFlags};
+use serde_json::json;
+use std::path::Path;
+use storage_adapter::runtime::{read_gate_in, Replica};
+use storage_adapter::status::ReplicaStatus;
+use tiny_http::{Header, Response, Server};
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StateLabel {
+    state: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ErrorLabel {
+    component: String,
+    code: String,
+}
+
+/// What the replica file holds beyond the live snapshot.
+#[derive(Default)]
+struct Recorded {
+    status: Option<ReplicaStatus>,
+    transitions: u64,
+    rejected: u64,
+    gate: Option<replication::read_gate::Decision>,
+}
+
+fn recorded(replica: &Path) -> Recorded {
+    let Ok(conn) = Connection::open_with_flags(
+        replica,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    ) else {
+        return Recorded::default();
+    };
+    let count = |sql: &str| -> u64 {
+        conn.query_row(sql, [], |r| r.get::<_, Option<i64>>(0))
+            .ok()
+            .flatten()
+            .unwrap_or(0) as u64
+    };
+    Recorded {
+        status: ReplicaStatus::read(&conn).ok(),
+        transitions: count("SELECT max(seq) FROM aerodb_replica_transitions"),
+        rejected: count("SELECT count(*) FROM aerodb_replica_segments WHERE state = 'Rejected'"),
+        gate: Some(read_gate_in(&conn, None)),
+    }
+}
+
+fn gauge(registry: &mut Registry, name: &str, help: &str, value: i64) {
+    let g = Gauge::<i64>::default();
+    g.set(value);
+    registry.register(name, help, g);
+}
+
+/// The metrics text for the live snapshot and what the file records.
+fn render(s: &Snapshot, r: &Recorded) -> String {
+    let mut reg = Registry::default();
+    gauge(
+        &mut reg,
+        "aerodb_replica_applied_commit_id",
+        "Last CommitId applied (committed with the rows)",
+        s.applied.commit_id.0 as i64,
+    );
+    gauge(
+        &mut reg,
+        "aerodb_replica_validated_commit_id",
+        "Last CommitId validated",
+        s.progress.validated.0 as i64,
+    );
+    gauge(
+        &mut reg,
+        "aerodb_replica_received_commit_id",
+        "Last CommitId the Receiver persisted",
+        s.progress.received.0 as i64,
+    );
+    if let Some(status) = &r.status {
+        if let Some(head) = status.source_head {
+            gauge(
+                &mut reg,
+                "aerodb_replica_source_head_commit_id",
+                "Newest head the source advertised",
+                head.0 as i64,
+            );
+            gauge(
+                &mut reg,
+                "aerodb_replica_lag_commits",
+                "Commits of the source's advertised head not applied yet",
+                head.0.saturating_sub(s.applied.commit_id.0) as i64,
+            );
+        }
+    }
+    let states = Family::<StateLabel, Gauge>::default();
+    for kind in [
+        GlobalKind::Disabled,
+        GlobalKind::Initializing,
+        GlobalKind::Recovering,
+        GlobalKind::ReceivingWal,
+        GlobalKind::ValidatingWal,
+        GlobalKind::ApplyingWal,
+        GlobalKind::Ready,
+    ] {
+        states
+            .get_or_create(&StateLabel {
+                state: kind.as_str().into(),
+            })
+            .set(i64::from(s.global.kind() == kind));
+    }
+    reg.register(
+        "aerodb_replica_state",
+        "The global state: 1 for the current one",
+        states,
+    );
+    let safe = s.global
+        == GlobalState::Ready {
+            read: ReadStatus::Safe,
+        };
+    gauge(
+        &mut reg,
+        "aerodb_replica_read_safe",
+        "1 when the replica is Ready and read-safe",
+        i64::from(safe),
+    );
+    gauge(
+        &mut reg,
+        "aerodb_replica_running",
+        "1 while the runtime runs",
+        i64::from(s.running),
+    );
+    let errors = Family::<ErrorLabel, Gauge>::default();
+    for c in &s.components {
+        if let Some(e) = &c.last_error {
+            errors
+                .get_or_create(&ErrorLabel {
+                    component: c.component.to_string(),
+                    code: e.code.as_str().into(),
+                })
+                .set(1);
+        }
+    }
+    reg.register(
+        "aerodb_replica_component_error",
+        "1 per component whose last error (kept until a later success) has this code",
+        errors,
+    );
+    let transitions = Counter::<u64>::default();
+    transitions.inc_by(r.transitions);
+    reg.register(
+        "aerodb_replica_transitions",
+        "Global transitions recorded in the replica file",
+        transitions,
+    );
+    let rejected = Counter::<u64>::default();
+    rejected.inc_by(r.rejected);
+    reg.register(
+        "aerodb_replica_rejected_segments",
+        "Segments the Validator rejected, as recorded",
+        rejected,
+    );
+    let mut out = String::new();
+    // Writing to a String cannot fail.
+    let _ = encode(&mut out, &reg);
+    out
+}
+
+/// `/ready`'s answer: whether it is ready, and why not.
+fn readiness(s: &Snapshot, r: &Recorded, max_lag: u64) -> Result<String, String> {
+    let gate = r
+        .gate
+        .as_ref()
+        .ok_or_else(|| "the replica file cannot be read".to_string())?;
+    if !gate.allowed() {
+        return Err(gate.to_string());
+    }
+    let safe = s.global
+        == GlobalState::Ready {
+            read: ReadStatus::Safe,
+        };
+    if !safe {
+        return Err(format!(
+            "the replica is {} (applied commit {}), not Ready read-safe",
+            s.global, s.applied.commit_id
+        ));
+    }
+    let head = r.status.as_ref().and_then(|st| st.source_head);
+    let lag = head.map(|h| h.0.saturating_sub(s.applied.commit_id.0));
+    match lag {
+        Some(lag) if lag > max_lag => Err(format!(
+            "the replica lags its source by {lag} commits (applied {}, source head {}), over --ready-max-lag {max_lag}",
+            s.applied.commit_id,
+            head.unwrap_or_default()
+        )),
+        _ => Ok(format!(
+            "Ready (read-safe) at applied commit {}, lag {} commits",
+            s.applied.commit_id,
+            lag.unwrap_or(0)
+        )),
+    }
+}
+
+fn header(name: &str, value: &str) -> Header {
+    Header::from_bytes(name.as_bytes(), value.as_bytes()).expect("a valid header")
+}
+
+/// Answers requests until the server is unblocked (the replica stops).
+pub fn serve(server: &Server, replica: &Replica, path: &Path, max_lag: u64) {
+    while let Ok(request) = server.recv() {
+        let target = request.url().split('?').next().unwrap_or("").to_owned();
+        let response = match target.as_str() {
+            "/health" => Response::from_string("ok\n").with_status_code(200),
+            "/metrics" => {
+                let s = replica.snapshot();
+                Response::from_string(render(&s, &recorded(path)))
+                    .with_status_code(200)
+                    .with_header(header(
+                        "Content-Type",
+                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                    ))
+            }
+            "/ready" => {
+                let s = replica.snapshot();
+                let (code, body) = match readiness(&s, &recorded(path), max_lag) {
+                    Ok(why) => (200, json!({"ready": true, "reason": why})),
+                    Err(why) => (503, json!({"ready": false, "reason": why})),
+                };
+                Response::from_string(format!("{body}\n"))
+                    .with_status_code(code)
+                    .with_header(header("Content-Type", "application/json"))
+            }
+            other => Response::from_string(format!(
+                "{}\n",
+                json!({"error": format!("no such endpoint '{other}' (endpoints: /metrics, /health, /ready)")})
+            ))
+            .with_status_code(404)
+            .with_header(header("Content-Type", "application/json")),
+        };
+        let _ = request.respond(response);
+    }
+}
