@@ -1039,3 +1039,73 @@ fn replica_metrics_health_and_ready_follow_the_state() {
         "the listener closed"
     );
 }
+
+#[test]
+fn serve_metrics_count_requests_bytes_and_held_long_polls() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let p_path = dir.path().join("p.db");
+    let p = primary(&p_path);
+    let head = insert(&p, 1..=3);
+    let token = token_file(dir.path());
+    let (mut server, port) = serve(&p_path, &token, 0, &["--metrics-listen", "127.0.0.1:0"]);
+    let line = server.wait_line("the metrics address", |l| {
+        l.starts_with("aerodb serve: metrics on")
+    });
+    let mport: u16 = line
+        .rsplit_once(':')
+        .and_then(|(_, p)| p.parse().ok())
+        .unwrap_or_else(|| panic!("no port in {line:?}"));
+    let addr = format!("127.0.0.1:{port}");
+    assert_eq!(get(&addr, "/v1/head"), 200);
+    assert_eq!(get(&addr, "/v1/head"), 200);
+    assert_eq!(get(&addr, "/v1/segments?from=1"), 200);
+    assert_eq!(get(&addr, "/nope/../etc"), 404);
+    assert_eq!(plain_get(mport, "/health").0, 200);
+    let (code, body) = plain_get(mport, "/metrics");
+    assert_eq!(code, 200);
+    assert_eq!(
+        metric(
+            &body,
+            "aerodb_serve_requests_total{endpoint=\"/v1/head\",status=\"200\"}"
+        ),
+        Some(2),
+        "{body}"
+    );
+    assert_eq!(
+        metric(
+            &body,
+            "aerodb_serve_requests_total{endpoint=\"other\",status=\"404\"}"
+        ),
+        Some(1),
+        "{body}"
+    );
+    assert_eq!(
+        metric(&body, "aerodb_serve_head_commit_id"),
+        Some(head as i64),
+        "{body}"
+    );
+    assert_eq!(
+        metric(&body, "aerodb_serve_oldest_commit_id"),
+        Some(1),
+        "{body}"
+    );
+    assert!(
+        metric(&body, "aerodb_serve_sent_bytes_total").is_some_and(|b| b > 0),
+        "{body}"
+    );
+    assert_eq!(metric(&body, "aerodb_serve_long_polls"), Some(0), "{body}");
+
+    // A long-poll past the head is held until the primary commits.
+    let target = format!("/v1/segments?from={}&wait_ms=30000", head + 1);
+    let poll = {
+        let addr = addr.clone();
+        std::thread::spawn(move || get(&addr, &target))
+    };
+    let held = (0..10_000)
+        .any(|_| metric(&plain_get(mport, "/metrics").1, "aerodb_serve_long_polls") == Some(1));
+    assert!(held, "the long-poll shows as held");
+    insert(&p, 4..=4);
+    assert_eq!(poll.join().expect("long-poll"), 200);
+    let (_, body) = plain_get(mport, "/metrics");
+    assert_eq!(metric(&body, "aerodb_serve_long_polls"), Some(0), "{body}");
+}

@@ -263,3 +263,118 @@ pub fn serve(server: &Server, replica: &Replica, path: &Path, max_lag: u64) {
         let _ = request.respond(response);
     }
 }
+
+// ------------------------------------------------------------ aerodb serve
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabel {
+    endpoint: String,
+    status: u16,
+}
+
+/// What `aerodb serve`'s workers count, shared with its metrics listener
+/// (`--metrics-listen`). Cloning shares the same counters.
+#[derive(Clone, Default)]
+pub struct ServeMetrics {
+    requests: Family<RequestLabel, Counter>,
+    bytes: Counter,
+    long_polls: Gauge,
+}
+
+/// A long-poll being held; dropping it ends it.
+pub struct LongPoll(Gauge);
+
+impl Drop for LongPoll {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+impl ServeMetrics {
+    /// Counts a request answered with `status` and `bytes` of body. Paths
+    /// outside the API count as `other` (a client cannot grow the label
+    /// set).
+    pub fn request(&self, path: &str, status: u16, bytes: Option<usize>) {
+        let endpoint = match path {
+            "/v1/head" | "/v1/segments" | "/v1/snapshot" => path,
+            _ => "other",
+        };
+        self.requests
+            .get_or_create(&RequestLabel {
+                endpoint: endpoint.into(),
+                status,
+            })
+            .inc();
+        self.bytes.inc_by(bytes.unwrap_or(0) as u64);
+    }
+
+    /// A long-poll starts waiting for new WAL.
+    pub fn long_poll(&self) -> LongPoll {
+        self.long_polls.inc();
+        LongPoll(self.long_polls.clone())
+    }
+
+    fn render(&self, db: &str) -> String {
+        let mut reg = Registry::default();
+        if let Ok(reader) = storage_adapter::primary::PrimaryWalReader::open(db) {
+            if let Ok(head) = reader.head() {
+                gauge(
+                    &mut reg,
+                    "aerodb_serve_head_commit_id",
+                    "The primary's newest CommitId",
+                    head.0 as i64,
+                );
+            }
+            if let Ok(oldest) = reader.oldest() {
+                gauge(
+                    &mut reg,
+                    "aerodb_serve_oldest_commit_id",
+                    "The oldest CommitId whose WAL the primary still has",
+                    oldest.0 as i64,
+                );
+            }
+        }
+        reg.register(
+            "aerodb_serve_requests",
+            "Requests answered, by endpoint and status",
+            self.requests.clone(),
+        );
+        reg.register(
+            "aerodb_serve_sent_bytes",
+            "Response body bytes sent",
+            self.bytes.clone(),
+        );
+        reg.register(
+            "aerodb_serve_long_polls",
+            "Long-polls held now (waiting for new WAL)",
+            self.long_polls.clone(),
+        );
+        let mut out = String::new();
+        let _ = encode(&mut out, &reg);
+        out
+    }
+}
+
+/// `aerodb serve --metrics-listen`: `/metrics` and `/health`, until the
+/// process ends.
+pub fn serve_primary(server: &Server, metrics: &ServeMetrics, db: &str) {
+    while let Ok(request) = server.recv() {
+        let target = request.url().split('?').next().unwrap_or("").to_owned();
+        let response = match target.as_str() {
+            "/health" => Response::from_string("ok\n").with_status_code(200),
+            "/metrics" => Response::from_string(metrics.render(db))
+                .with_status_code(200)
+                .with_header(header(
+                    "Content-Type",
+                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                )),
+            other => Response::from_string(format!(
+                "{}\n",
+                json!({"error": format!("no such endpoint '{other}' (endpoints: /metrics, /health)")})
+            ))
+            .with_status_code(404)
+            .with_header(header("Content-Type", "application/json")),
+        };
+        let _ = request.respond(response);
+    }
+}

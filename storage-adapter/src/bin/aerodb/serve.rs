@@ -38,6 +38,10 @@ pub struct ServeArgs {
     /// Bind a non-loopback address (the WAL is served over plain HTTP).
     #[arg(long)]
     allow_remote: bool,
+    /// Serve Prometheus metrics (/metrics) and /health on HOST:PORT,
+    /// unauthenticated (port 0: any free port, printed).
+    #[arg(long, value_name = "HOST:PORT")]
+    metrics_listen: Option<String>,
 }
 
 /// Longest long-poll a client may ask for.
@@ -52,6 +56,7 @@ const WORKERS: usize = 16;
 struct Config {
     db: String,
     token: String,
+    metrics: super::metrics::ServeMetrics,
 }
 
 /// The addresses `listen` (the value of `command`'s `flag`) names: every
@@ -97,6 +102,7 @@ pub fn run(args: ServeArgs) -> Result<(), Failure> {
         listen,
         token_file,
         allow_remote,
+        metrics_listen,
     } = args;
     let addrs = resolve("serve", "--listen", &listen, allow_remote)?;
     let run = Failure::Run;
@@ -128,7 +134,30 @@ pub fn run(args: ServeArgs) -> Result<(), Failure> {
     use std::io::Write;
     let _ = std::io::stdout().flush();
     tracing::info!(db = %db, listen = %bound, "serving the WAL read-only");
-    let config = std::sync::Arc::new(Config { db, token });
+    let metrics = super::metrics::ServeMetrics::default();
+    let metrics_server = match &metrics_listen {
+        Some(listen) => {
+            let addrs = resolve("serve", "--metrics-listen", listen, true)?;
+            let server = Server::http(&addrs[..])
+                .map_err(|e| run(format!("--metrics-listen {listen}: cannot listen: {e}")))?;
+            let at = server
+                .server_addr()
+                .to_ip()
+                .map(|a| a.to_string())
+                .unwrap_or_else(|| listen.clone());
+            println!("aerodb serve: metrics on http://{at}");
+            let _ = std::io::stdout().flush();
+            let (metrics, db) = (metrics.clone(), db.clone());
+            Some(
+                std::thread::Builder::new()
+                    .name("aerodb-serve-metrics".into())
+                    .spawn(move || super::metrics::serve_primary(&server, &metrics, &db))
+                    .map_err(|e| run(format!("spawning the metrics thread: {e}")))?,
+            )
+        }
+        None => None,
+    };
+    let config = std::sync::Arc::new(Config { db, token, metrics });
     let server = std::sync::Arc::new(server);
     let workers: Vec<_> = (0..WORKERS)
         .map(|i| {
@@ -141,6 +170,9 @@ pub fn run(args: ServeArgs) -> Result<(), Failure> {
         .collect::<Result<_, _>>()?;
     for w in workers {
         let _ = w.join();
+    }
+    if let Some(m) = metrics_server {
+        let _ = m.join();
     }
     Ok(())
 }
@@ -187,6 +219,9 @@ fn worker(server: &Server, config: &Config) {
         };
         let status = response.status_code().0;
         let bytes = response.data_length();
+        config
+            .metrics
+            .request(request.url().split('?').next().unwrap_or(""), status, bytes);
         let method = request.method().to_string();
         // The path only: never a header (the token) and never the query.
         let path = request.url().split('?').next().unwrap_or("").to_owned();
@@ -309,7 +344,7 @@ fn handle(request: &Request, reader: &PrimaryWalReader, config: &Config) -> Repl
     let params = query(url);
     let result = match path {
         "/v1/head" => head(reader),
-        "/v1/segments" => segments(reader, &params),
+        "/v1/segments" => segments(reader, &params, &config.metrics),
         "/v1/snapshot" => snapshot_reply(config),
         _ => Err(error(
             404,
@@ -332,7 +367,11 @@ fn head(reader: &PrimaryWalReader) -> Result<Reply, Reply> {
     ))
 }
 
-fn segments(reader: &PrimaryWalReader, params: &[(&str, &str)]) -> Result<Reply, Reply> {
+fn segments(
+    reader: &PrimaryWalReader,
+    params: &[(&str, &str)],
+    metrics: &super::metrics::ServeMetrics,
+) -> Result<Reply, Reply> {
     for (k, _) in params {
         if !["from", "max_bytes", "wait_ms"].contains(k) {
             return Err(error(
@@ -405,6 +444,7 @@ fn segments(reader: &PrimaryWalReader, params: &[(&str, &str)]) -> Result<Reply,
         }
         // Nothing from `from` on: wait for the primary to commit, up to the
         // deadline (data_version moves when another connection commits).
+        let _held = metrics.long_poll();
         loop {
             if Instant::now() >= deadline {
                 return Ok(Response::from_data(Vec::new())
