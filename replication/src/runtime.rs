@@ -134,6 +134,7 @@ fn initial_snapshot(generation: Generation) -> Snapshot {
             .collect(),
         last_transition: None,
         running: true,
+        source_head: None,
     }
 }
 

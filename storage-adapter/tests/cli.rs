@@ -597,6 +597,21 @@ fn until_caught_up_exits_0_at_the_primary_head() {
         "{}",
         text(&out.stdout)
     );
+    // Progress against the source's head: where it is and what is left.
+    let stdout = text(&out.stdout);
+    assert!(
+        stdout
+            .lines()
+            .any(|l| l.starts_with(&format!("applied commit {head} "))
+                && l.contains(&format!(" of source head {head}; state Ready"))),
+        "{stdout}"
+    );
+    for l in stdout.lines().filter(|l| l.contains(" of source head ")) {
+        assert!(
+            l.starts_with(&format!("applied commit {head} ")) || l.contains(" to go"),
+            "behind the head, a line says what is left: {l}"
+        );
+    }
 }
 
 /// A WAL server that advertises `head` and never delivers a segment (it

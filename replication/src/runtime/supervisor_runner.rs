@@ -143,6 +143,7 @@ impl SupervisorRunner {
             components: self.components.clone(),
             last_transition: self.last_transition.clone(),
             running,
+            source_head: (self.source_head.0 > 0).then_some(self.source_head),
         });
         *self.published.lock() = snapshot;
         self.published.changed.notify_all();

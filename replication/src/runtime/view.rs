@@ -26,6 +26,9 @@ pub struct Snapshot {
     /// Whether the Supervisor thread still runs (false once stopped or
     /// failed).
     pub running: bool,
+    /// The newest head the source advertised in this run (`None` until
+    /// something was received): informational, for progress and lag.
+    pub source_head: Option<CommitId>,
 }
 
 impl Snapshot {

@@ -294,11 +294,37 @@ fn outcome(
     }
 }
 
+/// " of source head H (N to go, R commits/s, ETA T s)" while behind the
+/// source's advertised head, " of source head H" once there, "" before
+/// anything was received. Wall-clock rate and ETA are for people only.
+fn progress(s: &Snapshot, (since, from): (Instant, CommitId)) -> String {
+    let Some(head) = s.source_head else {
+        return String::new();
+    };
+    let at = s.applied.commit_id;
+    if head <= at {
+        return format!(" of source head {head}");
+    }
+    let left = head.0 - at.0;
+    let secs = since.elapsed().as_secs_f64();
+    let done = at.0.saturating_sub(from.0);
+    if done == 0 || secs <= 0.0 {
+        return format!(" of source head {head} ({left} to go)");
+    }
+    let rate = done as f64 / secs;
+    format!(
+        " of source head {head} ({left} to go, {rate:.0} commits/s, ETA {:.0} s)",
+        left as f64 / rate
+    )
+}
+
 /// Prints every change of the applied CommitId and the global state until
 /// the loop must end.
 fn follow(handle: &Replica, until: Option<CommitId>) -> End {
     let mut shown = (CommitId(0), String::new());
     let mut outage = false;
+    // For the progress shown (rate and ETA; display only).
+    let started = (Instant::now(), handle.snapshot().applied.commit_id);
     loop {
         let s = handle
             .wait_until(Instant::now() + WAIT_BOUND, |s| {
@@ -310,8 +336,11 @@ fn follow(handle: &Replica, until: Option<CommitId>) -> End {
             let mut o = std::io::stdout().lock();
             let _ = writeln!(
                 o,
-                "applied commit {} (WAL offset {}); state {}",
-                s.applied.commit_id, s.applied.wal_offset, s.global
+                "applied commit {} (WAL offset {}){}; state {}",
+                s.applied.commit_id,
+                s.applied.wal_offset,
+                progress(&s, started),
+                s.global
             );
             let _ = o.flush();
             shown = now;
@@ -361,6 +390,7 @@ mod tests {
                 .collect(),
             last_transition: None,
             running: false,
+            source_head: None,
         }
     }
 
