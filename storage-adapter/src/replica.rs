@@ -85,6 +85,18 @@ pub enum ApplyError {
         /// Values in the change.
         actual: usize,
     },
+    /// The file is an AeroDB primary: it cannot also be a replica.
+    #[error("it is an AeroDB primary (it has aerodb_meta); a database cannot be both a primary and a replica: replicate into another file")]
+    IsPrimary,
+    /// The replica file holds a table of that name that replication did
+    /// not create (a user's table): it is never overwritten.
+    #[error("commit {commit_id}: the replica file already holds a table '{table}' that replication did not create (it is not in aerodb_replica_tables); AeroDB never overwrites a user's table: replicate into another file, or rename or drop that table yourself")]
+    UserTable {
+        /// The commit whose schema record names it.
+        commit_id: CommitId,
+        /// The table.
+        table: String,
+    },
     /// The table exists on the replica with another definition.
     #[error("commit {commit_id}: schema of '{table}' differs: replica has `{replica}`, primary sent `{primary}`")]
     SchemaMismatch {
@@ -210,6 +222,18 @@ impl ReplicaDb {
 
     /// Uses an open connection; creates the state store tables.
     pub fn from_connection(conn: Connection) -> Result<ReplicaDb, ApplyError> {
+        // Never turn a primary into a replica too (before anything is
+        // created in it).
+        let is_primary: bool = conn
+            .query_row(
+                "SELECT count(*) > 0 FROM sqlite_schema WHERE type = 'table' AND name = 'aerodb_meta'",
+                [],
+                |r| r.get(0),
+            )
+            .map_err(sql_err("checking whether the file is a primary", None))?;
+        if is_primary {
+            return Err(ApplyError::IsPrimary);
+        }
         // Cascades and other side effects already happened on the primary
         // and arrive as their own changes.
         conn.pragma_update(None, "foreign_keys", "OFF")

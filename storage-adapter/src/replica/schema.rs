@@ -72,6 +72,20 @@ pub(super) fn table_sql(
     .map_err(sql_err("reading the replica's schema", Some(commit_id)))
 }
 
+/// Whether replication created `table` here (it is registered).
+pub(super) fn registered(
+    tx: &Connection,
+    commit_id: CommitId,
+    table: &str,
+) -> Result<bool, ApplyError> {
+    tx.query_row(
+        "SELECT count(*) > 0 FROM main.aerodb_replica_tables WHERE name = ?1 COLLATE NOCASE",
+        [table],
+        |r| r.get(0),
+    )
+    .map_err(sql_err("reading the replicated tables", Some(commit_id)))
+}
+
 pub(super) fn apply_schema(
     tx: &Connection,
     commit_id: CommitId,
@@ -80,6 +94,12 @@ pub(super) fn apply_schema(
     indexes: &[String],
 ) -> Result<(), ApplyError> {
     let existing = table_sql(tx, commit_id, table)?;
+    if existing.is_some() && !registered(tx, commit_id, table)? {
+        return Err(ApplyError::UserTable {
+            commit_id,
+            table: table.into(),
+        });
+    }
     match existing {
         Some(existing) => {
             let existing_indexes = replica_indexes(tx, commit_id, table)?;

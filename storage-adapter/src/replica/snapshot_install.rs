@@ -97,6 +97,14 @@ impl ReplicaDb {
         tx.execute("DELETE FROM main.aerodb_replica_tables", [])
             .map_err(sql_err("clearing replicated tables", Some(last)))?;
         for t in &info.tables {
+            // The replicated tables were dropped above: one still here is a
+            // user's, never overwritten.
+            if table_sql(&tx, last, t)?.is_some() {
+                return Err(ApplyError::UserTable {
+                    commit_id: last,
+                    table: t.clone(),
+                });
+            }
             let (create, indexes) =
                 crate::snapshot::definition(&tx, "aerodb_snap", t).map_err(snap)?;
             // The statements come from a file: one CREATE each, and they

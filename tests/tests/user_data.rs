@@ -1,0 +1,111 @@
+//! Never overwrite a user's data (issue 10 item 6): a replica started on a
+//! file that already holds a table named like a replicated one refuses the
+//! schema record (or the snapshot) that would replace it, naming the
+//! table, and the user's rows stay as they were; a primary is never made a
+//! replica too (`aerodb catch-up` included). The old code emptied the
+//! user's table and filled it with the primary's rows.
+
+use replication::runtime::Config;
+use std::path::Path;
+use std::time::{Duration, Instant};
+use storage_adapter::primary::Primary;
+use storage_adapter::replica::ReplicaDb;
+use storage_adapter::runtime::Replica;
+
+fn deadline() -> Instant {
+    Instant::now() + Duration::from_secs(60)
+}
+
+const T: &str = "CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT NOT NULL)";
+
+fn primary(path: &Path) -> Primary {
+    let p = Primary::open(path).expect("primary");
+    p.connection().execute_batch(T).expect("table");
+    p.replicate("t").expect("replicate");
+    for id in 1..=3 {
+        p.connection()
+            .execute("INSERT INTO t VALUES (?1, 'primary ' || ?1)", [id])
+            .expect("insert");
+    }
+    p
+}
+
+/// A file holding the user's own `t`, with the same definition.
+fn users_file(path: &Path) {
+    let c = rusqlite::Connection::open(path).expect("open");
+    c.execute_batch(&format!(
+        "PRAGMA journal_mode = WAL; {T}; INSERT INTO t VALUES (1, 'mine'), (42, 'also mine');"
+    ))
+    .expect("the user's table");
+}
+
+fn rows(path: &Path) -> Vec<(i64, String)> {
+    rusqlite::Connection::open(path)
+        .and_then(|c| {
+            c.prepare("SELECT id, v FROM t ORDER BY id")?
+                .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+                .collect()
+        })
+        .expect("rows")
+}
+
+fn refused_naming_t(replica: &Replica) {
+    let s = replica
+        .wait_until(deadline(), |s| replication::runtime::is_blocked(&s.global))
+        .expect("blocked, not applied");
+    assert!(
+        s.global
+            .to_string()
+            .contains("already holds a table 't' that replication did not create"),
+        "{}",
+        s.global
+    );
+}
+
+#[test]
+fn a_users_table_named_like_a_replicated_one_is_never_overwritten() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (p_path, r_path) = (dir.path().join("p.db"), dir.path().join("r.db"));
+    let _p = primary(&p_path);
+    users_file(&r_path);
+    let before = rows(&r_path);
+    let replica = Replica::start_from_file(&r_path, &p_path, Config::default()).expect("starts");
+    refused_naming_t(&replica);
+    replica.stop();
+    assert_eq!(rows(&r_path), before, "the user's rows are untouched");
+}
+
+#[test]
+fn a_snapshot_never_replaces_a_users_table_either() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (p_path, r_path) = (dir.path().join("p.db"), dir.path().join("r.db"));
+    let p = primary(&p_path);
+    let head = p.head().expect("head");
+    p.truncate_wal(head)
+        .expect("truncate: a new replica bootstraps");
+    users_file(&r_path);
+    let before = rows(&r_path);
+    let replica = Replica::start_from_file(&r_path, &p_path, Config::default()).expect("starts");
+    refused_naming_t(&replica);
+    replica.stop();
+    assert_eq!(rows(&r_path), before, "the user's rows are untouched");
+}
+
+#[test]
+fn a_primary_is_never_made_a_replica_too() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (p_path, q_path) = (dir.path().join("p.db"), dir.path().join("q.db"));
+    let _p = primary(&p_path);
+    let _q = primary(&q_path);
+    let e = ReplicaDb::open(&q_path).err().expect("refused");
+    assert!(e.to_string().contains("it is an AeroDB primary"), "{e}");
+    let c = rusqlite::Connection::open(&q_path).expect("open");
+    let replica_tables: i64 = c
+        .query_row(
+            "SELECT count(*) FROM sqlite_schema WHERE name LIKE 'aerodb_replica%'",
+            [],
+            |r| r.get(0),
+        )
+        .expect("count");
+    assert_eq!(replica_tables, 0, "nothing was created in the primary");
+}
