@@ -134,3 +134,19 @@ pub fn catch_up(
         })
         .expect("segments apply")
 }
+
+/// A connection to a replica file that may write its guarded tables (the
+/// replicated tables and the state store), as only the runtime's own
+/// connections may: for tests that damage or tamper with a replica on
+/// purpose. It defines the guard function to let its writes through.
+pub fn tampering(replica: &Path) -> rusqlite::Connection {
+    let conn = rusqlite::Connection::open(replica).expect("open the replica");
+    conn.create_scalar_function(
+        storage_adapter::replica::GUARD_FN,
+        0,
+        rusqlite::functions::FunctionFlags::SQLITE_UTF8,
+        |_| Ok(false),
+    )
+    .expect("lift the replica's write guard on this connection");
+    conn
+}

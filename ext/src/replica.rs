@@ -267,6 +267,16 @@ pub fn register(conn: &Connection) -> Result<()> {
     conn.create_scalar_function("aerodb_replica_resume", -1, flags, move |ctx| {
         resume(ctx, &r)
     })?;
+    // Replica write protection: the guard triggers on replicated tables
+    // call it; on every connection but the Applier's it refuses (true), so
+    // the trigger raises its clear message. Callable from triggers (not
+    // DIRECTONLY).
+    conn.create_scalar_function(
+        storage_adapter::replica::GUARD_FN,
+        0,
+        FunctionFlags::SQLITE_UTF8 | FunctionFlags::SQLITE_DETERMINISTIC,
+        |_| Ok(true),
+    )?;
     conn.create_module(
         c"replica_components",
         eponymous_only_module::<RowsTab<Components>>(),

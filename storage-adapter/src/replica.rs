@@ -8,11 +8,13 @@
 //! again against the *stored* position (STYLE 14), so a segment can never
 //! be applied twice or out of order, whatever the caller validated against.
 
+pub(crate) mod guard;
 mod rows;
 mod schema;
 mod segments;
 mod snapshot_install;
 
+pub use guard::GUARD_FN;
 use rows::{apply_change, TableShape, Tables};
 use segments::mark_applied;
 pub(crate) use segments::stored_segment_state;
@@ -242,6 +244,19 @@ impl ReplicaDb {
             "creating the replica tables (sql/replica.sql)",
             None,
         ))?;
+        // This connection applies: its writes pass the replicated tables'
+        // guards. Tables replicated before guards existed get theirs now.
+        guard::let_replication_write(&conn)?;
+        guard::install_state(&conn)?;
+        if let Some(position) = read_position(&conn)? {
+            let tables: Vec<String> = conn
+                .prepare("SELECT name FROM main.aerodb_replica_tables")
+                .and_then(|mut s| s.query_map([], |r| r.get(0))?.collect())
+                .map_err(sql_err("listing replicated tables", None))?;
+            for t in &tables {
+                guard::install(&conn, None, t, position.generation)?;
+            }
+        }
         Ok(ReplicaDb {
             conn,
             shapes: HashMap::new(),

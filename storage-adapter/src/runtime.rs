@@ -105,6 +105,8 @@ fn open_replica_connection(path: &Path) -> Result<Connection, Failure> {
         .map_err(sql("setting the lock wait"))?;
     conn.pragma_update(None, "synchronous", "NORMAL")
         .map_err(sql("setting synchronous"))?;
+    // The runtime's own connection: its writes pass the replica's guards.
+    crate::replica::guard::let_replication_write(&conn).map_err(sqlite_ports::apply_failure)?;
     Ok(conn)
 }
 

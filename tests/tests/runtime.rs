@@ -482,7 +482,7 @@ fn a_stored_segment_damaged_on_the_replica_is_discarded_and_fetched_again() {
     replica.stop();
     let r_path = dir.path().join("r.db");
     let damaged = {
-        let conn = rusqlite::Connection::open(&r_path).expect("open");
+        let conn = aerodb_e2e::tampering(&r_path);
         let (first, last, mut bytes): (i64, i64, Vec<u8>) = conn
             .query_row(
                 "SELECT s.first_commit_id, s.last_commit_id, b.bytes FROM aerodb_replica_segments s JOIN aerodb_replica_segment_bytes b USING (first_commit_id) WHERE s.first_commit_id = ?1",
@@ -626,7 +626,7 @@ fn read_gate_failure_refuses_reads() {
             .expect("start");
     replica.wait_for(head, deadline()).expect("caught up");
     replica.stop();
-    let r = rusqlite::Connection::open(dir.path().join("r.db")).expect("open");
+    let r = aerodb_e2e::tampering(&dir.path().join("r.db"));
     assert!(read_gate_in(&r, Some(head)).allowed());
     r.execute("UPDATE aerodb_replica_state SET global_state = 'Bogus'", [])
         .expect("tamper");

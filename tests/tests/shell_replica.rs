@@ -97,6 +97,7 @@ fn the_sql_surface_is_exactly_the_documented_one() {
             "f:aerodb_replica_resume", // issue 11: an operator lifts a resumable block
             "f:aerodb_replica_start",
             "f:aerodb_replica_stop",
+            "f:aerodb_replica_table_written_only_by_replication", // issue 10: replica write guard
             "f:aerodb_replicate",
             "f:aerodb_truncate_wal", // issue 5: WAL retention
             "f:aerodb_version",      // issue 12: same string as `aerodb --version`

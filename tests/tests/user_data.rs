@@ -109,3 +109,73 @@ fn a_primary_is_never_made_a_replica_too() {
         .expect("count");
     assert_eq!(replica_tables, 0, "nothing was created in the primary");
 }
+
+/// Replica write protection (issue 10 item 5): on a replica, a write to a
+/// replicated table or to the state store from any connection but the
+/// runtime's is refused (with the extension loaded: a clear message; without
+/// it the guard cannot even run), the rows stay as they were, and
+/// replication goes on. The old code let all of them through, and some
+/// diverged silently while reads were allowed.
+#[test]
+fn writes_to_a_replica_are_refused_except_replications_own() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (p_path, r_path) = (dir.path().join("p.db"), dir.path().join("r.db"));
+    let p = primary(&p_path);
+    let replica = Replica::start_from_file(&r_path, &p_path, Config::default()).expect("start");
+    replica
+        .wait_for(p.head().expect("head"), deadline())
+        .expect("caught up");
+    let before = rows(&r_path);
+
+    // Without the extension, while the runtime runs.
+    let plain = rusqlite::Connection::open(&r_path).expect("open");
+    for sql in [
+        "INSERT INTO t VALUES (99, 'not replicated')",
+        "UPDATE t SET v = 'changed' WHERE id = 1",
+        "DELETE FROM t WHERE id = 2",
+        "UPDATE aerodb_replica_position SET applied_commit_id = applied_commit_id + 1",
+        "DELETE FROM aerodb_replica_transitions",
+    ] {
+        let e = plain.execute(sql, []).expect_err(sql);
+        assert!(
+            e.to_string()
+                .contains("no such function: aerodb_replica_table_written_only_by_replication"),
+            "{sql}: {e}"
+        );
+    }
+    assert_eq!(rows(&r_path), before);
+
+    // Replication goes on through its own connection.
+    p.connection()
+        .execute("INSERT INTO t VALUES (4, 'primary 4')", [])
+        .expect("insert");
+    replica
+        .wait_for(p.head().expect("head"), deadline())
+        .expect("follows");
+    let want = rows(&p_path);
+    assert_eq!(rows(&r_path), want);
+    let generation = replica.snapshot().applied.generation;
+    replica.stop();
+
+    // With the extension loaded, in the stock shell: a clear message.
+    let run = aerodb_e2e::shell(
+        &r_path,
+        &format!(
+            ".load {}\nINSERT INTO t VALUES (99, 'x');\nUPDATE aerodb_replica_state SET global_state = 'Ready';\nSELECT count(*) FROM t;\n",
+            aerodb_e2e::extension().display()
+        ),
+    );
+    assert!(
+        run.stderr.contains(&format!(
+            "replica table 't' is written only by replication (AeroDB replica of generation {generation}); write to the primary"
+        )),
+        "{run:?}"
+    );
+    assert!(
+        run.stderr
+            .contains("'aerodb_replica_state' is the replica's state store: only the AeroDB runtime writes it"),
+        "{run:?}"
+    );
+    assert_eq!(run.stdout.trim(), want.len().to_string(), "{run:?}");
+    assert_eq!(rows(&r_path), want);
+}

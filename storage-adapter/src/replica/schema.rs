@@ -150,5 +150,8 @@ pub(super) fn apply_schema(
         params![table, commit_id.0 as i64, sql],
     )
     .map_err(sql_err("registering the replicated table", Some(commit_id)))?;
-    Ok(())
+    let generation = super::read_position(tx)?
+        .ok_or(ApplyError::NotReplica)?
+        .generation;
+    super::guard::install(tx, Some(commit_id), table, generation)
 }

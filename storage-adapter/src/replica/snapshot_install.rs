@@ -136,6 +136,7 @@ impl ReplicaDb {
                 params![t, last.0 as i64, create],
             )
             .map_err(sql_err("recording a replicated table", Some(last)))?;
+            super::guard::install(&tx, Some(last), t, end.generation)?;
         }
         let computed = crate::snapshot::checksum(&tx, "main", &info.tables).map_err(snap)?;
         if computed != info.checksum {

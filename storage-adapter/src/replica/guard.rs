@@ -1,0 +1,93 @@
+//! Replica write protection (issue 10 item 5): every replicated table on a
+//! replica carries BEFORE INSERT / UPDATE / DELETE triggers that refuse
+//! any write but replication's own. Their condition calls
+//! [`GUARD_FN`], which only the Applier's connection defines to let its
+//! writes through; the loadable extension defines it to refuse with a
+//! clear message, and a connection without the extension cannot run the
+//! trigger at all ("no such function: aerodb_replica_table_written_only_by_replication").
+//! Either way the write fails and the rows stay as they were.
+
+use super::{sql_err, ApplyError};
+use crate::table_info::quote_ident;
+use replication::wal::{CommitId, Generation};
+use rusqlite::functions::FunctionFlags;
+use rusqlite::Connection;
+
+/// The SQL function a guard trigger calls: true (refuse) everywhere but on
+/// the Applier's connection.
+pub const GUARD_FN: &str = "aerodb_replica_table_written_only_by_replication";
+
+/// The triggers' names for `table`, one per kind of write.
+fn trigger_name(op: &str, table: &str) -> String {
+    quote_ident(&format!("aerodb_replica_guard_{op}_{table}"))
+}
+
+/// The replica's state store tables (`sql/replica.sql`): guarded too, so
+/// only the runtime's own connections record state.
+pub(super) const STATE_TABLES: [&str; 9] = [
+    "aerodb_replica_position",
+    "aerodb_replica_tables",
+    "aerodb_replica_segments",
+    "aerodb_replica_segment_bytes",
+    "aerodb_replica_bootstrap",
+    "aerodb_replica_state",
+    "aerodb_replica_transitions",
+    "aerodb_replica_components",
+    "aerodb_replica_source",
+];
+
+/// Installs (if missing) the guard triggers of replicated `table`.
+pub(super) fn install(
+    tx: &Connection,
+    commit_id: Option<CommitId>,
+    table: &str,
+    generation: Generation,
+) -> Result<(), ApplyError> {
+    install_with(
+        tx,
+        commit_id,
+        table,
+        &format!(
+            "replica table '{table}' is written only by replication (AeroDB replica of generation {generation}); write to the primary"
+        ),
+    )
+}
+
+/// Installs (if missing) the guard triggers of the state store tables.
+pub(super) fn install_state(tx: &Connection) -> Result<(), ApplyError> {
+    for table in STATE_TABLES {
+        install_with(
+            tx,
+            None,
+            table,
+            &format!("'{table}' is the replica's state store: only the AeroDB runtime writes it"),
+        )?;
+    }
+    Ok(())
+}
+
+fn install_with(
+    tx: &Connection,
+    commit_id: Option<CommitId>,
+    table: &str,
+    message: &str,
+) -> Result<(), ApplyError> {
+    let message = message.replace('\'', "''");
+    for op in ["insert", "update", "delete"] {
+        tx.execute_batch(&format!(
+            "CREATE TRIGGER IF NOT EXISTS main.{name} BEFORE {verb} ON {table} WHEN {GUARD_FN}() BEGIN SELECT RAISE(ABORT, '{message}'); END",
+            name = trigger_name(op, table),
+            verb = op.to_uppercase(),
+            table = quote_ident(table),
+        ))
+        .map_err(sql_err("installing the replica's write guard", commit_id))?;
+    }
+    Ok(())
+}
+
+/// Defines [`GUARD_FN`] on one of the runtime's own connections (the
+/// Applier's, the state store's, the Receiver's): its writes pass.
+pub(crate) fn let_replication_write(conn: &Connection) -> Result<(), ApplyError> {
+    conn.create_scalar_function(GUARD_FN, 0, FunctionFlags::SQLITE_UTF8, |_| Ok(false))
+        .map_err(sql_err("defining the replica's write guard", None))
+}
