@@ -100,51 +100,62 @@ pub(super) fn apply_schema(
             table: table.into(),
         });
     }
-    match existing {
-        Some(existing) => {
-            let existing_indexes = replica_indexes(tx, commit_id, table)?;
-            if existing == sql && existing_indexes == indexes {
-                // Same table again (replicated anew, e.g. after DROP and
-                // CREATE on the primary): its content restarts from the
-                // Insert changes that follow in this record.
-                tx.execute(&format!("DELETE FROM {}", quote_ident(table)), [])
-                    .map_err(sql_err(
-                        "resetting the table for its schema record",
-                        Some(commit_id),
-                    ))?;
-            } else {
-                return Err(ApplyError::SchemaMismatch {
-                    commit_id,
-                    table: table.into(),
-                    replica: std::iter::once(existing)
-                        .chain(existing_indexes)
-                        .collect::<Vec<_>>()
-                        .join("; "),
-                    primary: std::iter::once(sql.to_owned())
-                        .chain(indexes.iter().cloned())
-                        .collect::<Vec<_>>()
-                        .join("; "),
-                });
-            }
+    if let Some(existing) = existing {
+        let existing_indexes = replica_indexes(tx, commit_id, table)?;
+        if existing == sql && existing_indexes == indexes {
+            // Same table again (replicated anew, e.g. after DROP and
+            // CREATE on the primary): its content restarts from the
+            // Insert changes that follow in this record.
+            tx.execute(&format!("DELETE FROM {}", quote_ident(table)), [])
+                .map_err(sql_err(
+                    "resetting the table for its schema record",
+                    Some(commit_id),
+                ))?;
+            return register(tx, commit_id, table, sql);
         }
-        None => {
-            run_schema_statement(tx, commit_id, table, sql, SchemaStatement::Table)?;
-            for index in indexes {
-                run_schema_statement(tx, commit_id, table, index, SchemaStatement::Index)?;
-            }
-            let created = table_sql(tx, commit_id, table)?;
-            let created_indexes = replica_indexes(tx, commit_id, table)?;
-            if created.as_deref() != Some(sql) || created_indexes != indexes {
-                return Err(ApplyError::BadSchema {
-                    commit_id,
-                    table: table.into(),
-                    problem: format!(
-                        "the statements did not create table '{table}' with exactly its unique indexes (created {created:?}, {created_indexes:?})"
-                    ),
-                });
-            }
-        }
+        // Replicated again after a change of its definition on the primary
+        // (ALTER, CREATE INDEX, ...): the record carries the new definition
+        // and every row, so the table replication created here is replaced
+        // by it (a user's table never is: checked above).
+        tracing::info!(
+            table,
+            %commit_id,
+            replica = %existing,
+            primary = %sql,
+            "a replicated table's definition changed on the primary: replacing it"
+        );
+        tx.execute_batch(&format!("DROP TABLE main.{}", quote_ident(table)))
+            .map_err(sql_err(
+                "dropping the table its schema record replaces",
+                Some(commit_id),
+            ))?;
     }
+    run_schema_statement(tx, commit_id, table, sql, SchemaStatement::Table)?;
+    for index in indexes {
+        run_schema_statement(tx, commit_id, table, index, SchemaStatement::Index)?;
+    }
+    let created = table_sql(tx, commit_id, table)?;
+    let created_indexes = replica_indexes(tx, commit_id, table)?;
+    if created.as_deref() != Some(sql) || created_indexes != indexes {
+        return Err(ApplyError::BadSchema {
+            commit_id,
+            table: table.into(),
+            problem: format!(
+                "the statements did not create table '{table}' with exactly its unique indexes (created {created:?}, {created_indexes:?})"
+            ),
+        });
+    }
+    register(tx, commit_id, table, sql)
+}
+
+/// Records `table` as replicated (from its schema record at `commit_id`)
+/// and installs its write guard.
+fn register(
+    tx: &Connection,
+    commit_id: CommitId,
+    table: &str,
+    sql: &str,
+) -> Result<(), ApplyError> {
     tx.execute(
         "INSERT OR REPLACE INTO aerodb_replica_tables(name, schema_commit_id, sql) VALUES (?1, ?2, ?3)",
         params![table, commit_id.0 as i64, sql],
