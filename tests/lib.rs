@@ -150,3 +150,26 @@ pub fn tampering(replica: &Path) -> rusqlite::Connection {
     .expect("lift the replica's write guard on this connection");
     conn
 }
+
+/// A primary at `path` with table `t(id INTEGER PRIMARY KEY, v TEXT NOT
+/// NULL)` (its schema record is commit 1) and `rows` rows, one commit each
+/// (row k is `(k, 'vk')`, commit k + 1).
+pub fn primary_with_rows(path: &Path, rows: i64) -> storage_adapter::primary::Primary {
+    let p = storage_adapter::primary::Primary::open(path).expect("primary");
+    p.connection()
+        .execute_batch("CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT NOT NULL)")
+        .expect("table");
+    p.replicate("t").expect("replicate");
+    for id in 1..=rows {
+        p.connection()
+            .execute("INSERT INTO t VALUES (?1, 'v' || ?1)", [id])
+            .expect("insert");
+    }
+    p
+}
+
+/// A client-side bound for waits on published state (never reached when
+/// things work).
+pub fn deadline() -> std::time::Instant {
+    std::time::Instant::now() + std::time::Duration::from_secs(60)
+}

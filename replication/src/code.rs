@@ -5,169 +5,114 @@
 
 use std::fmt;
 
-/// Why a component failed or a segment was refused.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum FailureCode {
+/// Declares [`FailureCode`], its [`ALL`](FailureCode::ALL) list and its
+/// text, from one list (a variant and its text are written once).
+macro_rules! failure_codes {
+    ($($(#[$doc:meta])* $variant:ident => $text:literal,)*) => {
+        /// Why a component failed or a segment was refused.
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+        pub enum FailureCode {
+            $($(#[$doc])* $variant,)*
+        }
+
+        impl FailureCode {
+            /// Every code, in declaration order.
+            pub const ALL: &'static [FailureCode] = &[$(FailureCode::$variant,)*];
+
+            /// The upper-case code as SQL, logs and the state store show it.
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $(FailureCode::$variant => $text,)*
+                }
+            }
+        }
+    };
+}
+
+failure_codes! {
     // ---- the WAL source
     /// The source failed (a bad answer, a file that cannot be read).
-    Source,
+    Source => "SOURCE",
     /// The source does not answer (transport): replication waits for it
     /// and resumes, recorded (F1).
-    SourceUnavailable,
+    SourceUnavailable => "SOURCE_UNAVAILABLE",
     /// The source no longer has the WAL asked for: bootstrap from a
     /// snapshot.
-    WalTruncated,
+    WalTruncated => "WAL_TRUNCATED",
     /// The source is behind the replica (restored from an older backup).
-    SourceBehind,
+    SourceBehind => "SOURCE_BEHIND",
     /// The source refused the credentials.
-    Unauthorized,
+    Unauthorized => "UNAUTHORIZED",
     /// The source serves another primary's history.
-    ForeignGeneration,
+    ForeignGeneration => "FOREIGN_GENERATION",
     /// The source delivered segments out of order.
-    OutOfOrder,
+    OutOfOrder => "OUT_OF_ORDER",
     // ---- validation (a segment refused)
     /// Bytes that fail a checksum or a bound.
-    Corrupt,
+    Corrupt => "CORRUPT",
     /// A segment shorter than it says.
-    Truncated,
+    Truncated => "TRUNCATED",
     /// Not a WAL segment.
-    NotWal,
+    NotWal => "NOT_WAL",
     /// A WAL format this build does not read.
-    UnsupportedVersion,
+    UnsupportedVersion => "UNSUPPORTED_VERSION",
     /// A segment stored under another range than its header's.
-    Mislabeled,
+    Mislabeled => "MISLABELED",
     /// Commits already applied.
-    Duplicate,
+    Duplicate => "DUPLICATE",
     /// Commits missing before the segment.
-    Gap,
+    Gap => "GAP",
     /// The next commit at another WAL offset: the histories differ.
-    OffsetMismatch,
+    OffsetMismatch => "OFFSET_MISMATCH",
     /// A chained checksum that does not continue the applied history.
-    Fork,
+    Fork => "FORK",
     /// A snapshot whose tables do not match its checksum.
-    SnapshotChecksum,
+    SnapshotChecksum => "SNAPSHOT_CHECKSUM",
     /// A snapshot file that cannot be read.
-    SnapshotUnreadable,
+    SnapshotUnreadable => "SNAPSHOT_UNREADABLE",
     // ---- applying
     /// The replica's rows differ from what the WAL expects.
-    Diverged,
+    Diverged => "DIVERGED",
     /// The replica's disk is full.
-    DiskFull,
+    DiskFull => "DISK_FULL",
     /// The replica's storage failed.
-    Storage,
+    Storage => "STORAGE",
     /// A change could not be applied.
-    Apply,
+    Apply => "APPLY",
     /// A segment does not continue the stored position.
-    Continuity,
+    Continuity => "CONTINUITY",
     /// A snapshot could not be installed.
-    Snapshot,
+    Snapshot => "SNAPSHOT",
     /// The database is not a replica.
-    NotReplica,
+    NotReplica => "NOT_REPLICA",
     /// The state store contradicts itself.
-    TornState,
+    TornState => "TORN_STATE",
     /// The state store is not open.
-    StateStore,
+    StateStore => "STATE_STORE",
     // ---- the runtime itself
     /// A state machine refused a move.
-    IllegalTransition,
+    IllegalTransition => "ILLEGAL_TRANSITION",
     /// A runner thread panicked (a bug).
-    Panic,
+    Panic => "PANIC",
     /// A thread could not be started.
-    Thread,
+    Thread => "THREAD",
     /// A component got what its protocol does not allow.
-    Protocol,
+    Protocol => "PROTOCOL",
     /// A component is blocked and takes no more input.
-    Blocked,
+    Blocked => "BLOCKED",
     /// A code recorded by another version of AeroDB that this one does
     /// not know (read back from the state store; its text is kept in the
     /// failure's reason).
-    Unrecognized,
+    Unrecognized => "UNRECOGNIZED",
 }
 
 impl FailureCode {
-    /// Every code, in declaration order.
-    pub const ALL: [FailureCode; 33] = {
-        use FailureCode::*;
-        [
-            Source,
-            SourceUnavailable,
-            WalTruncated,
-            SourceBehind,
-            Unauthorized,
-            ForeignGeneration,
-            OutOfOrder,
-            Corrupt,
-            Truncated,
-            NotWal,
-            UnsupportedVersion,
-            Mislabeled,
-            Duplicate,
-            Gap,
-            OffsetMismatch,
-            Fork,
-            SnapshotChecksum,
-            SnapshotUnreadable,
-            Diverged,
-            DiskFull,
-            Storage,
-            Apply,
-            Continuity,
-            Snapshot,
-            NotReplica,
-            TornState,
-            StateStore,
-            IllegalTransition,
-            Panic,
-            Thread,
-            Protocol,
-            Blocked,
-            Unrecognized,
-        ]
-    };
-
-    /// The upper-case code as SQL, logs and the state store show it.
-    pub fn as_str(self) -> &'static str {
-        use FailureCode::*;
-        match self {
-            Source => "SOURCE",
-            SourceUnavailable => "SOURCE_UNAVAILABLE",
-            WalTruncated => "WAL_TRUNCATED",
-            SourceBehind => "SOURCE_BEHIND",
-            Unauthorized => "UNAUTHORIZED",
-            ForeignGeneration => "FOREIGN_GENERATION",
-            OutOfOrder => "OUT_OF_ORDER",
-            Corrupt => "CORRUPT",
-            Truncated => "TRUNCATED",
-            NotWal => "NOT_WAL",
-            UnsupportedVersion => "UNSUPPORTED_VERSION",
-            Mislabeled => "MISLABELED",
-            Duplicate => "DUPLICATE",
-            Gap => "GAP",
-            OffsetMismatch => "OFFSET_MISMATCH",
-            Fork => "FORK",
-            SnapshotChecksum => "SNAPSHOT_CHECKSUM",
-            SnapshotUnreadable => "SNAPSHOT_UNREADABLE",
-            Diverged => "DIVERGED",
-            DiskFull => "DISK_FULL",
-            Storage => "STORAGE",
-            Apply => "APPLY",
-            Continuity => "CONTINUITY",
-            Snapshot => "SNAPSHOT",
-            NotReplica => "NOT_REPLICA",
-            TornState => "TORN_STATE",
-            StateStore => "STATE_STORE",
-            IllegalTransition => "ILLEGAL_TRANSITION",
-            Panic => "PANIC",
-            Thread => "THREAD",
-            Protocol => "PROTOCOL",
-            Blocked => "BLOCKED",
-            Unrecognized => "UNRECOGNIZED",
-        }
-    }
-
     /// The code `as_str` shows as `text`, if any.
     pub fn parse(text: &str) -> Option<FailureCode> {
-        FailureCode::ALL.into_iter().find(|c| c.as_str() == text)
+        FailureCode::ALL
+            .iter()
+            .copied()
+            .find(|c| c.as_str() == text)
     }
 
     /// Whether the code means the replica's history and the primary's
@@ -209,7 +154,7 @@ mod tests {
     #[test]
     fn every_code_round_trips_through_its_text_and_the_texts_are_distinct() {
         let mut seen = std::collections::HashSet::new();
-        for c in FailureCode::ALL {
+        for &c in FailureCode::ALL {
             assert_eq!(FailureCode::parse(c.as_str()), Some(c));
             assert!(seen.insert(c.as_str()), "{c} twice");
             assert!(c

@@ -463,6 +463,22 @@ fn replica_args<'a>(p: &'a Path, r: &'a Path) -> Vec<&'a str> {
     ]
 }
 
+/// `aerodb replica` of the server at `url` (its token in `token`) into
+/// `r`, plus `extra` flags, stdin from /dev/null.
+fn replica_of_server(url: &str, token: &Path, r: &Path, extra: &[&str]) -> Running {
+    let mut args = vec![
+        "replica",
+        "--primary",
+        url,
+        "--token-file",
+        token.to_str().expect("UTF-8"),
+        "--replica",
+        r.to_str().expect("UTF-8"),
+    ];
+    args.extend_from_slice(extra);
+    Running::start(&args, Stdio::null())
+}
+
 #[rstest]
 #[case::sigterm("TERM", "SIGTERM")]
 #[case::sigint("INT", "SIGINT")]
@@ -538,18 +554,7 @@ fn replica_keeps_running_while_the_server_is_down_and_resumes_when_it_restarts()
     let token = token_file(dir.path());
     let (server, port) = serve(&p_path, &token, 0, &[]);
     let url = format!("http://127.0.0.1:{port}");
-    let mut replica = Running::start(
-        &[
-            "replica",
-            "--primary",
-            &url,
-            "--token-file",
-            token.to_str().expect("UTF-8"),
-            "--replica",
-            r_path.to_str().expect("UTF-8"),
-        ],
-        Stdio::null(),
-    );
+    let mut replica = replica_of_server(&url, &token, &r_path, &[]);
     replica.wait_line("Ready at the head", |l| ready_at(l, head));
     let resume_at = head + 1;
     // The server goes away: the replica shows it, explicitly, and waits.
@@ -654,19 +659,7 @@ fn until_caught_up_exits_1_when_stopped_before_the_head() {
     let r_path = dir.path().join("r.db");
     let token = token_file(dir.path());
     let url = format!("http://127.0.0.1:{}", server_that_never_delivers(473));
-    let mut replica = Running::start(
-        &[
-            "replica",
-            "--primary",
-            &url,
-            "--token-file",
-            token.to_str().expect("UTF-8"),
-            "--replica",
-            r_path.to_str().expect("UTF-8"),
-            "--until-caught-up",
-        ],
-        Stdio::null(),
-    );
+    let mut replica = replica_of_server(&url, &token, &r_path, &["--until-caught-up"]);
     replica.wait_line("read-blocked on SOURCE_UNAVAILABLE", |l| {
         l.contains("read-blocked") && l.contains("SOURCE_UNAVAILABLE")
     });
@@ -966,20 +959,8 @@ fn replica_metrics_health_and_ready_follow_the_state() {
     let token = token_file(dir.path());
     let (server, port) = serve(&p_path, &token, 0, &[]);
     let url = format!("http://127.0.0.1:{port}");
-    let mut replica = Running::start(
-        &[
-            "replica",
-            "--primary",
-            &url,
-            "--token-file",
-            token.to_str().expect("UTF-8"),
-            "--replica",
-            r_path.to_str().expect("UTF-8"),
-            "--metrics-listen",
-            "127.0.0.1:0",
-        ],
-        Stdio::null(),
-    );
+    let mut replica =
+        replica_of_server(&url, &token, &r_path, &["--metrics-listen", "127.0.0.1:0"]);
     let line = replica.wait_line("the metrics address", |l| l.starts_with("metrics: serving"));
     let mport: u16 = line
         .rsplit_once(':')

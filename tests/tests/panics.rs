@@ -14,27 +14,9 @@ use replication::wal::{ChainPosition, CommitId, ValidatedSegment};
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
-use storage_adapter::primary::Primary;
 use storage_adapter::runtime::{FileSource, Replica, SqliteStorage};
 
-fn deadline() -> Instant {
-    Instant::now() + Duration::from_secs(60)
-}
-
-fn primary(path: &Path, rows: i64) -> Primary {
-    let p = Primary::open(path).expect("primary");
-    p.connection()
-        .execute_batch("CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT NOT NULL)")
-        .expect("table");
-    p.replicate("t").expect("replicate");
-    for id in 1..=rows {
-        p.connection()
-            .execute("INSERT INTO t VALUES (?1, 'v' || ?1)", [id])
-            .expect("insert");
-    }
-    p
-}
+use aerodb_e2e::{deadline, primary_with_rows as primary};
 
 fn small() -> Config {
     Config {

@@ -93,7 +93,10 @@ fn altered_table_refuses_captured_writes_and_reads_until_replicated_again() {
     assert_eq!(at.commit_id, now);
     let mut fresh = ReplicaDb::open(dir.path().join("fresh.db")).expect("fresh replica");
     let fresh_start = fresh.init(reader.generation()).expect("init");
-    assert_eq!(catch_up(&reader, &mut fresh, fresh_start, 300).commit_id, now);
+    assert_eq!(
+        catch_up(&reader, &mut fresh, fresh_start, 300).commit_id,
+        now
+    );
     let dump = |c: &rusqlite::Connection| {
         c.prepare("SELECT quote(id), quote(v), quote(w), typeof(w) FROM t ORDER BY id")
             .and_then(|mut s| {

@@ -8,27 +8,9 @@ use replication::runtime::Config;
 use replication::state::{GlobalState, ReadStatus};
 use replication::wal::CommitId;
 use std::path::Path;
-use std::time::{Duration, Instant};
-use storage_adapter::primary::Primary;
 use storage_adapter::runtime::{read_gate_in, Replica};
 
-fn deadline() -> Instant {
-    Instant::now() + Duration::from_secs(60)
-}
-
-fn primary(path: &Path, rows: i64) -> Primary {
-    let p = Primary::open(path).expect("primary");
-    p.connection()
-        .execute_batch("CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT NOT NULL)")
-        .expect("table");
-    p.replicate("t").expect("replicate");
-    for id in 1..=rows {
-        p.connection()
-            .execute("INSERT INTO t VALUES (?1, 'v' || ?1)", [id])
-            .expect("insert");
-    }
-    p
-}
+use aerodb_e2e::{deadline, primary_with_rows as primary};
 
 fn small() -> Config {
     Config {

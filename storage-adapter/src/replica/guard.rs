@@ -85,9 +85,22 @@ fn install_with(
     Ok(())
 }
 
-/// Defines [`GUARD_FN`] on one of the runtime's own connections (the
-/// Applier's, the state store's, the Receiver's): its writes pass.
+/// Makes one of the runtime's own connections (the Applier's, the state
+/// store's, the Receiver's) a writer the guards let through: triggers do
+/// not fire on it at all (`SQLITE_DBCONFIG_ENABLE_TRIGGER` off: the
+/// guards cost its writes nothing, and a trigger a user added on a replica
+/// table does not act on replicated changes, whose side effects arrive
+/// from the primary as their own changes, as with foreign keys), and
+/// [`GUARD_FN`] says "let through" should one fire anyway.
 pub(crate) fn let_replication_write(conn: &Connection) -> Result<(), ApplyError> {
+    conn.set_db_config(
+        rusqlite::config::DbConfig::SQLITE_DBCONFIG_ENABLE_TRIGGER,
+        false,
+    )
+    .map_err(sql_err(
+        "turning triggers off on the runtime's connection",
+        None,
+    ))?;
     conn.create_scalar_function(GUARD_FN, 0, FunctionFlags::SQLITE_UTF8, |_| Ok(false))
         .map_err(sql_err("defining the replica's write guard", None))
 }
