@@ -770,6 +770,12 @@ fn catch_up_on_a_truncated_primary_bootstraps_from_a_snapshot_then_follows_the_w
             stdout.ends_with(&format!("caught up: replica at commit {head}\n")),
             "{stdout}"
         );
+        assert!(
+            stdout.contains(&format!(
+                "took a snapshot of the primary at commit {head} ("
+            )),
+            "{stdout}"
+        );
         assert_eq!(rows_of(replica), rows_of(&p_path));
     }
     // No snapshot file is left beside the replicas.

@@ -73,11 +73,12 @@ pub fn run(args: CatchUpArgs) -> Result<(), Failure> {
             })
             .map_err(|e| run(&e))?;
         println!(
-            "applied segment {first}..={} ({} bytes); replica at commit {} (WAL offset {})",
+            "applied segment {first}..={} ({} bytes); replica at commit {} (WAL offset {}) of the primary's head {head} ({} to go)",
             position.commit_id,
             bytes.len(),
             position.commit_id,
-            position.wal_offset
+            position.wal_offset,
+            head.0.saturating_sub(position.commit_id.0)
         );
     }
     println!("caught up: replica at commit {}", position.commit_id);
@@ -113,6 +114,12 @@ fn bootstrap(
     let path = dir.path().join("snapshot.db");
     let info = snapshot::take(primary, &path)
         .map_err(|e| Failure::Run(format!("snapshot of primary {primary}: {e}")))?;
+    let bytes = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+    println!(
+        "took a snapshot of the primary at commit {} ({bytes} bytes, {} tables); checking it",
+        info.commit_id,
+        info.tables.len()
+    );
     let (recorded, computed) = snapshot::inspect(&path)
         .map_err(|e| Failure::Run(format!("reading the snapshot of {primary}: {e}")))?;
     if recorded != info || computed != info.checksum {
