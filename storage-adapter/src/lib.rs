@@ -65,6 +65,7 @@ pub mod runtime;
 pub mod snapshot;
 pub mod status;
 mod table_info;
+mod values;
 pub mod version;
 mod wall_clock;
 

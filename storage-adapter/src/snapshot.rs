@@ -15,8 +15,9 @@
 use crate::capture::verify_capture;
 use crate::primary_wal::WalTables;
 use crate::raw::RawConn;
+use crate::table_info::quote_ident;
 use replication::wal::{encode_value, ChainPosition, CommitId, Generation, WalOffset};
-use rusqlite::types::{ToSqlOutput, Value, ValueRef};
+use rusqlite::types::{ToSqlOutput, Value};
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 use std::path::Path;
 
@@ -73,10 +74,6 @@ fn sql(doing: impl Into<String>) -> impl FnOnce(rusqlite::Error) -> SnapshotErro
     move |source| SnapshotError::Sqlite { doing, source }
 }
 
-fn quote(name: &str) -> String {
-    format!("\"{}\"", name.replace('"', "\"\""))
-}
-
 /// The columns (stored ones, in order) and the primary key columns of a
 /// table of `schema`.
 fn shape(
@@ -97,17 +94,6 @@ fn shape(
     Ok((cols.into_iter().map(|c| c.0).collect(), key))
 }
 
-fn to_wal(v: ValueRef<'_>) -> replication::wal::ValueRef<'_> {
-    use replication::wal::ValueRef as W;
-    match v {
-        ValueRef::Null => W::Null,
-        ValueRef::Integer(i) => W::Integer(i),
-        ValueRef::Real(r) => W::Real(r),
-        ValueRef::Text(t) => W::Text(t),
-        ValueRef::Blob(b) => W::Blob(b),
-    }
-}
-
 /// CRC32 of the canonical content of `tables` in `schema` of `conn`.
 pub fn checksum(conn: &Connection, schema: &str, tables: &[String]) -> Result<u32, SnapshotError> {
     let mut sorted = tables.to_vec();
@@ -118,13 +104,13 @@ pub fn checksum(conn: &Connection, schema: &str, tables: &[String]) -> Result<u3
         h.update(t.as_bytes());
         h.update(&[0]);
         let (cols, key) = shape(conn, schema, t)?;
-        let list: Vec<String> = cols.iter().map(|c| quote(c)).collect();
-        let order: Vec<String> = key.iter().map(|c| quote(c)).collect();
+        let list: Vec<String> = cols.iter().map(|c| quote_ident(c)).collect();
+        let order: Vec<String> = key.iter().map(|c| quote_ident(c)).collect();
         let q = format!(
             "SELECT {} FROM {}.{} ORDER BY {}",
             list.join(", "),
-            quote(schema),
-            quote(t),
+            quote_ident(schema),
+            quote_ident(t),
             order.join(", ")
         );
         let mut stmt = conn.prepare(&q).map_err(sql(format!("reading '{t}'")))?;
@@ -133,7 +119,7 @@ pub fn checksum(conn: &Connection, schema: &str, tables: &[String]) -> Result<u3
             buf.clear();
             for i in 0..cols.len() {
                 let v = row.get_ref(i).map_err(sql(format!("reading '{t}'")))?;
-                encode_value(&mut buf, to_wal(v))
+                encode_value(&mut buf, crate::values::wal_value(v))
                     .map_err(|e| SnapshotError::Invalid(format!("a value of '{t}': {e}")))?;
             }
             h.update(&buf);
@@ -148,7 +134,7 @@ pub fn definition(
     schema: &str,
     table: &str,
 ) -> Result<(String, Vec<String>), SnapshotError> {
-    let master = format!("{}.sqlite_schema", quote(schema));
+    let master = format!("{}.sqlite_schema", quote_ident(schema));
     let create: String = conn
         .query_row(
             &format!("SELECT sql FROM {master} WHERE type = 'table' AND name = ?1"),
@@ -227,19 +213,19 @@ pub fn take(
                 .map_err(sql(format!("creating an index of '{t}'")))?;
         }
         let (cols, _) = shape(&tx, "main", t)?;
-        let list: Vec<String> = cols.iter().map(|c| quote(c)).collect();
+        let list: Vec<String> = cols.iter().map(|c| quote_ident(c)).collect();
         let marks: Vec<String> = (1..=cols.len()).map(|i| format!("?{i}")).collect();
         let mut read = tx
             .prepare(&format!(
                 "SELECT {} FROM main.{}",
                 list.join(", "),
-                quote(t)
+                quote_ident(t)
             ))
             .map_err(sql(format!("reading '{t}'")))?;
         let mut write = out
             .prepare(&format!(
                 "INSERT INTO main.{}({}) VALUES ({})",
-                quote(t),
+                quote_ident(t),
                 list.join(", "),
                 marks.join(", ")
             ))
@@ -298,7 +284,7 @@ pub fn read_info(conn: &Connection, schema: &str) -> Result<SnapshotInfo, Snapsh
         conn.query_row(
             &format!(
                 "SELECT value FROM {}.aerodb_snapshot WHERE key = ?1",
-                quote(schema)
+                quote_ident(schema)
             ),
             [k],
             |r| r.get(0),

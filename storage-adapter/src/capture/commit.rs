@@ -24,7 +24,6 @@
 mod changes;
 mod statements;
 
-pub(crate) use changes::wal_value;
 use changes::{build_changes, Changes};
 use statements::kept;
 pub(crate) use statements::Statements;

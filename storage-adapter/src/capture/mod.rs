@@ -356,7 +356,7 @@ fn register_capture_row(db: *mut ffi::sqlite3, shared: &Shared) -> Result<(), Ca
 }
 
 fn arg_value<'a>(ctx: &Args<'a>, i: usize) -> replication::wal::ValueRef<'a> {
-    commit::wal_value(ctx.get_raw(i))
+    crate::values::wal_value(ctx.get_raw(i))
 }
 
 fn encode_args(

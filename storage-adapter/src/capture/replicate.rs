@@ -382,7 +382,7 @@ fn install(
         encode_change_header(&mut change, Operation::Insert, &t.name).map_err(encoded)?;
         encode_count(&mut change, t.columns.len()).map_err(encoded)?;
         for i in 0..t.columns.len() {
-            encode_value(&mut change, super::commit::wal_value(rows.column_ref(i)))
+            encode_value(&mut change, crate::values::wal_value(rows.column_ref(i)))
                 .map_err(encoded)?;
         }
         let mut s = lock(shared);

@@ -6,7 +6,7 @@ use super::schema::apply_schema;
 use super::{sql_err, ApplyError};
 use crate::table_info::{self, quote_ident};
 use replication::wal::{Change, CommitId, Value};
-use rusqlite::types::{ToSqlOutput, ValueRef};
+use rusqlite::types::ToSqlOutput;
 use rusqlite::{CachedStatement, Connection, OptionalExtension};
 use std::collections::hash_map::{Entry, HashMap};
 use std::sync::Arc;
@@ -23,13 +23,7 @@ pub(super) struct TableShape {
 }
 
 pub(super) fn to_sql(v: &Value) -> ToSqlOutput<'_> {
-    ToSqlOutput::Borrowed(match v {
-        Value::Null => ValueRef::Null,
-        Value::Integer(i) => ValueRef::Integer(*i),
-        Value::Real(r) => ValueRef::Real(*r),
-        Value::Text(t) => ValueRef::Text(t),
-        Value::Blob(b) => ValueRef::Blob(b),
-    })
+    ToSqlOutput::Borrowed(crate::values::sqlite_value(v))
 }
 
 pub(super) fn literal(values: &[Value]) -> String {

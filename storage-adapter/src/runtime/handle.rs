@@ -123,21 +123,8 @@ impl Replica {
             });
         }
         let started_at = {
+            // Refuses a primary file before creating anything in it.
             let db = ReplicaDb::open(&path).map_err(|e| err(e.to_string()))?;
-            let is_primary: bool = db
-                .connection()
-                .query_row(
-                    "SELECT count(*) FROM sqlite_schema WHERE name = 'aerodb_meta'",
-                    [],
-                    |r| r.get::<_, i64>(0),
-                )
-                .map(|n| n > 0)
-                .map_err(|e| err(e.to_string()))?;
-            if is_primary {
-                return Err(err(
-                    "is an AeroDB primary (it has aerodb_meta); a database cannot be both".into(),
-                ));
-            }
             match db.position().map_err(|e| err(e.to_string()))? {
                 Some(p) => p,
                 None => db.init(generation).map_err(|e| err(e.to_string()))?,

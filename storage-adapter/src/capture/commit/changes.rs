@@ -8,32 +8,8 @@ use crate::capture::buffer::{Known, TxBuffer};
 use crate::capture::tables::TableInfo;
 use crate::capture::CaptureError;
 use crate::raw::RawConn;
-use replication::wal::{
-    encode_change_header, EncodeError, Operation, ValueRef as WalValue, RECORD_HEADER_LEN,
-};
-use rusqlite::types::ValueRef;
+use replication::wal::{encode_change_header, EncodeError, Operation, RECORD_HEADER_LEN};
 use std::rc::Rc;
-
-pub(super) fn to_sqlite(v: &replication::wal::Value) -> ValueRef<'_> {
-    use replication::wal::Value;
-    match v {
-        Value::Null => ValueRef::Null,
-        Value::Integer(i) => ValueRef::Integer(*i),
-        Value::Real(r) => ValueRef::Real(*r),
-        Value::Text(t) => ValueRef::Text(t),
-        Value::Blob(b) => ValueRef::Blob(b),
-    }
-}
-
-pub(crate) fn wal_value(v: ValueRef<'_>) -> WalValue<'_> {
-    match v {
-        ValueRef::Null => WalValue::Null,
-        ValueRef::Integer(i) => WalValue::Integer(i),
-        ValueRef::Real(r) => WalValue::Real(r),
-        ValueRef::Text(t) => WalValue::Text(t),
-        ValueRef::Blob(b) => WalValue::Blob(b),
-    }
-}
 
 /// A record being built in place: its header reserved, then its changes
 /// framed as the record carries them (each a `u32` length and its bytes),

@@ -2,12 +2,13 @@
 //! tables), prepared once and kept by the capture table for the life of the
 //! connection's schema.
 
-use super::changes::{to_sqlite, wal_value, Changes};
+use super::changes::Changes;
 use super::check_attached;
 use crate::capture::buffer::TxBuffer;
 use crate::capture::tables::{self, TableInfo};
 use crate::capture::{sqlite, CaptureError};
 use crate::raw::{RawConn, Stmt};
+use crate::values::{sqlite_value, wal_value};
 use replication::wal::{
     decode_value_list, encode_count, encode_value, ChainPosition, CommitId, Generation, WalOffset,
 };
@@ -271,7 +272,7 @@ impl Statements {
             },
         })?;
         for (i, v) in values.iter().enumerate() {
-            s.bind(i + 1, to_sqlite(v)).map_err(sqlite(doing()))?;
+            s.bind(i + 1, sqlite_value(v)).map_err(sqlite(doing()))?;
         }
         let found = match s.step() {
             Ok(found) => found,
