@@ -75,23 +75,21 @@ fn sql(doing: impl Into<String>) -> impl FnOnce(rusqlite::Error) -> SnapshotErro
 }
 
 /// The columns (stored ones, in order) and the primary key columns of a
-/// table of `schema`.
-fn shape(
+/// table of `schema` (the crate's one table introspection,
+/// [`table_info::columns`](crate::table_info::columns)).
+pub(crate) fn shape(
     conn: &Connection,
     schema: &str,
     table: &str,
 ) -> Result<(Vec<String>, Vec<String>), SnapshotError> {
-    let mut stmt = conn
-        .prepare("SELECT name, pk FROM pragma_table_xinfo(?1, ?2) WHERE hidden = 0 ORDER BY cid")
-        .map_err(sql("reading table columns"))?;
-    let cols: Vec<(String, i64)> = stmt
-        .query_map(params![table, schema], |r| Ok((r.get(0)?, r.get(1)?)))
-        .and_then(|rows| rows.collect())
-        .map_err(sql(format!("reading the columns of '{table}'")))?;
-    let mut key: Vec<&(String, i64)> = cols.iter().filter(|c| c.1 > 0).collect();
-    key.sort_by_key(|c| c.1);
-    let key = key.into_iter().map(|c| c.0.clone()).collect();
-    Ok((cols.into_iter().map(|c| c.0).collect(), key))
+    // SAFETY: `conn` is open for the whole call.
+    let raw = unsafe { RawConn::new(conn.handle()) };
+    let cols = crate::table_info::columns(raw, schema, table)
+        .map_err(|e| SnapshotError::Invalid(format!("reading the columns of '{table}': {e}")))?;
+    let mut key: Vec<&crate::table_info::Column> = cols.iter().filter(|c| c.pk > 0).collect();
+    key.sort_by_key(|c| c.pk);
+    let key = key.into_iter().map(|c| c.name.clone()).collect();
+    Ok((cols.into_iter().map(|c| c.name).collect(), key))
 }
 
 /// CRC32 of the canonical content of `tables` in `schema` of `conn`.

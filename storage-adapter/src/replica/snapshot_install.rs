@@ -118,12 +118,7 @@ impl ReplicaDb {
                     "its statement `{create}` did not create table '{t}'"
                 )));
             }
-            let cols: Vec<String> = tx
-                .prepare(
-                    "SELECT name FROM pragma_table_xinfo(?1, 'main') WHERE hidden = 0 ORDER BY cid",
-                )
-                .and_then(|mut s| s.query_map([t], |r| r.get(0))?.collect())
-                .map_err(sql_err("reading table columns", Some(last)))?;
+            let (cols, _) = crate::snapshot::shape(&tx, "main", t).map_err(snap)?;
             let list: Vec<String> = cols.iter().map(|c| quote_ident(c)).collect();
             tx.execute_batch(&format!(
                 "INSERT INTO main.{t}({l}) SELECT {l} FROM aerodb_snap.{t}",
