@@ -174,7 +174,6 @@ impl Runtime {
             applied: ChainPosition::genesis(generation),
             last_transition: None,
             pending: Vec::new(),
-            failed_segment: None,
             source_generation: generation,
             source_head: CommitId(0),
             stopping: None,

@@ -81,6 +81,8 @@ pub enum SupervisorInput {
     ApplierFailed {
         /// The segment.
         range: (CommitId, CommitId),
+        /// The failure's code.
+        code: FailureCode,
         /// Why.
         reason: String,
     },
@@ -140,6 +142,14 @@ pub struct Supervisor {
     progress: Progress,
     /// The newest CommitId the source said it has (nothing after it yet).
     source_head: Option<CommitId>,
+    /// The segment the Applier last failed on, until a segment applies (or
+    /// an operator resumes): the same segment failing again after recovery
+    /// stops replication instead of retrying (X4).
+    failed_segment: Option<(CommitId, CommitId)>,
+    /// What the recovery an Applier failure started must end in, once the
+    /// pipeline has stopped: `Some` (this failure repeats the last one)
+    /// blocks, `None` recovers.
+    give_up: Option<(CommitId, CommitId, FailureCode, String)>,
 }
 
 impl Default for Supervisor {
@@ -155,6 +165,8 @@ impl Supervisor {
             state: GlobalState::Disabled,
             progress: Progress::default(),
             source_head: None,
+            failed_segment: None,
+            give_up: None,
         }
     }
 
@@ -166,6 +178,21 @@ impl Supervisor {
     /// Received / validated / applied CommitIds.
     pub fn progress(&self) -> Progress {
         self.progress
+    }
+
+    /// After an Applier failure's recovery stopped the pipeline: the
+    /// transition that ends it when the failure repeated the last one
+    /// (read-blocked, no retry: X4), or `None` when recovery goes on
+    /// (re-open the store, re-validate from the applied position).
+    pub fn recovery_after_stop(&mut self) -> Result<Option<Transition>, IllegalTransition> {
+        match self.give_up.take() {
+            Some((first, last, code, reason)) => self.handle(SupervisorInput::RecoveryFailed {
+                range: (first, last),
+                code,
+                reason,
+            }),
+            None => Ok(None),
+        }
     }
 
     /// Whether [`SupervisorInput::Resume`] is taken now: only in a block
@@ -294,6 +321,7 @@ impl Supervisor {
                 }
                 self.progress.validated = self.progress.applied;
                 self.source_head = None;
+                self.failed_segment = None;
                 (
                     GlobalState::Recovering,
                     format!(
@@ -323,10 +351,18 @@ impl Supervisor {
                 )
             }
             SupervisorInput::Stop { reason } => (GlobalState::Disabled, reason),
-            SupervisorInput::ApplierFailed { range, reason } => {
+            SupervisorInput::ApplierFailed {
+                range,
+                code,
+                reason,
+            } => {
                 // Recovery re-validates everything after the applied
-                // position: nothing beyond it counts as validated.
+                // position: nothing beyond it counts as validated. The same
+                // segment failing again gives up once the pipeline stopped.
                 self.progress.validated = self.progress.applied;
+                let again = self.failed_segment == Some(range);
+                self.failed_segment = Some(range);
+                self.give_up = again.then(|| (range.0, range.1, code, reason.clone()));
                 (
                     GlobalState::Recovering,
                     format!(
@@ -408,6 +444,7 @@ impl Supervisor {
             }
             SupervisorInput::Applied { end } => {
                 self.progress.applied = end.commit_id;
+                self.failed_segment = None;
                 return self.progress_made(
                     blocked,
                     format!(
@@ -562,6 +599,7 @@ mod tests {
         let t = s
             .handle(SupervisorInput::ApplierFailed {
                 range: (CommitId(1), CommitId(2)),
+                code: FailureCode::DiskFull,
                 reason: "disk full".into(),
             })
             .expect("legal")
@@ -668,6 +706,59 @@ mod tests {
     }
 
     #[test]
+    fn the_same_segment_failing_again_after_recovery_gives_up() {
+        // X4, decided by the core: recovery goes on after a first failure,
+        // gives up (read-blocked) when the same segment fails again, and a
+        // segment applied in between resets it.
+        let failed = |s: &mut Supervisor| {
+            s.handle(SupervisorInput::ApplierFailed {
+                range: (CommitId(3), CommitId(4)),
+                code: FailureCode::DiskFull,
+                reason: "DISK_FULL: full".into(),
+            })
+            .expect("legal")
+        };
+        let mut s = Supervisor::new();
+        s.start().expect("legal");
+        s.handle(SupervisorInput::Started {
+            applied: pos(2),
+            received: CommitId(2),
+        })
+        .expect("legal");
+        let applying = |s: &mut Supervisor| {
+            s.handle(SupervisorInput::Received { last: CommitId(4) })
+                .expect("legal");
+            s.handle(SupervisorInput::Validated { last: CommitId(4) })
+                .expect("legal");
+            assert_eq!(s.state(), &GlobalState::ApplyingWal);
+        };
+        applying(&mut s);
+        assert_eq!(failed(&mut s).map(|t| t.to), Some(GlobalState::Recovering));
+        assert_eq!(s.recovery_after_stop().expect("legal"), None, "recovers");
+        s.handle(SupervisorInput::Recovered).expect("legal");
+        applying(&mut s);
+        assert_eq!(failed(&mut s).map(|t| t.to), Some(GlobalState::Recovering));
+        let t = s.recovery_after_stop().expect("legal").expect("gives up");
+        assert_eq!(
+            t.to,
+            GlobalState::Ready {
+                read: ReadStatus::Blocked(BlockReason::ApplierFailed {
+                    first: CommitId(3),
+                    last: CommitId(4),
+                    code: FailureCode::DiskFull,
+                    reason: "DISK_FULL: full".into(),
+                })
+            }
+        );
+        assert!(
+            t.reason
+                .starts_with("recovery failed: applying segment 3..=4 failed again after recovery"),
+            "{}",
+            t.reason
+        );
+    }
+
+    #[test]
     fn applier_failure_recovers_through_revalidation() {
         // F3: Recovering, which only `Recovered` ends; then re-validation.
         let mut s = Supervisor::new();
@@ -683,6 +774,7 @@ mod tests {
                 SupervisorInput::Validated { last: CommitId(2) },
                 SupervisorInput::ApplierFailed {
                     range: (CommitId(1), CommitId(2)),
+                    code: FailureCode::DiskFull,
                     reason: "disk full".into(),
                 },
             ],

@@ -371,7 +371,11 @@ fn run(seed: u64) -> Stats {
                     if let Ok(ApplierOutput::Failed { range, reason }) = out {
                         cores
                             .supervisor
-                            .handle(SupervisorInput::ApplierFailed { range, reason })
+                            .handle(SupervisorInput::ApplierFailed {
+                                range,
+                                code: replication::code::FailureCode::DiskFull,
+                                reason,
+                            })
                             .expect("legal");
                     }
                     continue;

@@ -42,8 +42,6 @@ pub(super) struct SupervisorRunner {
     pub(super) applied: ChainPosition,
     pub(super) last_transition: Option<TransitionRecord>,
     pub(super) pending: Vec<StoreOp>,
-    /// The segment the Applier last failed on, until a segment applies.
-    pub(super) failed_segment: Option<(CommitId, CommitId)>,
     /// The generation the source serves.
     pub(super) source_generation: Generation,
     /// The newest head the source advertised (recorded when it grows).
@@ -490,7 +488,6 @@ impl SupervisorRunner {
             }
             Event::ApplierApplied { first, last, end } => {
                 self.applied = end;
-                self.failed_segment = None;
                 self.succeeded(
                     Component::Applier,
                     &format!("Idle (applied commit {})", end.commit_id),
@@ -513,25 +510,24 @@ impl SupervisorRunner {
             Event::ApplierFailed(f) => {
                 let range = f.segment.unwrap_or_default();
                 let (code, reason) = (f.code, f.to_string());
-                let again = self.failed_segment == Some(range);
-                self.failed_segment = Some(range);
                 self.failed(Component::Applier, "Failed", f);
                 self.drive(SupervisorInput::ApplierFailed {
                     range,
-                    reason: reason.clone(),
+                    code,
+                    reason,
                 })?;
-                // Recovery: stop the pipeline, re-open the store, re-validate
-                // from the applied position. A second failure on the same
-                // segment stops replication instead of retrying (X4).
+                // Recovery: stop the pipeline, then the core says whether it
+                // goes on (re-open the store, re-validate from the applied
+                // position) or gives up (the same segment failed again: X4).
                 self.flush()?;
                 self.publish(true);
                 self.stop_pipeline()?;
-                if again {
-                    self.drive(SupervisorInput::RecoveryFailed {
-                        range,
-                        code,
-                        reason,
-                    })?;
+                let gave_up = self
+                    .core
+                    .recovery_after_stop()
+                    .map_err(|e| Failure::new(FailureCode::IllegalTransition, e.to_string()))?;
+                if let Some(t) = gave_up {
+                    self.transition(t);
                 } else if self.stopping.is_none() {
                     // What the stopped pipeline reported is recorded before
                     // the store's recovery moves Validated segments back to
@@ -567,7 +563,6 @@ impl SupervisorRunner {
                 // Recovery, as after an Applier failure, asked for and
                 // recorded: the pipeline restarts from the applied position.
                 self.drive(SupervisorInput::Resume { reason })?;
-                self.failed_segment = None;
                 self.flush()?;
                 self.publish(true);
                 self.stop_pipeline()?;
