@@ -296,37 +296,11 @@ fn install(
     {
         drops += &format!("DROP TRIGGER IF EXISTS main.{};\n", quote_ident(name));
     }
-    // Capture intact and the table unchanged since its schema record: the
-    // replicas have it already, so nothing is re-shipped (the triggers are
-    // installed afresh all the same: they then fire before any user
-    // trigger created since).
-    let unchanged = match tables::verify(conn, &t.name) {
-        Ok(()) => conn
-            .query_value(
-                "SELECT schema_commit_id FROM main.aerodb_tables WHERE name = ?1",
-                &[ValueRef::Text(t.name.as_bytes())],
-            )
-            .map_err(sqlite("reading aerodb_tables"))?
-            .and_then(|v| v.as_i64())
-            .map(|c| CommitId(c as u64)),
-        Err(_) => None,
-    };
     conn.execute_batch(&format!("{drops}{ddl}"))
         .map_err(sqlite(format!(
             "installing capture triggers on '{}'",
             t.name
         )))?;
-    if let Some(schema_commit) = unchanged {
-        conn.execute(
-            "UPDATE main.aerodb_tables SET triggers = ?2 WHERE name = ?1",
-            &[
-                ValueRef::Text(t.name.as_bytes()),
-                ValueRef::Text(names.join(&LIST_SEPARATOR.to_string()).as_bytes()),
-            ],
-        )
-        .map_err(sqlite("registering the table's triggers"))?;
-        return Ok(schema_commit);
-    }
     // The capture table joins the transaction (a statement that writes it,
     // inserting nothing), so the schema record is written at its commit.
     conn.execute_batch("INSERT INTO aerodb_capture SELECT 1 WHERE 0")
