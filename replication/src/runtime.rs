@@ -176,6 +176,7 @@ impl Runtime {
             pending: Vec::new(),
             source_generation: generation,
             source_head: CommitId(0),
+            draining: false,
             stopping: None,
         };
         let on_panic = Arc::clone(&published);

@@ -254,7 +254,12 @@ impl ReplicaDb {
                 .and_then(|mut s| s.query_map([], |r| r.get(0))?.collect())
                 .map_err(sql_err("listing replicated tables", None))?;
             for t in &tables {
-                guard::install(&conn, None, t, position.generation)?;
+                // A replicated table dropped on the replica (DDL is not
+                // guarded) gets no guard here: its next change blocks
+                // replication with the reason.
+                if schema::table_sql(&conn, CommitId(0), t)?.is_some() {
+                    guard::install(&conn, None, t, position.generation)?;
+                }
             }
         }
         Ok(ReplicaDb {

@@ -534,6 +534,52 @@ fn a_stored_segment_damaged_on_the_replica_is_discarded_and_fetched_again() {
 }
 
 #[test]
+fn two_failures_in_one_recovery_restart_the_pipeline_once() {
+    // Found in review: recovery re-validates a good stored segment whose
+    // apply fails once (disk full) and then a damaged stored segment; the
+    // Supervisor handled the second failure inside the first one's
+    // pipeline stop and started the pipeline twice (the replica went
+    // Disabled: "the WAL source was lost by a previous run").
+    let dir = tempfile::tempdir().expect("tempdir");
+    let p = primary(&dir.path().join("p.db"));
+    let head = write(&p, 1..=20);
+    let replica = start_faulty(dir.path(), Arc::new(AtomicUsize::new(usize::MAX)), None);
+    replica.wait_until(deadline(), blocked).expect("blocked");
+    replica.stop();
+    {
+        let conn = aerodb_e2e::tampering(&dir.path().join("r.db"));
+        let (first, mut bytes): (i64, Vec<u8>) = conn
+            .query_row(
+                "SELECT s.first_commit_id, b.bytes FROM aerodb_replica_segments s JOIN aerodb_replica_segment_bytes b USING (first_commit_id) WHERE s.state <> 'Applied' ORDER BY s.first_commit_id LIMIT 1 OFFSET 1",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .expect("the second unapplied stored segment");
+        let n = bytes.len();
+        bytes[n / 2] ^= 0x20;
+        conn.execute(
+            "UPDATE aerodb_replica_segment_bytes SET bytes = ?2 WHERE first_commit_id = ?1",
+            rusqlite::params![first, bytes],
+        )
+        .expect("damage it");
+    }
+    let replica = start_faulty(dir.path(), Arc::new(AtomicUsize::new(1)), None);
+    let s = replica
+        .wait_until(deadline(), |s| {
+            !s.running || blocked(s) || (ready(s) && s.applied.commit_id == head)
+        })
+        .expect("settled");
+    assert!(
+        s.running && ready(&s) && s.applied.commit_id == head,
+        "{} running={} supervisor={:?}",
+        s.global,
+        s.running,
+        s.component(Component::Supervisor).last_error
+    );
+    replica.stop();
+}
+
+#[test]
 fn a_full_disk_blocks_and_an_operators_resume_recovers_recorded() {
     // Issue 11 item 5: disk full stops replication explicitly (recovery
     // once, then blocked); once space is back, an operator's resume (here

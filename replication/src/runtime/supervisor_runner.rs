@@ -46,6 +46,9 @@ pub(super) struct SupervisorRunner {
     pub(super) source_generation: Generation,
     /// The newest head the source advertised (recorded when it grows).
     pub(super) source_head: CommitId,
+    /// Handling what a stopping pipeline reported (its failures are
+    /// recorded, not acted on: one restart per stop).
+    pub(super) draining: bool,
     pub(super) stopping: Option<String>,
 }
 
@@ -319,9 +322,19 @@ impl SupervisorRunner {
                     Failure::new(FailureCode::Panic, "the applier thread panicked"),
                 );
             }
-            while let Ok(e) = self.events.try_recv() {
-                self.handle(e)?;
-            }
+            // What the stopped pipeline reported is handled now; a
+            // failure in it that would restart the pipeline is only
+            // recorded (`draining`): the handler that stopped it restarts
+            // once, and a cause still there is met again by the new run.
+            let outer = std::mem::replace(&mut self.draining, true);
+            let drained = (|| {
+                while let Ok(e) = self.events.try_recv() {
+                    self.handle(e)?;
+                }
+                Ok(())
+            })();
+            self.draining = outer;
+            drained?;
         }
         Ok(())
     }
@@ -429,6 +442,10 @@ impl SupervisorRunner {
                 );
                 self.drive(SupervisorInput::Rejected(r))?;
             }
+            Event::ValidatorStoredRejected(r) if self.draining => {
+                let failure = Failure::from_rejection(&r);
+                self.failed(Component::Validator, "Stopped", failure);
+            }
             Event::ValidatorStoredRejected(r) => {
                 // The replica's stored copy is damaged (it was never
                 // rejected when the source sent it): discard it and what
@@ -506,6 +523,9 @@ impl SupervisorRunner {
                         self.applied.commit_id
                     ),
                 );
+            }
+            Event::ApplierFailed(f) if self.draining => {
+                self.failed(Component::Applier, "Failed", f);
             }
             Event::ApplierFailed(f) => {
                 let range = f.segment.unwrap_or_default();

@@ -282,7 +282,7 @@ fn install(
     // Triggers of an earlier aerodb_replicate of this table go first.
     let old = conn
         .query_value(
-            "SELECT triggers FROM main.aerodb_tables WHERE name = ?1",
+            "SELECT group_concat(triggers, char(30)) FROM main.aerodb_tables WHERE name = ?1 COLLATE NOCASE",
             &[ValueRef::Text(t.name.as_bytes())],
         )
         .map_err(sqlite("reading aerodb_tables"))?
@@ -306,6 +306,13 @@ fn install(
     conn.execute_batch("INSERT INTO aerodb_capture SELECT 1 WHERE 0")
         .map_err(sqlite("joining the capture table to the transaction"))?;
     let commit_id = WalTables::new(conn).head()?.next();
+    // One registration per table, whatever the case its name was spelled
+    // in before (a table dropped and created again as `users`, say).
+    conn.execute(
+        "DELETE FROM main.aerodb_tables WHERE name = ?1 COLLATE NOCASE",
+        &[ValueRef::Text(t.name.as_bytes())],
+    )
+    .map_err(sqlite("registering the table"))?;
     conn.execute(
         "INSERT OR REPLACE INTO main.aerodb_tables(name, schema_commit_id, sql, columns, indexes, key_columns, triggers) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
         &[

@@ -64,7 +64,8 @@ pub(super) fn table_sql(
     table: &str,
 ) -> Result<Option<String>, ApplyError> {
     tx.query_row(
-        "SELECT sql FROM main.sqlite_schema WHERE type = 'table' AND name = ?1",
+        // Table names match case-insensitively, as SQLite's do.
+        "SELECT sql FROM main.sqlite_schema WHERE type = 'table' AND name = ?1 COLLATE NOCASE",
         [table],
         |r| r.get(0),
     )
@@ -156,6 +157,12 @@ fn register(
     table: &str,
     sql: &str,
 ) -> Result<(), ApplyError> {
+    // One row per table, whatever the case its name was spelled in before.
+    tx.execute(
+        "DELETE FROM aerodb_replica_tables WHERE name = ?1 COLLATE NOCASE",
+        [table],
+    )
+    .map_err(sql_err("registering the replicated table", Some(commit_id)))?;
     tx.execute(
         "INSERT OR REPLACE INTO aerodb_replica_tables(name, schema_commit_id, sql) VALUES (?1, ?2, ?3)",
         params![table, commit_id.0 as i64, sql],

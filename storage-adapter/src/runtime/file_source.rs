@@ -89,6 +89,16 @@ impl WalSource for FileSource {
                         self.path.display()
                     ),
                 ),
+                // A replicated table changed and not replicated again yet
+                // (a migration under way): the primary serves again once
+                // `aerodb_replicate` runs, so the Receiver waits for it
+                // like for a source that does not answer.
+                e @ PrimaryError::Capture(crate::capture::CaptureError::CaptureBroken { .. }) => {
+                    Failure::new(
+                        FailureCode::SourceUnavailable,
+                        format!("primary file {}: {e}", self.path.display()),
+                    )
+                }
                 e => source_failure(&self.path, e),
             })?;
         if from.0 > head.0 + 1 {
@@ -127,6 +137,13 @@ impl WalSource for FileSource {
                     format!("snapshot of primary file {}: {e}", self.path.display()),
                 )
             })
+    }
+
+    /// After a SOURCE_UNAVAILABLE (a replicated table not replicated again
+    /// yet): the next commit on the primary (its `aerodb_replicate`, say)
+    /// is worth another fetch; the resume is a recorded transition.
+    fn wait_until_available(&mut self, stop: &StopSignal) -> Result<bool, Failure> {
+        self.wait_for_wal(stop)
     }
 
     fn wait_for_wal(&mut self, stop: &StopSignal) -> Result<bool, Failure> {
