@@ -825,6 +825,10 @@ fn request(method: &str, target: &str, auth: Auth, body: &str) -> Vec<u8> {
     "missing or wrong bearer token")]
 #[case::wrong_scheme("GET", "/v1/head".into(), Auth::Other("Basic YWVyb2RiOnRva2Vu"), "", 401,
     "missing or wrong bearer token")]
+#[case::repeated_parameter("GET", "/v1/segments?from=1&from=5".into(), Auth::Token, "", 400,
+    "query parameter 'from' is given more than once")]
+#[case::percent_encoded_value_is_decoded("GET", "/v1/segments?from=%2D1".into(), Auth::Token, "", 400,
+    "query parameter 'from' must be a non-negative integer, got '-1'")]
 #[case::from_beyond_head_plus_one("GET", "/v1/segments?from=5".into(), Auth::Token, "", 409,
     "commit 5 is beyond the primary's head 3: the primary is behind this replica (was it restored from an older backup?)")]
 fn bad_requests_get_a_4xx_saying_why(
@@ -865,6 +869,25 @@ fn well_formed_requests_are_served() {
 
     let head = get("/v1/head");
     assert_eq!(head.status, 200);
+    // Auth schemes are case-insensitive; a query is percent-decoded.
+    let lower = exchange(
+        server.port,
+        &request(
+            "GET",
+            "/v1/head",
+            Auth::Other(Box::leak(format!("bearer {TOKEN}").into_boxed_str())),
+            "",
+        ),
+    );
+    assert_eq!(
+        lower.status,
+        200,
+        "{:?}",
+        String::from_utf8_lossy(&lower.body)
+    );
+    let decoded = get("/v1/segments?from=%31&max%5Fbytes=1048576");
+    assert_eq!(decoded.status, 200);
+    assert_eq!(decoded.header("x-aerodb-first"), Some("1"));
     assert_eq!(
         head.json(),
         serde_json::json!({"generation": p.generation().to_string(), "head": 3, "oldest": 1})

@@ -266,27 +266,39 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
+/// `Authorization: Bearer TOKEN`, the scheme in any case (RFC 9110: auth
+/// schemes are case-insensitive), the token compared in constant time.
 fn authorized(request: &Request, token: &str) -> bool {
-    let expected = format!("Bearer {token}");
     request
         .headers()
         .iter()
         .find(|h| h.field.equiv("Authorization"))
-        .is_some_and(|h| constant_time_eq(h.value.as_bytes(), expected.as_bytes()))
+        .and_then(|h| h.value.as_str().trim().split_once(' '))
+        .is_some_and(|(scheme, given)| {
+            scheme.eq_ignore_ascii_case("bearer")
+                && constant_time_eq(given.trim().as_bytes(), token.as_bytes())
+        })
 }
 
-fn query(url: &str) -> Vec<(&str, &str)> {
-    url.split_once('?')
-        .map(|(_, q)| q)
-        .unwrap_or("")
-        .split('&')
-        .filter(|p| !p.is_empty())
-        .map(|p| p.split_once('=').unwrap_or((p, "")))
-        .collect()
+/// The query's parameters, percent-decoded; a parameter given twice is
+/// refused (which one would count is a guess).
+fn query(url: &str) -> Result<Vec<(String, String)>, Reply> {
+    let raw = url.split_once('?').map(|(_, q)| q).unwrap_or("");
+    let mut out: Vec<(String, String)> = Vec::new();
+    for (k, v) in form_urlencoded::parse(raw.as_bytes()) {
+        if out.iter().any(|(seen, _)| *seen == k) {
+            return Err(error(
+                400,
+                &format!("query parameter '{k}' is given more than once"),
+            ));
+        }
+        out.push((k.into_owned(), v.into_owned()));
+    }
+    Ok(out)
 }
 
 fn number(
-    params: &[(&str, &str)],
+    params: &[(String, String)],
     name: &str,
     default: Option<u64>,
     range: std::ops::RangeInclusive<u64>,
@@ -341,7 +353,10 @@ fn handle(request: &Request, reader: &PrimaryWalReader, config: &Config) -> Repl
     if request.body_length().unwrap_or(0) > 0 {
         return error(413, "requests carry no body");
     }
-    let params = query(url);
+    let params = match query(url) {
+        Ok(p) => p,
+        Err(reply) => return reply,
+    };
     let result = match path {
         "/v1/head" => head(reader),
         "/v1/segments" => segments(reader, &params, &config.metrics),
@@ -369,11 +384,11 @@ fn head(reader: &PrimaryWalReader) -> Result<Reply, Reply> {
 
 fn segments(
     reader: &PrimaryWalReader,
-    params: &[(&str, &str)],
+    params: &[(String, String)],
     metrics: &super::metrics::ServeMetrics,
 ) -> Result<Reply, Reply> {
     for (k, _) in params {
-        if !["from", "max_bytes", "wait_ms"].contains(k) {
+        if !["from", "max_bytes", "wait_ms"].contains(&k.as_str()) {
             return Err(error(
                 400,
                 &format!("unknown query parameter '{k}' (known: from, max_bytes, wait_ms)"),
