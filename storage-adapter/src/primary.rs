@@ -173,6 +173,15 @@ impl PrimaryWalReader {
             .map_err(sql_err("reading data_version"))
     }
 
+    /// `PRAGMA schema_version`: changes with every schema change (an
+    /// `aerodb_replicate` re-installing capture, say). A transport waiting
+    /// out a primary whose capture is broken polls it.
+    pub fn schema_version(&self) -> Result<i64, PrimaryError> {
+        self.conn
+            .query_row("PRAGMA schema_version", [], |r| r.get(0))
+            .map_err(sql_err("reading schema_version"))
+    }
+
     /// Records from `from` on, until about `max_bytes` (at least one record
     /// if `from` exists). Empty if `from` is past the head.
     pub fn records(

@@ -18,6 +18,9 @@ pub struct FileSource {
     path: PathBuf,
     reader: PrimaryWalReader,
     seen_version: i64,
+    /// The primary's schema version when the last fetch began (a schema
+    /// change after it is noticed by the wait after a failure).
+    seen_schema: i64,
     poll_interval: Duration,
 }
 
@@ -31,6 +34,7 @@ impl FileSource {
         Ok(FileSource {
             path: path.as_ref().to_path_buf(),
             seen_version: reader.data_version()?,
+            seen_schema: reader.schema_version()?,
             reader,
             poll_interval: DEFAULT_POLL_INTERVAL,
         })
@@ -66,6 +70,10 @@ impl WalSource for FileSource {
         self.seen_version = self
             .reader
             .data_version()
+            .map_err(|e| source_failure(&self.path, e))?;
+        self.seen_schema = self
+            .reader
+            .schema_version()
             .map_err(|e| source_failure(&self.path, e))?;
         let oldest = self
             .reader
@@ -140,10 +148,22 @@ impl WalSource for FileSource {
     }
 
     /// After a SOURCE_UNAVAILABLE (a replicated table not replicated again
-    /// yet): the next commit on the primary (its `aerodb_replicate`, say)
-    /// is worth another fetch; the resume is a recorded transition.
+    /// yet): the next schema change on the primary (its `aerodb_replicate`,
+    /// say) is worth another fetch, not every commit of other tables; the
+    /// resume is a recorded transition.
     fn wait_until_available(&mut self, stop: &StopSignal) -> Result<bool, Failure> {
-        self.wait_for_wal(stop)
+        loop {
+            let now = self
+                .reader
+                .schema_version()
+                .map_err(|e| source_failure(&self.path, e))?;
+            if now != self.seen_schema {
+                return Ok(true);
+            }
+            if stop.wait(self.poll_interval) {
+                return Ok(false);
+            }
+        }
     }
 
     fn wait_for_wal(&mut self, stop: &StopSignal) -> Result<bool, Failure> {
