@@ -9,7 +9,11 @@
 //! answers again the Receiver resumes and the Supervisor records it.
 //!
 //! Protocol (all requests carry `Authorization: Bearer <token>`):
-//! - `GET /v1/head` -> 200, JSON `{"generation": "hex", "head": N, "oldest": M}`
+//! - `GET /v1/head` -> 200, JSON `{"generation": "hex", "head": N, "oldest": M, "schema_version": S}`
+//!   (`schema_version` moves with every schema change of the primary)
+//! - a `/v1/segments` answer of 503, JSON `{"error": ..., "schema_version": S}`:
+//!   a replicated table changed and not replicated again yet (a migration
+//!   under way); the source waits for the schema version to move past `S`
 //! - `GET /v1/segments?from=N&max_bytes=B&wait_ms=W` -> 200 with the segment
 //!   bytes and headers `X-AeroDB-First`, `X-AeroDB-Last`, `X-AeroDB-Head`;
 //!   204 if nothing from `N` on within `W` ms; 410 if the primary no longer
@@ -40,6 +44,8 @@ pub struct RemoteHead {
     pub head: CommitId,
     /// Oldest CommitId the primary still has WAL for.
     pub oldest: CommitId,
+    /// The primary's schema version (servers before it was added omit it).
+    pub schema_version: Option<i64>,
 }
 
 /// A WAL source over HTTP.
@@ -53,6 +59,9 @@ pub struct HttpSource {
     /// A segment a long-poll brought, returned by the next fetch.
     pending: Option<Fetched>,
     poll_interval: Duration,
+    /// The schema version a 503 named (a migration under way), until the
+    /// wait after it.
+    broken_schema: std::cell::Cell<Option<i64>>,
 }
 
 fn unavailable(base: &str, e: impl std::fmt::Display) -> Failure {
@@ -102,6 +111,7 @@ impl HttpSource {
             generation: Generation(0),
             next: None,
             pending: None,
+            broken_schema: std::cell::Cell::new(None),
             poll_interval: Duration::from_millis(50),
         };
         source.generation = source.head()?.generation;
@@ -128,6 +138,17 @@ impl HttpSource {
                     401 => FailureCode::Unauthorized,
                     409 => FailureCode::SourceBehind,
                     410 => FailureCode::WalTruncated,
+                    // The primary cannot serve until its schema changes (a
+                    // migration under way): waited out, watching the
+                    // schema version the answer carries.
+                    503 => {
+                        self.broken_schema.set(
+                            serde_json::from_str::<serde_json::Value>(&body)
+                                .ok()
+                                .and_then(|v| v.get("schema_version")?.as_i64()),
+                        );
+                        FailureCode::SourceUnavailable
+                    }
                     _ => FailureCode::Source,
                 };
                 Err(Failure::new(
@@ -163,6 +184,7 @@ impl HttpSource {
                 generation: Generation(g),
                 head: CommitId(h),
                 oldest: CommitId(o),
+                schema_version: v.get("schema_version").and_then(|x| x.as_i64()),
             }),
             _ => Err(Failure::new(
                 FailureCode::Source,
@@ -252,8 +274,20 @@ impl WalSource for HttpSource {
 
     fn wait_until_available(&mut self, stop: &StopSignal) -> Result<bool, Failure> {
         self.pending = None;
+        // After a 503 (a migration under way): only a schema change past
+        // the one it named is worth another fetch.
+        let broken = self.broken_schema.take();
         loop {
             match self.head() {
+                Ok(h)
+                    if h.generation == self.generation
+                        && broken.is_some()
+                        && h.schema_version == broken =>
+                {
+                    if stop.wait(self.poll_interval) {
+                        return Ok(false);
+                    }
+                }
                 Ok(h) if h.generation == self.generation => return Ok(true),
                 Ok(h) => {
                     return Err(Failure::new(

@@ -890,7 +890,15 @@ fn well_formed_requests_are_served() {
     assert_eq!(decoded.header("x-aerodb-first"), Some("1"));
     assert_eq!(
         head.json(),
-        serde_json::json!({"generation": p.generation().to_string(), "head": 3, "oldest": 1})
+        serde_json::json!({
+            "generation": p.generation().to_string(),
+            "head": 3,
+            "oldest": 1,
+            "schema_version": p
+                .connection()
+                .query_row("PRAGMA schema_version", [], |r| r.get::<_, i64>(0))
+                .expect("schema_version"),
+        })
     );
     let seg = get("/v1/segments?from=2&max_bytes=1048576&wait_ms=0");
     assert_eq!(seg.status, 200);
@@ -1422,4 +1430,52 @@ fn server_coming_back_with_another_primary_is_foreign() {
     assert_eq!(rows(&read_only(&r_path)), before);
     replica.stop();
     drop(server);
+}
+
+// ------------------------------------------- 7. migrations over HTTP
+
+#[test]
+fn a_replica_over_http_waits_out_a_migration_and_resumes_when_it_is_replicated_again() {
+    // A replicated table altered on the primary: until `aerodb_replicate`
+    // runs again the server answers 503 with the schema version; the
+    // replica shows SOURCE_UNAVAILABLE once and resumes at the schema
+    // change, not at every poll (the old code blocked until a restart).
+    let dir = tempfile::tempdir().expect("tempdir");
+    let r_path = dir.path().join("r.db");
+    let mut source = Source::new(Via::Http, dir.path());
+    let p = primary(&source.primary);
+    let head = insert(&p, 1..=3, "a");
+    let replica = source.start_replica(&r_path, Config::default());
+    wait(&replica, "caught up", |s| caught_up(s, head));
+    Connection::open(&source.primary)
+        .and_then(|c| c.execute_batch("ALTER TABLE t ADD COLUMN w INTEGER"))
+        .expect("DDL on the primary, without the extension");
+    // Writes to it are refused meanwhile (capture is broken until then).
+    assert!(p
+        .connection()
+        .execute("INSERT INTO t VALUES (10, 'b', 1)", [])
+        .is_err());
+    let s = wait(&replica, "waiting for the migration", blocked);
+    assert!(
+        s.global.to_string().contains("SOURCE_UNAVAILABLE"),
+        "{}",
+        show(&s)
+    );
+    assert!(
+        s.global.to_string().contains("answered 503"),
+        "{}",
+        show(&s)
+    );
+    p.replicate("t").expect("replicate again");
+    let head = p.head().expect("head");
+    let s = wait(&replica, "resumed", |s| caught_up(s, head));
+    assert_eq!(s.applied.commit_id, head);
+    let resumes = replica
+        .transitions()
+        .expect("transitions")
+        .iter()
+        .filter(|t| t.reason.contains("answers again"))
+        .count();
+    assert_eq!(resumes, 1, "one resume, at the schema change");
+    replica.stop();
 }

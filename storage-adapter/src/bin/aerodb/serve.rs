@@ -378,6 +378,9 @@ fn head(reader: &PrimaryWalReader) -> Result<Reply, Reply> {
             "generation": reader.generation().to_string(),
             "head": head.0,
             "oldest": oldest.0,
+            // Moves with every schema change (an `aerodb_replicate`, say):
+            // what a replica waiting out a 503 watches.
+            "schema_version": reader.schema_version().map_err(|e| error(500, &e.to_string()))?,
         }),
     ))
 }
@@ -412,6 +415,10 @@ fn segments(
     let fail = |e: storage_adapter::primary::PrimaryError| error(500, &e.to_string());
     loop {
         let version = reader.data_version().map_err(fail)?;
+        // Read before the WAL: a replicated table changed and not replicated
+        // again yet (a migration under way) answers 503 with it, and the
+        // replica waits for the schema to move past it.
+        let schema = reader.schema_version().map_err(fail)?;
         let oldest = reader.oldest().map_err(fail)?;
         if from < oldest {
             return Err(json(
@@ -424,6 +431,19 @@ fn segments(
         }
         let (records, head) = match reader.records_and_head(from, max_bytes) {
             Ok(r) => r,
+            Err(
+                e @ PrimaryError::Capture(storage_adapter::capture::CaptureError::CaptureBroken {
+                    ..
+                }),
+            ) => {
+                return Err(json(
+                    503,
+                    serde_json::json!({
+                        "error": e.to_string(),
+                        "schema_version": schema,
+                    }),
+                ))
+            }
             // Truncated after the check above: the same answer.
             Err(PrimaryError::Wal(WalReadError::Truncated { oldest_sealed, .. })) => {
                 return Err(json(
