@@ -331,7 +331,16 @@ impl Supervisor {
                 )
             }
             SupervisorInput::StoredSegmentDiscarded { range, reason } => {
-                if self.state != GlobalState::Recovering {
+                // Recovery re-reads stored segments; the source may have
+                // failed meanwhile (a migration under way on the primary):
+                // the discard and the restart still go on from there.
+                let receiver_blocked = matches!(
+                    &self.state,
+                    GlobalState::Ready {
+                        read: ReadStatus::Blocked(BlockReason::ReceiverFailed { .. })
+                    }
+                );
+                if self.state != GlobalState::Recovering && !receiver_blocked {
                     return Err(IllegalTransition::NotInState {
                         state: self.state.clone(),
                         input: "a discard of stored segments (only recovery re-reads them)",
@@ -651,6 +660,28 @@ mod tests {
                 applied: CommitId(5)
             }
         );
+        // The source failing meanwhile (a migration under way) does not
+        // stop the discard: it goes on from the Receiver's block.
+        let mut b = Supervisor::new();
+        b.start().expect("legal");
+        b.handle(SupervisorInput::Started {
+            applied: pos(5),
+            received: CommitId(20),
+        })
+        .expect("legal");
+        b.handle(SupervisorInput::ReceiverStopped {
+            code: FailureCode::SourceUnavailable,
+            reason: "SOURCE_UNAVAILABLE: migration".into(),
+        })
+        .expect("legal");
+        let t = b
+            .handle(SupervisorInput::StoredSegmentDiscarded {
+                range: (CommitId(11), CommitId(15)),
+                reason: "CORRUPT".into(),
+            })
+            .expect("legal from the Receiver's block")
+            .expect("moves");
+        assert_eq!(t.to, GlobalState::ValidatingWal);
         // Only recovery re-reads stored segments: elsewhere it is illegal.
         let e = s
             .handle(SupervisorInput::StoredSegmentDiscarded {

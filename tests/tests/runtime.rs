@@ -580,6 +580,64 @@ fn two_failures_in_one_recovery_restart_the_pipeline_once() {
 }
 
 #[test]
+fn a_damaged_stored_segment_found_while_the_primary_is_mid_migration_is_refetched_after_it() {
+    // Found in review: recovery meets a damaged stored segment while the
+    // primary's capture is broken (a migration under way: the Receiver's
+    // SOURCE_UNAVAILABLE may come first); the discard was refused outside
+    // Recovering and the Supervisor went down. Both orders now end caught
+    // up once the primary is replicated again.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let p = primary(&dir.path().join("p.db"));
+    write(&p, 1..=20);
+    let replica = start_faulty(dir.path(), Arc::new(AtomicUsize::new(usize::MAX)), None);
+    let s = replica.wait_until(deadline(), blocked).expect("blocked");
+    replica.stop();
+    let r_path = dir.path().join("r.db");
+    {
+        let conn = aerodb_e2e::tampering(&r_path);
+        let (first, mut bytes): (i64, Vec<u8>) = conn
+            .query_row(
+                "SELECT s.first_commit_id, b.bytes FROM aerodb_replica_segments s JOIN aerodb_replica_segment_bytes b USING (first_commit_id) WHERE s.first_commit_id = ?1",
+                [s.applied.commit_id.next().0 as i64],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .expect("the first unapplied stored segment");
+        let n = bytes.len();
+        bytes[n / 2] ^= 0x20;
+        conn.execute(
+            "UPDATE aerodb_replica_segment_bytes SET bytes = ?2 WHERE first_commit_id = ?1",
+            rusqlite::params![first, bytes],
+        )
+        .expect("damage the stored copy");
+    }
+    p.connection()
+        .execute_batch("ALTER TABLE t ADD COLUMN w TEXT")
+        .expect("a migration under way");
+    let replica =
+        Replica::start_from_file(&r_path, dir.path().join("p.db"), small()).expect("restart");
+    replica
+        .wait_until(deadline(), |s| !s.running || blocked(s))
+        .expect("waiting for the migration");
+    p.replicate("t").expect("replicate again");
+    let head = p.head().expect("head");
+    let s = replica
+        .wait_until(deadline(), |s| {
+            !s.running || (ready(s) && s.applied.commit_id == head)
+        })
+        .expect("settled");
+    assert!(
+        s.running && ready(&s) && s.applied.commit_id == head,
+        "{} running={} supervisor={:?}",
+        s.global,
+        s.running,
+        s.component(Component::Supervisor).last_error
+    );
+    let r = rusqlite::Connection::open(&r_path).expect("open");
+    assert_eq!(dump_table(&r, "t"), dump_table(p.connection(), "t"));
+    replica.stop();
+}
+
+#[test]
 fn a_full_disk_blocks_and_an_operators_resume_recovers_recorded() {
     // Issue 11 item 5: disk full stops replication explicitly (recovery
     // once, then blocked); once space is back, an operator's resume (here

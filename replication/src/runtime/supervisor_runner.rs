@@ -375,6 +375,12 @@ impl SupervisorRunner {
                 );
                 self.drive(SupervisorInput::CaughtUp)?;
             }
+            // The stopping pipeline's Receiver failed: recorded, not acted
+            // on (the new run meets the cause again if it is still there;
+            // acting on it here would block a run that is healthy).
+            Event::ReceiverFailed(f) if self.draining => {
+                self.failed(Component::Receiver, "Failed", f);
+            }
             Event::ReceiverFailed(f) => {
                 let (code, reason) = (f.code, f.to_string());
                 self.failed(Component::Receiver, "Failed", f);
@@ -566,6 +572,12 @@ impl SupervisorRunner {
                 if self.stopping.is_none() {
                     self.stopping = Some(reason);
                 }
+            }
+            Event::Resume { reply, .. } if self.draining => {
+                let _ = reply.send(Err(
+                    "nothing to resume now: a recovery is under way (ask again once it ends)"
+                        .into(),
+                ));
             }
             Event::Resume { reason, reply } => {
                 let from = self.core.state().to_string();
