@@ -175,7 +175,7 @@ impl Runtime {
             last_transition: None,
             pending: Vec::new(),
             source_generation: generation,
-            source_head: CommitId(0),
+            source_head: None,
             draining: false,
             stopping: None,
         };

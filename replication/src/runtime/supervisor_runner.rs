@@ -45,7 +45,7 @@ pub(super) struct SupervisorRunner {
     /// The generation the source serves.
     pub(super) source_generation: Generation,
     /// The newest head the source advertised (recorded when it grows).
-    pub(super) source_head: CommitId,
+    pub(super) source_head: Option<CommitId>,
     /// Handling what a stopping pipeline reported (its failures are
     /// recorded, not acted on: one restart per stop).
     pub(super) draining: bool,
@@ -144,7 +144,7 @@ impl SupervisorRunner {
             components: self.components.clone(),
             last_transition: self.last_transition.clone(),
             running,
-            source_head: (self.source_head.0 > 0).then_some(self.source_head),
+            source_head: self.source_head,
         });
         *self.published.lock() = snapshot;
         self.published.changed.notify_all();
@@ -348,9 +348,9 @@ impl SupervisorRunner {
                 caught_up,
                 source_head,
             } => {
-                if source_head > self.source_head {
+                if Some(source_head) > self.source_head {
                     // Recorded with the batch, for `replica_state`'s lag.
-                    self.source_head = source_head;
+                    self.source_head = Some(source_head);
                     self.pending.push(StoreOp::SourceHead { head: source_head });
                 }
                 self.succeeded(
