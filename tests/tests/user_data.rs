@@ -62,17 +62,23 @@ fn refused_naming_t(replica: &Replica) {
     );
 }
 
+/// Puts the user's own `t` in `r_path`, starts a replica of `p_path` on
+/// it: refused naming `t`, and the user's rows are untouched.
+fn starting_on_the_users_file_keeps_its_rows(p_path: &Path, r_path: &Path) {
+    users_file(r_path);
+    let before = rows(r_path);
+    let replica = Replica::start_from_file(r_path, p_path, Config::default()).expect("starts");
+    refused_naming_t(&replica);
+    replica.stop();
+    assert_eq!(rows(r_path), before, "the user's rows are untouched");
+}
+
 #[test]
 fn a_users_table_named_like_a_replicated_one_is_never_overwritten() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (p_path, r_path) = (dir.path().join("p.db"), dir.path().join("r.db"));
     let _p = primary(&p_path);
-    users_file(&r_path);
-    let before = rows(&r_path);
-    let replica = Replica::start_from_file(&r_path, &p_path, Config::default()).expect("starts");
-    refused_naming_t(&replica);
-    replica.stop();
-    assert_eq!(rows(&r_path), before, "the user's rows are untouched");
+    starting_on_the_users_file_keeps_its_rows(&p_path, &r_path);
 }
 
 #[test]
@@ -83,12 +89,7 @@ fn a_snapshot_never_replaces_a_users_table_either() {
     let head = p.head().expect("head");
     p.truncate_wal(head)
         .expect("truncate: a new replica bootstraps");
-    users_file(&r_path);
-    let before = rows(&r_path);
-    let replica = Replica::start_from_file(&r_path, &p_path, Config::default()).expect("starts");
-    refused_naming_t(&replica);
-    replica.stop();
-    assert_eq!(rows(&r_path), before, "the user's rows are untouched");
+    starting_on_the_users_file_keeps_its_rows(&p_path, &r_path);
 }
 
 #[test]
