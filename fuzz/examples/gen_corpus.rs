@@ -1,5 +1,5 @@
 //! Writes the seed corpus of the `segment_decode` fuzz target: a few valid
-//! format-2 segments, the first one the worked example of
+//! format-3 segments (one a transaction spanning two segments), the first one the worked example of
 //! `docs/wal-format.md` (checked byte for byte). Run once from `fuzz/`:
 //!
 //! ```text
@@ -16,35 +16,55 @@ use replication::wal::{
     encode_change, encode_count, encode_value, ChainPosition, Change, CommitId, Generation,
     RecordEncoder, Segment, Value, ValueRef, WalOffset,
 };
+use replication_fuzz::encode_record;
 
 /// The 127 bytes of the worked example in docs/wal-format.md.
 const WORKED_EXAMPLE: [u8; 127] = [
-    0x41, 0x45, 0x57, 0x53, 0x02, 0x00, 0x3c, 0x00, 0x01, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,
+    0x41, 0x45, 0x57, 0x53, 0x03, 0x00, 0x3c, 0x00, 0x01, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,
     0x01, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x01, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,
     0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,
-    0x01, 0x00, 0x00, 0x00, 0x3f, 0x00, 0x00, 0x00, 0x4d, 0xdf, 0x18, 0xb8, 0x3f, 0x00, 0x00, 0x00,
+    0x01, 0x00, 0x00, 0x00, 0x3f, 0x00, 0x00, 0x00, 0x40, 0x23, 0xd4, 0xd1, 0x3f, 0x00, 0x00, 0x00,
     0x01, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,
     0x01, 0x00, 0x00, 0x00, 0x58, 0xc9, 0x19, 0xb1, 0x17, 0x00, 0x00, 0x00, 0x01, 0x01, 0x00, 0x74,
     0x02, 0x00, 0x01, 0x01, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x03, 0x03, 0x00, 0x00, 0x00,
-    0x6f, 0x6e, 0x65, 0x10, 0xa4, 0x55, 0x07, 0xd4, 0x2a, 0x1c, 0x6b, 0xf2, 0xae, 0x92, 0xdd,
+    0x6f, 0x6e, 0x65, 0x10, 0xa4, 0x55, 0x07, 0xd4, 0x2a, 0x1c, 0x6b, 0xb3, 0x40, 0x85, 0x9e,
 ];
 
 fn segment(start: ChainPosition, records: &[Vec<Change>]) -> Vec<u8> {
+    spanning(start, records, &vec![false; records.len()]).0
+}
+
+/// A segment whose record `i` continues its transaction when
+/// `continues[i]`, and the position after it.
+fn spanning(
+    start: ChainPosition,
+    records: &[Vec<Change>],
+    continues: &[bool],
+) -> (Vec<u8>, ChainPosition) {
     let mut encoder = RecordEncoder::new(start);
     let encoded: Vec<_> = records
         .iter()
+        .zip(continues)
         .enumerate()
-        .map(|(i, changes)| {
+        .map(|(i, (changes, &c))| {
             let bytes: Vec<Vec<u8>> = changes.iter().map(|c| encode_change(c).unwrap()).collect();
             let refs: Vec<&[u8]> = bytes.iter().map(Vec::as_slice).collect();
-            encoder
-                .push(CommitId(start.commit_id.0 + 1 + i as u64), &refs)
-                .unwrap()
+            encode_record(
+                &mut encoder,
+                CommitId(start.commit_id.0 + 1 + i as u64),
+                &refs,
+                c,
+            )
+            .unwrap()
         })
         .collect();
     let bytes = Segment::encode(start.generation, &encoded).unwrap();
-    Segment::decode(&bytes).expect("a seed decodes");
-    bytes
+    let decoded = Segment::decode(&bytes).expect("a seed decodes");
+    assert_eq!(
+        decoded.ends_inside_transaction(),
+        continues[continues.len() - 1]
+    );
+    (bytes, encoder.position())
 }
 
 fn t(s: &str) -> String {
@@ -144,10 +164,30 @@ fn main() {
         ],
     );
 
+    // 4. A transaction spanning two segments: the first holds only its
+    // first two records (both continue); the second starts inside it,
+    // ends it, and holds a whole transaction after it.
+    let row = |k: i64| Change::Insert {
+        table: t("t"),
+        values: vec![Value::Integer(k), Value::Blob(vec![k as u8; 3])],
+    };
+    let (span_open, after) = spanning(
+        ChainPosition::genesis(Generation(9)),
+        &[vec![row(1), row(2)], vec![row(3)]],
+        &[true, true],
+    );
+    let (span_close, _) = spanning(
+        after,
+        &[vec![row(4)], vec![row(5), row(6)]],
+        &[false, false],
+    );
+
     for (name, bytes) in [
         ("seed-worked-example.bin", &worked),
         ("seed-every-kind.bin", &kinds),
         ("seed-mid-history.bin", &mid),
+        ("seed-span-open.bin", &span_open),
+        ("seed-span-close.bin", &span_close),
     ] {
         fs::write(seg_dir.join(name), bytes).unwrap();
         println!("{name}: {} bytes", bytes.len());

@@ -5,10 +5,17 @@
 //! position (genesis, or after any commit, clamped so the CommitIds and WAL
 //! offsets fit), 1..=16 records of changes of every kind (Insert, Update,
 //! Delete, Discard, Schema) with values of every type (NULL, INTEGER, REAL
-//! from any bit pattern, TEXT of any bytes, BLOB), and a byte to corrupt.
-//! Checks:
+//! from any bit pattern, TEXT of any bytes, BLOB), which of them continue
+//! their transaction in the next record (format 3; laid out as a segment
+//! may hold them, `replication_fuzz::continues_flags`), and a byte to
+//! corrupt. Checks:
 //! - `push`, `push_framed` and `seal_in_place` (its reserved header bytes
-//!   filled with garbage first) give the same record and seal;
+//!   filled with garbage first) give the same record and seal, and so do
+//!   `seal_part_in_place` and `encode_record` for a record that continues;
+//! - each decoded record's `continues` is the one encoded, the segment
+//!   ends inside a transaction exactly when its last record continues, and
+//!   `Segment::encode` refuses the same records with the last one made to
+//!   continue while an earlier one ends a transaction;
 //! - decoding gives the same header, seals, chain (each `prev_chain` is the
 //!   previous `chain`, the first is the start position's) and changes (REAL
 //!   by bit pattern); re-encoding the decoded segment gives the same bytes;
@@ -25,14 +32,15 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
+use replication::wal::EncodeError;
 use replication::wal::{
     check_continuity, encode_change, validate, ChainPosition, CommitId, ContinuityError,
     DecodeError, Generation, RecordEncoder, Segment, SegmentHeader, WalOffset, FORMAT_VERSION,
     RECORD_HEADER_LEN, RECORD_OVERHEAD, SEGMENT_HEADER_LEN, SEGMENT_TRAILER_LEN,
 };
 use replication_fuzz::{
-    changes_same, reencode_segment, segment_same, start_position, to_change, RoundtripInput,
-    MAX_FUZZ_RECORDS,
+    changes_same, continues_flags, encode_record, reencode_segment, segment_same, start_position,
+    to_change, RoundtripInput, MAX_FUZZ_RECORDS,
 };
 
 fuzz_target!(|input: RoundtripInput| {
@@ -63,20 +71,28 @@ fuzz_target!(|input: RoundtripInput| {
         .collect();
     let body_len: usize = lens.iter().sum();
     let start = start_position(&input.start, generation, changes.len(), body_len as u64);
+    let flags = continues_flags(input.continues, input.ends_inside, changes.len());
 
     // Encode, with push, push_framed and seal_in_place side by side.
     let mut encoder = RecordEncoder::new(start);
     let mut framed_encoder = RecordEncoder::new(start);
     let mut in_place_encoder = RecordEncoder::new(start);
+    let mut before_last = encoder.clone();
     let mut records = Vec::with_capacity(changes.len());
     for (i, r) in encoded.iter().enumerate() {
         let commit_id = CommitId(start.commit_id.0 + 1 + i as u64);
+        let continues = flags[i];
         let refs: Vec<&[u8]> = r.iter().map(Vec::as_slice).collect();
-        let record = encoder
-            .push(commit_id, &refs)
-            .unwrap_or_else(|e| panic!("push of commit {commit_id}: {e}"));
+        before_last = encoder.clone();
+        let record = if continues {
+            encode_record(&mut encoder, commit_id, &refs, true)
+        } else {
+            encoder.push(commit_id, &refs)
+        }
+        .unwrap_or_else(|e| panic!("encoding commit {commit_id}: {e}"));
         assert_eq!(record.bytes.len(), lens[i]);
         assert_eq!(record.change_count as usize, r.len());
+        assert_eq!(record.continues(), continues);
 
         let mut framed = Vec::new();
         for c in r {
@@ -84,9 +100,15 @@ fuzz_target!(|input: RoundtripInput| {
             framed.extend_from_slice(c);
         }
         let mut out = vec![0xAA; 3];
-        let seal = framed_encoder
-            .push_framed(commit_id, r.len(), &framed, &mut out)
-            .unwrap_or_else(|e| panic!("push_framed of commit {commit_id}: {e}"));
+        let seal = if continues {
+            out.clear();
+            out.resize(RECORD_HEADER_LEN, 0);
+            out.extend_from_slice(&framed);
+            framed_encoder.seal_part_in_place(commit_id, r.len(), true, &mut out)
+        } else {
+            framed_encoder.push_framed(commit_id, r.len(), &framed, &mut out)
+        }
+        .unwrap_or_else(|e| panic!("push_framed of commit {commit_id}: {e}"));
         assert_eq!(out, record.bytes, "push_framed and push differ");
         assert_eq!(
             (
@@ -107,7 +129,7 @@ fuzz_target!(|input: RoundtripInput| {
         let mut in_place = vec![0xAA; RECORD_HEADER_LEN];
         in_place.extend_from_slice(&framed);
         let in_place_seal = in_place_encoder
-            .seal_in_place(commit_id, r.len(), &mut in_place)
+            .seal_part_in_place(commit_id, r.len(), continues, &mut in_place)
             .unwrap_or_else(|e| panic!("seal_in_place of commit {commit_id}: {e}"));
         assert_eq!(in_place, record.bytes, "seal_in_place and push differ");
         assert_eq!(
@@ -120,6 +142,29 @@ fuzz_target!(|input: RoundtripInput| {
     assert_eq!(framed_encoder.position(), encoder.position());
     assert_eq!(in_place_encoder.position(), encoder.position());
     let bytes = Segment::encode(generation, &records).expect("Segment::encode");
+    // The same records, the last one made to continue: refused when an
+    // earlier one ends a transaction (rule 17), accepted otherwise.
+    if !flags[flags.len() - 1] {
+        let last = records.last().unwrap();
+        let refs: Vec<&[u8]> = encoded[encoded.len() - 1]
+            .iter()
+            .map(Vec::as_slice)
+            .collect();
+        let mut mixed = records.clone();
+        *mixed.last_mut().unwrap() = encode_record(&mut before_last, last.commit_id, &refs, true)
+            .unwrap_or_else(|e| panic!("encoding the last record as continuing: {e}"));
+        match Segment::encode(generation, &mixed) {
+            Err(EncodeError::MixedTransactions { ended, last: l }) => {
+                assert!(!flags[(ended.0 - start.commit_id.0 - 1) as usize]);
+                assert_eq!(l, last.commit_id);
+            }
+            Err(e) => panic!("a segment ending inside a transaction: {e}"),
+            Ok(_) => assert!(
+                flags[..flags.len() - 1].iter().all(|&c| c),
+                "rule 17 not enforced by Segment::encode"
+            ),
+        }
+    }
     assert_eq!(
         bytes.len(),
         SEGMENT_HEADER_LEN + body_len + SEGMENT_TRAILER_LEN
@@ -154,6 +199,12 @@ fuzz_target!(|input: RoundtripInput| {
         assert_eq!(r.prev_chain, e.prev_chain);
         assert_eq!(r.chain, e.chain);
         assert_eq!(r.crc, e.crc);
+        assert_eq!(
+            r.continues,
+            e.continues(),
+            "continues of commit {}",
+            r.commit_id
+        );
         assert!(
             changes_same(&r.changes, c),
             "commit {}: {:?} decoded as {:?}",
@@ -165,6 +216,7 @@ fuzz_target!(|input: RoundtripInput| {
         prev_chain = r.chain;
     }
     assert_eq!(segment.end_position(), encoder.position());
+    assert_eq!(segment.ends_inside_transaction(), flags[flags.len() - 1]);
     let (_, again) = reencode_segment(&segment).unwrap_or_else(|e| panic!("{e}"));
     assert!(again == bytes, "re-encoding the decoded segment differs");
 
@@ -176,6 +228,7 @@ fuzz_target!(|input: RoundtripInput| {
     let validated = validate(segment.clone(), &start).expect("validate");
     assert_eq!(validated.start(), start);
     assert_eq!(validated.end(), encoder.position());
+    assert_eq!(validated.ends_inside_transaction(), flags[flags.len() - 1]);
     let foreign = ChainPosition {
         generation: Generation(generation.0 ^ 1),
         ..start

@@ -1,5 +1,5 @@
-//! Helpers shared by the fuzz targets of the WAL format (version 2,
-//! `docs/wal-format.md`). Nothing here is used by the replication crate.
+//! Helpers shared by the fuzz targets of the WAL format (version 3,
+//! `docs/wal-format.md`: transactions may span records). Nothing here is used by the replication crate.
 //!
 //! - bit-exact comparisons: `Value::Real` may hold a NaN, so the derived
 //!   `PartialEq` of `Value`, `Change`, `Record` and `Segment` says a NaN
@@ -14,8 +14,8 @@ use replication::wal::{
     encode_change, encode_count, encode_value, segment_crc, ChainPosition, Change, CommitId,
     EncodeError, EncodedRecord, Generation, Record, RecordEncoder, Segment, Value, WalOffset,
     FORMAT_VERSION, MAX_COLUMNS, MAX_RECORDS_PER_SEGMENT, MAX_SCHEMA_SQL_BYTES,
-    MAX_SEGMENT_BODY_BYTES, MAX_TABLE_NAME_BYTES, RECORD_OVERHEAD, SEGMENT_HEADER_LEN,
-    SEGMENT_MAGIC, SEGMENT_TRAILER_LEN,
+    MAX_SEGMENT_BODY_BYTES, MAX_TABLE_NAME_BYTES, RECORD_HEADER_LEN, RECORD_OVERHEAD,
+    SEGMENT_HEADER_LEN, SEGMENT_MAGIC, SEGMENT_TRAILER_LEN,
 };
 
 // ------------------------------------------------------------ comparisons
@@ -80,6 +80,7 @@ pub fn record_same(a: &Record, b: &Record) -> bool {
         && a.prev_chain == b.prev_chain
         && a.chain == b.chain
         && a.crc == b.crc
+        && a.continues == b.continues
         && changes_same(&a.changes, &b.changes)
 }
 
@@ -118,9 +119,36 @@ pub fn claimed_start(segment: &Segment) -> ChainPosition {
     }
 }
 
+/// Encodes the record of `commit_id` from its encoded changes with
+/// `RecordEncoder::seal_part_in_place` (the one encoder entry point that
+/// can set `continues`), as an [`EncodedRecord`].
+pub fn encode_record(
+    encoder: &mut RecordEncoder,
+    commit_id: CommitId,
+    changes: &[&[u8]],
+    continues: bool,
+) -> Result<EncodedRecord, EncodeError> {
+    let mut bytes = vec![0; RECORD_HEADER_LEN];
+    for c in changes {
+        bytes.extend_from_slice(&(c.len() as u32).to_le_bytes());
+        bytes.extend_from_slice(c);
+    }
+    let seal = encoder.seal_part_in_place(commit_id, changes.len(), continues, &mut bytes)?;
+    Ok(EncodedRecord {
+        commit_id,
+        wal_offset: seal.wal_offset,
+        prev_chain: seal.prev_chain,
+        chain: seal.chain,
+        crc: seal.crc,
+        change_count: seal.change_count,
+        bytes,
+    })
+}
+
 /// Rebuilds a decoded segment with the public encoder only:
-/// `encode_change` per change, `RecordEncoder::push` per record from
-/// [`claimed_start`], then `Segment::encode`. Returns the records too.
+/// `encode_change` per change, [`encode_record`] per record (with the
+/// record's `continues`) from [`claimed_start`], then `Segment::encode`.
+/// Returns the records too.
 pub fn reencode_segment(segment: &Segment) -> Result<(Vec<EncodedRecord>, Vec<u8>), String> {
     let mut encoder = RecordEncoder::new(claimed_start(segment));
     let mut records = Vec::with_capacity(segment.records.len());
@@ -132,9 +160,15 @@ pub fn reencode_segment(segment: &Segment) -> Result<(Vec<EncodedRecord>, Vec<u8
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| format!("encode_change refused a decoded change: {e}"))?;
         let refs: Vec<&[u8]> = changes.iter().map(Vec::as_slice).collect();
-        let encoded = encoder
-            .push(r.commit_id, &refs)
-            .map_err(|e| format!("RecordEncoder::push refused a decoded record: {e}"))?;
+        let encoded = encode_record(&mut encoder, r.commit_id, &refs, r.continues)
+            .map_err(|e| format!("the encoder refused a decoded record: {e}"))?;
+        if encoded.continues() != r.continues {
+            return Err(format!(
+                "commit {}: re-encoded with continues = {}",
+                r.commit_id,
+                encoded.continues()
+            ));
+        }
         records.push(encoded);
     }
     let bytes = Segment::encode(segment.header.generation, &records)
@@ -339,6 +373,11 @@ pub struct RoundtripInput {
     /// The records' changes; empty means one record without changes; at
     /// most [`MAX_FUZZ_RECORDS`] are used.
     pub records: Vec<Vec<ArbChange>>,
+    /// Bit `i` asks record `i` to continue its transaction in the next
+    /// record (see [`continues_flags`] for the layout rule applied).
+    pub continues: u16,
+    /// The segment ends inside a transaction: every record continues.
+    pub ends_inside: bool,
     /// Byte to corrupt (modulo the segment length).
     pub flip_at: u32,
     /// XOR mask of the corruption (0 is taken as 1).
@@ -347,6 +386,18 @@ pub struct RoundtripInput {
 
 /// Most records `segment_roundtrip` puts in a segment.
 pub const MAX_FUZZ_RECORDS: usize = 16;
+
+/// The `continues` flag of each of `records` records, laid out as a
+/// segment may hold them (`docs/wal-format.md`, "Transactions that span
+/// records"): with `ends_inside`, every record continues (a segment that
+/// ends inside a transaction holds only that transaction's records);
+/// otherwise bit `i` of `bits` for every record but the last, which ends
+/// its transaction. A segment may start inside a transaction either way.
+pub fn continues_flags(bits: u16, ends_inside: bool, records: usize) -> Vec<bool> {
+    (0..records)
+        .map(|i| ends_inside || (i + 1 < records && bits & (1 << i) != 0))
+        .collect()
+}
 
 fn clamp_str(mut s: String, limit: usize) -> String {
     if s.len() > limit {
