@@ -131,6 +131,9 @@ pub enum Operation {
     Schema = 4,
     /// The row with this key, if there is one, is gone.
     Discard = 5,
+    /// A table stopped being replicated (`aerodb_unreplicate`): the replica
+    /// stops maintaining it and keeps it as a plain table.
+    Unreplicate = 6,
 }
 
 impl Operation {
@@ -141,6 +144,7 @@ impl Operation {
             3 => Some(Operation::Delete),
             4 => Some(Operation::Schema),
             5 => Some(Operation::Discard),
+            6 => Some(Operation::Unreplicate),
             _ => None,
         }
     }
@@ -193,6 +197,13 @@ pub enum Change {
         /// The table's rows at this commit follow as Inserts in the record.
         indexes: Vec<String>,
     },
+    /// `table` is no longer replicated from this commit on: later changes
+    /// of it are not captured, and the replica keeps its rows as they are
+    /// here, in a plain table it no longer writes or guards.
+    Unreplicate {
+        /// Table name.
+        table: String,
+    },
 }
 
 impl Change {
@@ -203,7 +214,8 @@ impl Change {
             | Change::Update { table, .. }
             | Change::Delete { table, .. }
             | Change::Discard { table, .. }
-            | Change::Schema { table, .. } => table,
+            | Change::Schema { table, .. }
+            | Change::Unreplicate { table } => table,
         }
     }
 
@@ -215,6 +227,7 @@ impl Change {
             Change::Delete { .. } => Operation::Delete,
             Change::Discard { .. } => Operation::Discard,
             Change::Schema { .. } => Operation::Schema,
+            Change::Unreplicate { .. } => Operation::Unreplicate,
         }
     }
 }

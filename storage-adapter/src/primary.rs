@@ -75,6 +75,13 @@ impl Primary {
         Ok(self.capture.replicate(table)?)
     }
 
+    /// Stops replicating `table` (`aerodb_unreplicate`): returns the
+    /// CommitId of the change that tells replicas, which keep the table as a
+    /// plain one from there on.
+    pub fn unreplicate(&self, table: &str) -> Result<CommitId, PrimaryError> {
+        Ok(self.capture.unreplicate(table)?)
+    }
+
     /// The CommitId of this connection's last committed captured write: the
     /// token a reader passes to a replica to read its own writes.
     pub fn last_commit_id(&self) -> Result<Option<CommitId>, PrimaryError> {

@@ -92,7 +92,7 @@ pub enum ApplyError {
     IsPrimary,
     /// The replica file holds a table of that name that replication did
     /// not create (a user's table): it is never overwritten.
-    #[error("commit {commit_id}: the replica file already holds a table '{table}' that replication did not create (it is not in aerodb_replica_tables); AeroDB never overwrites a user's table: replicate into another file, or rename or drop that table yourself")]
+    #[error("commit {commit_id}: the replica file already holds a table '{table}' that replication did not create (it is not in aerodb_replica_tables); AeroDB never overwrites a user's table (one released by aerodb_unreplicate is the user's from then on): replicate into another file, or rename or drop that table yourself")]
     UserTable {
         /// The commit whose schema record names it.
         commit_id: CommitId,

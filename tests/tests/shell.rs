@@ -55,6 +55,7 @@ SELECT aerodb_last_commit_id(), aerodb_head();
                     Change::Update { .. } => "update",
                     Change::Delete { .. } => "delete",
                     Change::Discard { .. } => "discard",
+                    Change::Unreplicate { .. } => "unreplicate",
                 })
                 .collect()
         })

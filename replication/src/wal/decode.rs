@@ -376,6 +376,7 @@ pub fn decode_change(bytes: &[u8]) -> Result<Change, String> {
                 indexes,
             }
         }
+        Operation::Unreplicate => Change::Unreplicate { table },
     };
     if r.pos != r.end {
         return Err(format!(

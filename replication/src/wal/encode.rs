@@ -142,6 +142,7 @@ pub fn encode_change(change: &Change) -> Result<Vec<u8>, EncodeError> {
                 out.extend_from_slice(statement.as_bytes());
             }
         }
+        Change::Unreplicate { .. } => {}
     }
     Ok(out)
 }

@@ -553,3 +553,21 @@ fn a_segment_that_ends_inside_a_transaction_holds_only_that_transaction() {
     );
     assert!(err.to_string().contains("ends a transaction"), "{err}");
 }
+
+#[test]
+fn an_unreplicate_change_is_its_header_alone() {
+    let change = Change::Unreplicate {
+        table: "Items".into(),
+    };
+    let bytes = encode_change(&change).unwrap();
+    assert_eq!(bytes, [6, 5, 0, b'I', b't', b'e', b'm', b's']);
+    assert_eq!(decode_change(&bytes).unwrap(), change);
+    assert_eq!(change.operation(), Operation::Unreplicate);
+    assert_eq!(change.table(), "Items");
+    let mut longer = bytes.clone();
+    longer.push(0);
+    let e = decode_change(&longer).unwrap_err();
+    assert!(e.contains("1 bytes after the end of the change"), "{e}");
+    let e = decode_change(&[7, 1, 0, b't']).unwrap_err();
+    assert_eq!(e, "unknown operation 7");
+}

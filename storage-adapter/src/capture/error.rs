@@ -30,6 +30,14 @@ pub enum CaptureError {
         /// Why, and what to do.
         reason: String,
     },
+    /// The table's replication cannot be stopped.
+    #[error("aerodb_unreplicate('{table}'): {reason}")]
+    UnreplicateRefused {
+        /// The argument (or the table as registered).
+        table: String,
+        /// Why, and what to do.
+        reason: String,
+    },
     /// A SQL function got a bad argument.
     #[error("{function}: argument {argument} {problem}")]
     BadArgument {

@@ -650,6 +650,13 @@ pub fn register(conn: &Connection) -> Result<CaptureHandle, rusqlite::Error> {
             .map_err(user_err)
     })?;
     let s = shared.clone();
+    conn.create_scalar_function("aerodb_unreplicate", 1, direct, move |ctx| {
+        let table = text_arg(ctx, "aerodb_unreplicate")?;
+        replicate::unreplicate(&s, raw(&s), table)
+            .map(|c| c.0 as i64)
+            .map_err(user_err)
+    })?;
+    let s = shared.clone();
     conn.create_scalar_function("aerodb_head", 0, utf8, move |_ctx| {
         head(raw(&s)).map(|c| c.0 as i64).map_err(user_err)
     })?;
@@ -714,6 +721,11 @@ impl CaptureHandle {
     /// As `aerodb_replicate(table)`.
     pub fn replicate(&self, table: &str) -> Result<CommitId, CaptureError> {
         replicate::replicate(&self.shared, raw(&self.shared), table)
+    }
+
+    /// As `aerodb_unreplicate(table)`.
+    pub fn unreplicate(&self, table: &str) -> Result<CommitId, CaptureError> {
+        replicate::unreplicate(&self.shared, raw(&self.shared), table)
     }
 
     /// As `aerodb_head()`.

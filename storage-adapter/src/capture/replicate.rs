@@ -374,3 +374,87 @@ fn install(
     }
     Ok(commit_id)
 }
+
+/// `aerodb_unreplicate(table)`: stops capturing `table` (its triggers and
+/// registry row go) and puts an Unreplicate change into the open
+/// transaction's record, so every replica stops maintaining it at that
+/// commit and keeps it as a plain table. Its rows stay on the primary.
+pub(super) fn unreplicate(
+    shared: &Shared,
+    conn: RawConn,
+    table: &str,
+) -> Result<CommitId, CaptureError> {
+    let wal = WalTables::new(conn);
+    let generation = primary_generation(&wal)?;
+    let registered = conn
+        .query_value(
+            "SELECT name || char(30) || triggers FROM main.aerodb_tables WHERE name = ?1 COLLATE NOCASE",
+            &[ValueRef::Text(table.as_bytes())],
+        )
+        .map_err(sqlite("reading aerodb_tables"))?
+        .and_then(|v| v.into_string())
+        .ok_or_else(|| CaptureError::UnreplicateRefused {
+            table: table.to_owned(),
+            reason: "it is not replicated (no row in aerodb_tables)".into(),
+        })?;
+    let mut parts = registered.split(LIST_SEPARATOR);
+    let name = parts.next().unwrap_or_default().to_owned();
+    let triggers: Vec<String> = parts.filter(|n| !n.is_empty()).map(str::to_owned).collect();
+    if lock(shared)
+        .buffer
+        .tables
+        .iter()
+        .any(|t| t.eq_ignore_ascii_case(&name))
+    {
+        // Its changes so far are captured as the rows' final state at
+        // commit, which would include writes made after capture stopped.
+        return Err(CaptureError::UnreplicateRefused {
+            table: name,
+            reason: "this transaction already wrote it; commit those writes first, then run aerodb_unreplicate in a transaction of its own (or before writing the table)".into(),
+        });
+    }
+    let encoded = encode_change(&Change::Unreplicate {
+        table: name.clone(),
+    })
+    .map_err(|source| CaptureError::Encode {
+        table: name.clone(),
+        source,
+    })?;
+    conn.execute_batch("SAVEPOINT aerodb_unreplicate")
+        .map_err(sqlite("opening a savepoint"))?;
+    let result = (|| {
+        let drops: String = triggers
+            .iter()
+            .map(|t| format!("DROP TRIGGER IF EXISTS main.{};\n", quote_ident(t)))
+            .collect();
+        conn.execute_batch(&drops)
+            .map_err(sqlite(format!("removing the capture triggers of '{name}'")))?;
+        conn.execute(
+            "DELETE FROM main.aerodb_tables WHERE name = ?1 COLLATE NOCASE",
+            &[ValueRef::Text(name.as_bytes())],
+        )
+        .map_err(sqlite("unregistering the table"))?;
+        // The capture table joins the transaction, so the record carrying
+        // the change is written at its commit.
+        conn.execute_batch("INSERT INTO aerodb_capture SELECT 1 WHERE 0")
+            .map_err(sqlite("joining the capture table to the transaction"))?;
+        let commit_id = WalTables::new(conn).head()?.next();
+        let mut s = lock(shared);
+        s.tx_generation = Some(generation);
+        s.buffer.push_section(&encoded);
+        Ok(commit_id)
+    })();
+    match result {
+        Ok(c) => {
+            conn.execute_batch("RELEASE aerodb_unreplicate")
+                .map_err(sqlite("committing aerodb_unreplicate"))?;
+            tracing::info!(table = name, commit_id = c.0, "stopped replicating table");
+            Ok(c)
+        }
+        Err(e) => {
+            let _ =
+                conn.execute_batch("ROLLBACK TO aerodb_unreplicate; RELEASE aerodb_unreplicate");
+            Err(e)
+        }
+    }
+}

@@ -85,6 +85,22 @@ fn install_with(
     Ok(())
 }
 
+/// Removes the guard triggers of `table` (it stopped being replicated):
+/// it is a plain, writable table from then on.
+pub(super) fn remove(tx: &Connection, commit_id: CommitId, table: &str) -> Result<(), ApplyError> {
+    for op in ["insert", "update", "delete"] {
+        tx.execute_batch(&format!(
+            "DROP TRIGGER IF EXISTS main.{}",
+            trigger_name(op, table)
+        ))
+        .map_err(sql_err(
+            "removing the replica's write guard",
+            Some(commit_id),
+        ))?;
+    }
+    Ok(())
+}
+
 /// Makes one of the runtime's own connections (the Applier's, the state
 /// store's, the Receiver's) a writer the guards let through: triggers do
 /// not fire on it at all (`SQLITE_DBCONFIG_ENABLE_TRIGGER` off: the

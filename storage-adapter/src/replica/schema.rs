@@ -149,6 +149,40 @@ pub(super) fn apply_schema(
     register(tx, commit_id, table, sql)
 }
 
+/// An Unreplicate change: `table` is no longer maintained here. Its
+/// registration and write guard go; its rows stay, as of this change, in a
+/// plain table the user owns from then on.
+pub(super) fn apply_unreplicate(
+    tx: &Connection,
+    commit_id: CommitId,
+    table: &str,
+) -> Result<(), ApplyError> {
+    if !registered(tx, commit_id, table)? {
+        return Err(ApplyError::BadSchema {
+            commit_id,
+            table: table.into(),
+            problem: format!(
+                "it stops replicating '{table}', which this replica does not replicate"
+            ),
+        });
+    }
+    let name: String = tx
+        .query_row(
+            "SELECT name FROM main.aerodb_replica_tables WHERE name = ?1 COLLATE NOCASE",
+            [table],
+            |r| r.get(0),
+        )
+        .map_err(sql_err("reading the replicated tables", Some(commit_id)))?;
+    tx.execute(
+        "DELETE FROM aerodb_replica_tables WHERE name = ?1 COLLATE NOCASE",
+        [table],
+    )
+    .map_err(sql_err("unregistering the table", Some(commit_id)))?;
+    super::guard::remove(tx, commit_id, &name)?;
+    tracing::info!(table = name, %commit_id, "the primary stopped replicating a table: kept as a plain table");
+    Ok(())
+}
+
 /// Records `table` as replicated (from its schema record at `commit_id`)
 /// and installs its write guard.
 fn register(
