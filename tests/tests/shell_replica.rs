@@ -100,6 +100,7 @@ fn the_sql_surface_is_exactly_the_documented_one() {
             "f:aerodb_replica_table_written_only_by_replication", // issue 10: replica write guard
             "f:aerodb_replicate",
             "f:aerodb_truncate_wal", // issue 5: WAL retention
+            "f:aerodb_unreplicate",  // issue 10: stop replicating a table
             "f:aerodb_version",      // issue 12: same string as `aerodb --version`
             "f:aerodb_wait",
             "m:aerodb_capture", // internal: capture triggers join it to the transaction
