@@ -29,7 +29,8 @@
 //! | the Receiver's thread (R1, R2, F1) | `runtime/receiver_runner.rs` |
 //! | the Validator's thread (V1-V3, F2) | `runtime/validator_runner.rs` |
 //! | the Applier's thread (W1-W3, F3) | `runtime/applier_runner.rs` |
-//! | the Supervisor's thread: events, recording, pipeline (S1, S2, F1-F6) | `runtime/supervisor_runner.rs` |
+//! | the Supervisor's decisions: events in, commands out (record, publish, open the store, start / stop the pipeline, answer, exit), sans IO (S1, S2, F1-F6, X4) | `runtime/engine.rs` |
+//! | the Supervisor's thread: carries out the engine's commands, reports back | `runtime/supervisor_runner.rs` |
 //!
 //! ## Example
 //!

@@ -30,6 +30,7 @@
 //! look again, and the handle's client-side [`Runtime::wait_for`] deadline.
 
 mod applier_runner;
+mod engine;
 mod events;
 mod failure;
 mod ports;
@@ -39,7 +40,10 @@ mod supervisor_runner;
 mod validator_runner;
 mod view;
 
+use engine::SupervisorEngine;
 use events::Event;
+use status::now_ms;
+use std::collections::HashMap;
 use supervisor_runner::SupervisorRunner;
 use view::Published;
 
@@ -55,7 +59,7 @@ pub use ports::{
 
 use crate::read_gate::Decision;
 use crate::state::{GlobalState, ReadStatus};
-use crate::supervisor::{Progress, Supervisor};
+use crate::supervisor::Progress;
 use crate::wal::{ChainPosition, CommitId, Generation};
 use std::sync::mpsc::{self, Sender};
 use std::sync::{Arc, Condvar, Mutex};
@@ -160,8 +164,9 @@ impl Runtime {
             .collect();
         components[Component::ReadGate.index()].state =
             "Serving (evaluates each read in the reader's transaction)".into();
+        let engine = SupervisorEngine::new(generation, source.describe(), components, now_ms);
         let runner = SupervisorRunner {
-            core: Supervisor::new(),
+            engine,
             storage,
             store: None,
             source: Some(source),
@@ -170,14 +175,9 @@ impl Runtime {
             events_tx: events_tx.clone(),
             events,
             published: Arc::clone(&published),
-            components,
-            applied: ChainPosition::genesis(generation),
-            last_transition: None,
-            pending: Vec::new(),
-            source_generation: generation,
-            source_head: None,
-            draining: false,
-            stopping: None,
+            replies: HashMap::new(),
+            next_reply: 0,
+            exited: false,
         };
         let on_panic = Arc::clone(&published);
         let supervisor = thread::Builder::new()

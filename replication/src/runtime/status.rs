@@ -141,7 +141,8 @@ pub(super) fn read_status(
 }
 
 impl TransitionRecord {
-    pub(super) fn new(t: &Transition, applied: ChainPosition) -> TransitionRecord {
+    /// The record of `t`, made at wall-clock time `at_unix_ms`.
+    pub(super) fn at(t: &Transition, applied: ChainPosition, at_unix_ms: i64) -> TransitionRecord {
         let (read, blocking_code, blocking) = read_status(&t.to);
         TransitionRecord {
             from: t.from.to_string(),
@@ -153,7 +154,7 @@ impl TransitionRecord {
             reason: t.reason.clone(),
             progress: t.progress,
             applied_wal_offset: applied.wal_offset,
-            at_unix_ms: now_ms(),
+            at_unix_ms,
         }
     }
 }

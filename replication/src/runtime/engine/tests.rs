@@ -1,0 +1,325 @@
+//! The Supervisor engine's tests: each input's commands, asserted exactly
+//! where a list holds no store record or view, and by kind plus the
+//! records' content where it does (transition records carry the test
+//! clock's time, 7).
+
+use super::*;
+use crate::code::FailureCode;
+use crate::validator::Rejection;
+use crate::wal::WalOffset;
+
+const GEN: Generation = Generation(0xabc);
+
+fn pos(c: u64) -> ChainPosition {
+    ChainPosition {
+        generation: GEN,
+        commit_id: CommitId(c),
+        wal_offset: WalOffset(c * 10),
+        chain: c as u32,
+    }
+}
+
+fn engine() -> SupervisorEngine {
+    let components = Component::ALL
+        .iter()
+        .map(|c| ComponentStatus::new(*c, "Not started"))
+        .collect();
+    SupervisorEngine::new(GEN, "file primary.db".into(), components, || 7)
+}
+
+fn stored(applied: u64, received: u64) -> StoredState {
+    StoredState {
+        applied: pos(applied),
+        received: CommitId(received),
+        previous_state: Some("Disabled".into()),
+        revalidate: 0,
+        components: Vec::new(),
+    }
+}
+
+fn kinds(commands: &[Command]) -> Vec<&'static str> {
+    commands
+        .iter()
+        .map(|c| match c {
+            Command::Record {
+                best_effort: false, ..
+            } => "Record",
+            Command::Record {
+                best_effort: true, ..
+            } => "RecordBestEffort",
+            Command::Publish(_) => "Publish",
+            Command::OpenStore => "OpenStore",
+            Command::StartPipeline { .. } => "StartPipeline",
+            Command::StopPipeline => "StopPipeline",
+            Command::Reply { .. } => "Reply",
+            Command::Exit => "Exit",
+        })
+        .collect()
+}
+
+/// The transitions (`from -> to`) a list records.
+fn transitions(commands: &[Command]) -> Vec<String> {
+    commands
+        .iter()
+        .filter_map(|c| match c {
+            Command::Record { ops, .. } => Some(ops),
+            _ => None,
+        })
+        .flatten()
+        .filter_map(|op| match op {
+            StoreOp::Transition(t) => Some(format!("{} -> {}", t.from, t.to)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// An engine whose pipeline runs, replica Ready read-safe at commit 3.
+fn running() -> SupervisorEngine {
+    let mut e = engine();
+    assert_eq!(e.handle(Input::Start), vec![Command::OpenStore]);
+    let c = e.handle(Input::StoreOpened(stored(3, 3)));
+    assert_eq!(kinds(&c), ["StartPipeline", "Record", "Publish"]);
+    e.handle(Input::Report(Event::ReceiverIdle));
+    e.handle(Input::BatchEnd);
+    assert_eq!(e.snapshot(true).global.to_string(), "Ready (read-safe)");
+    e
+}
+
+fn applier_failed(first: u64, last: u64) -> Event {
+    let mut f = Failure::new(FailureCode::Storage, "disk I/O error");
+    f.segment = Some((CommitId(first), CommitId(last)));
+    Event::ApplierFailed(f)
+}
+
+#[test]
+fn start_opens_the_store_then_starts_the_pipeline_from_what_it_holds() {
+    let mut e = engine();
+    assert_eq!(e.handle(Input::Start), vec![Command::OpenStore]);
+    let c = e.handle(Input::StoreOpened(stored(3, 5)));
+    assert_eq!(kinds(&c), ["StartPipeline", "Record", "Publish"]);
+    assert_eq!(
+        c[0],
+        Command::StartPipeline {
+            applied: pos(3),
+            received: CommitId(5),
+            refuse: None,
+        }
+    );
+    assert_eq!(
+        transitions(&c),
+        ["Disabled -> Initializing", "Initializing -> Recovering"]
+    );
+    match &c[2] {
+        Command::Publish(s) => {
+            assert!(s.running);
+            assert_eq!(s.applied, pos(3));
+            assert_eq!(
+                s.components[Component::Receiver.index()].state,
+                "Receiving (next commit 6)"
+            );
+            assert_eq!(s.components[Component::StateStore.index()].state, "Open");
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn a_source_of_another_generation_is_refused_by_the_receiver_it_starts() {
+    let mut e = engine();
+    e.handle(Input::Start);
+    let mut s = stored(3, 3);
+    s.applied.generation = Generation(0xdef);
+    let c = e.handle(Input::StoreOpened(s));
+    assert_eq!(
+        c[0],
+        Command::StartPipeline {
+            applied: ChainPosition {
+                generation: Generation(0xdef),
+                ..pos(3)
+            },
+            received: CommitId(3),
+            refuse: Some(Failure::new(
+                FailureCode::ForeignGeneration,
+                "file primary.db serves generation 0000000000000abc, the replica follows generation 0000000000000def (applied commit 3)"
+            )),
+        }
+    );
+}
+
+#[test]
+fn an_applier_failure_stops_the_pipeline_then_recovers_from_the_store() {
+    let mut e = running();
+    let c = e.handle(Input::Report(applier_failed(4, 6)));
+    assert_eq!(kinds(&c), ["Record", "Publish", "StopPipeline"]);
+    assert_eq!(transitions(&c), ["Ready (read-safe) -> Recovering"]);
+    // What the stopping pipeline still reports is recorded, not acted on:
+    // no second stop, no resume answered as done.
+    assert_eq!(e.handle(Input::Report(applier_failed(4, 6))), vec![]);
+    assert_eq!(
+        e.handle(Input::Resume {
+            reason: "operator".into(),
+            reply: 9,
+        }),
+        vec![Command::Reply {
+            to: 9,
+            answer: Err(
+                "nothing to resume now: a recovery is under way (ask again once it ends)".into()
+            ),
+        }]
+    );
+    let c = e.handle(Input::PipelineStopped { panicked: vec![] });
+    assert_eq!(kinds(&c), ["Record", "OpenStore"]);
+    assert_eq!(
+        e.handle(Input::StoreOpened(stored(3, 3))),
+        vec![Command::StartPipeline {
+            applied: pos(3),
+            received: CommitId(3),
+            refuse: None,
+        }]
+    );
+}
+
+#[test]
+fn the_same_segment_failing_again_gives_up_without_a_restart() {
+    let mut e = running();
+    e.handle(Input::Report(applier_failed(4, 6)));
+    e.handle(Input::PipelineStopped { panicked: vec![] });
+    e.handle(Input::StoreOpened(stored(3, 3)));
+    let c = e.handle(Input::Report(applier_failed(4, 6)));
+    assert_eq!(kinds(&c), ["Record", "Publish", "StopPipeline"]);
+    let c = e.handle(Input::PipelineStopped { panicked: vec![] });
+    assert_eq!(kinds(&c), Vec::<&str>::new(), "no OpenStore: X4 gives up");
+    let c = e.handle(Input::BatchEnd);
+    assert_eq!(kinds(&c), ["Record", "Publish"]);
+    assert_eq!(
+        transitions(&c),
+        ["Recovering -> Ready (read-blocked: applying segment 4..=6 failed again after recovery: STORAGE: disk I/O error)"]
+    );
+}
+
+#[test]
+fn a_resume_outside_a_block_is_answered_with_why_and_changes_nothing() {
+    let mut e = running();
+    assert_eq!(
+        e.handle(Input::Resume {
+            reason: "operator".into(),
+            reply: 1,
+        }),
+        vec![Command::Reply {
+            to: 1,
+            answer: Err("nothing to resume: the replica is Ready (read-safe) (only a block of this replica's storage or source resumes: not a divergence, not a rejected segment)".into()),
+        }]
+    );
+}
+
+#[test]
+fn a_stop_ends_the_run_recorded_once_the_pipeline_has_stopped() {
+    let mut e = running();
+    assert_eq!(e.handle(Input::Report(Event::Stop("asked".into()))), vec![]);
+    assert_eq!(e.handle(Input::BatchEnd), vec![Command::StopPipeline]);
+    let c = e.handle(Input::PipelineStopped { panicked: vec![] });
+    assert_eq!(kinds(&c), ["Record", "Publish", "Exit"]);
+    assert_eq!(transitions(&c), ["Ready (read-safe) -> Disabled"]);
+    match &c[1] {
+        Command::Publish(s) => {
+            assert!(!s.running);
+            assert_eq!(s.components[Component::StateStore.index()].state, "Closed");
+            assert_eq!(s.components[Component::Applier.index()].state, "Stopped");
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn a_command_that_fails_fails_the_supervisor_and_ends_the_run() {
+    let mut e = running();
+    let f = Failure::new(FailureCode::StateStore, "database is locked");
+    assert_eq!(
+        e.handle(Input::Failed(f.clone())),
+        vec![Command::StopPipeline]
+    );
+    let c = e.handle(Input::PipelineStopped {
+        panicked: vec![Component::Applier],
+    });
+    assert_eq!(kinds(&c), ["RecordBestEffort", "Publish", "Exit"]);
+    match &c[1] {
+        Command::Publish(s) => {
+            assert!(!s.running);
+            let sup = &s.components[Component::Supervisor.index()];
+            assert_eq!(sup.last_error.as_ref(), Some(&f));
+            let applier = &s.components[Component::Applier.index()];
+            assert_eq!(
+                applier.last_error.as_ref().map(|f| f.code),
+                Some(FailureCode::Panic)
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    // Nothing after: a best-effort record that fails is the end.
+    assert_eq!(e.handle(Input::Failed(f)), vec![]);
+}
+
+#[test]
+fn a_damaged_stored_segment_is_discarded_through_the_store_and_fetched_again() {
+    // Recovery (received past applied) re-validates what is stored.
+    let mut e = engine();
+    e.handle(Input::Start);
+    e.handle(Input::StoreOpened(stored(3, 6)));
+    assert_eq!(e.snapshot(true).global.to_string(), "Recovering");
+    let r = Rejection {
+        first: CommitId(4),
+        last: CommitId(6),
+        wal_offset: WalOffset(40),
+        code: FailureCode::Corrupt,
+        expected: None,
+        actual: None,
+        reason: "segment checksum mismatch".into(),
+    };
+    let c = e.handle(Input::Report(Event::ValidatorStoredRejected(r)));
+    assert_eq!(kinds(&c), ["Record", "Publish", "StopPipeline"]);
+    let c = e.handle(Input::PipelineStopped { panicked: vec![] });
+    assert_eq!(kinds(&c), ["OpenStore"]);
+    let c = e.handle(Input::StoreOpened(stored(3, 6)));
+    assert_eq!(kinds(&c), ["Record", "OpenStore"]);
+    assert_eq!(
+        transitions(&c),
+        ["Recovering -> ReceivingWAL"],
+        "the discard ends recovery, recorded with the segment named"
+    );
+    match &c[0] {
+        Command::Record { ops, .. } => {
+            assert!(
+                ops.contains(&StoreOp::Discard { from: CommitId(4) }),
+                "{ops:?}"
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(
+        e.handle(Input::StoreOpened(stored(3, 3))),
+        vec![Command::StartPipeline {
+            applied: pos(3),
+            received: CommitId(3),
+            refuse: None,
+        }]
+    );
+}
+
+#[test]
+fn a_failure_while_the_pipeline_stops_ends_the_run_once() {
+    let mut e = running();
+    e.handle(Input::Report(applier_failed(4, 6)));
+    // Recording what the stopping pipeline reported fails: the run ends
+    // (the pipeline is being stopped already; a second stop is immediate).
+    let f = Failure::new(FailureCode::StateStore, "disk full");
+    assert_eq!(e.handle(Input::Failed(f)), vec![Command::StopPipeline]);
+    let c = e.handle(Input::PipelineStopped { panicked: vec![] });
+    assert_eq!(kinds(&c), ["RecordBestEffort", "Publish", "Exit"]);
+    // The outer stop's end and anything after it change nothing.
+    assert_eq!(
+        e.handle(Input::PipelineStopped { panicked: vec![] }),
+        vec![]
+    );
+    assert_eq!(e.handle(Input::BatchEnd), vec![]);
+    assert_eq!(e.handle(Input::Report(applier_failed(4, 6))), vec![]);
+}
