@@ -31,6 +31,7 @@
 //! | the Applier's thread (W1-W3, F3) | `runtime/applier_runner.rs` |
 //! | the Supervisor's decisions: events in, commands out (record, publish, open the store, start / stop the pipeline, answer, exit), sans IO (S1, S2, F1-F6, X4) | `runtime/engine.rs` |
 //! | the Supervisor's thread: carries out the engine's commands, reports back | `runtime/supervisor_runner.rs` |
+//! | in-memory implementations of every port (primary and source, replica storage), the test double that drives the production runtime in tests and the simulation | `runtime/mem.rs` |
 //!
 //! ## Example
 //!

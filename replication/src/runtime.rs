@@ -33,6 +33,7 @@ mod applier_runner;
 mod engine;
 mod events;
 mod failure;
+pub mod mem;
 mod ports;
 mod receiver_runner;
 mod status;
