@@ -202,7 +202,7 @@ fn resume(ctx: &FnContext<'_>, registry: &Registry) -> Result<i64> {
     r.replica
         .resume("aerodb_replica_resume()")
         .map_err(|e| user_error(format!("{F}: {e}")))?;
-    Ok(r.replica.snapshot().applied.commit_id.0 as i64)
+    Ok(r.replica.view().applied.commit_id.0 as i64)
 }
 
 fn wait(ctx: &FnContext<'_>, registry: &Registry) -> Result<i64> {
@@ -235,15 +235,15 @@ fn wait(ctx: &FnContext<'_>, registry: &Registry) -> Result<i64> {
     let deadline = Instant::now() + Duration::from_millis(timeout as u64);
     match r.replica.wait_for(CommitId(min as u64), deadline) {
         Ok(p) => Ok(p.commit_id.0 as i64),
-        Err(WaitError::Timeout { wanted, snapshot }) => Err(user_error(format!(
+        Err(WaitError::Timeout { wanted, view }) => Err(user_error(format!(
             "{F}: timed out after {timeout} ms waiting for commit {wanted}: {}",
-            snapshot.explain_read(Some(wanted)).explanation
+            view.explain_read(Some(wanted)).explanation
         ))),
-        Err(WaitError::Unreachable { wanted, snapshot }) => Err(user_error(format!(
+        Err(WaitError::Unreachable { wanted, view }) => Err(user_error(format!(
             "{F}: commit {wanted} cannot be reached: {}",
             r.replica
                 .explain_read(Some(wanted))
-                .unwrap_or_else(|_| snapshot.explain_read(Some(wanted)))
+                .unwrap_or_else(|_| view.explain_read(Some(wanted)))
         ))),
         // The gate is the one authority: applied, but reads are refused.
         Err(WaitError::Refused { wanted, decision }) => Err(user_error(format!(
@@ -492,7 +492,7 @@ impl Rows for Components {
     const ARGS: usize = 0;
 
     fn rows(conn: &Connection, registry: &Registry, _: &[Value]) -> Result<Vec<Vec<Value>>> {
-        let live = registry.lock().as_ref().map(|r| r.replica.snapshot());
+        let live = registry.lock().as_ref().map(|r| r.replica.view());
         let mut out: Vec<Vec<Value>> = Vec::new();
         if table_exists(conn, "aerodb_replica_components")? {
             let mut stmt = conn.prepare(

@@ -10,14 +10,14 @@
 //!                   +---------- events ----+------------------------+--> [Supervisor]
 //!                                                                        | records transitions
 //!                                                                        v
-//!                                                             state store + published Snapshot
+//!                                                             state store + published View
 //! ```
 //!
 //! Concurrency is what spec 7 allows: the Receiver runs with the Validator,
 //! the Validator with the Applier only through a bounded queue, one
 //! Applier. The Supervisor owns the global state (S1) and is the only
-//! writer of the published [`Snapshot`]; observers (the handle, SQL) read
-//! immutable snapshots (X2). The Receiver writes only WAL storage (R2), the
+//! writer of the published [`View`]; observers (the handle, SQL) read
+//! immutable views (X2). The Receiver writes only WAL storage (R2), the
 //! Validator writes nothing (V3), the Applier writes rows and its position
 //! in one transaction (W1), the Supervisor records transitions, segment
 //! states and component statuses (T2); SQLite's single-writer lock
@@ -51,7 +51,7 @@ use view::Published;
 pub use crate::code::FailureCode;
 pub use failure::Failure;
 pub use status::{Component, ComponentStatus, TransitionRecord};
-pub use view::Snapshot;
+pub use view::View;
 
 pub use ports::{
     ApplyStorage, Fetched, PersistedSegment, SegmentReader, SnapshotFacts, StateStore, StopSignal,
@@ -92,21 +92,21 @@ impl Default for Config {
 #[derive(Clone, Debug, PartialEq, thiserror::Error)]
 pub enum WaitError {
     /// The deadline passed first.
-    #[error("timed out waiting for commit {wanted}: {}", snapshot.explain_read(Some(*wanted)).explanation)]
+    #[error("timed out waiting for commit {wanted}: {}", view.explain_read(Some(*wanted)).explanation)]
     Timeout {
         /// The CommitId waited for.
         wanted: CommitId,
         /// The state when the deadline passed.
-        snapshot: Arc<Snapshot>,
+        view: Arc<View>,
     },
     /// Replication cannot reach it without intervention (blocked or
     /// stopped).
-    #[error("commit {wanted} cannot be reached: {}", snapshot.explain_read(Some(*wanted)).explanation)]
+    #[error("commit {wanted} cannot be reached: {}", view.explain_read(Some(*wanted)).explanation)]
     Unreachable {
         /// The CommitId waited for.
         wanted: CommitId,
         /// The state that makes it unreachable.
-        snapshot: Arc<Snapshot>,
+        view: Arc<View>,
     },
     /// The replica holds the commit, but the read gate refuses reads at
     /// it (the replica is blocked or diverged): the gate is the one
@@ -128,8 +128,8 @@ pub struct Runtime {
     supervisor: Option<JoinHandle<()>>,
 }
 
-fn initial_snapshot(generation: Generation) -> Snapshot {
-    Snapshot {
+fn initial_view(generation: Generation) -> View {
+    View {
         global: GlobalState::Disabled,
         progress: Progress::default(),
         applied: ChainPosition::genesis(generation),
@@ -156,7 +156,7 @@ impl Runtime {
     ) -> Runtime {
         let (events_tx, events) = mpsc::channel();
         let published = Arc::new(Published {
-            snapshot: Mutex::new(Arc::new(initial_snapshot(generation))),
+            view: Mutex::new(Arc::new(initial_view(generation))),
             changed: Condvar::new(),
         });
         let mut components: Vec<ComponentStatus> = Component::ALL
@@ -185,7 +185,7 @@ impl Runtime {
             .name("aerodb-supervisor".into())
             .spawn(move || {
                 // A bug that panics the Supervisor still makes the replica
-                // unavailable, visibly (F4), instead of leaving a snapshot
+                // unavailable, visibly (F4), instead of leaving a view
                 // that says it runs.
                 let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| runner.run()));
                 if run.is_err() {
@@ -206,7 +206,7 @@ impl Runtime {
                 supervisor: Some(h),
             },
             Err(e) => {
-                let mut s = initial_snapshot(generation);
+                let mut s = initial_view(generation);
                 s.running = false;
                 s.components[0].last_error = Some(Failure::new(
                     FailureCode::Thread,
@@ -222,19 +222,19 @@ impl Runtime {
         }
     }
 
-    /// The current snapshot.
-    pub fn snapshot(&self) -> Arc<Snapshot> {
+    /// The current view.
+    pub fn view(&self) -> Arc<View> {
         Arc::clone(&self.published.lock())
     }
 
-    /// Waits until `done` holds for a published snapshot, or the deadline
-    /// passes (then `Err` with the last snapshot). A client-side wait: the
+    /// Waits until `done` holds for a published view, or the deadline
+    /// passes (then `Err` with the last view). A client-side wait: the
     /// runtime never waits on time.
     pub fn wait_until(
         &self,
         deadline: Instant,
-        mut done: impl FnMut(&Snapshot) -> bool,
-    ) -> Result<Arc<Snapshot>, Arc<Snapshot>> {
+        mut done: impl FnMut(&View) -> bool,
+    ) -> Result<Arc<View>, Arc<View>> {
         let mut guard = self.published.lock();
         loop {
             if done(&guard) {
@@ -276,29 +276,29 @@ impl Runtime {
                     })
                 }
             }
-            Ok(snapshot) => Err(WaitError::Unreachable {
+            Ok(view) => Err(WaitError::Unreachable {
                 wanted: commit_id,
-                snapshot,
+                view,
             }),
-            Err(snapshot) => Err(WaitError::Timeout {
+            Err(view) => Err(WaitError::Timeout {
                 wanted: commit_id,
-                snapshot,
+                view,
             }),
         }
     }
 
     /// Stops the replica: the Receiver stops, queued segments are applied,
     /// the stop is recorded (state Disabled), every thread is joined.
-    /// Returns the final snapshot.
-    pub fn stop(mut self) -> Arc<Snapshot> {
+    /// Returns the final view.
+    pub fn stop(mut self) -> Arc<View> {
         self.shutdown("stopped by the application");
-        self.snapshot()
+        self.view()
     }
 
     /// A handle that asks this replica to stop from another thread (a
     /// signal handler's, say) without owning it: the Supervisor records
     /// the stop with `reason`, as [`stop`](Self::stop) does, and publishes
-    /// a snapshot that is no longer running. The owner still calls
+    /// a view that is no longer running. The owner still calls
     /// [`stop`](Self::stop) (or drops the runtime) to join the threads.
     pub fn stop_requester(&self) -> StopRequester {
         StopRequester {

@@ -170,7 +170,7 @@ impl Supervisor {
         }
     }
 
-    /// The global state (an immutable snapshot for observers).
+    /// The global state (observers get it in the immutable published View).
     pub fn state(&self) -> &GlobalState {
         &self.state
     }

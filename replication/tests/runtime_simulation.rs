@@ -24,19 +24,8 @@ use replication::state::{GlobalState, ReadStatus, SegmentState};
 use replication::wal::{Change, CommitId, Generation, Value};
 use std::time::{Duration, Instant};
 
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
-}
+mod common;
+use common::Rng;
 
 const GEN: Generation = Generation(0x5117);
 /// A generous bound on each wait: reaching it is a failure (a hang), never
@@ -184,7 +173,7 @@ fn check(rt: &Runtime, primary: &MemPrimary, replica: &MemReplica, seed: u64, st
             );
         }
     }
-    let live = rt.snapshot();
+    let live = rt.view();
     let want = Some(applied.commit_id);
     let recorded = evaluate(
         &replica.observed(live.running),
@@ -317,7 +306,7 @@ fn run_seed(seed: u64) {
 
 /// After a stop: the recorded verdict is the last published one.
 fn check_stopped(
-    last: &replication::runtime::Snapshot,
+    last: &replication::runtime::View,
     primary: &MemPrimary,
     replica: &MemReplica,
     seed: u64,
@@ -344,12 +333,7 @@ fn check_stopped(
 }
 
 fn seeds() -> Vec<u64> {
-    match std::env::var("AERODB_SIM_SEED") {
-        Ok(s) => vec![s.parse().expect("AERODB_SIM_SEED is a number")],
-        Err(_) => (0..std::env::var("AERODB_SIM_SEEDS")
-            .map_or(24, |n| n.parse().expect("a count")))
-            .collect(),
-    }
+    common::seeds(24)
 }
 
 #[test]
@@ -433,7 +417,7 @@ fn a_fork_and_a_foreign_generation_are_refused_and_stay_refused() {
         } => assert_eq!(b.code(), "DIVERGED", "{g}"),
         other => panic!("a fork was not refused: {other}"),
     }
-    let d = rt.snapshot().explain_read(Some(CommitId(4)));
+    let d = rt.view().explain_read(Some(CommitId(4)));
     assert_eq!(d.code, DecisionCode::Diverged, "{}", d.explanation);
     rt.stop();
     let recorded = evaluate(

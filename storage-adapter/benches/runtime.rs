@@ -1420,8 +1420,8 @@ fn latency_case(cfg: &Cfg, http: Option<(&Path, &Path)>) -> R<LatencyResult> {
     };
     // The observer: every published snapshot whose CommitIds moved.
     let mut seen: Vec<Seen> = Vec::new();
-    let mut last = replica.snapshot().progress;
-    let mut last_applied = replica.snapshot().applied.commit_id;
+    let mut last = replica.view().progress;
+    let mut last_applied = replica.view().applied.commit_id;
     let mut writes: Option<Vec<Written>> = None;
     let mut writer = Some(writer);
     let hard_end = t_start + duration + SETTLE_DEADLINE;
@@ -1451,12 +1451,10 @@ fn latency_case(cfg: &Cfg, http: Option<(&Path, &Path)>) -> R<LatencyResult> {
                 break;
             }
         }
-        if Instant::now() > hard_end || !replica.snapshot().running {
-            return Err(format!(
-                "the replica did not catch up: {:?}",
-                replica.snapshot().global
-            )
-            .into());
+        if Instant::now() > hard_end || !replica.view().running {
+            return Err(
+                format!("the replica did not catch up: {:?}", replica.view().global).into(),
+            );
         }
     }
     let wall = t_start.elapsed().as_secs_f64();

@@ -33,7 +33,7 @@ fn with_threads() -> Result<(), Box<dyn std::error::Error>> {
 
     let replica = Replica::start_from_file("replica.db", "primary.db", Config::default())?;
     replica.wait_for(token, Instant::now() + Duration::from_secs(5))?; // client-side deadline
-    let s = replica.snapshot(); // immutable: global state, progress, components
+    let s = replica.view(); // immutable: global state, progress, components
     println!(
         "{} applied {} (WAL offset {})",
         s.global, s.applied.commit_id, s.applied.wal_offset

@@ -28,7 +28,7 @@
 //!     Config::default(),
 //! )?;
 //! replica.wait_for(token, Instant::now() + Duration::from_secs(10))?;
-//! let state = replica.snapshot();
+//! let state = replica.view();
 //! println!("{} at commit {}", state.global, state.applied.commit_id);
 //! println!("{}", state.component(Component::Applier).state);
 //! assert!(replica.explain_read(Some(token))?.allowed());

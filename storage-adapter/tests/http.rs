@@ -29,7 +29,7 @@
 //! by a relay in front of the server (to kill it while a long-poll is out).
 
 use replication::read_gate::DecisionCode;
-use replication::runtime::{Component, Config, Failure, Snapshot, WaitError};
+use replication::runtime::{Component, Config, Failure, View, WaitError};
 use replication::state::{GlobalState, ReadStatus};
 use replication::wal::{ChainPosition, CommitId, Generation};
 use rstest::rstest;
@@ -386,23 +386,23 @@ fn remove_db(path: &Path) {
 
 // ------------------------------------------------------------------ checks
 
-fn ready_safe(s: &Snapshot) -> bool {
+fn ready_safe(s: &View) -> bool {
     s.global
         == GlobalState::Ready {
             read: ReadStatus::Safe,
         }
 }
 
-fn blocked(s: &Snapshot) -> bool {
+fn blocked(s: &View) -> bool {
     replication::runtime::is_blocked(&s.global)
 }
 
-fn caught_up(s: &Snapshot, head: CommitId) -> bool {
+fn caught_up(s: &View, head: CommitId) -> bool {
     ready_safe(s) && s.applied.commit_id == head
 }
 
 /// What a snapshot shows, for failure messages.
-fn show(s: &Snapshot) -> String {
+fn show(s: &View) -> String {
     let errors: Vec<String> = s
         .components
         .iter()
@@ -417,7 +417,7 @@ fn show(s: &Snapshot) -> String {
     )
 }
 
-fn wait(replica: &Replica, what: &str, done: impl FnMut(&Snapshot) -> bool) -> Snapshot {
+fn wait(replica: &Replica, what: &str, done: impl FnMut(&View) -> bool) -> View {
     match replica.wait_until(deadline(), done) {
         Ok(s) => (*s).clone(),
         Err(s) => panic!("timed out waiting for {what}: {}", show(&s)),
@@ -1200,21 +1200,21 @@ impl Forked {
 
     /// Restarts the replica (and the server on its port) and waits until
     /// it is blocked or caught up with what the source offers.
-    fn restart(&mut self) -> (Replica, Snapshot) {
+    fn restart(&mut self) -> (Replica, View) {
         let r = self.source.start_replica(&self.replica, Config::default());
         let s = wait(&r, "the replica to settle", |s| blocked(s) || ready_safe(s));
         (r, s)
     }
 
     /// Nothing of the other history was applied.
-    fn assert_unchanged(&self, s: &Snapshot) {
+    fn assert_unchanged(&self, s: &View) {
         assert_eq!(s.applied, self.applied, "{}", show(s));
         assert_eq!(rows(&read_only(&self.replica)), self.rows);
     }
 }
 
 /// The replica's read gate answers DIVERGED, with a reason naming `needle`.
-fn assert_diverged(replica: &Replica, s: &Snapshot, needle: &str) {
+fn assert_diverged(replica: &Replica, s: &View, needle: &str) {
     assert!(blocked(s), "{}", show(s));
     let d = replica.explain_read(None).expect("gate");
     assert_eq!(d.code, DecisionCode::Diverged, "{d}");

@@ -7,8 +7,8 @@
 //! every wait is on published state, never a sleep.
 
 use replication::runtime::{
-    ApplyStorage, Component, Config, Failure, Fetched, SegmentReader, Snapshot, StateStore,
-    StopSignal, Storage, WalSource, WalStorage,
+    ApplyStorage, Component, Config, Failure, Fetched, SegmentReader, StateStore, StopSignal,
+    Storage, View, WalSource, WalStorage,
 };
 use replication::wal::{ChainPosition, CommitId, ValidatedSegment};
 use std::path::Path;
@@ -25,7 +25,7 @@ fn small() -> Config {
     }
 }
 
-fn blocked(s: &Snapshot) -> bool {
+fn blocked(s: &View) -> bool {
     replication::runtime::is_blocked(&s.global)
 }
 

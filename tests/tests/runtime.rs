@@ -34,7 +34,7 @@ fn write(p: &Primary, ids: std::ops::RangeInclusive<i64>) -> CommitId {
     p.head().expect("head")
 }
 
-fn ready(s: &replication::runtime::Snapshot) -> bool {
+fn ready(s: &replication::runtime::View) -> bool {
     s.global
         == GlobalState::Ready {
             read: ReadStatus::Safe,
@@ -93,8 +93,8 @@ fn replica_follows_a_primary_file_and_records_everything() {
 // ------------------------------------------------------ failure boundaries
 
 use replication::runtime::{
-    ApplyStorage, Failure, FailureCode, Fetched, Snapshot, StateStore, StopSignal, Storage,
-    StoreOp, StoredState, WaitError, WalSource,
+    ApplyStorage, Failure, FailureCode, Fetched, StateStore, StopSignal, Storage, StoreOp,
+    StoredState, View, WaitError, WalSource,
 };
 use replication::wal::{ChainPosition, ValidatedSegment};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -155,7 +155,7 @@ fn small() -> Config {
     }
 }
 
-fn blocked(s: &Snapshot) -> bool {
+fn blocked(s: &View) -> bool {
     replication::runtime::is_blocked(&s.global)
 }
 

@@ -155,7 +155,7 @@ fn writes_to_a_replica_are_refused_except_replications_own() {
         .expect("follows");
     let want = rows(&p_path);
     assert_eq!(rows(&r_path), want);
-    let generation = replica.snapshot().applied.generation;
+    let generation = replica.view().applied.generation;
     replica.stop();
 
     // With the extension loaded, in the stock shell: a clear message.

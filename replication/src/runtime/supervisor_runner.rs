@@ -63,7 +63,7 @@ impl SupervisorRunner {
         }
         if !self.exited {
             // Every sender is gone (cannot happen while this holds one).
-            let s = self.engine.snapshot(false);
+            let s = self.engine.view(false);
             self.publish(s);
         }
     }
@@ -148,7 +148,7 @@ impl SupervisorRunner {
         }
     }
 
-    fn publish(&self, snapshot: crate::runtime::Snapshot) {
+    fn publish(&self, snapshot: crate::runtime::View) {
         *self.published.lock() = Arc::new(snapshot);
         self.published.changed.notify_all();
     }

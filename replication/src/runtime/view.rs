@@ -1,4 +1,4 @@
-//! The published view: the immutable [`Snapshot`] the Supervisor
+//! The published view: the immutable [`View`] the Supervisor
 //! publishes after every batch of events it recorded, and the cell
 //! observers wait on.
 
@@ -9,10 +9,10 @@ use crate::supervisor::Progress;
 use crate::wal::{ChainPosition, CommitId};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
-/// What observers see: an immutable snapshot the Supervisor publishes after
+/// What observers see: an immutable view the Supervisor publishes after
 /// every batch of events it has recorded.
 #[derive(Clone, Debug, PartialEq)]
-pub struct Snapshot {
+pub struct View {
     /// The global state.
     pub global: GlobalState,
     /// Received / validated / applied CommitIds, kept apart.
@@ -31,13 +31,13 @@ pub struct Snapshot {
     pub source_head: Option<CommitId>,
 }
 
-impl Snapshot {
+impl View {
     /// One component's status.
     pub fn component(&self, c: Component) -> &ComponentStatus {
         &self.components[c.index()]
     }
 
-    /// The Read Safety Gate's decision over this snapshot (the live view;
+    /// The Read Safety Gate's decision over this view (the live one;
     /// SQL readers evaluate the persisted state in their own transaction).
     pub fn explain_read(&self, min_commit_id: Option<CommitId>) -> Decision {
         read_gate::evaluate(
@@ -54,14 +54,14 @@ impl Snapshot {
 
 /// Published state and the condition observers wait on.
 pub(super) struct Published {
-    pub(super) snapshot: Mutex<Arc<Snapshot>>,
+    pub(super) view: Mutex<Arc<View>>,
     pub(super) changed: Condvar,
 }
 
 impl Published {
-    pub(super) fn lock(&self) -> MutexGuard<'_, Arc<Snapshot>> {
+    pub(super) fn lock(&self) -> MutexGuard<'_, Arc<View>> {
         // A panic while holding this lock cannot leave a half-written
-        // snapshot: it is replaced whole.
-        self.snapshot.lock().unwrap_or_else(|p| p.into_inner())
+        // view: it is replaced whole.
+        self.view.lock().unwrap_or_else(|p| p.into_inner())
     }
 }

@@ -253,19 +253,30 @@ pub(super) fn replicate(
     let generation = primary_generation(&wal)?;
     let t = find(conn, table)?;
     let (names, ddl) = triggers(conn, &t, generation)?;
-    // All or nothing, even when called from a statement in autocommit mode.
-    conn.execute_batch("SAVEPOINT aerodb_replicate")
+    let c = all_or_nothing(conn, "aerodb_replicate", || {
+        install(shared, conn, &t, generation, &names, &ddl)
+    })?;
+    tracing::info!(table = t.name, commit_id = c.0, "replicating table");
+    Ok(c)
+}
+
+/// Runs `f` in savepoint `name`: all or nothing, even when called from a
+/// statement in autocommit mode.
+fn all_or_nothing<T>(
+    conn: RawConn,
+    name: &str,
+    f: impl FnOnce() -> Result<T, CaptureError>,
+) -> Result<T, CaptureError> {
+    conn.execute_batch(&format!("SAVEPOINT {name}"))
         .map_err(sqlite("opening a savepoint"))?;
-    let result = install(shared, conn, &t, generation, &names, &ddl);
-    match result {
-        Ok(c) => {
-            conn.execute_batch("RELEASE aerodb_replicate")
-                .map_err(sqlite("committing aerodb_replicate"))?;
-            tracing::info!(table = t.name, commit_id = c.0, "replicating table");
-            Ok(c)
+    match f() {
+        Ok(t) => {
+            conn.execute_batch(&format!("RELEASE {name}"))
+                .map_err(sqlite(format!("committing {name}")))?;
+            Ok(t)
         }
         Err(e) => {
-            let _ = conn.execute_batch("ROLLBACK TO aerodb_replicate; RELEASE aerodb_replicate");
+            let _ = conn.execute_batch(&format!("ROLLBACK TO {name}; RELEASE {name}"));
             Err(e)
         }
     }
@@ -420,9 +431,7 @@ pub(super) fn unreplicate(
         table: name.clone(),
         source,
     })?;
-    conn.execute_batch("SAVEPOINT aerodb_unreplicate")
-        .map_err(sqlite("opening a savepoint"))?;
-    let result = (|| {
+    let c = all_or_nothing(conn, "aerodb_unreplicate", || {
         let drops: String = triggers
             .iter()
             .map(|t| format!("DROP TRIGGER IF EXISTS main.{};\n", quote_ident(t)))
@@ -443,18 +452,7 @@ pub(super) fn unreplicate(
         s.tx_generation = Some(generation);
         s.buffer.push_section(&encoded);
         Ok(commit_id)
-    })();
-    match result {
-        Ok(c) => {
-            conn.execute_batch("RELEASE aerodb_unreplicate")
-                .map_err(sqlite("committing aerodb_unreplicate"))?;
-            tracing::info!(table = name, commit_id = c.0, "stopped replicating table");
-            Ok(c)
-        }
-        Err(e) => {
-            let _ =
-                conn.execute_batch("ROLLBACK TO aerodb_unreplicate; RELEASE aerodb_unreplicate");
-            Err(e)
-        }
-    }
+    })?;
+    tracing::info!(table = name, commit_id = c.0, "stopped replicating table");
+    Ok(c)
 }

@@ -9,7 +9,7 @@ use crate::primary::PrimaryError;
 use crate::replica::ReplicaDb;
 use replication::read_gate::{self, Decision};
 use replication::runtime::{
-    ComponentStatus, Config, Runtime, Snapshot, StopRequester, Storage, WaitError, WalSource,
+    ComponentStatus, Config, Runtime, StopRequester, Storage, View, WaitError, WalSource,
 };
 use replication::wal::{ChainPosition, CommitId, Generation};
 use rusqlite::{Connection, OpenFlags};
@@ -150,14 +150,14 @@ impl Replica {
     }
 
     /// The live state: global state, progress, components.
-    pub fn snapshot(&self) -> Arc<Snapshot> {
-        self.runtime().snapshot()
+    pub fn view(&self) -> Arc<View> {
+        self.runtime().view()
     }
 
     /// Each component's status (state, blocking reason, last successful
     /// transition, last error).
     pub fn components(&self) -> Vec<ComponentStatus> {
-        self.snapshot().components.clone()
+        self.view().components.clone()
     }
 
     fn reader(&self) -> rusqlite::Result<Connection> {
@@ -194,7 +194,7 @@ impl Replica {
         loop {
             // The live state allows the read (or this returns why not).
             let applied = self.runtime().wait_for(commit_id, deadline)?;
-            let seen = self.snapshot();
+            let seen = self.view();
             let decision = self
                 .explain_read(Some(commit_id))
                 .unwrap_or_else(|e| read_gate::refuse_unobservable(&e.to_string()));
@@ -221,8 +221,8 @@ impl Replica {
     pub fn wait_until(
         &self,
         deadline: Instant,
-        done: impl FnMut(&Snapshot) -> bool,
-    ) -> Result<Arc<Snapshot>, Arc<Snapshot>> {
+        done: impl FnMut(&View) -> bool,
+    ) -> Result<Arc<View>, Arc<View>> {
         self.runtime().wait_until(deadline, done)
     }
 
@@ -243,7 +243,7 @@ impl Replica {
 
     /// Stops the replica (threads joined, stop recorded); returns the last
     /// state.
-    pub fn stop(mut self) -> Arc<Snapshot> {
+    pub fn stop(mut self) -> Arc<View> {
         self.runtime.take().expect("present until stop").stop()
     }
 }

@@ -81,7 +81,7 @@ fn running() -> SupervisorEngine {
     assert_eq!(kinds(&c), ["StartPipeline", "Record", "Publish"]);
     e.handle(Input::Report(Event::ReceiverIdle));
     e.handle(Input::BatchEnd);
-    assert_eq!(e.snapshot(true).global.to_string(), "Ready (read-safe)");
+    assert_eq!(e.view(true).global.to_string(), "Ready (read-safe)");
     e
 }
 
@@ -265,7 +265,7 @@ fn a_damaged_stored_segment_is_discarded_through_the_store_and_fetched_again() {
     let mut e = engine();
     e.handle(Input::Start);
     e.handle(Input::StoreOpened(stored(3, 6)));
-    assert_eq!(e.snapshot(true).global.to_string(), "Recovering");
+    assert_eq!(e.view(true).global.to_string(), "Recovering");
     let r = Rejection {
         first: CommitId(4),
         last: CommitId(6),
@@ -322,4 +322,31 @@ fn a_failure_while_the_pipeline_stops_ends_the_run_once() {
     );
     assert_eq!(e.handle(Input::BatchEnd), vec![]);
     assert_eq!(e.handle(Input::Report(applier_failed(4, 6))), vec![]);
+}
+
+#[test]
+fn a_batch_records_what_is_pending_and_publishes_the_view() {
+    let mut e = running();
+    // Nothing pending: the view alone.
+    let view = e.view(true);
+    assert_eq!(e.handle(Input::BatchEnd), vec![Command::Publish(view)]);
+    // A source head that grew is recorded with the batch.
+    let persisted = Event::ReceiverPersisted {
+        first: CommitId(4),
+        last: CommitId(4),
+        caught_up: false,
+        source_head: CommitId(9),
+    };
+    let c = e.handle(Input::Report(persisted));
+    assert_eq!(c, vec![]);
+    let c = e.handle(Input::BatchEnd);
+    assert_eq!(kinds(&c), ["Record", "Publish"]);
+    match &c[0] {
+        Command::Record { ops, best_effort } => {
+            assert!(!best_effort);
+            assert_eq!(ops[0], StoreOp::SourceHead { head: CommitId(9) });
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(c[1], Command::Publish(e.view(true)));
 }

@@ -23,7 +23,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
-use replication::runtime::Snapshot;
+use replication::runtime::View;
 use replication::state::{GlobalKind, GlobalState, ReadStatus};
 use rusqlite::{Connection, OpenFlags};
 use serde_json::json;
@@ -80,7 +80,7 @@ fn gauge(registry: &mut Registry, name: &str, help: &str, value: i64) {
 }
 
 /// The metrics text for the live snapshot and what the file records.
-fn render(s: &Snapshot, r: &Recorded) -> String {
+fn render(s: &View, r: &Recorded) -> String {
     let mut reg = Registry::default();
     gauge(
         &mut reg,
@@ -190,7 +190,7 @@ fn render(s: &Snapshot, r: &Recorded) -> String {
 }
 
 /// `/ready`'s answer: whether it is ready, and why not.
-fn readiness(s: &Snapshot, r: &Recorded, max_lag: u64) -> Result<String, String> {
+fn readiness(s: &View, r: &Recorded, max_lag: u64) -> Result<String, String> {
     let gate = r
         .gate
         .as_ref()
@@ -235,7 +235,7 @@ pub fn serve(server: &Server, replica: &Replica, path: &Path, max_lag: u64) {
         let response = match target.as_str() {
             "/health" => Response::from_string("ok\n").with_status_code(200),
             "/metrics" => {
-                let s = replica.snapshot();
+                let s = replica.view();
                 Response::from_string(render(&s, &recorded(path)))
                     .with_status_code(200)
                     .with_header(header(
@@ -244,7 +244,7 @@ pub fn serve(server: &Server, replica: &Replica, path: &Path, max_lag: u64) {
                     ))
             }
             "/ready" => {
-                let s = replica.snapshot();
+                let s = replica.view();
                 let (code, body) = match readiness(&s, &recorded(path), max_lag) {
                     Ok(why) => (200, json!({"ready": true, "reason": why})),
                     Err(why) => (503, json!({"ready": false, "reason": why})),

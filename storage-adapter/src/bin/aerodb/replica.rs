@@ -19,7 +19,7 @@
 use super::{limit_help, options_from, Failure, LimitArgs};
 use clap::Args;
 use replication::runtime::FailureCode;
-use replication::runtime::{is_blocked, Component, Snapshot};
+use replication::runtime::{is_blocked, Component, View};
 use replication::state::{BlockReason, GlobalKind, GlobalState, ReadStatus};
 use replication::wal::CommitId;
 use std::io::Write;
@@ -102,7 +102,7 @@ enum End {
 
 /// Whether the replica is blocked only because its source does not answer
 /// (the Receiver waits for it and resumes by itself).
-fn waiting_for_source(s: &Snapshot) -> bool {
+fn waiting_for_source(s: &View) -> bool {
     matches!(
         &s.global,
         GlobalState::Ready {
@@ -116,7 +116,7 @@ fn waiting_for_source(s: &Snapshot) -> bool {
 }
 
 /// What the loop decides after a published state.
-fn end_of(s: &Snapshot, until: Option<CommitId>) -> Option<End> {
+fn end_of(s: &View, until: Option<CommitId>) -> Option<End> {
     if !s.running {
         return Some(End::NotRunning);
     }
@@ -268,7 +268,7 @@ fn outcome(
     end: End,
     cause: Option<StopCause>,
     until: Option<CommitId>,
-    last: &Snapshot,
+    last: &View,
 ) -> Result<(), Failure> {
     if let Some(e) = &last.component(Component::Supervisor).last_error {
         return Err(Failure::Run(format!(
@@ -297,7 +297,7 @@ fn outcome(
 /// " of source head H (N to go, R commits/s, ETA T s)" while behind the
 /// source's advertised head, " of source head H" once there, "" before
 /// anything was received. Wall-clock rate and ETA are for people only.
-fn progress(s: &Snapshot, (since, from): (Instant, CommitId)) -> String {
+fn progress(s: &View, (since, from): (Instant, CommitId)) -> String {
     let Some(head) = s.source_head else {
         return String::new();
     };
@@ -324,7 +324,7 @@ fn follow(handle: &Replica, until: Option<CommitId>) -> End {
     let mut shown = (CommitId(0), String::new());
     let mut outage = false;
     // For the progress shown (rate and ETA; display only).
-    let started = (Instant::now(), handle.snapshot().applied.commit_id);
+    let started = (Instant::now(), handle.view().applied.commit_id);
     loop {
         let s = handle
             .wait_until(Instant::now() + WAIT_BOUND, |s| {
@@ -368,10 +368,10 @@ mod tests {
     use replication::runtime::{ComponentStatus, Failure as RuntimeFailure};
     use replication::wal::{ChainPosition, Generation};
 
-    fn last(applied: u64, supervisor_error: Option<&str>) -> Snapshot {
+    fn last(applied: u64, supervisor_error: Option<&str>) -> View {
         let mut applied_at = ChainPosition::genesis(Generation(7));
         applied_at.commit_id = CommitId(applied);
-        Snapshot {
+        View {
             global: GlobalState::Disabled,
             progress: Default::default(),
             applied: applied_at,
