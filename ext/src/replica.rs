@@ -48,6 +48,9 @@ impl Registry {
     }
 }
 
+/// The lock wait `aerodb_replica_start` gives a connection that has none.
+const READER_LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
 fn user_error(msg: impl Into<String>) -> Error {
     Error::UserFunctionError(msg.into().into())
 }
@@ -132,6 +135,14 @@ fn start(ctx: &FnContext<'_>, registry: &Registry) -> Result<i64> {
         return Err(user_error(format!(
             "aerodb_replica_start: the replica database is in journal_mode={mode}; run PRAGMA journal_mode=WAL; first (the Applier writes while readers read)"
         )));
+    }
+    // This connection reads what the runtime's connections write: with no
+    // lock wait of its own, a read that meets a writer resetting the WAL
+    // fails with `database is locked`. Wait for the lock instead, as the
+    // runtime's connections do (an application's own setting is kept).
+    let wait: i64 = conn.query_row("PRAGMA busy_timeout", [], |r| r.get(0))?;
+    if wait == 0 {
+        conn.busy_timeout(READER_LOCK_WAIT)?;
     }
     drop(conn);
     let mut running = registry.lock();

@@ -4,7 +4,7 @@
 //! The input (`replication_fuzz::RoundtripInput`) is a generation, a start
 //! position (genesis, or after any commit, clamped so the CommitIds and WAL
 //! offsets fit), 1..=16 records of changes of every kind (Insert, Update,
-//! Delete, Discard, Schema) with values of every type (NULL, INTEGER, REAL
+//! Delete, Discard, Schema, Unreplicate, Alter) with values of every type (NULL, INTEGER, REAL
 //! from any bit pattern, TEXT of any bytes, BLOB), which of them continue
 //! their transaction in the next record (format 3; laid out as a segment
 //! may hold them, `replication_fuzz::continues_flags`), and a byte to

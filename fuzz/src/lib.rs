@@ -11,11 +11,11 @@
 
 use arbitrary::Arbitrary;
 use replication::wal::{
-    encode_change, encode_count, encode_value, segment_crc, ChainPosition, Change, CommitId,
-    EncodeError, EncodedRecord, Generation, Record, RecordEncoder, Segment, Value, WalOffset,
-    FORMAT_VERSION, MAX_COLUMNS, MAX_RECORDS_PER_SEGMENT, MAX_SCHEMA_SQL_BYTES,
-    MAX_SEGMENT_BODY_BYTES, MAX_TABLE_NAME_BYTES, RECORD_HEADER_LEN, RECORD_OVERHEAD,
-    SEGMENT_HEADER_LEN, SEGMENT_MAGIC, SEGMENT_TRAILER_LEN,
+    encode_change, encode_count, encode_value, segment_crc, AlteredTable, ChainPosition, Change,
+    CommitId, EncodeError, EncodedRecord, Generation, Record, RecordEncoder, Segment,
+    TableDefinition, Value, WalOffset, FORMAT_VERSION, MAX_COLUMNS, MAX_RECORDS_PER_SEGMENT,
+    MAX_SCHEMA_SQL_BYTES, MAX_SEGMENT_BODY_BYTES, MAX_TABLE_NAME_BYTES, RECORD_HEADER_LEN,
+    RECORD_OVERHEAD, SEGMENT_HEADER_LEN, SEGMENT_MAGIC, SEGMENT_TRAILER_LEN,
 };
 
 // ------------------------------------------------------------ comparisons
@@ -62,7 +62,9 @@ pub fn change_same(a: &Change, b: &Change) -> bool {
         | (Change::Discard { table: t1, key: k1 }, Change::Discard { table: t2, key: k2 }) => {
             t1 == t2 && values_same(k1, k2)
         }
-        (Change::Schema { .. }, Change::Schema { .. }) => a == b,
+        (Change::Schema { .. }, Change::Schema { .. })
+        | (Change::Unreplicate { .. }, Change::Unreplicate { .. })
+        | (Change::Alter { .. }, Change::Alter { .. }) => a == b,
         _ => false,
     }
 }
@@ -345,6 +347,18 @@ pub enum ArbChange {
         /// `CREATE INDEX` statements.
         indexes: Vec<String>,
     },
+    /// Unreplicate.
+    Unreplicate {
+        /// Table.
+        table: String,
+    },
+    /// Alter: statements, then (name before, kept as (name, sql, indexes)).
+    Alter {
+        /// The statements.
+        statements: String,
+        /// The altered tables (an empty list is taken as one).
+        tables: Vec<(String, Option<(String, String, Vec<String>)>)>,
+    },
 }
 
 /// Where the segment's first record starts.
@@ -463,6 +477,32 @@ pub fn to_change(c: &ArbChange) -> Change {
                 .map(|s| clamp_str(s.clone(), MAX_SCHEMA_SQL_BYTES))
                 .collect(),
         },
+        ArbChange::Unreplicate { table: t } => Change::Unreplicate { table: table(t) },
+        ArbChange::Alter { statements, tables } => {
+            let sql = |s: &String| clamp_str(s.clone(), MAX_SCHEMA_SQL_BYTES);
+            let mut altered: Vec<AlteredTable> = tables
+                .iter()
+                .take(MAX_COLUMNS)
+                .map(|(name, after)| AlteredTable {
+                    name: table(name),
+                    after: after.as_ref().map(|(n, s, i)| TableDefinition {
+                        name: table(n),
+                        sql: sql(s),
+                        indexes: i.iter().take(MAX_COLUMNS).map(sql).collect(),
+                    }),
+                })
+                .collect();
+            if altered.is_empty() {
+                altered.push(AlteredTable {
+                    name: String::new(),
+                    after: None,
+                });
+            }
+            Change::Alter {
+                statements: sql(statements),
+                tables: altered,
+            }
+        }
     }
 }
 

@@ -134,6 +134,9 @@ pub enum Operation {
     /// A table stopped being replicated (`aerodb_unreplicate`): the replica
     /// stops maintaining it and keeps it as a plain table.
     Unreplicate = 6,
+    /// DDL on replicated tables (`aerodb_alter`): the statements, and each
+    /// changed table's definition after them.
+    Alter = 7,
 }
 
 impl Operation {
@@ -145,6 +148,7 @@ impl Operation {
             4 => Some(Operation::Schema),
             5 => Some(Operation::Discard),
             6 => Some(Operation::Unreplicate),
+            7 => Some(Operation::Alter),
             _ => None,
         }
     }
@@ -204,6 +208,36 @@ pub enum Change {
         /// Table name.
         table: String,
     },
+    /// DDL on replicated tables (`aerodb_alter`), in order with the data
+    /// around it: the replica runs `statements` and checks that each table
+    /// in `tables` then has exactly the definition the primary's has. No
+    /// rows travel with it.
+    Alter {
+        /// The DDL statements, as the primary ran them.
+        statements: String,
+        /// Every replicated table they changed (at least one).
+        tables: Vec<AlteredTable>,
+    },
+}
+
+/// A replicated table an [`Change::Alter`] changed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AlteredTable {
+    /// Its name before the statements.
+    pub name: String,
+    /// What it is after them; `None`: they dropped it.
+    pub after: Option<TableDefinition>,
+}
+
+/// A table's definition as the primary's schema holds it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TableDefinition {
+    /// Its name.
+    pub name: String,
+    /// Its `CREATE TABLE` statement.
+    pub sql: String,
+    /// Its `CREATE INDEX` statements, by index name.
+    pub indexes: Vec<String>,
 }
 
 impl Change {
@@ -216,6 +250,7 @@ impl Change {
             | Change::Discard { table, .. }
             | Change::Schema { table, .. }
             | Change::Unreplicate { table } => table,
+            Change::Alter { tables, .. } => tables.first().map_or("", |t| &t.name),
         }
     }
 
@@ -228,6 +263,7 @@ impl Change {
             Change::Discard { .. } => Operation::Discard,
             Change::Schema { .. } => Operation::Schema,
             Change::Unreplicate { .. } => Operation::Unreplicate,
+            Change::Alter { .. } => Operation::Alter,
         }
     }
 }

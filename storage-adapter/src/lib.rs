@@ -12,6 +12,7 @@
 //! |---|---|
 //! | Primary: assigns CommitIds, appends WAL (P1), passive (P2) | [`capture`] (SQL functions; `capture/buffer.rs` the transaction's touched keys, `capture/vtab.rs` the `aerodb_capture` table that joins each transaction, `capture/commit.rs` the record written and sealed at commit, `capture/replicate.rs`, `capture/tables.rs` the registry and shape checks), [`primary`] |
 //! | Tables as both sides match rows (key collation, columns) | `table_info.rs` |
+//! | SQL text read as SQLite reads it (tokens; the DDL `aerodb_alter` runs) | `sql_text.rs` |
 //! | Primary: exposes WAL segments (P1) | [`primary::PrimaryWalReader`] |
 //! | Replica State Store tables (5.5, T1) | [`replica`], `sql/replica.sql`; the Supervisor's writes: `runtime/state_store.rs` |
 //! | The runtime's ports on a replica file: WAL storage, segment reader, Applier storage (5.2-5.4, R2, V3, W1) | `runtime/sqlite_ports.rs` ([`runtime::SqliteStorage`]) |
@@ -63,6 +64,7 @@ mod raw;
 pub mod replica;
 pub mod runtime;
 pub mod snapshot;
+mod sql_text;
 pub mod status;
 mod table_info;
 mod values;

@@ -75,6 +75,20 @@ impl Primary {
         Ok(self.capture.replicate(table)?)
     }
 
+    /// Ships a replicated table again, whole (`aerodb_resync`): its schema
+    /// record and every row; returns that record's CommitId.
+    pub fn resync(&self, table: &str) -> Result<CommitId, PrimaryError> {
+        Ok(self.capture.resync(table)?)
+    }
+
+    /// Runs DDL on replicated tables (`aerodb_alter`): the statements are
+    /// replicated themselves, no rows re-shipped; returns the CommitId of
+    /// the record that carries them (the head if they changed no
+    /// replicated table).
+    pub fn alter(&self, sql: &str) -> Result<CommitId, PrimaryError> {
+        Ok(self.capture.alter(sql)?)
+    }
+
     /// Stops replicating `table` (`aerodb_unreplicate`): returns the
     /// CommitId of the change that tells replicas, which keep the table as a
     /// plain one from there on.

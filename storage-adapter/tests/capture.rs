@@ -1938,14 +1938,18 @@ fn aerodb_replicate_sql_errors_name_the_argument(#[case] sql: &str, #[case] expe
 }
 
 /// `SELECT aerodb_replicate('t')` returns the CommitId of the schema record;
-/// replicating again writes a new, identical schema record followed by the
-/// table's rows, which the replica accepts (restarting the table from them).
+/// replicating the unchanged table again ships nothing and returns the same
+/// CommitId (issue 10 item 4); `aerodb_resync('t')` writes a new, identical
+/// schema record followed by the table's rows, which the replica accepts
+/// (restarting the table from them).
 #[test]
 fn aerodb_replicate_in_sql_returns_the_commit_id_of_its_schema_record() {
     let f = Fixture::new(T, &[]);
     assert_eq!(count(f.conn(), "SELECT aerodb_replicate('t')"), 1);
     f.exec("INSERT INTO t VALUES (1, 'a')");
-    assert_eq!(count(f.conn(), "SELECT aerodb_replicate('t')"), 3);
+    assert_eq!(count(f.conn(), "SELECT aerodb_replicate('t')"), 1);
+    assert_eq!(f.head(), CommitId(2), "nothing shipped");
+    assert_eq!(count(f.conn(), "SELECT aerodb_resync('t')"), 3);
     let schema = Change::Schema {
         table: "t".into(),
         sql: T.into(),

@@ -56,6 +56,7 @@ SELECT aerodb_last_commit_id(), aerodb_head();
                     Change::Delete { .. } => "delete",
                     Change::Discard { .. } => "discard",
                     Change::Unreplicate { .. } => "unreplicate",
+                    Change::Alter { .. } => "alter",
                 })
                 .collect()
         })

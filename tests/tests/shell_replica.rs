@@ -88,8 +88,9 @@ fn the_sql_surface_is_exactly_the_documented_one() {
         added,
         vec![
             // DESIGN 6, primary.
+            "f:aerodb_alter", // issue 10: DDL on replicated tables, replicated as statements
             "f:aerodb_capture_chunk_bytes", // issue 9: the spill chunk of this connection
-            "f:aerodb_capture_row",         // internal: called by capture triggers
+            "f:aerodb_capture_row", // internal: called by capture triggers
             "f:aerodb_head",
             "f:aerodb_last_commit_id",
             "f:aerodb_primary_init",
@@ -99,9 +100,10 @@ fn the_sql_surface_is_exactly_the_documented_one() {
             "f:aerodb_replica_stop",
             "f:aerodb_replica_table_written_only_by_replication", // issue 10: replica write guard
             "f:aerodb_replicate",
+            "f:aerodb_resync", // issue 10: ship a replicated table again (repair)
             "f:aerodb_truncate_wal", // issue 5: WAL retention
-            "f:aerodb_unreplicate",  // issue 10: stop replicating a table
-            "f:aerodb_version",      // issue 12: same string as `aerodb --version`
+            "f:aerodb_unreplicate", // issue 10: stop replicating a table
+            "f:aerodb_version", // issue 12: same string as `aerodb --version`
             "f:aerodb_wait",
             "m:aerodb_capture", // internal: capture triggers join it to the transaction
             "m:read_safety",

@@ -50,8 +50,16 @@ pub(super) enum Input {
         panicked: Vec<Component>,
     },
     /// Carrying out a command failed (the store cannot record, a thread
-    /// cannot be spawned, ...): the Supervisor fails (F4).
-    Failed(Failure),
+    /// cannot be spawned, ...): the Supervisor fails (F4). The rest of that
+    /// command list was not carried out; `unrecorded` holds the store ops
+    /// of its records (the failed one's included), recorded as well as the
+    /// store allows on the way out, as pending ops always were.
+    Failed {
+        /// What failed.
+        failure: Failure,
+        /// Store ops that were not recorded.
+        unrecorded: Vec<StoreOp>,
+    },
 }
 
 /// What the runner carries out.
@@ -154,8 +162,11 @@ pub(super) enum Phase {
     Stopping(AfterStop),
     /// [`Command::OpenStore`] was given; then this.
     Opening(AfterOpen),
-    /// [`Command::Exit`] was given.
-    Ended,
+    /// [`Command::Exit`] was given; `failed`: by the F4 path.
+    Ended {
+        /// The run ended failing (F4).
+        failed: bool,
+    },
 }
 
 /// The Supervisor's thread's state and decisions.
@@ -325,8 +336,8 @@ impl SupervisorEngine {
         !matches!(self.phase, Phase::Running)
     }
 
-    fn exit(&mut self) {
-        self.phase = Phase::Ended;
+    fn exit(&mut self, failed: bool) {
+        self.phase = Phase::Ended { failed };
         self.out.push(Command::Exit);
     }
 
@@ -400,7 +411,7 @@ impl SupervisorEngine {
     fn failing(&self) -> bool {
         matches!(
             self.phase,
-            Phase::Stopping(AfterStop::Fail(_)) | Phase::Ended
+            Phase::Stopping(AfterStop::Fail(_)) | Phase::Ended { .. }
         )
     }
 
@@ -434,12 +445,26 @@ impl SupervisorEngine {
             }
             Input::StoreOpened(stored) => self.store_opened(stored),
             Input::PipelineStopped { panicked } => self.pipeline_stopped(panicked),
-            Input::Failed(f) => {
-                if self.failing() {
-                    // Failing already (a best-effort record failed): done.
-                    return Ok(());
+            Input::Failed {
+                failure,
+                unrecorded,
+            } => {
+                self.pending.splice(0..0, unrecorded);
+                match self.phase {
+                    // The stop under way ends the run, or it ended failing.
+                    Phase::Stopping(AfterStop::Fail(_)) | Phase::Ended { failed: true } => Ok(()),
+                    // The run's last commands were lost with the failure
+                    // (its stop record, say): end it as an F4 would.
+                    Phase::Ended { failed: false } => {
+                        tracing::error!(%failure, "replica supervisor failed while ending");
+                        self.failed(Component::Supervisor, "Failed", failure);
+                        self.flush(true);
+                        self.publish(false);
+                        self.exit(true);
+                        Ok(())
+                    }
+                    _ => Err(failure),
                 }
-                Err(f)
             }
         }
     }
@@ -577,7 +602,7 @@ impl SupervisorEngine {
                 self.record_components();
                 self.flush(false);
                 self.publish(false);
-                self.exit();
+                self.exit(false);
             }
             AfterStop::Fail(f) => {
                 self.failed(Component::Supervisor, "Failed", f.clone());
@@ -588,7 +613,7 @@ impl SupervisorEngine {
                 }
                 self.flush(true);
                 self.publish(false);
-                self.exit();
+                self.exit(true);
             }
         }
         Ok(())

@@ -64,6 +64,23 @@ pub fn apply_change(rows: &mut Rows, change: &Change) -> Result<(), String> {
         Change::Discard { table, key } => {
             rows.remove(&key_of(table, &first(key, "a Discard")?));
         }
+        // Renames and drops move or remove a table's rows; the model has no
+        // columns, so column changes are not modelled.
+        Change::Alter { tables, .. } => {
+            for t in tables {
+                let moved: Vec<_> = rows
+                    .keys()
+                    .filter(|(table, _)| *table == t.name)
+                    .cloned()
+                    .collect();
+                for k in moved {
+                    let values = rows.remove(&k).expect("listed");
+                    if let Some(d) = &t.after {
+                        rows.insert((d.name.clone(), k.1), values);
+                    }
+                }
+            }
+        }
         Change::Schema { .. } | Change::Unreplicate { .. } => {}
     }
     Ok(())

@@ -87,14 +87,29 @@ impl SupervisorRunner {
     }
 
     /// Carries out `commands` in order; one that fails ends the list and
-    /// is reported (the engine fails the Supervisor: F4).
+    /// is reported with the store ops left unrecorded (the engine fails the
+    /// Supervisor: F4).
     fn execute(&mut self, commands: Vec<Command>) {
-        for command in commands {
+        let mut commands = commands.into_iter();
+        while let Some(command) = commands.next() {
             if self.exited {
                 return;
             }
-            if let Err(f) = self.execute_one(command) {
-                self.input(Input::Failed(f));
+            let ops = match &command {
+                Command::Record { ops, .. } => ops.clone(),
+                _ => Vec::new(),
+            };
+            if let Err(failure) = self.execute_one(command) {
+                let mut unrecorded = ops;
+                for c in commands {
+                    if let Command::Record { ops, .. } = c {
+                        unrecorded.extend(ops);
+                    }
+                }
+                self.input(Input::Failed {
+                    failure,
+                    unrecorded,
+                });
                 return;
             }
         }

@@ -5,8 +5,8 @@ use super::encode::{record_crc, CONTINUES};
 use super::errors::DecodeError;
 use super::segment::{Record, SegmentHeader};
 use super::{
-    Change, CommitId, Generation, Operation, Value, WalOffset, FORMAT_VERSION,
-    MAX_CHANGES_PER_RECORD, MAX_COLUMNS, MAX_RECORDS_PER_SEGMENT, MAX_RECORD_BYTES,
+    AlteredTable, Change, CommitId, Generation, Operation, TableDefinition, Value, WalOffset,
+    FORMAT_VERSION, MAX_CHANGES_PER_RECORD, MAX_COLUMNS, MAX_RECORDS_PER_SEGMENT, MAX_RECORD_BYTES,
     MAX_SCHEMA_SQL_BYTES, MAX_SEGMENT_BODY_BYTES, MAX_TABLE_NAME_BYTES, MAX_VALUE_BYTES,
     RECORD_OVERHEAD, SEGMENT_HEADER_LEN, SEGMENT_MAGIC, SEGMENT_TRAILER_LEN,
 };
@@ -377,6 +377,48 @@ pub fn decode_change(bytes: &[u8]) -> Result<Change, String> {
             }
         }
         Operation::Unreplicate => Change::Unreplicate { table },
+        Operation::Alter => {
+            let statements = decode_statement(&mut r)?;
+            let count = r.u16("altered table count")? as usize;
+            if count == 0 || count > MAX_COLUMNS {
+                return Err(format!(
+                    "altered table count {count} is not in 1..={MAX_COLUMNS}"
+                ));
+            }
+            let tables = (0..count)
+                .map(|_| {
+                    let name = decode_name(&mut r)?;
+                    let after = match r.u8("altered table kept")? {
+                        0 => None,
+                        1 => {
+                            let name = decode_name(&mut r)?;
+                            let sql = decode_statement(&mut r)?;
+                            let n = r.u16("index count")? as usize;
+                            if n > MAX_COLUMNS {
+                                return Err(format!(
+                                    "index count {n} over the limit of {MAX_COLUMNS}"
+                                ));
+                            }
+                            let indexes = (0..n)
+                                .map(|_| decode_statement(&mut r))
+                                .collect::<Result<Vec<_>, _>>()?;
+                            Some(TableDefinition { name, sql, indexes })
+                        }
+                        other => {
+                            return Err(format!("altered table kept flag {other} is not 0 or 1"))
+                        }
+                    };
+                    Ok(AlteredTable { name, after })
+                })
+                .collect::<Result<Vec<_>, String>>()?;
+            if tables[0].name != table {
+                return Err(format!(
+                    "an Alter names table '{table}' in its header and '{}' first",
+                    tables[0].name
+                ));
+            }
+            Change::Alter { statements, tables }
+        }
     };
     if r.pos != r.end {
         return Err(format!(
@@ -385,6 +427,18 @@ pub fn decode_change(bytes: &[u8]) -> Result<Change, String> {
         ));
     }
     Ok(change)
+}
+
+fn decode_name(r: &mut Reader<'_>) -> Result<String, String> {
+    let n = r.u16("table name length")? as usize;
+    if n > MAX_TABLE_NAME_BYTES {
+        return Err(format!(
+            "table name length {n} over the limit of {MAX_TABLE_NAME_BYTES}"
+        ));
+    }
+    Ok(std::str::from_utf8(r.take(n, "table name")?)
+        .map_err(|e| format!("table name is not UTF-8: {e}"))?
+        .to_owned())
 }
 
 pub(super) fn decode_statement(r: &mut Reader<'_>) -> Result<String, String> {

@@ -116,6 +116,32 @@ pub(super) fn encode_values(out: &mut Vec<u8>, values: &[Value]) -> Result<(), E
         .try_for_each(|v| encode_value(out, v.as_ref()))
 }
 
+/// A schema statement: a `u32` length (at most [`MAX_SCHEMA_SQL_BYTES`])
+/// and its UTF-8 bytes.
+fn put_statement(out: &mut Vec<u8>, statement: &str) -> Result<(), EncodeError> {
+    if statement.len() > MAX_SCHEMA_SQL_BYTES {
+        return Err(too_large(
+            "schema statement",
+            statement.len(),
+            MAX_SCHEMA_SQL_BYTES,
+        ));
+    }
+    put_u32(out, statement.len() as u32);
+    out.extend_from_slice(statement.as_bytes());
+    Ok(())
+}
+
+/// A table name: a `u16` length (at most [`MAX_TABLE_NAME_BYTES`]) and its
+/// UTF-8 bytes.
+fn put_name(out: &mut Vec<u8>, name: &str) -> Result<(), EncodeError> {
+    if name.len() > MAX_TABLE_NAME_BYTES {
+        return Err(too_large("table name", name.len(), MAX_TABLE_NAME_BYTES));
+    }
+    put_u16(out, name.len() as u16);
+    out.extend_from_slice(name.as_bytes());
+    Ok(())
+}
+
 /// Encodes one change as it is stored on the primary and carried in a
 /// record.
 pub fn encode_change(change: &Change) -> Result<Vec<u8>, EncodeError> {
@@ -131,18 +157,32 @@ pub fn encode_change(change: &Change) -> Result<Vec<u8>, EncodeError> {
         Change::Schema { sql, indexes, .. } => {
             encode_count(&mut out, indexes.len())?;
             for statement in std::iter::once(sql).chain(indexes) {
-                if statement.len() > MAX_SCHEMA_SQL_BYTES {
-                    return Err(too_large(
-                        "schema statement",
-                        statement.len(),
-                        MAX_SCHEMA_SQL_BYTES,
-                    ));
-                }
-                put_u32(&mut out, statement.len() as u32);
-                out.extend_from_slice(statement.as_bytes());
+                put_statement(&mut out, statement)?;
             }
         }
         Change::Unreplicate { .. } => {}
+        Change::Alter { statements, tables } => {
+            if tables.is_empty() {
+                return Err(too_large("altered table count", 0, 0));
+            }
+            put_statement(&mut out, statements)?;
+            encode_count(&mut out, tables.len())?;
+            for t in tables {
+                put_name(&mut out, &t.name)?;
+                match &t.after {
+                    None => out.push(0),
+                    Some(d) => {
+                        out.push(1);
+                        put_name(&mut out, &d.name)?;
+                        put_statement(&mut out, &d.sql)?;
+                        encode_count(&mut out, d.indexes.len())?;
+                        for i in &d.indexes {
+                            put_statement(&mut out, i)?;
+                        }
+                    }
+                }
+            }
+        }
     }
     Ok(out)
 }

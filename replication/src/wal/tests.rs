@@ -568,6 +568,48 @@ fn an_unreplicate_change_is_its_header_alone() {
     longer.push(0);
     let e = decode_change(&longer).unwrap_err();
     assert!(e.contains("1 bytes after the end of the change"), "{e}");
-    let e = decode_change(&[7, 1, 0, b't']).unwrap_err();
-    assert_eq!(e, "unknown operation 7");
+    let e = decode_change(&[8, 1, 0, b't']).unwrap_err();
+    assert_eq!(e, "unknown operation 8");
+}
+
+#[test]
+fn an_alter_change_carries_its_statements_and_each_table_after_them() {
+    let change = Change::Alter {
+        statements: "ALTER TABLE t ADD COLUMN c; ALTER TABLE u RENAME TO w; DROP TABLE x".into(),
+        tables: vec![
+            AlteredTable {
+                name: "t".into(),
+                after: Some(TableDefinition {
+                    name: "t".into(),
+                    sql: "CREATE TABLE t(id INTEGER PRIMARY KEY, c)".into(),
+                    indexes: vec!["CREATE INDEX t_c ON t(c)".into()],
+                }),
+            },
+            AlteredTable {
+                name: "x".into(),
+                after: None,
+            },
+        ],
+    };
+    let bytes = encode_change(&change).unwrap();
+    assert_eq!(bytes[0], 7);
+    assert_eq!(decode_change(&bytes).unwrap(), change);
+    assert_eq!(change.table(), "t");
+    // Malformed: a kept flag that is neither 0 nor 1, a header naming
+    // another table than the first altered one, no table at all.
+    let mut bad = bytes.clone();
+    // x's flag follows its name (length 1, 'x'), the last bytes.
+    let at = bytes.windows(3).rposition(|w| w == [1, 0, b'x']).unwrap() + 3;
+    bad[at] = 2;
+    let e = decode_change(&bad).unwrap_err();
+    assert!(e.contains("kept flag 2"), "{e}");
+    let mut other = bytes.clone();
+    other[3] = b'q';
+    let e = decode_change(&other).unwrap_err();
+    assert!(e.contains("names table 'q' in its header"), "{e}");
+    assert!(encode_change(&Change::Alter {
+        statements: String::new(),
+        tables: vec![],
+    })
+    .is_err());
 }

@@ -30,6 +30,18 @@ pub enum CaptureError {
         /// Why, and what to do.
         reason: String,
     },
+    /// `aerodb_alter` refused the statements; nothing changed.
+    #[error("aerodb_alter: {reason}")]
+    AlterRefused {
+        /// Why, and what to do.
+        reason: String,
+    },
+    /// `aerodb_resync` refused; nothing changed.
+    #[error("aerodb_resync: {reason}")]
+    ResyncRefused {
+        /// Why, and what to do.
+        reason: String,
+    },
     /// The table's replication cannot be stopped.
     #[error("aerodb_unreplicate('{table}'): {reason}")]
     UnreplicateRefused {
@@ -72,7 +84,7 @@ pub enum CaptureError {
     },
     /// A replicated table changed under capture: writes are refused until
     /// `aerodb_replicate` runs again.
-    #[error("replication of table '{table}' is broken: {problem}; its writes are refused and its WAL is not served until aerodb_replicate('{table}') is run again")]
+    #[error("replication of table '{table}' is broken: {problem}; its writes are refused and its WAL is not served until aerodb_replicate('{table}') is run again (which ships every row again); change replicated tables with aerodb_alter('...'), which replicates the statements themselves")]
     CaptureBroken {
         /// The table.
         table: String,

@@ -33,6 +33,7 @@
 //!   table: main.aerodb_capture"): it can never write uncaptured data to a
 //!   replicated table.
 
+mod alter;
 mod buffer;
 mod commit;
 mod error;
@@ -650,6 +651,35 @@ pub fn register(conn: &Connection) -> Result<CaptureHandle, rusqlite::Error> {
             .map_err(user_err)
     })?;
     let s = shared.clone();
+    conn.create_scalar_function("aerodb_alter", 1, direct, move |ctx| {
+        let sql = match ctx.get_raw(0) {
+            ValueRef::Text(t) => std::str::from_utf8(t).map_err(|e| {
+                user_err(CaptureError::BadArgument {
+                    function: "aerodb_alter",
+                    argument: "1 (sql)".into(),
+                    problem: format!("is not valid UTF-8: {e}"),
+                })
+            })?,
+            other => {
+                return Err(user_err(CaptureError::BadArgument {
+                    function: "aerodb_alter",
+                    argument: "1 (sql)".into(),
+                    problem: format!("is {}, expected DDL statements (TEXT)", other.data_type()),
+                }))
+            }
+        };
+        alter::alter(&s, raw(&s), sql)
+            .map(|c| c.0 as i64)
+            .map_err(user_err)
+    })?;
+    let s = shared.clone();
+    conn.create_scalar_function("aerodb_resync", 1, direct, move |ctx| {
+        let table = text_arg(ctx, "aerodb_resync")?;
+        replicate::resync(&s, raw(&s), table)
+            .map(|c| c.0 as i64)
+            .map_err(user_err)
+    })?;
+    let s = shared.clone();
     conn.create_scalar_function("aerodb_unreplicate", 1, direct, move |ctx| {
         let table = text_arg(ctx, "aerodb_unreplicate")?;
         replicate::unreplicate(&s, raw(&s), table)
@@ -721,6 +751,16 @@ impl CaptureHandle {
     /// As `aerodb_replicate(table)`.
     pub fn replicate(&self, table: &str) -> Result<CommitId, CaptureError> {
         replicate::replicate(&self.shared, raw(&self.shared), table)
+    }
+
+    /// As `aerodb_alter(sql)`.
+    pub fn alter(&self, sql: &str) -> Result<CommitId, CaptureError> {
+        alter::alter(&self.shared, raw(&self.shared), sql)
+    }
+
+    /// As `aerodb_resync(table)`.
+    pub fn resync(&self, table: &str) -> Result<CommitId, CaptureError> {
+        replicate::resync(&self.shared, raw(&self.shared), table)
     }
 
     /// As `aerodb_unreplicate(table)`.

@@ -19,19 +19,19 @@ use rusqlite::types::ValueRef;
 const FIXED_ARGS: usize = 4;
 
 /// A table as `aerodb_replicate` found it.
-struct Found {
+pub(super) struct Found {
     /// Its name as its CREATE TABLE spells it.
-    name: String,
-    sql: String,
-    columns: Vec<Column>,
-    key: Vec<KeyColumn>,
-    unique: Vec<UniqueIndex>,
-    indexes: Vec<String>,
+    pub(super) name: String,
+    pub(super) sql: String,
+    pub(super) columns: Vec<Column>,
+    pub(super) key: Vec<KeyColumn>,
+    pub(super) unique: Vec<UniqueIndex>,
+    pub(super) indexes: Vec<String>,
     /// Two equal keys may differ in bytes (collation, no affinity).
-    inexact_key: bool,
+    pub(super) inexact_key: bool,
 }
 
-fn find(conn: RawConn, table: &str) -> Result<Found, CaptureError> {
+pub(super) fn find(conn: RawConn, table: &str) -> Result<Found, CaptureError> {
     let refused = |name: &str, reason: String| CaptureError::Refused {
         table: name.to_owned(),
         reason,
@@ -141,7 +141,7 @@ fn trigger_name(kind: &str, table: &str) -> String {
 }
 
 /// The capture triggers of `t`: (names, DDL).
-fn triggers(
+pub(super) fn triggers(
     conn: RawConn,
     t: &Found,
     generation: Generation,
@@ -244,6 +244,10 @@ fn triggers(
 }
 
 /// `aerodb_replicate(table)`.
+/// `aerodb_replicate(table)`. On a table already replicated with the
+/// definition, columns and indexes it has now, nothing is shipped: its
+/// capture triggers are installed again (so they fire before any trigger
+/// created since) and the CommitId of its schema record is returned.
 pub(super) fn replicate(
     shared: &Shared,
     conn: RawConn,
@@ -253,16 +257,140 @@ pub(super) fn replicate(
     let generation = primary_generation(&wal)?;
     let t = find(conn, table)?;
     let (names, ddl) = triggers(conn, &t, generation)?;
+    if let Some((since, old)) = unchanged(conn, &t, &names, &ddl)? {
+        all_or_nothing(conn, "aerodb_replicate", || {
+            let drops: String = old
+                .split(LIST_SEPARATOR)
+                .filter(|n| !n.is_empty())
+                .chain(names.iter().map(String::as_str))
+                .map(|n| format!("DROP TRIGGER IF EXISTS main.{};\n", quote_ident(n)))
+                .collect();
+            conn.execute_batch(&format!("{drops}{ddl}"))
+                .map_err(sqlite(format!(
+                    "installing capture triggers on '{}'",
+                    t.name
+                )))?;
+            conn.execute(
+                "UPDATE main.aerodb_tables SET triggers = ?2 WHERE name = ?1",
+                &[
+                    ValueRef::Text(t.name.as_bytes()),
+                    ValueRef::Text(names.join(&LIST_SEPARATOR.to_string()).as_bytes()),
+                ],
+            )
+            .map_err(sqlite("registering the table"))?;
+            Ok(())
+        })?;
+        tracing::info!(
+            table = t.name,
+            "already replicated as it is: capture installed again"
+        );
+        return Ok(since);
+    }
+    resync_found(shared, conn, &t, generation, &names, &ddl)
+}
+
+/// `aerodb_resync(table)`: a replicated table shipped again, whole: its
+/// schema record and every row, in the calling transaction. Each replica
+/// replaces its copy with it (the repair after writes made without
+/// capture, say by a connection that turned triggers off).
+pub(super) fn resync(
+    shared: &Shared,
+    conn: RawConn,
+    table: &str,
+) -> Result<CommitId, CaptureError> {
+    let wal = WalTables::new(conn);
+    let generation = primary_generation(&wal)?;
+    let t = find(conn, table).map_err(|e| match e {
+        CaptureError::NoSuchTable { table } => CaptureError::ResyncRefused {
+            reason: format!("there is no table named '{table}'"),
+        },
+        other => other,
+    })?;
+    let registered = conn
+        .query_value(
+            "SELECT 1 FROM main.aerodb_tables WHERE name = ?1 COLLATE NOCASE",
+            &[ValueRef::Text(t.name.as_bytes())],
+        )
+        .map_err(sqlite("reading aerodb_tables"))?;
+    if registered.is_none() {
+        return Err(CaptureError::ResyncRefused {
+            reason: format!(
+                "'{}' is not replicated; start with aerodb_replicate('{}')",
+                t.name, t.name
+            ),
+        });
+    }
+    let (names, ddl) = triggers(conn, &t, generation)?;
+    resync_found(shared, conn, &t, generation, &names, &ddl)
+}
+
+fn resync_found(
+    shared: &Shared,
+    conn: RawConn,
+    t: &Found,
+    generation: Generation,
+    names: &[String],
+    ddl: &str,
+) -> Result<CommitId, CaptureError> {
     let c = all_or_nothing(conn, "aerodb_replicate", || {
-        install(shared, conn, &t, generation, &names, &ddl)
+        install(shared, conn, t, generation, names, ddl)
     })?;
     tracing::info!(table = t.name, commit_id = c.0, "replicating table");
     Ok(c)
 }
 
+/// If `t` is registered under the same name with the definition, columns
+/// and indexes it has now, and every capture trigger of it is in place as
+/// `ddl` would create it (a table dropped and created again lost its
+/// triggers with it, and its rows changed unseen): its schema record's
+/// CommitId and its capture triggers' names.
+fn unchanged(
+    conn: RawConn,
+    t: &Found,
+    names: &[String],
+    ddl: &str,
+) -> Result<Option<(CommitId, String)>, CaptureError> {
+    let expected: Vec<String> = ddl
+        .split(";\n")
+        .filter(|s| !s.trim().is_empty())
+        .map(|s| s.replacen("CREATE TRIGGER main.", "CREATE TRIGGER ", 1))
+        .collect();
+    for (name, sql) in names.iter().zip(&expected) {
+        let stored = conn
+            .query_value(
+                "SELECT sql FROM main.sqlite_schema WHERE type = 'trigger' AND name = ?1 AND tbl_name = ?2",
+                &[ValueRef::Text(name.as_bytes()), ValueRef::Text(t.name.as_bytes())],
+            )
+            .map_err(sqlite("reading capture triggers"))?
+            .and_then(|v| v.into_string());
+        if stored.as_deref() != Some(sql.as_str()) {
+            return Ok(None);
+        }
+    }
+    if names.len() != expected.len() {
+        return Ok(None);
+    }
+    let mut s = conn
+        .prepare(
+            "SELECT schema_commit_id, sql, columns, indexes, triggers FROM main.aerodb_tables WHERE name = ?1",
+        )
+        .map_err(sqlite("reading aerodb_tables"))?;
+    s.bind(1, ValueRef::Text(t.name.as_bytes()))
+        .map_err(sqlite("reading aerodb_tables"))?;
+    if !s.step().map_err(sqlite("reading aerodb_tables"))? {
+        return Ok(None);
+    }
+    let text = |i| s.column(i).into_string().unwrap_or_default();
+    let same = text(1) == t.sql
+        && text(2) == tables::shape_of(&t.columns)
+        && text(3) == t.indexes.join(&LIST_SEPARATOR.to_string());
+    let since = s.column(0).as_i64().unwrap_or(0);
+    Ok(same.then(|| (CommitId(since as u64), text(4))))
+}
+
 /// Runs `f` in savepoint `name`: all or nothing, even when called from a
 /// statement in autocommit mode.
-fn all_or_nothing<T>(
+pub(super) fn all_or_nothing<T>(
     conn: RawConn,
     name: &str,
     f: impl FnOnce() -> Result<T, CaptureError>,
@@ -317,26 +445,7 @@ fn install(
     conn.execute_batch("INSERT INTO aerodb_capture SELECT 1 WHERE 0")
         .map_err(sqlite("joining the capture table to the transaction"))?;
     let commit_id = WalTables::new(conn).head()?.next();
-    // One registration per table, whatever the case its name was spelled
-    // in before (a table dropped and created again as `users`, say).
-    conn.execute(
-        "DELETE FROM main.aerodb_tables WHERE name = ?1 COLLATE NOCASE",
-        &[ValueRef::Text(t.name.as_bytes())],
-    )
-    .map_err(sqlite("registering the table"))?;
-    conn.execute(
-        "INSERT OR REPLACE INTO main.aerodb_tables(name, schema_commit_id, sql, columns, indexes, key_columns, triggers) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-        &[
-            ValueRef::Text(t.name.as_bytes()),
-            ValueRef::Integer(commit_id.0 as i64),
-            ValueRef::Text(t.sql.as_bytes()),
-            ValueRef::Text(tables::shape_of(&t.columns).as_bytes()),
-            ValueRef::Text(t.indexes.join(&LIST_SEPARATOR.to_string()).as_bytes()),
-            ValueRef::Text(t.key.iter().map(|k| k.name.as_str()).collect::<Vec<_>>().join(",").as_bytes()),
-            ValueRef::Text(names.join(&LIST_SEPARATOR.to_string()).as_bytes()),
-        ],
-    )
-    .map_err(sqlite("registering the table"))?;
+    register(conn, t, commit_id, names, &t.name)?;
     let encoded = |source| CaptureError::Encode {
         table: t.name.clone(),
         source,
@@ -455,4 +564,38 @@ pub(super) fn unreplicate(
     })?;
     tracing::info!(table = name, commit_id = c.0, "stopped replicating table");
     Ok(c)
+}
+
+/// Registers `t` (captured by triggers `names`) from `commit_id` on, in
+/// place of the registration of `previous` (its name before, matched
+/// case-insensitively): one registration per table, whatever the case its
+/// name was spelled in before.
+pub(super) fn register(
+    conn: RawConn,
+    t: &Found,
+    commit_id: CommitId,
+    names: &[String],
+    previous: &str,
+) -> Result<(), CaptureError> {
+    for name in [previous, t.name.as_str()] {
+        conn.execute(
+            "DELETE FROM main.aerodb_tables WHERE name = ?1 COLLATE NOCASE",
+            &[ValueRef::Text(name.as_bytes())],
+        )
+        .map_err(sqlite("registering the table"))?;
+    }
+    conn.execute(
+        "INSERT OR REPLACE INTO main.aerodb_tables(name, schema_commit_id, sql, columns, indexes, key_columns, triggers) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        &[
+            ValueRef::Text(t.name.as_bytes()),
+            ValueRef::Integer(commit_id.0 as i64),
+            ValueRef::Text(t.sql.as_bytes()),
+            ValueRef::Text(tables::shape_of(&t.columns).as_bytes()),
+            ValueRef::Text(t.indexes.join(&LIST_SEPARATOR.to_string()).as_bytes()),
+            ValueRef::Text(t.key.iter().map(|k| k.name.as_str()).collect::<Vec<_>>().join(",").as_bytes()),
+            ValueRef::Text(names.join(&LIST_SEPARATOR.to_string()).as_bytes()),
+        ],
+    )
+    .map_err(sqlite("registering the table"))?;
+    Ok(())
 }

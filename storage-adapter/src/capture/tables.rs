@@ -8,6 +8,7 @@
 
 use super::{sqlite, CaptureError};
 use crate::raw::RawConn;
+use crate::sql_text::sql_tokens;
 use crate::table_info::{self, quote_ident};
 use rusqlite::types::ValueRef;
 
@@ -305,68 +306,6 @@ fn can_raise_after(sql: &str) -> bool {
         .windows(3)
         .any(|w| w[0] == "RAISE" && w[1] == "(" && (w[2] == "IGNORE" || w[2] == "FAIL"));
     raises && trigger_timing(&tokens) != Some("BEFORE")
-}
-
-/// SQL tokens, upper-cased: words, quoted names and string literals (one
-/// token each, quotes kept), single punctuation characters. Comments and
-/// whitespace are dropped.
-fn sql_tokens(sql: &str) -> Vec<String> {
-    let chars: Vec<char> = sql.chars().collect();
-    let mut out = Vec::new();
-    let mut i = 0;
-    while i < chars.len() {
-        let c = chars[i];
-        if c.is_whitespace() {
-            i += 1;
-        } else if c == '-' && chars.get(i + 1) == Some(&'-') {
-            while i < chars.len() && chars[i] != '\n' {
-                i += 1;
-            }
-        } else if c == '/' && chars.get(i + 1) == Some(&'*') {
-            i += 2;
-            while i < chars.len() && !(chars[i] == '*' && chars.get(i + 1) == Some(&'/')) {
-                i += 1;
-            }
-            i += 2;
-        } else if matches!(c, '"' | '\'' | '`' | '[') {
-            let close = if c == '[' { ']' } else { c };
-            let start = i;
-            i += 1;
-            loop {
-                match chars.get(i) {
-                    None => break,
-                    Some(&x) if x == close => {
-                        // A doubled quote is one quote inside the token.
-                        if close != ']' && chars.get(i + 1) == Some(&close) {
-                            i += 2;
-                        } else {
-                            i += 1;
-                            break;
-                        }
-                    }
-                    Some(_) => i += 1,
-                }
-            }
-            out.push(chars[start..i.min(chars.len())].iter().collect::<String>());
-        } else if c.is_alphanumeric() || c == '_' || c == '$' {
-            let start = i;
-            while i < chars.len()
-                && (chars[i].is_alphanumeric() || chars[i] == '_' || chars[i] == '$')
-            {
-                i += 1;
-            }
-            out.push(
-                chars[start..i]
-                    .iter()
-                    .collect::<String>()
-                    .to_ascii_uppercase(),
-            );
-        } else {
-            out.push(c.to_string());
-            i += 1;
-        }
-    }
-    out
 }
 
 /// The timing keyword of a CREATE TRIGGER statement's tokens: `BEFORE`,

@@ -2,7 +2,7 @@
 //! prepared once per apply, and the checks that a change matched exactly
 //! the rows it names (a divergence otherwise).
 
-use super::schema::{apply_schema, apply_unreplicate};
+use super::schema::{apply_alter, apply_schema, apply_unreplicate};
 use super::{sql_err, ApplyError};
 use crate::table_info::{self, quote_ident};
 use replication::wal::{Change, CommitId, Value};
@@ -242,6 +242,14 @@ pub(super) fn apply_change<'c, 's>(
             shapes.remove(table);
             tables.clear();
             apply_schema(tx, commit_id, table, sql, indexes)
+        }
+        Change::Alter {
+            statements,
+            tables: altered,
+        } => {
+            shapes.clear();
+            tables.clear();
+            apply_alter(tx, commit_id, statements, altered)
         }
         Change::Unreplicate { table } => {
             shapes.retain(|t, _| !t.eq_ignore_ascii_case(table));

@@ -5,7 +5,7 @@
 use super::rows::replica_indexes;
 use super::{sql_err, ApplyError};
 use crate::table_info::quote_ident;
-use replication::wal::CommitId;
+use replication::wal::{AlteredTable, CommitId};
 use rusqlite::{params, Connection, OptionalExtension};
 
 /// What a schema statement from the WAL may be.
@@ -147,6 +147,98 @@ pub(super) fn apply_schema(
         });
     }
     register(tx, commit_id, table, sql)
+}
+
+/// An Alter change (`aerodb_alter` on the primary): the statements run
+/// here, in the apply transaction, and every table they changed must then
+/// have exactly the definition the primary's has (another SQLite version
+/// that wrote it otherwise, or an index a user added here that the
+/// statements trip on, stops replication with the reason: never a silent
+/// difference). Registrations and write guards follow renames and drops.
+pub(super) fn apply_alter(
+    tx: &Connection,
+    commit_id: CommitId,
+    statements: &str,
+    tables: &[AlteredTable],
+) -> Result<(), ApplyError> {
+    let first = tables.first().map_or("", |t| t.name.as_str());
+    let bad = |table: &str, problem: String| ApplyError::BadSchema {
+        commit_id,
+        table: table.into(),
+        problem,
+    };
+    crate::sql_text::check_ddl(statements).map_err(|e| bad(first, e))?;
+    let mut registered_names = Vec::with_capacity(tables.len());
+    for t in tables {
+        let name: Option<String> = tx
+            .query_row(
+                "SELECT name FROM main.aerodb_replica_tables WHERE name = ?1 COLLATE NOCASE",
+                [&t.name],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(sql_err("reading the replicated tables", Some(commit_id)))?;
+        let name = name.ok_or_else(|| {
+            bad(
+                &t.name,
+                format!(
+                    "it alters '{}', which this replica does not replicate",
+                    t.name
+                ),
+            )
+        })?;
+        super::guard::remove(tx, commit_id, &name)?;
+        registered_names.push(name);
+    }
+    tx.execute_batch(statements).map_err(|e| {
+        bad(
+            first,
+            format!("running the primary's statements `{statements}` failed here: {e}"),
+        )
+    })?;
+    let generation = super::read_position(tx)?
+        .ok_or(ApplyError::NotReplica)?
+        .generation;
+    for (t, name) in tables.iter().zip(&registered_names) {
+        tx.execute(
+            "DELETE FROM aerodb_replica_tables WHERE name = ?1 COLLATE NOCASE",
+            [name],
+        )
+        .map_err(sql_err("registering an altered table", Some(commit_id)))?;
+        match &t.after {
+            None => {
+                if let Some(sql) = table_sql(tx, commit_id, name)? {
+                    return Err(bad(
+                        name,
+                        format!("the primary dropped it, here it is still `{sql}`"),
+                    ));
+                }
+            }
+            Some(d) => {
+                let sql = table_sql(tx, commit_id, &d.name)?;
+                let indexes = replica_indexes(tx, commit_id, &d.name)?;
+                if sql.as_deref() != Some(d.sql.as_str()) || indexes != d.indexes {
+                    return Err(bad(
+                        &d.name,
+                        format!(
+                            "after the statements the primary has `{}` with indexes {:?}, this replica `{}` with {indexes:?}",
+                            d.sql,
+                            d.indexes,
+                            sql.unwrap_or_else(|| "no table".into())
+                        ),
+                    ));
+                }
+                tx.execute(
+                    "INSERT INTO aerodb_replica_tables(name, schema_commit_id, sql) VALUES (?1, ?2, ?3)",
+                    params![d.name, commit_id.0 as i64, d.sql],
+                )
+                .map_err(sql_err("registering an altered table", Some(commit_id)))?;
+                super::guard::install(tx, Some(commit_id), &d.name, generation)?;
+            }
+        }
+    }
+    tracing::info!(%commit_id, statements, "replicated tables altered");
+    Ok(())
 }
 
 /// An Unreplicate change: `table` is no longer maintained here. Its

@@ -235,7 +235,10 @@ fn a_command_that_fails_fails_the_supervisor_and_ends_the_run() {
     let mut e = running();
     let f = Failure::new(FailureCode::StateStore, "database is locked");
     assert_eq!(
-        e.handle(Input::Failed(f.clone())),
+        e.handle(Input::Failed {
+            failure: f.clone(),
+            unrecorded: vec![],
+        }),
         vec![Command::StopPipeline]
     );
     let c = e.handle(Input::PipelineStopped {
@@ -256,7 +259,13 @@ fn a_command_that_fails_fails_the_supervisor_and_ends_the_run() {
         other => panic!("{other:?}"),
     }
     // Nothing after: a best-effort record that fails is the end.
-    assert_eq!(e.handle(Input::Failed(f)), vec![]);
+    assert_eq!(
+        e.handle(Input::Failed {
+            failure: f,
+            unrecorded: vec![],
+        }),
+        vec![]
+    );
 }
 
 #[test]
@@ -312,7 +321,13 @@ fn a_failure_while_the_pipeline_stops_ends_the_run_once() {
     // Recording what the stopping pipeline reported fails: the run ends
     // (the pipeline is being stopped already; a second stop is immediate).
     let f = Failure::new(FailureCode::StateStore, "disk full");
-    assert_eq!(e.handle(Input::Failed(f)), vec![Command::StopPipeline]);
+    assert_eq!(
+        e.handle(Input::Failed {
+            failure: f,
+            unrecorded: vec![],
+        }),
+        vec![Command::StopPipeline]
+    );
     let c = e.handle(Input::PipelineStopped { panicked: vec![] });
     assert_eq!(kinds(&c), ["RecordBestEffort", "Publish", "Exit"]);
     // The outer stop's end and anything after it change nothing.
@@ -349,4 +364,69 @@ fn a_batch_records_what_is_pending_and_publishes_the_view() {
         other => panic!("{other:?}"),
     }
     assert_eq!(c[1], Command::Publish(e.view(true)));
+}
+
+#[test]
+fn a_stop_whose_record_fails_still_ends_the_run() {
+    let mut e = running();
+    e.handle(Input::Report(Event::Stop("asked".into())));
+    assert_eq!(e.handle(Input::BatchEnd), vec![Command::StopPipeline]);
+    let c = e.handle(Input::PipelineStopped { panicked: vec![] });
+    assert_eq!(kinds(&c), ["Record", "Publish", "Exit"]);
+    let Command::Record { ops, .. } = &c[0] else {
+        panic!("{c:?}")
+    };
+    // The record fails: the runner drops the Publish and the Exit.
+    let c = e.handle(Input::Failed {
+        failure: Failure::new(FailureCode::DiskFull, "database or disk is full"),
+        unrecorded: ops.clone(),
+    });
+    assert_eq!(kinds(&c), ["RecordBestEffort", "Publish", "Exit"]);
+    assert!(
+        transitions(&c).contains(&"Ready (read-safe) -> Disabled".to_string()),
+        "the stop's ops are tried again: {:?}",
+        transitions(&c)
+    );
+    match &c[1] {
+        Command::Publish(v) => {
+            assert!(!v.running);
+            let sup = v.component(Component::Supervisor);
+            assert_eq!(
+                sup.last_error.as_ref().map(|f| f.code),
+                Some(FailureCode::DiskFull)
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn a_pipeline_that_cannot_start_still_records_the_start() {
+    let mut e = engine();
+    e.handle(Input::Start);
+    let c = e.handle(Input::StoreOpened(stored(3, 3)));
+    assert_eq!(kinds(&c), ["StartPipeline", "Record", "Publish"]);
+    let Command::Record { ops, .. } = &c[1] else {
+        panic!("{c:?}")
+    };
+    // StartPipeline fails: its list's record comes back unrecorded.
+    let f = Failure::new(FailureCode::Storage, "unable to open database file");
+    assert_eq!(
+        e.handle(Input::Failed {
+            failure: f,
+            unrecorded: ops.clone(),
+        }),
+        vec![Command::StopPipeline]
+    );
+    let c = e.handle(Input::PipelineStopped { panicked: vec![] });
+    assert_eq!(kinds(&c), ["RecordBestEffort", "Publish", "Exit"]);
+    assert_eq!(
+        transitions(&c),
+        [
+            "Disabled -> Initializing",
+            "Initializing -> ReceivingWAL",
+            "ReceivingWAL -> Disabled"
+        ],
+        "the start is recorded before the failure that ended it"
+    );
 }

@@ -220,8 +220,32 @@ impl StateStore for MemReplica {
 
     fn record(&mut self, ops: &[StoreOp]) -> Result<(), Failure> {
         let mut s = self.state();
-        // All or nothing: check every segment move first.
+        // All or nothing: check every segment move and discard first.
         for op in ops {
+            if let StoreOp::Discard { from } = op {
+                // Only Received segments are discarded (a damaged stored
+                // copy and what was received after it), as in SQLite.
+                let mut found = false;
+                for (first, g) in s.segments.range(*from..) {
+                    found = true;
+                    if g.state != SegmentState::Received {
+                        return Err(failure(
+                            FailureCode::IllegalTransition,
+                            format!(
+                                "discarding from commit {from}: segment {first}..={} is {}, not Received",
+                                g.last,
+                                g.state.as_str()
+                            ),
+                        ));
+                    }
+                }
+                if !found {
+                    return Err(failure(
+                        FailureCode::IllegalTransition,
+                        format!("discarding from commit {from}: no segment is stored there"),
+                    ));
+                }
+            }
             if let StoreOp::Segment {
                 first, last, to, ..
             } = op
@@ -291,7 +315,14 @@ impl StateStore for MemReplica {
 
 impl WalStorage for MemReplica {
     fn persist(&mut self, first: CommitId, last: CommitId, bytes: &[u8]) -> Result<(), Failure> {
-        self.state().segments.insert(
+        let mut s = self.state();
+        if s.segments.contains_key(&first) {
+            return Err(failure(
+                FailureCode::Storage,
+                format!("persisting segment {first}..={last}: a segment from commit {first} is stored already"),
+            ));
+        }
+        s.segments.insert(
             first,
             StoredSegment {
                 last,
@@ -313,7 +344,14 @@ impl WalStorage for MemReplica {
         last: CommitId,
         path: &Path,
     ) -> Result<(), Failure> {
-        self.state().segments.insert(
+        let mut s = self.state();
+        if s.segments.contains_key(&first) {
+            return Err(failure(
+                FailureCode::Storage,
+                format!("persisting snapshot {first}..={last}: an item from commit {first} is stored already"),
+            ));
+        }
+        s.segments.insert(
             first,
             StoredSegment {
                 last,

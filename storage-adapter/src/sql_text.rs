@@ -1,0 +1,127 @@
+//! Reading SQL text as SQLite reads it (comments, quoted names and string
+//! literals), for the few places that must look at statements before
+//! running them: the RAISE check of triggers that fire before capture, and
+//! the DDL `aerodb_alter` runs (on the primary and again on the replica).
+
+/// SQL tokens, upper-cased: words, quoted names and string literals (one
+/// token each, quotes kept), single punctuation characters. Comments and
+/// whitespace are dropped.
+pub(crate) fn sql_tokens(sql: &str) -> Vec<String> {
+    let chars: Vec<char> = sql.chars().collect();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < chars.len() {
+        let c = chars[i];
+        if c.is_whitespace() {
+            i += 1;
+        } else if c == '-' && chars.get(i + 1) == Some(&'-') {
+            while i < chars.len() && chars[i] != '\n' {
+                i += 1;
+            }
+        } else if c == '/' && chars.get(i + 1) == Some(&'*') {
+            i += 2;
+            while i < chars.len() && !(chars[i] == '*' && chars.get(i + 1) == Some(&'/')) {
+                i += 1;
+            }
+            i += 2;
+        } else if matches!(c, '"' | '\'' | '`' | '[') {
+            let close = if c == '[' { ']' } else { c };
+            let start = i;
+            i += 1;
+            loop {
+                match chars.get(i) {
+                    None => break,
+                    Some(&x) if x == close => {
+                        // A doubled quote is one quote inside the token.
+                        if close != ']' && chars.get(i + 1) == Some(&close) {
+                            i += 2;
+                        } else {
+                            i += 1;
+                            break;
+                        }
+                    }
+                    Some(_) => i += 1,
+                }
+            }
+            out.push(chars[start..i.min(chars.len())].iter().collect::<String>());
+        } else if c.is_alphanumeric() || c == '_' || c == '$' {
+            let start = i;
+            while i < chars.len()
+                && (chars[i].is_alphanumeric() || chars[i] == '_' || chars[i] == '$')
+            {
+                i += 1;
+            }
+            out.push(
+                chars[start..i]
+                    .iter()
+                    .collect::<String>()
+                    .to_ascii_uppercase(),
+            );
+        } else {
+            out.push(c.to_string());
+            i += 1;
+        }
+    }
+    out
+}
+
+/// Checks that `sql` holds only statements `aerodb_alter` runs: ALTER
+/// TABLE, CREATE [UNIQUE] INDEX, DROP INDEX, DROP TABLE (at least one).
+pub(crate) fn check_ddl(sql: &str) -> Result<(), String> {
+    let tokens = sql_tokens(sql);
+    let mut n = 0;
+    for statement in tokens.split(|t| t == ";").filter(|s| !s.is_empty()) {
+        n += 1;
+        let word = |i: usize| statement.get(i).map(String::as_str).unwrap_or("");
+        let ok = match word(0) {
+            "ALTER" => word(1) == "TABLE",
+            "CREATE" => word(1) == "INDEX" || (word(1) == "UNIQUE" && word(2) == "INDEX"),
+            "DROP" => word(1) == "INDEX" || word(1) == "TABLE",
+            _ => false,
+        };
+        if !ok {
+            let start: Vec<&str> = statement.iter().take(3).map(String::as_str).collect();
+            return Err(format!(
+                "statement {n} starts with `{}`; aerodb_alter runs ALTER TABLE, CREATE [UNIQUE] INDEX, DROP INDEX and DROP TABLE statements only (run other statements directly)",
+                start.join(" ")
+            ));
+        }
+    }
+    if n == 0 {
+        return Err("there is no statement to run".into());
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::check_ddl;
+
+    #[test]
+    fn only_ddl_of_tables_and_indexes_passes() {
+        for ok in [
+            "ALTER TABLE t ADD COLUMN c",
+            "alter table t rename to u; create unique index i on u(c);",
+            "/* x; */ DROP INDEX i; -- y\n DROP TABLE t",
+            "ALTER TABLE t ADD COLUMN c DEFAULT ';DELETE FROM t'",
+        ] {
+            assert_eq!(check_ddl(ok), Ok(()), "{ok}");
+        }
+        for (bad, starts) in [
+            ("DELETE FROM t", "DELETE FROM T"),
+            ("ALTER TABLE t ADD COLUMN c; COMMIT", "COMMIT"),
+            (
+                "CREATE TRIGGER x AFTER INSERT ON t BEGIN SELECT 1; END",
+                "CREATE TRIGGER X",
+            ),
+            ("CREATE TABLE u(x)", "CREATE TABLE U"),
+            ("  ; -- nothing", ""),
+        ] {
+            let e = check_ddl(bad).unwrap_err();
+            assert!(
+                e.contains(&format!("`{starts}`")) || e.contains("no statement"),
+                "{bad}: {e}"
+            );
+        }
+    }
+}
