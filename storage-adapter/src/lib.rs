@@ -68,6 +68,7 @@ mod sql_text;
 pub mod status;
 mod table_info;
 mod values;
+pub mod verify;
 pub mod version;
 mod wall_clock;
 

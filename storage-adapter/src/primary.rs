@@ -219,6 +219,17 @@ impl PrimaryWalReader {
         from: CommitId,
         max_bytes: usize,
     ) -> Result<(Vec<EncodedRecord>, CommitId), PrimaryError> {
+        self.records_until(from, None, max_bytes)
+    }
+
+    /// [`records_and_head`](Self::records_and_head), holding no record
+    /// after `until` (when given).
+    fn records_until(
+        &self,
+        from: CommitId,
+        until: Option<CommitId>,
+        max_bytes: usize,
+    ) -> Result<(Vec<EncodedRecord>, CommitId), PrimaryError> {
         self.in_read_transaction(|wal| {
             // Refuse to serve WAL of a primary whose capture is broken
             // (a replicated table altered, recreated or stripped of its
@@ -233,10 +244,11 @@ impl PrimaryWalReader {
                 self.verified_schema.set(schema);
             }
             let head = wal.head()?;
-            if from > head || from.0 == 0 {
+            let last = until.map_or(head, |u| u.min(head));
+            if from > last || from.0 == 0 {
                 return Ok((Vec::new(), head));
             }
-            Ok((wal.records(from, head, max_bytes)?, head))
+            Ok((wal.records(from, last, max_bytes)?, head))
         })
     }
 
@@ -247,7 +259,18 @@ impl PrimaryWalReader {
         from: CommitId,
         max_bytes: usize,
     ) -> Result<Option<Vec<u8>>, PrimaryError> {
-        let records = self.records(from, max_bytes)?;
+        self.segment_until(from, None, max_bytes)
+    }
+
+    /// [`segment`](Self::segment), holding no record after `until` (when
+    /// given): what brings a replica to exactly one CommitId.
+    pub fn segment_until(
+        &self,
+        from: CommitId,
+        until: Option<CommitId>,
+        max_bytes: usize,
+    ) -> Result<Option<Vec<u8>>, PrimaryError> {
+        let records = self.records_until(from, until, max_bytes)?.0;
         if records.is_empty() {
             return Ok(None);
         }

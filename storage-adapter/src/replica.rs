@@ -441,8 +441,18 @@ pub fn next_segment(
     at: &ChainPosition,
     max_bytes: usize,
 ) -> Result<Option<ValidatedSegment>, ApplyError> {
+    next_segment_until(reader, at, None, max_bytes)
+}
+
+/// [`next_segment`] holding no record after `until` (when given).
+pub fn next_segment_until(
+    reader: &crate::primary::PrimaryWalReader,
+    at: &ChainPosition,
+    until: Option<CommitId>,
+    max_bytes: usize,
+) -> Result<Option<ValidatedSegment>, ApplyError> {
     let Some(bytes) = reader
-        .segment(at.commit_id.next(), max_bytes)
+        .segment_until(at.commit_id.next(), until, max_bytes)
         .map_err(|e| ApplyError::Source(e.to_string()))?
     else {
         return Ok(None);

@@ -110,6 +110,12 @@ fn open_replica_connection(path: &Path) -> Result<Connection, Failure> {
     Ok(conn)
 }
 
+/// Whether a replica runtime (in this process or another) holds the replica
+/// file `replica` now.
+pub(crate) fn holds_lock(replica: &std::path::Path) -> bool {
+    gate::runtime_holds_lock(&replica.to_string_lossy())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

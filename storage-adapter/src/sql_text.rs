@@ -86,6 +86,48 @@ pub(crate) fn check_ddl(sql: &str) -> Result<(), String> {
                 start.join(" ")
             ));
         }
+        // The replica must do exactly what the primary did: a statement
+        // that may do nothing here (IF EXISTS, IF NOT EXISTS) could act on
+        // a table only the replica has.
+        if statement
+            .windows(2)
+            .any(|w| w[0] == "IF" && (w[1] == "EXISTS" || w[1] == "NOT"))
+        {
+            return Err(format!(
+                "statement {n} says IF [NOT] EXISTS; aerodb_alter runs statements that do the same on the primary and on every replica, so name what exists"
+            ));
+        }
+        for (i, t) in statement.iter().enumerate() {
+            let bare = t
+                .trim_matches(|c| matches!(c, '"' | '`' | '[' | ']'))
+                .to_ascii_lowercase();
+            if bare.starts_with("aerodb_") || bare.starts_with("sqlite_") {
+                return Err(format!(
+                    "statement {n} names `{t}`: names starting with aerodb_ or sqlite_ are AeroDB's and SQLite's own"
+                ));
+            }
+            // `schema.name`: only main (TEMP and attached databases are
+            // not replicated; unqualified names are resolved in main).
+            let identifier = t
+                .chars()
+                .next()
+                .is_some_and(|c| c.is_alphabetic() || c == '_' || matches!(c, '"' | '`' | '['));
+            let after_dot = i > 0 && statement[i - 1] == ".";
+            if identifier
+                && !after_dot
+                && statement.get(i + 1).map(String::as_str) == Some(".")
+                && bare != "main"
+            {
+                return Err(format!(
+                    "statement {n} names schema `{t}`; aerodb_alter changes tables of the main database only"
+                ));
+            }
+            if bare == "temp" || bare == "temporary" {
+                return Err(format!(
+                    "statement {n} says {t}; aerodb_alter changes tables of the main database only"
+                ));
+            }
+        }
     }
     if n == 0 {
         return Err("there is no statement to run".into());
@@ -104,6 +146,8 @@ mod tests {
             "alter table t rename to u; create unique index i on u(c);",
             "/* x; */ DROP INDEX i; -- y\n DROP TABLE t",
             "ALTER TABLE t ADD COLUMN c DEFAULT ';DELETE FROM t'",
+            "ALTER TABLE t ADD COLUMN e DEFAULT (-0.0)",
+            "ALTER TABLE main.t ADD COLUMN f REAL DEFAULT 1.5e3",
         ] {
             assert_eq!(check_ddl(ok), Ok(()), "{ok}");
         }
@@ -116,10 +160,19 @@ mod tests {
             ),
             ("CREATE TABLE u(x)", "CREATE TABLE U"),
             ("  ; -- nothing", ""),
+            ("DROP TABLE IF EXISTS x", "IF [NOT] EXISTS"),
+            ("CREATE INDEX IF NOT EXISTS i ON t(a)", "IF [NOT] EXISTS"),
+            ("DROP TABLE aerodb_replica_segments", "aerodb_"),
+            ("DROP TABLE \"AeroDB_x\"", "aerodb_"),
+            ("ALTER TABLE temp.t ADD COLUMN c", "schema `TEMP`"),
+            ("CREATE INDEX aux.i ON t(a)", "schema `AUX`"),
         ] {
+            let _ = ();
             let e = check_ddl(bad).unwrap_err();
             assert!(
-                e.contains(&format!("`{starts}`")) || e.contains("no statement"),
+                e.contains(&format!("`{starts}`"))
+                    || e.contains("no statement")
+                    || e.contains(starts) && !starts.is_empty(),
                 "{bad}: {e}"
             );
         }

@@ -176,12 +176,16 @@ fn refusals_change_nothing() {
         e.contains("table 'plain' of 'plain', which is not replicated"),
         "{e}"
     );
-    // A transaction that already wrote the table.
-    h.exec("BEGIN; INSERT INTO t VALUES (7, 'g', 70)");
-    let e = alter_err(&h, "ALTER TABLE t ADD COLUMN late");
-    assert!(e.contains("this transaction already wrote 't'"), "{e}");
-    h.exec("COMMIT");
-    assert_eq!(h.head().0, head.0 + 1, "only the write committed");
+    // A transaction that already wrote the table (unless that write was
+    // spilled already: its record precedes the alter's then, in order, and
+    // the alter goes through).
+    if !spilling() {
+        h.exec("BEGIN; INSERT INTO t VALUES (7, 'g', 70)");
+        let e = alter_err(&h, "ALTER TABLE t ADD COLUMN late");
+        assert!(e.contains("this transaction already wrote 't'"), "{e}");
+        h.exec("COMMIT");
+        assert_eq!(h.head().0, head.0 + 1, "only the write committed");
+    }
     assert_eq!(
         h.rows("SELECT type, name, sql FROM sqlite_schema ORDER BY name"),
         schema,
@@ -192,7 +196,7 @@ fn refusals_change_nothing() {
     h.exec("BEGIN");
     alter(&h, "ALTER TABLE t ADD COLUMN gone");
     h.exec("ROLLBACK");
-    assert_eq!(h.head().0, head.0 + 1);
+    assert_eq!(h.head().0, head.0 + u64::from(!spilling()));
     h.exec("INSERT INTO t VALUES (8, 'h', 80)");
     h.check("after a rolled-back alter");
     let e = alter_err(
@@ -355,4 +359,103 @@ fn resync_ships_a_table_again_and_repairs_a_replica() {
         e.contains("'plain' is not replicated; start with aerodb_replicate"),
         "{e}"
     );
+}
+
+/// What the adversarial review of aerodb_alter found diverging or stuck is
+/// refused, changing nothing; the defects it showed are named by case.
+#[test]
+fn what_could_diverge_is_refused() {
+    let schema = |h: &Harness| {
+        h.rows("SELECT type, name, tbl_name, sql FROM main.sqlite_schema WHERE name NOT LIKE 'sqlite_%' ORDER BY type, name")
+    };
+    // A replicated table that is not captured as registered (a dropped
+    // capture trigger, a table recreated with the same text, DDL run
+    // directly): an alter of another table re-installed its capture.
+    for (broken, needle) in [
+        ("DROP TRIGGER aerodb_capture_insert_t; INSERT INTO t VALUES (9, 'x', 0)", "2 of its 3 capture triggers exist"),
+        ("DROP TABLE t; CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT, w INTEGER); INSERT INTO t VALUES (7, 'x', 0)", "0 of its 3 capture triggers exist"),
+        ("ALTER TABLE t ADD COLUMN direct DEFAULT 5", "its definition is now"),
+    ] {
+        let h = with_t();
+        h.exec(broken);
+        let before = schema(&h);
+        let e = alter_err(&h, "ALTER TABLE other ADD COLUMN z");
+        assert!(
+            e.contains("'t' is not captured as registered") && e.contains(needle),
+            "{broken}: {e}"
+        );
+        assert_eq!(schema(&h), before, "{broken}: nothing changed");
+    }
+    // DROP TABLE of a parent with foreign_keys on and an ON DELETE action:
+    // the implicit DELETE would change the child's rows uncaptured.
+    let mut h = Harness::new();
+    h.exec(
+        "PRAGMA foreign_keys = ON;
+         CREATE TABLE p(id INTEGER PRIMARY KEY);
+         CREATE TABLE c(id INTEGER PRIMARY KEY, pid REFERENCES p(id) ON DELETE CASCADE);
+         INSERT INTO p VALUES (1); INSERT INTO c VALUES (10, 1);",
+    );
+    h.replicate("p");
+    h.replicate("c");
+    let e = alter_err(&h, "DROP TABLE p");
+    assert!(e.contains("DROP TABLE with PRAGMA foreign_keys on"), "{e}");
+    h.exec("DELETE FROM p");
+    h.check("after the captured delete");
+    // Statements that may do nothing on the primary but act on a replica
+    // (a replica-only table, the replica's own state tables).
+    let h = with_t();
+    for (sql, needle) in [
+        (
+            "ALTER TABLE t ADD COLUMN c; DROP TABLE IF EXISTS local",
+            "IF [NOT] EXISTS",
+        ),
+        (
+            "DROP TABLE aerodb_replica_segments",
+            "names `AERODB_REPLICA_SEGMENTS`",
+        ),
+        ("ALTER TABLE temp.t ADD COLUMN c", "schema `TEMP`"),
+    ] {
+        let e = alter_err(&h, sql);
+        assert!(e.contains(needle), "{sql}: {e}");
+    }
+    // A TEMP table shadowing a replicated one: unqualified names would
+    // alter it on the primary and the replicated one on the replicas.
+    let mut h = with_t();
+    h.exec("CREATE TEMP TABLE t(x)");
+    let e = alter_err(&h, "ALTER TABLE t ADD COLUMN extra DEFAULT 42");
+    assert!(e.contains("TEMP object 't'"), "{e}");
+    h.exec("DROP TABLE temp.t");
+    alter(&h, "ALTER TABLE t ADD COLUMN extra DEFAULT 42");
+    h.check("after the alter without the TEMP table");
+}
+
+#[test]
+fn swapped_names_and_the_rebuild_idiom_replicate() {
+    let mut h = Harness::new();
+    h.exec(
+        "CREATE TABLE a(id INTEGER PRIMARY KEY, x); CREATE TABLE b(id INTEGER PRIMARY KEY, y);
+         INSERT INTO a VALUES (1, 'a'); INSERT INTO b VALUES (2, 'b');",
+    );
+    h.replicate("a");
+    h.replicate("b");
+    alter(
+        &h,
+        "ALTER TABLE a RENAME TO tmp; ALTER TABLE b RENAME TO a; ALTER TABLE tmp RENAME TO b",
+    );
+    h.exec(
+        "INSERT INTO a VALUES (3, 'into the old b'); INSERT INTO b VALUES (4, 'into the old a')",
+    );
+    h.check("after swapping two names");
+    assert_eq!(
+        h.rows("SELECT name FROM aerodb_tables ORDER BY name"),
+        vec!["('a')".to_string(), "('b')".to_string()]
+    );
+    // Rebuild: a new table replicated, the old one dropped, the new one
+    // renamed into its name.
+    h.exec("CREATE TABLE a_new(id INTEGER PRIMARY KEY, y, z DEFAULT 0); INSERT INTO a_new(id, y) SELECT id, y FROM a");
+    h.replicate("a_new");
+    alter(&h, "DROP TABLE a; ALTER TABLE a_new RENAME TO a");
+    h.tables = vec!["a".into(), "b".into()];
+    h.exec("INSERT INTO a VALUES (5, 'rebuilt', 1)");
+    h.check("after the rebuild idiom");
 }

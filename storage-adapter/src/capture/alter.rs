@@ -76,6 +76,31 @@ fn tables_and_indexes(conn: RawConn) -> Result<BTreeSet<[String; 4]>, CaptureErr
     Ok(out)
 }
 
+fn sql_has_drop_table(sql: &str) -> bool {
+    crate::sql_text::sql_tokens(sql)
+        .windows(2)
+        .any(|w| w[0] == "DROP" && w[1] == "TABLE")
+}
+
+/// `PRAGMA foreign_keys` is on and some table has an ON DELETE action.
+fn foreign_key_actions_on(conn: RawConn) -> Result<bool, CaptureError> {
+    let on = conn
+        .query_value("PRAGMA foreign_keys", &[])
+        .map_err(sqlite("reading PRAGMA foreign_keys"))?
+        .and_then(|v| v.as_i64());
+    if on != Some(1) {
+        return Ok(false);
+    }
+    let actions = conn
+        .query_value(
+            "SELECT count(*) FROM main.sqlite_schema AS m, pragma_foreign_key_list(m.name, 'main') AS f WHERE m.type = 'table' AND f.on_delete NOT IN ('NO ACTION', 'RESTRICT')",
+            &[],
+        )
+        .map_err(sqlite("reading foreign keys"))?
+        .and_then(|v| v.as_i64());
+    Ok(actions != Some(0))
+}
+
 fn anchor(i: usize) -> String {
     format!("aerodb_alter_anchor_{i}")
 }
@@ -92,6 +117,37 @@ pub(super) fn alter(shared: &Shared, conn: RawConn, sql: &str) -> Result<CommitI
 fn run(shared: &Shared, conn: RawConn, sql: &str) -> Result<CommitId, CaptureError> {
     let generation = primary_generation(&WalTables::new(conn))?;
     let before = registered(conn)?;
+    // Every replicated table must be captured as registered: an alter
+    // re-installs capture, which would otherwise hide a broken one.
+    for b in &before {
+        super::tables::verify(conn, &b.name).map_err(|e| {
+            refused(format!(
+                "'{}' is not captured as registered ({e}); repair it first",
+                b.name
+            ))
+        })?;
+    }
+    // Only the main database: TEMP objects are found first by unqualified
+    // names on this connection (and on no replica).
+    let temp = conn
+        .query_value(
+            "SELECT name FROM temp.sqlite_schema WHERE type IN ('table', 'index') LIMIT 1",
+            &[],
+        )
+        .map_err(sqlite("reading the TEMP schema"))?
+        .and_then(|v| v.into_string());
+    if let Some(t) = temp {
+        return Err(refused(format!(
+            "this connection has TEMP object '{t}', which unqualified names in the statements would find before the replicated tables; run aerodb_alter on a connection without TEMP tables"
+        )));
+    }
+    // DROP TABLE deletes the table's rows first, and with foreign_keys on
+    // their ON DELETE actions change other tables' rows without capture.
+    if sql_has_drop_table(sql) && foreign_key_actions_on(conn)? {
+        return Err(refused(
+            "DROP TABLE with PRAGMA foreign_keys on and an ON DELETE action in the schema: the rows it deletes would change other tables through the action, uncaptured; delete the table's rows first (captured) or drop it with foreign_keys off".into(),
+        ));
+    }
     let mut setup = String::new();
     for (i, b) in before.iter().enumerate() {
         setup += &format!(
@@ -147,13 +203,9 @@ fn run(shared: &Shared, conn: RawConn, sql: &str) -> Result<CommitId, CaptureErr
     }
     let commit_id = WalTables::new(conn).head()?.next();
     let mut altered = Vec::new();
+    let mut kept = Vec::new();
     for (b, now) in before.iter().zip(&after) {
         let Some(now) = now else {
-            conn.execute(
-                "DELETE FROM main.aerodb_tables WHERE name = ?1",
-                &[ValueRef::Text(b.name.as_bytes())],
-            )
-            .map_err(sqlite("unregistering a dropped table"))?;
             altered.push(AlteredTable {
                 name: b.name.clone(),
                 after: None,
@@ -176,7 +228,6 @@ fn run(shared: &Shared, conn: RawConn, sql: &str) -> Result<CommitId, CaptureErr
             // Unchanged (its capture triggers are the same again).
             continue;
         }
-        register(conn, &t, commit_id, &names, &b.name)?;
         altered.push(AlteredTable {
             name: b.name.clone(),
             after: Some(TableDefinition {
@@ -185,6 +236,19 @@ fn run(shared: &Shared, conn: RawConn, sql: &str) -> Result<CommitId, CaptureErr
                 indexes: t.indexes.clone(),
             }),
         });
+        kept.push((t, names));
+    }
+    // Registrations: every changed table's old one goes first, then the new
+    // ones (tables that swapped names keep one row each).
+    for a in &altered {
+        conn.execute(
+            "DELETE FROM main.aerodb_tables WHERE name = ?1",
+            &[ValueRef::Text(a.name.as_bytes())],
+        )
+        .map_err(sqlite("unregistering an altered table"))?;
+    }
+    for (t, names) in &kept {
+        register(conn, t, commit_id, names, &t.name)?;
     }
     if altered.is_empty() {
         return Ok(CommitId(commit_id.0 - 1));

@@ -199,13 +199,25 @@ pub(super) fn apply_alter(
     let generation = super::read_position(tx)?
         .ok_or(ApplyError::NotReplica)?
         .generation;
-    for (t, name) in tables.iter().zip(&registered_names) {
+    // Old registrations first, then the new ones (tables that swapped names
+    // keep one row each).
+    for name in &registered_names {
         tx.execute(
             "DELETE FROM aerodb_replica_tables WHERE name = ?1 COLLATE NOCASE",
             [name],
         )
         .map_err(sql_err("registering an altered table", Some(commit_id)))?;
+    }
+    let kept_as = |name: &str| {
+        tables
+            .iter()
+            .filter_map(|t| t.after.as_ref())
+            .any(|d| d.name.eq_ignore_ascii_case(name))
+    };
+    for (t, name) in tables.iter().zip(&registered_names) {
         match &t.after {
+            // Gone, unless another altered table took its name.
+            None if kept_as(name) => {}
             None => {
                 if let Some(sql) = table_sql(tx, commit_id, name)? {
                     return Err(bad(

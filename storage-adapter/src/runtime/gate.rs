@@ -181,7 +181,7 @@ pub(super) fn lock_path(replica: &Path) -> PathBuf {
 
 /// Whether a runtime (in any process) holds the lock of the replica file
 /// `path`. Never creates the lock file.
-pub(super) fn runtime_holds_lock(path: &str) -> bool {
+pub(crate) fn runtime_holds_lock(path: &str) -> bool {
     if path.is_empty() {
         return false;
     }

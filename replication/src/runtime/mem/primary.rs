@@ -117,6 +117,7 @@ impl MemPrimary {
     pub fn source(&self) -> MemSource {
         MemSource {
             primary: self.clone(),
+            fetched_at: CommitId(0),
         }
     }
 }
@@ -140,6 +141,9 @@ fn record_changes(bytes: &[u8]) -> Vec<Change> {
 /// A [`MemPrimary`]'s WAL, as a replica pulls it.
 pub struct MemSource {
     primary: MemPrimary,
+    /// The primary's head at the last fetch: `wait_for_wal` returns once
+    /// there is WAL past it.
+    fetched_at: CommitId,
 }
 
 impl MemSource {
@@ -173,6 +177,7 @@ impl WalSource for MemSource {
             ));
         }
         let head = s.encoder.position().commit_id;
+        self.fetched_at = head;
         if from < s.oldest {
             return Err(Failure::new(
                 FailureCode::WalTruncated,
@@ -215,7 +220,7 @@ impl WalSource for MemSource {
     }
 
     fn wait_for_wal(&mut self, stop: &StopSignal) -> Result<bool, Failure> {
-        let seen = self.primary.head();
+        let seen = self.fetched_at;
         Ok(self.wait(stop, |s| {
             s.encoder.position().commit_id > seen || !s.available
         }))

@@ -28,6 +28,7 @@ mod metrics;
 mod replica;
 mod serve;
 mod status;
+mod verify;
 
 /// SQLite replication: serve a primary's WAL, run a replica.
 #[derive(Parser, Debug)]
@@ -66,6 +67,9 @@ enum Command {
     /// Show a replica file's recorded state, components and read verdict;
     /// exit 0 read-safe, 1 blocked, 2 diverged or unreadable.
     Status(status::StatusArgs),
+    /// Check that a replica file holds exactly the primary file's rows at
+    /// the primary's head; exit 0 equal, 1 different, 2 on errors.
+    Verify(verify::VerifyArgs),
 }
 
 /// The runtime's limits, as flags (the keys of `aerodb_replica_start`'s
@@ -147,6 +151,7 @@ fn main() -> ExitCode {
         Command::Serve(args) => serve::run(args),
         // Its exit code is the verdict's (0, 1 or 2), not ok/failure.
         Command::Status(args) => return status::run(args),
+        Command::Verify(args) => return verify::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,0 +1,168 @@
+//! `aerodb verify` / `storage_adapter::verify` (issue 10 item 8): a
+//! replica compared with its primary at the primary's head, exactly
+//! (values and types), naming the first table and row that differ.
+
+use rusqlite::config::DbConfig;
+use rusqlite::Connection;
+use std::path::Path;
+use std::process::Command;
+use storage_adapter::primary::Primary;
+use storage_adapter::verify::verify;
+
+/// A primary with two tables and rows, and a replica caught up to commit
+/// `behind` commits before the head.
+fn setup(dir: &Path) -> (Primary, std::path::PathBuf, std::path::PathBuf) {
+    let p = dir.join("p.db");
+    let r = dir.join("r.db");
+    let primary = Primary::open(&p).unwrap();
+    primary
+        .connection()
+        .execute_batch(
+            "CREATE TABLE t(id INTEGER PRIMARY KEY, v);
+             CREATE TABLE k(name TEXT COLLATE NOCASE PRIMARY KEY NOT NULL, n REAL) WITHOUT ROWID;
+             INSERT INTO t VALUES (1, 'one'), (2, 2.0), (3, x'03');
+             INSERT INTO k VALUES ('a', 1.5), ('B', NULL);",
+        )
+        .unwrap();
+    primary.replicate("t").unwrap();
+    primary.replicate("k").unwrap();
+    let status = Command::new(env!("CARGO_BIN_EXE_aerodb"))
+        .args(["catch-up", "--primary"])
+        .arg(&p)
+        .arg("--replica")
+        .arg(&r)
+        .output()
+        .unwrap();
+    assert!(status.status.success(), "{status:?}");
+    // More commits the replica has not seen: verify brings it there.
+    primary
+        .connection()
+        .execute_batch("INSERT INTO t VALUES (4, 'four'); UPDATE k SET n = 2.5 WHERE name = 'a'")
+        .unwrap();
+    (primary, p, r)
+}
+
+/// A connection to the replica whose writes pass its guards (triggers
+/// off), as a user bypassing the protection would.
+fn behind_the_back(r: &Path) -> Connection {
+    let c = Connection::open(r).unwrap();
+    c.set_db_config(DbConfig::SQLITE_DBCONFIG_ENABLE_TRIGGER, false)
+        .unwrap();
+    c
+}
+
+fn cli(p: &Path, r: &Path) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_aerodb"))
+        .args(["verify", "--primary"])
+        .arg(p)
+        .arg("--replica")
+        .arg(r)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into(),
+        String::from_utf8_lossy(&out.stderr).into(),
+    )
+}
+
+#[test]
+fn a_replica_behind_is_brought_to_the_head_and_found_equal() {
+    let dir = tempfile::tempdir().unwrap();
+    let (primary, p, r) = setup(dir.path());
+    let v = verify(&p, &r).unwrap();
+    assert_eq!(v.commit_id, primary.head().unwrap());
+    assert_eq!(v.difference, None, "{v:?}");
+    assert_eq!(v.primary, v.replica);
+    assert_eq!(v.primary.len(), 2);
+    assert_eq!(v.primary.iter().find(|d| d.table == "t").unwrap().rows, 4);
+    let (code, out, err) = cli(&p, &r);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains("equal: the replica holds exactly the primary's 2 table(s) at commit"),
+        "{out}"
+    );
+    // Deterministic and independent of insertion order and page layout.
+    behind_the_back(&r).execute_batch("VACUUM").unwrap();
+    assert_eq!(verify(&p, &r).unwrap().replica, v.replica);
+}
+
+#[test]
+fn an_altered_a_missing_and_an_extra_row_are_named() {
+    for (tamper, table, needle) in [
+        (
+            "UPDATE t SET v = 'ONE' WHERE id = 1",
+            "t",
+            "the row with key (1) is (1, 'one') on the primary, (1, 'ONE') on the replica",
+        ),
+        // 2.0 and 2 are one value to `=`, two to verify.
+        (
+            "UPDATE t SET v = 2 WHERE id = 2",
+            "t",
+            "the row with key (2) is (2, 2.0) on the primary, (2, 2) on the replica",
+        ),
+        (
+            "DELETE FROM t WHERE id = 4",
+            "t",
+            "the replica lacks the row with key (4)",
+        ),
+        (
+            "INSERT INTO k VALUES ('z', 0)",
+            "k",
+            "the replica has a row the primary does not: key ('z')",
+        ),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let (_primary, p, r) = setup(dir.path());
+        verify(&p, &r).unwrap();
+        behind_the_back(&r).execute_batch(tamper).unwrap();
+        let v = verify(&p, &r).unwrap();
+        let d = v
+            .difference
+            .unwrap_or_else(|| panic!("{tamper}: not noticed"));
+        assert_eq!(d.table, table, "{tamper}");
+        assert!(d.detail.contains(needle), "{tamper}: {}", d.detail);
+        let (code, out, _) = cli(&p, &r);
+        assert_eq!(code, 1, "{out}");
+        assert!(out.contains(&format!("table '{table}'")), "{out}");
+    }
+}
+
+#[test]
+fn what_cannot_be_compared_is_an_error_that_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_primary, p, r) = setup(dir.path());
+    // Not a replica: refused, the file left as it was.
+    let plain = dir.path().join("plain.db");
+    Connection::open(&plain)
+        .unwrap()
+        .execute_batch("CREATE TABLE x(a)")
+        .unwrap();
+    let e = verify(&p, &plain).unwrap_err().to_string();
+    assert!(e.contains("it is not an AeroDB replica"), "{e}");
+    let tables: i64 = Connection::open(&plain)
+        .unwrap()
+        .query_row("SELECT count(*) FROM sqlite_schema", [], |x| x.get(0))
+        .unwrap();
+    assert_eq!(tables, 1, "nothing created in it");
+    let (code, _, err) = cli(&p, &plain);
+    assert_eq!(code, 2, "{err}");
+    let (code, _, err) = cli(&p, &dir.path().join("missing.db"));
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("no such file"), "{err}");
+    let out = Command::new(env!("CARGO_BIN_EXE_aerodb"))
+        .args(["verify", "--primary", "http://127.0.0.1:9", "--replica"])
+        .arg(&r)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    // A replica of another primary.
+    let other = Primary::open(dir.path().join("o.db")).unwrap();
+    other
+        .connection()
+        .execute_batch("CREATE TABLE t(id INTEGER PRIMARY KEY, v)")
+        .unwrap();
+    other.replicate("t").unwrap();
+    let e = verify(dir.path().join("o.db"), &r).unwrap_err().to_string();
+    assert!(e.contains("follows generation"), "{e}");
+}
