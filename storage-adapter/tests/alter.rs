@@ -9,19 +9,6 @@ mod differential;
 
 use differential::*;
 
-fn alter(h: &Harness, sql: &str) -> i64 {
-    h.conn()
-        .query_row("SELECT aerodb_alter(?1)", [sql], |r| r.get(0))
-        .unwrap_or_else(|e| panic!("aerodb_alter({sql}): {e}"))
-}
-
-fn alter_err(h: &Harness, sql: &str) -> String {
-    h.conn()
-        .query_row("SELECT aerodb_alter(?1)", [sql], |r| r.get::<_, i64>(0))
-        .expect_err(sql)
-        .to_string()
-}
-
 /// The WAL's bytes so far (what the primary stores).
 fn wal_bytes(h: &Harness) -> i64 {
     h.conn()
@@ -40,23 +27,9 @@ fn wal_bytes(h: &Harness) -> i64 {
         .expect("WAL size")
 }
 
-fn with_t() -> Harness {
-    let mut h = Harness::new();
-    h.exec(
-        "CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT, w INTEGER);
-         CREATE TABLE other(k TEXT PRIMARY KEY NOT NULL, n) WITHOUT ROWID;
-         INSERT INTO t VALUES (1, 'a', 10), (2, 'b', 20);
-         INSERT INTO other VALUES ('x', 1);",
-    );
-    h.replicate("t");
-    h.replicate("other");
-    h.check("after replicate");
-    h
-}
-
 #[test]
 fn column_changes_replicate_as_statements_with_the_data_around_them() {
-    let mut h = with_t();
+    let mut h = alter_fixture();
     let head = h.head();
     let at = alter(&h, "ALTER TABLE t ADD COLUMN c REAL DEFAULT 1.5");
     assert_eq!(at as u64, head.0 + 1, "the CommitId of its record");
@@ -104,7 +77,7 @@ fn column_changes_replicate_as_statements_with_the_data_around_them() {
 
 #[test]
 fn a_rename_and_a_drop_move_the_replica_with_them() {
-    let mut h = with_t();
+    let mut h = alter_fixture();
     h.exec("BEGIN");
     alter(&h, "ALTER TABLE t RENAME TO items");
     h.exec("INSERT INTO items VALUES (3, 'c', 30); COMMIT");
@@ -142,7 +115,7 @@ fn a_rename_and_a_drop_move_the_replica_with_them() {
 
 #[test]
 fn refusals_change_nothing() {
-    let mut h = with_t();
+    let mut h = alter_fixture();
     h.exec("CREATE TABLE plain(x)");
     let head = h.head();
     let schema = h.rows("SELECT type, name, sql FROM sqlite_schema ORDER BY name");
@@ -211,7 +184,7 @@ fn refusals_change_nothing() {
 
 #[test]
 fn ddl_run_directly_is_refused_at_the_next_write_naming_aerodb_alter() {
-    let h = with_t();
+    let h = alter_fixture();
     h.exec("ALTER TABLE t ADD COLUMN direct");
     let e = h.exec_err("INSERT INTO t VALUES (9, 'i', 90, NULL)");
     assert!(e.contains("aerodb_alter"), "{e}");
@@ -301,7 +274,7 @@ fn random_workloads_mixing_data_and_alter_replicate_exactly() {
 
 #[test]
 fn replicating_an_unchanged_table_again_ships_nothing_and_makes_capture_fire_first() {
-    let mut h = with_t();
+    let mut h = alter_fixture();
     let head = h.head();
     let since: i64 = h
         .conn()
@@ -329,7 +302,7 @@ fn replicating_an_unchanged_table_again_ships_nothing_and_makes_capture_fire_fir
 
 #[test]
 fn resync_ships_a_table_again_and_repairs_a_replica() {
-    let mut h = with_t();
+    let mut h = alter_fixture();
     // Rows written without capture (as a connection with triggers turned
     // off through the C API would): the replica lacks them.
     h.exec("DROP TRIGGER aerodb_capture_insert_t; INSERT INTO t VALUES (9, 'uncaptured', 0);");
@@ -376,7 +349,7 @@ fn what_could_diverge_is_refused() {
         ("DROP TABLE t; CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT, w INTEGER); INSERT INTO t VALUES (7, 'x', 0)", "0 of its 3 capture triggers exist"),
         ("ALTER TABLE t ADD COLUMN direct DEFAULT 5", "its definition is now"),
     ] {
-        let h = with_t();
+        let h = alter_fixture();
         h.exec(broken);
         let before = schema(&h);
         let e = alter_err(&h, "ALTER TABLE other ADD COLUMN z");
@@ -403,7 +376,7 @@ fn what_could_diverge_is_refused() {
     h.check("after the captured delete");
     // Statements that may do nothing on the primary but act on a replica
     // (a replica-only table, the replica's own state tables).
-    let h = with_t();
+    let h = alter_fixture();
     for (sql, needle) in [
         (
             "ALTER TABLE t ADD COLUMN c; DROP TABLE IF EXISTS local",
@@ -420,7 +393,7 @@ fn what_could_diverge_is_refused() {
     }
     // A TEMP table shadowing a replicated one: unqualified names would
     // alter it on the primary and the replicated one on the replicas.
-    let mut h = with_t();
+    let mut h = alter_fixture();
     h.exec("CREATE TEMP TABLE t(x)");
     let e = alter_err(&h, "ALTER TABLE t ADD COLUMN extra DEFAULT 42");
     assert!(e.contains("TEMP object 't'"), "{e}");

@@ -7,33 +7,6 @@ mod differential;
 
 use differential::*;
 
-fn alter(h: &Harness, sql: &str) -> i64 {
-    h.conn()
-        .query_row("SELECT aerodb_alter(?1)", [sql], |r| r.get(0))
-        .unwrap_or_else(|e| panic!("aerodb_alter({sql}): {e}"))
-}
-
-fn alter_err(h: &Harness, sql: &str) -> String {
-    h.conn()
-        .query_row("SELECT aerodb_alter(?1)", [sql], |r| r.get::<_, i64>(0))
-        .expect_err(sql)
-        .to_string()
-}
-
-fn with_t() -> Harness {
-    let mut h = Harness::new();
-    h.exec(
-        "CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT, w INTEGER);
-         CREATE TABLE other(k TEXT PRIMARY KEY NOT NULL, n) WITHOUT ROWID;
-         INSERT INTO t VALUES (1, 'a', 10), (2, 'b', 20);
-         INSERT INTO other VALUES ('x', 1);",
-    );
-    h.replicate("t");
-    h.replicate("other");
-    h.check("after replicate");
-    h
-}
-
 /// A table dropped and created again with identical text, then written
 /// (no capture triggers: nothing captured), is made to look healthy again
 /// by an aerodb_alter of another table.
@@ -43,7 +16,7 @@ fn with_t() -> Harness {
 /// cascades into a replicated child while its capture triggers are down.
 #[test]
 fn r6_savepoint_rollback_to_across_alter() {
-    let mut h = with_t();
+    let mut h = alter_fixture();
     h.exec("BEGIN; INSERT INTO other VALUES ('y', 2); SAVEPOINT s;");
     alter(&h, "ALTER TABLE t ADD COLUMN c DEFAULT 3");
     h.exec("ROLLBACK TO s; INSERT INTO t VALUES (3, 'c', 30); COMMIT");
@@ -60,7 +33,7 @@ fn r6_savepoint_rollback_to_across_alter() {
 
 #[test]
 fn r7_renames() {
-    let mut h = with_t();
+    let mut h = alter_fixture();
     alter(&h, "ALTER TABLE t RENAME COLUMN id TO pk");
     h.exec("INSERT INTO t VALUES (3, 'c', 30); UPDATE t SET pk = 33 WHERE pk = 3; DELETE FROM t WHERE pk = 1");
     h.check("after renaming the key");
@@ -77,7 +50,7 @@ fn r7_renames() {
 
 #[test]
 fn r8_second_connection_writes_after_rename() {
-    let mut h = with_t();
+    let mut h = alter_fixture();
     let (c2, _hd) = second_connection(&h);
     c2.execute_batch("INSERT INTO t VALUES (3, 'c', 30); INSERT INTO other VALUES ('y', 2)")
         .unwrap();
@@ -102,7 +75,7 @@ fn r8_second_connection_writes_after_rename() {
 
 #[test]
 fn r9_unique_index_then_replace() {
-    let mut h = with_t();
+    let mut h = alter_fixture();
     alter(&h, "CREATE UNIQUE INDEX tv ON t(v COLLATE NOCASE)");
     h.exec("INSERT OR REPLACE INTO t VALUES (3, 'A', 1); REPLACE INTO t VALUES (4, 'B', 2)");
     h.check("after replace through unique index");
@@ -122,7 +95,7 @@ fn r9_unique_index_then_replace() {
 
 #[test]
 fn r10_alter_after_replicate_same_tx() {
-    let mut h = with_t();
+    let mut h = alter_fixture();
     h.exec("CREATE TABLE n(id INTEGER PRIMARY KEY, a); INSERT INTO n VALUES (1, 'x'); BEGIN");
     h.replicate("n");
     alter(
@@ -136,7 +109,7 @@ fn r10_alter_after_replicate_same_tx() {
 
 #[test]
 fn r11_add_column_variants() {
-    let mut h = with_t();
+    let mut h = alter_fixture();
     alter(&h, "ALTER TABLE t ADD COLUMN a INTEGER NOT NULL DEFAULT 7");
     alter(
         &h,
@@ -175,7 +148,7 @@ fn r4b_plain_cascade_is_captured() {
 
 #[test]
 fn r3b_before_the_alter() {
-    let mut h = with_t();
+    let mut h = alter_fixture();
     h.exec("ALTER TABLE t ADD COLUMN direct DEFAULT 5");
     eprintln!("r3 before: {:?}", h.try_check());
 }
@@ -183,7 +156,7 @@ fn r3b_before_the_alter() {
 /// The reader's refusal before the alter, silence after.
 #[test]
 fn r12_spilled_write_then_alter_same_table() {
-    let mut h = with_t();
+    let mut h = alter_fixture();
     h.conn()
         .query_row("SELECT aerodb_capture_chunk_bytes(1)", [], |_| Ok(()))
         .unwrap();
@@ -262,7 +235,7 @@ fn r14_legacy_alter_table() {
 /// Statements that are no-ops on the primary act on the replica.
 #[test]
 fn r17_user_trigger_and_view_across_alter() {
-    let mut h = with_t();
+    let mut h = alter_fixture();
     h.exec("CREATE TABLE log(id INTEGER PRIMARY KEY AUTOINCREMENT NOT NULL, what);");
     h.replicate("log");
     h.exec(
@@ -326,7 +299,7 @@ fn r19_drop_then_rename_into_its_name() {
 
 #[test]
 fn r20_resync_in_a_transaction_that_wrote_the_table() {
-    let mut h = with_t();
+    let mut h = alter_fixture();
     h.exec("BEGIN; DELETE FROM t WHERE id = 1; UPDATE t SET v = 'B' WHERE id = 2; INSERT INTO t VALUES (3, 'c', 30);");
     let r = h
         .conn()

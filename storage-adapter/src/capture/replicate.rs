@@ -243,7 +243,6 @@ pub(super) fn triggers(
     Ok((names, ddl))
 }
 
-/// `aerodb_replicate(table)`.
 /// `aerodb_replicate(table)`. On a table already replicated with the
 /// definition, columns and indexes it has now, nothing is shipped: its
 /// capture triggers are installed again (so they fire before any trigger
@@ -298,8 +297,7 @@ pub(super) fn resync(
     conn: RawConn,
     table: &str,
 ) -> Result<CommitId, CaptureError> {
-    let wal = WalTables::new(conn);
-    let generation = primary_generation(&wal)?;
+    let generation = primary_generation(&WalTables::new(conn))?;
     let t = find(conn, table).map_err(|e| match e {
         CaptureError::NoSuchTable { table } => CaptureError::ResyncRefused {
             reason: format!("there is no table named '{table}'"),

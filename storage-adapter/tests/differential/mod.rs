@@ -520,3 +520,35 @@ pub fn second_connection(h: &Harness) -> (Connection, storage_adapter::capture::
 pub fn expect_match(h: &mut Harness, what: &str) {
     h.check(what);
 }
+
+// ------------------------------------------------------------ aerodb_alter
+
+/// `SELECT aerodb_alter(sql)` on the primary; it must succeed.
+pub fn alter(h: &Harness, sql: &str) -> i64 {
+    h.conn()
+        .query_row("SELECT aerodb_alter(?1)", [sql], |r| r.get(0))
+        .unwrap_or_else(|e| panic!("aerodb_alter({sql}): {e}"))
+}
+
+/// `SELECT aerodb_alter(sql)` on the primary; it must fail: the message.
+pub fn alter_err(h: &Harness, sql: &str) -> String {
+    h.conn()
+        .query_row("SELECT aerodb_alter(?1)", [sql], |r| r.get::<_, i64>(0))
+        .expect_err(sql)
+        .to_string()
+}
+
+/// `t(id, v, w)` and WITHOUT ROWID `other(k, n)`, with rows, replicated.
+pub fn alter_fixture() -> Harness {
+    let mut h = Harness::new();
+    h.exec(
+        "CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT, w INTEGER);
+         CREATE TABLE other(k TEXT PRIMARY KEY NOT NULL, n) WITHOUT ROWID;
+         INSERT INTO t VALUES (1, 'a', 10), (2, 'b', 20);
+         INSERT INTO other VALUES ('x', 1);",
+    );
+    h.replicate("t");
+    h.replicate("other");
+    h.check("after replicate");
+    h
+}
