@@ -224,7 +224,7 @@ impl PrimaryWalReader {
 
     /// [`records_and_head`](Self::records_and_head), holding no record
     /// after `until` (when given).
-    fn records_until(
+    pub fn records_until(
         &self,
         from: CommitId,
         until: Option<CommitId>,

@@ -14,7 +14,7 @@
 use crate::primary::PrimaryWalReader;
 use crate::primary_wal::WalTables;
 use crate::raw::RawConn;
-use crate::replica::{next_segment_until, ApplyError, ReplicaDb};
+use crate::replica::{ApplyError, ReplicaDb};
 use crate::table_info::{self, quote_ident};
 use replication::wal::{encode_count, encode_value, CommitId};
 use rusqlite::{Connection, OpenFlags};
@@ -222,6 +222,181 @@ fn first_difference(p: &Connection, r: &Connection, table: &str) -> Result<Strin
     Ok("their digests differ".into())
 }
 
+/// The primary's replicated tables at its head, read in one transaction.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PrimaryDigests {
+    /// Its generation.
+    pub generation: replication::wal::Generation,
+    /// The head the digests are at.
+    pub commit_id: CommitId,
+    /// Each replicated table's digest, by name.
+    pub tables: Vec<TableDigest>,
+}
+
+/// Opens the primary file read-only and begins the read transaction the
+/// head and the digests are read in.
+fn primary_at_head(pp: &Path) -> Result<(Connection, PrimaryDigests), String> {
+    let p = Connection::open_with_flags(pp, OpenFlags::SQLITE_OPEN_READ_ONLY)
+        .map_err(|e| e.to_string())?;
+    p.execute_batch("BEGIN").map_err(|e| e.to_string())?;
+    // SAFETY: used only within this call, on this thread.
+    let wal = WalTables::new(unsafe { RawConn::new(p.handle()) });
+    let generation = wal.generation().map_err(|e| e.to_string())?;
+    let head = wal.head().map_err(|e| e.to_string())?;
+    let tables = names(&p, "SELECT name FROM main.aerodb_tables ORDER BY name")?
+        .iter()
+        .map(|t| digest_of(&p, t))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok((
+        p,
+        PrimaryDigests {
+            generation,
+            commit_id: head,
+            tables,
+        },
+    ))
+}
+
+/// The digests of the primary file `primary`'s replicated tables at its
+/// head (what `aerodb serve` answers on `/v1/digest`).
+pub fn digests_at_head(primary: impl AsRef<Path>) -> Result<PrimaryDigests, VerifyError> {
+    let pp = primary.as_ref();
+    primary_at_head(pp)
+        .map(|(_, d)| d)
+        .map_err(|message| VerifyError::Primary {
+            path: pp.display().to_string(),
+            message,
+        })
+}
+
+/// Opens `rp` as a replica to verify: it must be one, of `generation`, no
+/// runtime may hold it, and it may not be past `head`.
+fn open_replica(
+    rp: &Path,
+    generation: replication::wal::Generation,
+    head: CommitId,
+) -> Result<(ReplicaDb, replication::wal::ChainPosition), String> {
+    if !rp.exists() {
+        return Err("no such file".into());
+    }
+    // A file that is not a replica is never changed (opening it as one
+    // would create the replica's tables).
+    let probe = Connection::open_with_flags(rp, OpenFlags::SQLITE_OPEN_READ_ONLY)
+        .map_err(|e| e.to_string())?;
+    let is_replica: bool = probe
+        .query_row(
+            "SELECT count(*) > 0 FROM sqlite_schema WHERE type = 'table' AND name = 'aerodb_replica_position'",
+            [],
+            |r| r.get(0),
+        )
+        .map_err(|e| e.to_string())?;
+    drop(probe);
+    if !is_replica {
+        return Err("it is not an AeroDB replica".into());
+    }
+    if crate::runtime::holds_lock(rp) {
+        return Err(
+            "a replica runtime holds it; stop it first (verify brings the replica to the primary's head itself)"
+                .into(),
+        );
+    }
+    let db = ReplicaDb::open(rp).map_err(|e| e.to_string())?;
+    let at = db
+        .position()
+        .map_err(|e| e.to_string())?
+        .ok_or("it is not an AeroDB replica (no position)")?;
+    if at.generation != generation {
+        return Err(format!(
+            "it follows generation {}, the primary is generation {generation}",
+            at.generation
+        ));
+    }
+    if at.commit_id > head {
+        return Err(format!(
+            "it is at commit {}, past the primary's head {head} (a restored or forked primary?)",
+            at.commit_id
+        ));
+    }
+    Ok((db, at))
+}
+
+/// Applies WAL to `db` (at `at`) until it is exactly at `head`, taking
+/// segments from `fetch(from)` (which holds no record after `head`).
+fn bring_to(
+    db: &mut ReplicaDb,
+    mut at: replication::wal::ChainPosition,
+    head: CommitId,
+    fetch: &dyn Fn(CommitId) -> Result<Option<Vec<u8>>, String>,
+) -> Result<(), String> {
+    let next = |after: &replication::wal::ChainPosition| -> Result<Option<replication::wal::ValidatedSegment>, ApplyError> {
+        let Some(bytes) = fetch(after.commit_id.next()).map_err(ApplyError::Source)? else {
+            return Ok(None);
+        };
+        let segment = replication::wal::Segment::decode(&bytes).map_err(|e| ApplyError::Source(e.to_string()))?;
+        Ok(Some(replication::wal::validate(segment, after)?))
+    };
+    while at.commit_id < head {
+        let first = next(&at).map_err(|e| e.to_string())?.ok_or_else(|| {
+            format!(
+                "the primary's WAL from commit {} is gone (truncated): bootstrap the replica first (aerodb catch-up)",
+                at.commit_id.next()
+            )
+        })?;
+        at = db
+            .apply_transaction(Some(&first), &mut |_, after| {
+                next(after)?.ok_or(ApplyError::TransactionCut {
+                    after: after.commit_id,
+                })
+            })
+            .map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}
+
+fn replica_digests(db: &ReplicaDb) -> Result<(Vec<String>, Vec<TableDigest>), String> {
+    let r = db.connection();
+    let tables = names(
+        r,
+        "SELECT name FROM main.aerodb_replica_tables ORDER BY name",
+    )?;
+    let digests = tables
+        .iter()
+        .map(|t| digest_of(r, t))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok((tables, digests))
+}
+
+/// The first table whose digests differ, and how (`detail` names the row
+/// when both sides' rows can be read: `rows` gives the primary's).
+fn compare(
+    primary: &[TableDigest],
+    replica: &[TableDigest],
+    detail: &dyn Fn(&str) -> Result<String, String>,
+) -> Result<Option<Difference>, String> {
+    let names: Vec<&String> = primary
+        .iter()
+        .map(|d| &d.table)
+        .chain(replica.iter().map(|d| &d.table))
+        .collect();
+    for t in names {
+        let (a, b) = (
+            primary.iter().find(|d| &d.table == t),
+            replica.iter().find(|d| &d.table == t),
+        );
+        let what = match (a, b) {
+            (Some(a), Some(b)) if a == b => continue,
+            (Some(_), Some(_)) => detail(t)?,
+            (Some(_), None) => "the replica does not replicate it".into(),
+            (None, _) => "the primary does not replicate it".into(),
+        };
+        return Ok(Some(Difference {
+            table: t.clone(),
+            detail: what,
+        }));
+    }
+    Ok(None)
+}
+
 /// Compares the replica file `replica` with the primary file `primary` at
 /// the primary's head, bringing the replica there first (WAL up to the
 /// head only). The replica must not be running (stop it first).
@@ -238,118 +413,135 @@ pub fn verify(
         path: rp.display().to_string(),
         message,
     };
-    if !rp.exists() {
-        return Err(rerr("no such file".into()));
-    }
-    // A file that is not a replica is never changed (opening it as one
-    // would create the replica's tables).
-    let probe = Connection::open_with_flags(rp, OpenFlags::SQLITE_OPEN_READ_ONLY)
-        .map_err(|e| rerr(e.to_string()))?;
-    let is_replica: bool = probe
-        .query_row(
-            "SELECT count(*) > 0 FROM sqlite_schema WHERE type = 'table' AND name = 'aerodb_replica_position'",
-            [],
-            |r| r.get(0),
-        )
-        .map_err(|e| rerr(e.to_string()))?;
-    drop(probe);
-    if !is_replica {
-        return Err(rerr("it is not an AeroDB replica".into()));
-    }
-    if crate::runtime::holds_lock(rp) {
-        return Err(rerr(
-            "a replica runtime holds it; stop it first (verify brings the replica to the primary's head itself)"
-                .into(),
-        ));
-    }
-    let p = Connection::open_with_flags(pp, OpenFlags::SQLITE_OPEN_READ_ONLY)
-        .map_err(|e| perr(e.to_string()))?;
-    // One read transaction: the head and the tables at exactly that head.
-    p.execute_batch("BEGIN").map_err(|e| perr(e.to_string()))?;
-    // SAFETY: used only within this call, on this thread.
-    let wal = WalTables::new(unsafe { RawConn::new(p.handle()) });
-    let head = wal.head().map_err(|e| perr(e.to_string()))?;
-    let tables = names(&p, "SELECT name FROM main.aerodb_tables ORDER BY name").map_err(perr)?;
-    let primary_digests = tables
-        .iter()
-        .map(|t| digest_of(&p, t))
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(perr)?;
-
-    // The replica, brought to exactly the head.
+    let (p, digests) = primary_at_head(pp).map_err(perr)?;
+    let head = digests.commit_id;
+    let (mut db, at) = open_replica(rp, digests.generation, head).map_err(rerr)?;
     let reader = PrimaryWalReader::open(pp).map_err(|e| perr(e.to_string()))?;
-    let mut db = ReplicaDb::open(rp).map_err(|e| rerr(e.to_string()))?;
-    let mut at = db
-        .position()
-        .map_err(|e| rerr(e.to_string()))?
-        .ok_or_else(|| rerr("it is not an AeroDB replica (no position)".into()))?;
-    if at.generation != reader.generation() {
-        return Err(rerr(format!(
-            "it follows generation {}, the primary is generation {}",
-            at.generation,
-            reader.generation()
-        )));
-    }
-    if at.commit_id > head {
-        return Err(rerr(format!(
-            "it is at commit {}, past the primary's head {head} (a restored or forked primary?)",
-            at.commit_id
-        )));
-    }
     const BYTES: usize = 1 << 20;
-    while at.commit_id < head {
-        let from = at.commit_id.next();
-        let first = next_segment_until(&reader, &at, Some(head), BYTES)
-            .map_err(|e| rerr(e.to_string()))?
-            .ok_or_else(|| {
-                perr(format!(
-                    "its WAL from commit {from} is gone (truncated): bootstrap the replica first (aerodb catch-up)"
-                ))
-            })?;
-        at = db
-            .apply_transaction(Some(&first), &mut |_, after| {
-                next_segment_until(&reader, after, Some(head), BYTES)?.ok_or(
-                    ApplyError::TransactionCut {
-                        after: after.commit_id,
-                    },
-                )
-            })
-            .map_err(|e| rerr(e.to_string()))?;
-    }
-    let r = db.connection();
-    let replica_tables = names(
-        r,
-        "SELECT name FROM main.aerodb_replica_tables ORDER BY name",
-    )
+    bring_to(&mut db, at, head, &|from| {
+        reader
+            .segment_until(from, Some(head), BYTES)
+            .map_err(|e| format!("primary {}: {e}", pp.display()))
+    })
     .map_err(rerr)?;
-    let replica_digests = replica_tables
-        .iter()
-        .map(|t| digest_of(r, t))
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(rerr)?;
-    let mut difference = None;
-    for t in tables.iter().chain(&replica_tables) {
-        let (a, b) = (
-            primary_digests.iter().find(|d| &d.table == t),
-            replica_digests.iter().find(|d| &d.table == t),
-        );
-        let detail = match (a, b) {
-            (Some(a), Some(b)) if a == b => continue,
-            (Some(_), Some(_)) => first_difference(&p, r, t).map_err(rerr)?,
-            (Some(_), None) => "the replica does not replicate it".into(),
-            (None, _) => "the primary does not replicate it".into(),
-        };
-        difference = Some(Difference {
-            table: t.clone(),
-            detail,
-        });
-        break;
-    }
+    let (_, replica) = replica_digests(&db).map_err(rerr)?;
+    let difference = compare(&digests.tables, &replica, &|t| {
+        first_difference(&p, db.connection(), t)
+    })
+    .map_err(rerr)?;
     p.execute_batch("COMMIT").map_err(|e| perr(e.to_string()))?;
     Ok(Verdict {
         commit_id: head,
-        primary: primary_digests,
-        replica: replica_digests,
+        primary: digests.tables,
+        replica,
+        difference,
+    })
+}
+
+/// [`verify`] against the primary an `aerodb serve` at `url` serves
+/// (authenticating with `token`): its `/v1/digest`, then its WAL up to that
+/// head (`/v1/segments?until=`). A difference names the table and the two
+/// digests (the primary's rows are not fetched).
+pub fn verify_url(
+    url: &str,
+    token: &str,
+    replica: impl AsRef<Path>,
+) -> Result<Verdict, VerifyError> {
+    let rp = replica.as_ref();
+    let base = url.trim_end_matches('/');
+    let perr = |message: String| VerifyError::Primary {
+        path: base.to_owned(),
+        message,
+    };
+    let rerr = |message: String| VerifyError::Replica {
+        path: rp.display().to_string(),
+        message,
+    };
+    let agent = ureq::AgentBuilder::new()
+        .timeout(std::time::Duration::from_secs(60))
+        .build();
+    let get = |path: &str| {
+        agent
+            .get(&format!("{base}{path}"))
+            .set("Authorization", &format!("Bearer {token}"))
+            .call()
+            .map_err(|e| match e {
+                ureq::Error::Status(code, r) => {
+                    format!("{path}: {code}: {}", r.into_string().unwrap_or_default())
+                }
+                other => format!("{path}: {other}"),
+            })
+    };
+    let body = get("/v1/digest")
+        .map_err(perr)?
+        .into_string()
+        .map_err(|e| perr(format!("/v1/digest: {e}")))?;
+    let digest: serde_json::Value =
+        serde_json::from_str(&body).map_err(|e| perr(format!("/v1/digest: {e}")))?;
+    let field = |k: &str| {
+        digest
+            .get(k)
+            .ok_or_else(|| perr(format!("/v1/digest lacks '{k}'")))
+    };
+    let head = CommitId(
+        field("commit_id")?
+            .as_u64()
+            .ok_or_else(|| perr("/v1/digest: commit_id".into()))?,
+    );
+    let generation: replication::wal::Generation = field("generation")?
+        .as_str()
+        .and_then(|g| u64::from_str_radix(g, 16).ok())
+        .map(replication::wal::Generation)
+        .ok_or_else(|| perr("/v1/digest: generation".into()))?;
+    let tables = field("tables")?
+        .as_array()
+        .ok_or_else(|| perr("/v1/digest: tables".into()))?
+        .iter()
+        .map(|t| {
+            Some(TableDigest {
+                table: t.get("table")?.as_str()?.to_owned(),
+                rows: t.get("rows")?.as_u64()?,
+                sha256: t.get("sha256")?.as_str()?.to_owned(),
+            })
+        })
+        .collect::<Option<Vec<_>>>()
+        .ok_or_else(|| perr("/v1/digest: a table entry is malformed".into()))?;
+    let (mut db, at) = open_replica(rp, generation, head).map_err(rerr)?;
+    bring_to(&mut db, at, head, &|from| {
+        let r = get(&format!(
+            "/v1/segments?from={}&until={}&max_bytes={}",
+            from.0,
+            head.0,
+            1 << 20
+        ))?;
+        if r.status() == 204 {
+            return Ok(None);
+        }
+        let mut bytes = Vec::new();
+        std::io::Read::read_to_end(&mut r.into_reader(), &mut bytes)
+            .map_err(|e| format!("/v1/segments: {e}"))?;
+        Ok(Some(bytes))
+    })
+    .map_err(rerr)?;
+    let (_, replica) = replica_digests(&db).map_err(rerr)?;
+    let difference = compare(&tables, &replica, &|t| {
+        let (a, b) = (
+            tables.iter().find(|d| d.table == t),
+            replica.iter().find(|d| d.table == t),
+        );
+        Ok(match (a, b) {
+            (Some(a), Some(b)) => format!(
+                "the primary has {} rows (sha256 {}), the replica {} (sha256 {})",
+                a.rows, a.sha256, b.rows, b.sha256
+            ),
+            _ => "their digests differ".into(),
+        })
+    })
+    .map_err(rerr)?;
+    Ok(Verdict {
+        commit_id: head,
+        primary: tables,
+        replica,
         difference,
     })
 }

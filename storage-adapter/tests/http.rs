@@ -806,7 +806,7 @@ fn request(method: &str, target: &str, auth: Auth, body: &str) -> Vec<u8> {
 #[case::from_zero("GET", "/v1/segments?from=0".into(), Auth::Token, "", 400,
     "query parameter 'from' is 0, it must be from 1 to 9223372036854775807")]
 #[case::unknown_query_parameter("GET", "/v1/segments?from=1&limit=5".into(), Auth::Token, "", 400,
-    "unknown query parameter 'limit' (known: from, max_bytes, wait_ms)")]
+    "unknown query parameter 'limit' (known: from, max_bytes, wait_ms, until)")]
 #[case::wait_over_the_limit("GET", "/v1/segments?from=1&wait_ms=30001".into(), Auth::Token, "", 400,
     "query parameter 'wait_ms' is 30001, it must be from 0 to 30000")]
 #[case::max_bytes_over_the_limit("GET", "/v1/segments?from=1&max_bytes=67108865".into(), Auth::Token, "", 400,
@@ -820,7 +820,7 @@ fn request(method: &str, target: &str, auth: Auth, body: &str) -> Vec<u8> {
 #[case::an_over_long_url("GET", format!("/v1/segments?from=1&pad={}", "a".repeat(2100)), Auth::Token, "", 414,
     "request target longer than 2048 bytes")]
 #[case::unknown_path("GET", "/v2/wal".into(), Auth::Token, "", 404,
-    "no such endpoint '/v2/wal' (endpoints: /v1/head, /v1/segments, /v1/snapshot)")]
+    "no such endpoint '/v2/wal' (endpoints: /v1/head, /v1/segments, /v1/snapshot, /v1/digest)")]
 #[case::missing_authorization("GET", "/v1/head".into(), Auth::Missing, "", 401,
     "missing or wrong bearer token")]
 #[case::wrong_scheme("GET", "/v1/head".into(), Auth::Other("Basic YWVyb2RiOnRva2Vu"), "", 401,

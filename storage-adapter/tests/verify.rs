@@ -166,3 +166,88 @@ fn what_cannot_be_compared_is_an_error_that_changes_nothing() {
     let e = verify(dir.path().join("o.db"), &r).unwrap_err().to_string();
     assert!(e.contains("follows generation"), "{e}");
 }
+
+/// A running `aerodb serve` on a free loopback port, killed when dropped.
+struct Serve {
+    child: std::process::Child,
+    url: String,
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn serve(db: &Path, token_file: &Path) -> Serve {
+    use std::io::BufRead;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_aerodb"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--db"])
+        .arg(db)
+        .arg("--token-file")
+        .arg(token_file)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let port = line.trim_end().rsplit(':').next().unwrap().to_owned();
+    assert!(!port.is_empty(), "aerodb serve did not start: {line:?}");
+    Serve {
+        child,
+        url: format!("http://127.0.0.1:{port}"),
+    }
+}
+
+#[test]
+fn a_replica_is_verified_against_a_primary_over_http() {
+    let dir = tempfile::tempdir().unwrap();
+    let (primary, p, r) = setup(dir.path());
+    let token = dir.path().join("token");
+    std::fs::write(&token, "s3cret-token-0123456789\n").unwrap();
+    let server = serve(&p, &token);
+    let v =
+        storage_adapter::verify::verify_url(&server.url, "s3cret-token-0123456789", &r).unwrap();
+    assert_eq!(v.commit_id, primary.head().unwrap());
+    assert_eq!(v.difference, None, "{v:?}");
+    // The same digests as the file's.
+    assert_eq!(
+        v.primary,
+        storage_adapter::verify::digests_at_head(&p).unwrap().tables
+    );
+    let out = Command::new(env!("CARGO_BIN_EXE_aerodb"))
+        .args(["verify", "--primary", &server.url, "--token-file"])
+        .arg(&token)
+        .arg("--replica")
+        .arg(&r)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    // Behind the replica's back: named, exit 1.
+    behind_the_back(&r)
+        .execute_batch("UPDATE k SET n = 9 WHERE name = 'a'")
+        .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_aerodb"))
+        .args(["verify", "--primary", &server.url, "--token-file"])
+        .arg(&token)
+        .arg("--replica")
+        .arg(&r)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(
+        text.contains("table 'k'") && text.contains("the primary has 2 rows"),
+        "{text}"
+    );
+    // A wrong token: an error, exit 2, nothing changed.
+    let e = storage_adapter::verify::verify_url(&server.url, "wrong", &r)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("401"), "{e}");
+}

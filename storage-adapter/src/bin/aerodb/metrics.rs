@@ -296,7 +296,7 @@ impl ServeMetrics {
     /// set).
     pub fn request(&self, path: &str, status: u16, bytes: Option<usize>) {
         let endpoint = match path {
-            "/v1/head" | "/v1/segments" | "/v1/snapshot" => path,
+            "/v1/head" | "/v1/segments" | "/v1/snapshot" | "/v1/digest" => path,
             _ => "other",
         };
         self.requests

@@ -361,9 +361,10 @@ fn handle(request: &Request, reader: &PrimaryWalReader, config: &Config) -> Repl
         "/v1/head" => head(reader),
         "/v1/segments" => segments(reader, &params, &config.metrics),
         "/v1/snapshot" => snapshot_reply(config),
+        "/v1/digest" => digest_reply(config),
         _ => Err(error(
             404,
-            &format!("no such endpoint '{path}' (endpoints: /v1/head, /v1/segments, /v1/snapshot)"),
+            &format!("no such endpoint '{path}' (endpoints: /v1/head, /v1/segments, /v1/snapshot, /v1/digest)"),
         )),
     };
     result.unwrap_or_else(|e| e)
@@ -391,14 +392,21 @@ fn segments(
     metrics: &super::metrics::ServeMetrics,
 ) -> Result<Reply, Reply> {
     for (k, _) in params {
-        if !["from", "max_bytes", "wait_ms"].contains(&k.as_str()) {
+        if !["from", "max_bytes", "wait_ms", "until"].contains(&k.as_str()) {
             return Err(error(
                 400,
-                &format!("unknown query parameter '{k}' (known: from, max_bytes, wait_ms)"),
+                &format!("unknown query parameter '{k}' (known: from, max_bytes, wait_ms, until)"),
             ));
         }
     }
     let from = CommitId(number(params, "from", None, 1..=i64::MAX as u64)?);
+    // `until`: no record after it (what brings a replica to exactly one
+    // CommitId, `aerodb verify`); nothing to wait for past it.
+    let until = params
+        .iter()
+        .any(|(k, _)| k == "until")
+        .then(|| number(params, "until", None, 0..=i64::MAX as u64).map(CommitId))
+        .transpose()?;
     let max_bytes = number(
         params,
         "max_bytes",
@@ -429,7 +437,7 @@ fn segments(
                 }),
             ));
         }
-        let (records, head) = match reader.records_and_head(from, max_bytes) {
+        let (records, head) = match reader.records_until(from, until, max_bytes) {
             Ok(r) => r,
             Err(
                 e @ PrimaryError::Capture(storage_adapter::capture::CaptureError::CaptureBroken {
@@ -477,6 +485,13 @@ fn segments(
                 .with_header(header("X-AeroDB-Head", &head.0.to_string()))
                 .boxed());
         }
+        // Nothing from `from` on up to `until`: nothing to wait for.
+        if until.is_some_and(|u| from > u) {
+            return Ok(Response::from_data(Vec::new())
+                .with_status_code(204)
+                .with_header(header("X-AeroDB-Head", &head.0.to_string()))
+                .boxed());
+        }
         // Nothing from `from` on: wait for the primary to commit, up to the
         // deadline (data_version moves when another connection commits).
         let _held = metrics.long_poll();
@@ -493,6 +508,25 @@ fn segments(
             }
         }
     }
+}
+
+/// The digests of the primary's replicated tables at its head, read in one
+/// transaction (`aerodb verify --primary URL` compares a replica with them).
+fn digest_reply(config: &Config) -> Result<Reply, Reply> {
+    let d = storage_adapter::verify::digests_at_head(&config.db)
+        .map_err(|e| json(500, serde_json::json!({ "error": e.to_string() })))?;
+    Ok(json(
+        200,
+        serde_json::json!({
+            "generation": d.generation.to_string(),
+            "commit_id": d.commit_id.0,
+            "tables": d.tables.iter().map(|t| serde_json::json!({
+                "table": t.table,
+                "rows": t.rows,
+                "sha256": t.sha256,
+            })).collect::<Vec<_>>(),
+        }),
+    ))
 }
 
 fn snapshot_reply(config: &Config) -> Result<Reply, Reply> {

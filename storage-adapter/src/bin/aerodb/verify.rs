@@ -10,7 +10,7 @@ use clap::Args;
 use serde_json::json;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use storage_adapter::verify::{verify, Verdict};
+use storage_adapter::verify::{verify, verify_url, Verdict};
 
 #[derive(Args, Debug)]
 pub struct VerifyArgs {
@@ -20,6 +20,10 @@ pub struct VerifyArgs {
     /// The replica database file (no runtime may be running on it).
     #[arg(long, value_name = "FILE")]
     replica: PathBuf,
+    /// A file holding the bearer token of the `aerodb serve` at
+    /// `--primary http://HOST:PORT`.
+    #[arg(long, value_name = "FILE")]
+    token_file: Option<PathBuf>,
     /// Print one JSON object instead of text.
     #[arg(long)]
     json: bool,
@@ -41,14 +45,36 @@ fn as_json(v: &Verdict) -> serde_json::Value {
 }
 
 pub fn run(args: VerifyArgs) -> ExitCode {
-    if args.primary.starts_with("http://") || args.primary.starts_with("https://") {
+    let result = if args.primary.starts_with("https://") {
         eprintln!(
-            "aerodb verify: --primary {}: only a primary file can be verified against in this build; run verify where the primary file is",
+            "aerodb verify: --primary {}: https is not supported in this build (no TLS); use http over a trusted network or an SSH tunnel",
             args.primary
         );
         return ExitCode::from(2);
-    }
-    match verify(&args.primary, &args.replica) {
+    } else if args.primary.starts_with("http://") {
+        let Some(file) = &args.token_file else {
+            eprintln!(
+                "aerodb verify: --primary {} needs --token-file",
+                args.primary
+            );
+            return ExitCode::from(2);
+        };
+        let token = match std::fs::read_to_string(file) {
+            Ok(t) => t.trim().to_owned(),
+            Err(e) => {
+                eprintln!("aerodb verify: --token-file {}: {e}", file.display());
+                return ExitCode::from(2);
+            }
+        };
+        verify_url(&args.primary, &token, &args.replica)
+    } else {
+        if args.token_file.is_some() {
+            eprintln!("aerodb verify: --token-file is for --primary http://...; a primary file needs none");
+            return ExitCode::from(2);
+        }
+        verify(&args.primary, &args.replica)
+    };
+    match result {
         Ok(v) => {
             if args.json {
                 println!("{}", as_json(&v));
