@@ -75,17 +75,45 @@ pub enum VerifyError {
     },
 }
 
-/// A canonical rendering of a row for messages.
-fn show(values: &[rusqlite::types::Value]) -> String {
-    use rusqlite::types::Value as V;
+/// A value as stored: TEXT by its bytes (any bytes), REAL by its bits.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Stored {
+    Null,
+    Integer(i64),
+    Real(u64),
+    Text(Vec<u8>),
+    Blob(Vec<u8>),
+}
+
+impl Stored {
+    fn of(v: rusqlite::types::ValueRef<'_>) -> Stored {
+        use rusqlite::types::ValueRef as V;
+        match v {
+            V::Null => Stored::Null,
+            V::Integer(i) => Stored::Integer(i),
+            V::Real(r) => Stored::Real(r.to_bits()),
+            V::Text(t) => Stored::Text(t.to_vec()),
+            V::Blob(b) => Stored::Blob(b.to_vec()),
+        }
+    }
+}
+
+/// A rendering of values for messages (SQL literals; REAL exactly).
+fn show(values: &[Stored]) -> String {
     let parts: Vec<String> = values
         .iter()
         .map(|v| match v {
-            V::Null => "NULL".into(),
-            V::Integer(i) => i.to_string(),
-            V::Real(r) => format!("{r:?}"),
-            V::Text(t) => format!("'{}'", t.replace('\'', "''")),
-            V::Blob(b) => format!(
+            Stored::Null => "NULL".into(),
+            Stored::Integer(i) => i.to_string(),
+            Stored::Real(bits) => format!("{:?}", f64::from_bits(*bits)),
+            Stored::Text(t) => match std::str::from_utf8(t) {
+                Ok(t) => format!("'{}'", t.replace('\'', "''")),
+                Err(_) => format!(
+                    "CAST(x'{}' AS TEXT)",
+                    t.iter().map(|x| format!("{x:02x}")).collect::<String>()
+                ),
+            },
+            Stored::Blob(b) => format!(
                 "x'{}'",
                 b.iter().map(|x| format!("{x:02x}")).collect::<String>()
             ),
@@ -94,9 +122,10 @@ fn show(values: &[rusqlite::types::Value]) -> String {
     format!("({})", parts.join(", "))
 }
 
-/// The `SELECT` that reads `table` in key order, and how many key columns
-/// lead each row.
-fn ordered_select(conn: &Connection, table: &str) -> Result<(String, usize), String> {
+/// The `SELECT` that reads `table` in key order (key columns first, then
+/// the others in table order), how many key columns lead each row, and the
+/// selected columns' names.
+fn ordered_select(conn: &Connection, table: &str) -> Result<(String, usize, Vec<String>), String> {
     // SAFETY: used only within this call, on this thread.
     let raw = unsafe { RawConn::new(conn.handle()) };
     let columns = table_info::columns(raw, "main", table).map_err(|e| e.message)?;
@@ -104,12 +133,12 @@ fn ordered_select(conn: &Connection, table: &str) -> Result<(String, usize), Str
     if key.is_empty() {
         return Err(format!("table '{table}' has no primary key"));
     }
-    let mut names: Vec<String> = key.iter().map(|k| quote_ident(&k.name)).collect();
-    names.extend(
+    let mut selected: Vec<String> = key.iter().map(|k| k.name.clone()).collect();
+    selected.extend(
         columns
             .iter()
             .filter(|c| !key.iter().any(|k| k.name == c.name))
-            .map(|c| quote_ident(&c.name)),
+            .map(|c| c.name.clone()),
     );
     let order: Vec<String> = key
         .iter()
@@ -121,36 +150,53 @@ fn ordered_select(conn: &Connection, table: &str) -> Result<(String, usize), Str
             )
         })
         .collect();
+    let list: Vec<String> = selected.iter().map(|c| quote_ident(c)).collect();
     Ok((
         format!(
             "SELECT {} FROM main.{} ORDER BY {}",
-            names.join(", "),
+            list.join(", "),
             quote_ident(table),
             order.join(", ")
         ),
         key.len(),
+        selected,
     ))
 }
 
-fn rows_of(conn: &Connection, table: &str) -> Result<Vec<Vec<rusqlite::types::Value>>, String> {
-    let (sql, _) = ordered_select(conn, table)?;
-    let mut s = conn.prepare(&sql).map_err(|e| e.to_string())?;
-    let n = s.column_count();
-    let rows = s
-        .query_map([], |r| {
-            (0..n).map(|i| r.get(i)).collect::<Result<Vec<_>, _>>()
-        })
-        .map_err(|e| e.to_string())?;
-    rows.collect::<Result<Vec<_>, _>>()
-        .map_err(|e| e.to_string())
+/// `table`'s CREATE TABLE statement, if the table exists.
+fn table_sql(conn: &Connection, table: &str) -> Result<Option<String>, String> {
+    use rusqlite::OptionalExtension;
+    conn.query_row(
+        "SELECT sql FROM main.sqlite_schema WHERE type = 'table' AND name = ?1",
+        [table],
+        |r| r.get(0),
+    )
+    .optional()
+    .map_err(|e| e.to_string())
 }
 
+/// A table's digest: its definition (CREATE TABLE text, which both sides
+/// hold byte for byte), its columns' names in table order, then its rows in
+/// key order, each value in the WAL's encoding.
 fn digest_of(conn: &Connection, table: &str) -> Result<TableDigest, String> {
-    let (sql, _) = ordered_select(conn, table)?;
-    let mut s = conn.prepare(&sql).map_err(|e| e.to_string())?;
+    let Some(sql) = table_sql(conn, table)? else {
+        return Ok(TableDigest {
+            table: table.to_owned(),
+            rows: 0,
+            sha256: "missing".into(),
+        });
+    };
+    let (select, _, columns) = ordered_select(conn, table)?;
+    let mut hash = Sha256::new();
+    hash.update((sql.len() as u32).to_le_bytes());
+    hash.update(sql.as_bytes());
+    for c in &columns {
+        hash.update((c.len() as u32).to_le_bytes());
+        hash.update(c.as_bytes());
+    }
+    let mut s = conn.prepare(&select).map_err(|e| e.to_string())?;
     let n = s.column_count();
     let mut rows = s.query([]).map_err(|e| e.to_string())?;
-    let mut hash = Sha256::new();
     let mut count = 0u64;
     let mut buf = Vec::new();
     while let Some(r) = rows.next().map_err(|e| e.to_string())? {
@@ -179,47 +225,83 @@ fn names(conn: &Connection, sql: &str) -> Result<Vec<String>, String> {
         .map_err(|e| e.to_string())
 }
 
-/// The first row where two tables' key-ordered rows differ.
+/// The first place two tables differ: their definitions, their columns,
+/// or the first row in key order (both tables streamed, never loaded).
 fn first_difference(p: &Connection, r: &Connection, table: &str) -> Result<String, String> {
-    let (pr, rr) = (rows_of(p, table)?, rows_of(r, table)?);
-    let (_, nkey) = ordered_select(p, table)?;
-    for i in 0..pr.len().max(rr.len()) {
-        match (pr.get(i), rr.get(i)) {
+    let (ps, rs) = (table_sql(p, table)?, table_sql(r, table)?);
+    let Some(rs) = rs else {
+        return Ok("the replica registers it but has no such table".into());
+    };
+    if ps.as_deref() != Some(rs.as_str()) {
+        return Ok(format!(
+            "its definition differs: the primary has `{}`, the replica `{rs}`",
+            ps.unwrap_or_default()
+        ));
+    }
+    let (pq, nkey, pc) = ordered_select(p, table)?;
+    let (rq, _, rc) = ordered_select(r, table)?;
+    if pc != rc {
+        return Ok(format!(
+            "its columns differ: the primary has ({}), the replica ({})",
+            pc.join(", "),
+            rc.join(", ")
+        ));
+    }
+    let (mut a, mut b) = (
+        p.prepare(&pq).map_err(|e| e.to_string())?,
+        r.prepare(&rq).map_err(|e| e.to_string())?,
+    );
+    let n = pc.len();
+    let (mut ar, mut br) = (
+        a.query([]).map_err(|e| e.to_string())?,
+        b.query([]).map_err(|e| e.to_string())?,
+    );
+    let row = |x: Option<&rusqlite::Row<'_>>| -> Result<Option<Vec<Stored>>, String> {
+        x.map(|x| {
+            (0..n)
+                .map(|i| x.get_ref(i).map(Stored::of).map_err(|e| e.to_string()))
+                .collect()
+        })
+        .transpose()
+    };
+    loop {
+        let x = row(ar.next().map_err(|e| e.to_string())?)?;
+        let y = row(br.next().map_err(|e| e.to_string())?)?;
+        match (x, y) {
             (Some(a), Some(b)) if a == b => continue,
             (Some(a), Some(b)) if a[..nkey] == b[..nkey] => {
                 return Ok(format!(
                     "the row with key {} is {} on the primary, {} on the replica",
                     show(&a[..nkey]),
-                    show(a),
-                    show(b)
+                    show(&a),
+                    show(&b)
                 ))
             }
             (Some(a), Some(b)) => {
                 return Ok(format!(
                     "from key {} on they differ: the primary's next row is {}, the replica's {}",
                     show(&a[..nkey]),
-                    show(a),
-                    show(b)
+                    show(&a),
+                    show(&b)
                 ))
             }
             (Some(a), None) => {
                 return Ok(format!(
                     "the replica lacks the row with key {} ({}) and every row after it",
                     show(&a[..nkey]),
-                    show(a)
+                    show(&a)
                 ))
             }
             (None, Some(b)) => {
                 return Ok(format!(
                     "the replica has a row the primary does not: key {} ({})",
                     show(&b[..nkey]),
-                    show(b)
+                    show(&b)
                 ))
             }
-            (None, None) => break,
+            (None, None) => return Ok("their digests differ".into()),
         }
     }
-    Ok("their digests differ".into())
 }
 
 /// The primary's replicated tables at its head, read in one transaction.
@@ -290,21 +372,15 @@ fn open_replica(
             |r| r.get(0),
         )
         .map_err(|e| e.to_string())?;
-    drop(probe);
     if !is_replica {
         return Err("it is not an AeroDB replica".into());
     }
-    if crate::runtime::holds_lock(rp) {
-        return Err(
-            "a replica runtime holds it; stop it first (verify brings the replica to the primary's head itself)"
-                .into(),
-        );
-    }
-    let db = ReplicaDb::open(rp).map_err(|e| e.to_string())?;
-    let at = db
-        .position()
+    // Every refusal before anything opens it for writing (opening it as a
+    // replica sets its journal mode and re-installs its guards).
+    let at = crate::replica::read_position(&probe)
         .map_err(|e| e.to_string())?
         .ok_or("it is not an AeroDB replica (no position)")?;
+    drop(probe);
     if at.generation != generation {
         return Err(format!(
             "it follows generation {}, the primary is generation {generation}",
@@ -317,17 +393,50 @@ fn open_replica(
             at.commit_id
         ));
     }
+    if crate::runtime::holds_lock(rp) {
+        return Err(
+            "a replica runtime holds it; stop it first (verify brings the replica to the primary's head itself)"
+                .into(),
+        );
+    }
+    let db = ReplicaDb::open(rp).map_err(|e| e.to_string())?;
     Ok((db, at))
+}
+
+/// Why the replica could not be brought to the head.
+enum Bring {
+    /// Applying the primary's WAL found the replica's rows differ (a row
+    /// an Update or Delete needs is not there): the table and why.
+    Diverged(Difference),
+    /// Anything else.
+    Failed(String),
 }
 
 /// Applies WAL to `db` (at `at`) until it is exactly at `head`, taking
 /// segments from `fetch(from)` (which holds no record after `head`).
 fn bring_to(
     db: &mut ReplicaDb,
+    at: replication::wal::ChainPosition,
+    head: CommitId,
+    fetch: &dyn Fn(CommitId) -> Result<Option<Vec<u8>>, String>,
+) -> Result<(), Bring> {
+    bring_to_inner(db, at, head, fetch).map_err(|e| match e {
+        ApplyError::Divergence { ref table, .. } => Bring::Diverged(Difference {
+            table: table.clone(),
+            detail: format!(
+                "the primary's WAL up to commit {head} does not apply to the replica's rows: {e}"
+            ),
+        }),
+        other => Bring::Failed(other.to_string()),
+    })
+}
+
+fn bring_to_inner(
+    db: &mut ReplicaDb,
     mut at: replication::wal::ChainPosition,
     head: CommitId,
     fetch: &dyn Fn(CommitId) -> Result<Option<Vec<u8>>, String>,
-) -> Result<(), String> {
+) -> Result<(), ApplyError> {
     let next = |after: &replication::wal::ChainPosition| -> Result<Option<replication::wal::ValidatedSegment>, ApplyError> {
         let Some(bytes) = fetch(after.commit_id.next()).map_err(ApplyError::Source)? else {
             return Ok(None);
@@ -336,19 +445,17 @@ fn bring_to(
         Ok(Some(replication::wal::validate(segment, after)?))
     };
     while at.commit_id < head {
-        let first = next(&at).map_err(|e| e.to_string())?.ok_or_else(|| {
-            format!(
+        let first = next(&at)?.ok_or_else(|| {
+            ApplyError::Source(format!(
                 "the primary's WAL from commit {} is gone (truncated): bootstrap the replica first (aerodb catch-up)",
                 at.commit_id.next()
-            )
+            ))
         })?;
-        at = db
-            .apply_transaction(Some(&first), &mut |_, after| {
-                next(after)?.ok_or(ApplyError::TransactionCut {
-                    after: after.commit_id,
-                })
+        at = db.apply_transaction(Some(&first), &mut |_, after| {
+            next(after)?.ok_or(ApplyError::TransactionCut {
+                after: after.commit_id,
             })
-            .map_err(|e| e.to_string())?;
+        })?;
     }
     Ok(())
 }
@@ -418,17 +525,28 @@ pub fn verify(
     let (mut db, at) = open_replica(rp, digests.generation, head).map_err(rerr)?;
     let reader = PrimaryWalReader::open(pp).map_err(|e| perr(e.to_string()))?;
     const BYTES: usize = 1 << 20;
-    bring_to(&mut db, at, head, &|from| {
+    let brought = bring_to(&mut db, at, head, &|from| {
         reader
             .segment_until(from, Some(head), BYTES)
-            .map_err(|e| format!("primary {}: {e}", pp.display()))
-    })
-    .map_err(rerr)?;
+            .map_err(|e| match e {
+                crate::primary::PrimaryError::Wal(
+                    crate::primary_wal::WalReadError::Truncated { .. },
+                ) => format!(
+                    "primary {}: {e}; bootstrap the replica first (aerodb catch-up)",
+                    pp.display()
+                ),
+                e => format!("primary {}: {e}", pp.display()),
+            })
+    });
     let (_, replica) = replica_digests(&db).map_err(rerr)?;
-    let difference = compare(&digests.tables, &replica, &|t| {
-        first_difference(&p, db.connection(), t)
-    })
-    .map_err(rerr)?;
+    let difference = match brought {
+        Err(Bring::Diverged(d)) => Some(d),
+        Err(Bring::Failed(e)) => return Err(rerr(e)),
+        Ok(()) => compare(&digests.tables, &replica, &|t| {
+            first_difference(&p, db.connection(), t)
+        })
+        .map_err(rerr)?,
+    };
     p.execute_batch("COMMIT").map_err(|e| perr(e.to_string()))?;
     Ok(Verdict {
         commit_id: head,
@@ -507,7 +625,7 @@ pub fn verify_url(
         .collect::<Option<Vec<_>>>()
         .ok_or_else(|| perr("/v1/digest: a table entry is malformed".into()))?;
     let (mut db, at) = open_replica(rp, generation, head).map_err(rerr)?;
-    bring_to(&mut db, at, head, &|from| {
+    let brought = bring_to(&mut db, at, head, &|from| {
         let r = get(&format!(
             "/v1/segments?from={}&until={}&max_bytes={}",
             from.0,
@@ -521,9 +639,19 @@ pub fn verify_url(
         std::io::Read::read_to_end(&mut r.into_reader(), &mut bytes)
             .map_err(|e| format!("/v1/segments: {e}"))?;
         Ok(Some(bytes))
-    })
-    .map_err(rerr)?;
+    });
     let (_, replica) = replica_digests(&db).map_err(rerr)?;
+    if let Err(b) = brought {
+        return match b {
+            Bring::Diverged(d) => Ok(Verdict {
+                commit_id: head,
+                primary: tables,
+                replica,
+                difference: Some(d),
+            }),
+            Bring::Failed(e) => Err(rerr(e)),
+        };
+    }
     let difference = compare(&tables, &replica, &|t| {
         let (a, b) = (
             tables.iter().find(|d| d.table == t),
