@@ -110,10 +110,20 @@ fn open_replica_connection(path: &Path) -> Result<Connection, Failure> {
     Ok(conn)
 }
 
-/// Whether a replica runtime (in this process or another) holds the replica
-/// file `replica` now.
-pub(crate) fn holds_lock(replica: &std::path::Path) -> bool {
-    gate::runtime_holds_lock(&replica.to_string_lossy())
+/// Takes the lock a replica runtime holds on `replica` (so none can start
+/// while it is held); `Err` when one holds it. Released when dropped.
+pub(crate) fn take_lock(replica: &std::path::Path) -> Result<std::fs::File, String> {
+    let path = gate::lock_path(replica);
+    let lock = std::fs::File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| format!("opening lock file {}: {e}", path.display()))?;
+    lock.try_lock().map_err(|_| {
+        "a replica runtime holds it; stop it first (verify brings the replica to the primary's head itself)".to_string()
+    })?;
+    Ok(lock)
 }
 
 #[cfg(test)]

@@ -357,7 +357,7 @@ fn open_replica(
     rp: &Path,
     generation: replication::wal::Generation,
     head: CommitId,
-) -> Result<(ReplicaDb, replication::wal::ChainPosition), String> {
+) -> Result<(ReplicaDb, replication::wal::ChainPosition, std::fs::File), String> {
     if !rp.exists() {
         return Err("no such file".into());
     }
@@ -393,14 +393,10 @@ fn open_replica(
             at.commit_id
         ));
     }
-    if crate::runtime::holds_lock(rp) {
-        return Err(
-            "a replica runtime holds it; stop it first (verify brings the replica to the primary's head itself)"
-                .into(),
-        );
-    }
+    // Held until verify ends: no runtime starts on it meanwhile.
+    let lock = crate::runtime::take_lock(rp)?;
     let db = ReplicaDb::open(rp).map_err(|e| e.to_string())?;
-    Ok((db, at))
+    Ok((db, at, lock))
 }
 
 /// Why the replica could not be brought to the head.
@@ -522,7 +518,7 @@ pub fn verify(
     };
     let (p, digests) = primary_at_head(pp).map_err(perr)?;
     let head = digests.commit_id;
-    let (mut db, at) = open_replica(rp, digests.generation, head).map_err(rerr)?;
+    let (mut db, at, _lock) = open_replica(rp, digests.generation, head).map_err(rerr)?;
     let reader = PrimaryWalReader::open(pp).map_err(|e| perr(e.to_string()))?;
     const BYTES: usize = 1 << 20;
     let brought = bring_to(&mut db, at, head, &|from| {
@@ -624,7 +620,7 @@ pub fn verify_url(
         })
         .collect::<Option<Vec<_>>>()
         .ok_or_else(|| perr("/v1/digest: a table entry is malformed".into()))?;
-    let (mut db, at) = open_replica(rp, generation, head).map_err(rerr)?;
+    let (mut db, at, _lock) = open_replica(rp, generation, head).map_err(rerr)?;
     let brought = bring_to(&mut db, at, head, &|from| {
         let r = get(&format!(
             "/v1/segments?from={}&until={}&max_bytes={}",

@@ -251,3 +251,31 @@ fn a_replica_is_verified_against_a_primary_over_http() {
         .to_string();
     assert!(e.contains("401"), "{e}");
 }
+
+#[test]
+fn a_running_replica_is_refused_and_verified_once_stopped() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_primary, p, r) = setup(dir.path());
+    let running = storage_adapter::runtime::Replica::start_from_file(
+        &r,
+        &p,
+        replication::runtime::Config::default(),
+    )
+    .unwrap();
+    let e = verify(&p, &r).unwrap_err().to_string();
+    assert!(
+        e.contains("a replica runtime holds it; stop it first"),
+        "{e}"
+    );
+    running.stop();
+    assert_eq!(verify(&p, &r).unwrap().difference, None);
+    // While verify holds the replica, no runtime starts on it: the lock is
+    // the runtime's own (released when verify returns, as here).
+    storage_adapter::runtime::Replica::start_from_file(
+        &r,
+        &p,
+        replication::runtime::Config::default(),
+    )
+    .unwrap()
+    .stop();
+}

@@ -173,7 +173,7 @@ pub fn read_gate_in(conn: &Connection, min_commit_id: Option<CommitId>) -> Decis
 }
 
 /// The lock file a running runtime holds for `replica`.
-pub(super) fn lock_path(replica: &Path) -> PathBuf {
+pub(crate) fn lock_path(replica: &Path) -> PathBuf {
     let mut p = replica.as_os_str().to_owned();
     p.push(".aerodb-lock");
     PathBuf::from(p)
