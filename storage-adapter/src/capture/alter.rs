@@ -250,6 +250,7 @@ fn run(shared: &Shared, conn: RawConn, sql: &str) -> Result<CommitId, CaptureErr
     for (t, names) in &kept {
         register(conn, t, commit_id, names, &t.name)?;
     }
+    super::replicate::note_schema(conn)?;
     if altered.is_empty() {
         return Ok(CommitId(commit_id.0 - 1));
     }

@@ -277,7 +277,7 @@ pub(super) fn replicate(
                 ],
             )
             .map_err(sqlite("registering the table"))?;
-            Ok(())
+            note_schema(conn)
         })?;
         tracing::info!(
             table = t.name,
@@ -342,12 +342,36 @@ fn resync_found(
 /// `ddl` would create it (a table dropped and created again lost its
 /// triggers with it, and its rows changed unseen): its schema record's
 /// CommitId and its capture triggers' names.
+/// Records the schema version AeroDB's own DDL left (replicate, alter,
+/// unreplicate): a later schema change by anything else (a table dropped
+/// and created again, even with its capture triggers restored from a dump)
+/// moves it, and then no table counts as unchanged.
+pub(super) fn note_schema(conn: RawConn) -> Result<(), CaptureError> {
+    conn.execute(
+        "INSERT OR REPLACE INTO main.aerodb_meta(key, value) SELECT 'schema_version_seen', schema_version FROM pragma_schema_version",
+        &[],
+    )
+    .map_err(sqlite("recording the schema version"))?;
+    Ok(())
+}
+
 fn unchanged(
     conn: RawConn,
     t: &Found,
     names: &[String],
     ddl: &str,
 ) -> Result<Option<(CommitId, String)>, CaptureError> {
+    // Nothing but AeroDB changed the schema since it last did.
+    let seen = conn
+        .query_value(
+            "SELECT (SELECT value FROM main.aerodb_meta WHERE key = 'schema_version_seen') = (SELECT schema_version FROM pragma_schema_version)",
+            &[],
+        )
+        .map_err(sqlite("reading the schema version"))?
+        .and_then(|v| v.as_i64());
+    if seen != Some(1) {
+        return Ok(None);
+    }
     let expected: Vec<String> = ddl
         .split(";\n")
         .filter(|s| !s.trim().is_empty())
@@ -444,6 +468,7 @@ fn install(
         .map_err(sqlite("joining the capture table to the transaction"))?;
     let commit_id = WalTables::new(conn).head()?.next();
     register(conn, t, commit_id, names, &t.name)?;
+    note_schema(conn)?;
     let encoded = |source| CaptureError::Encode {
         table: t.name.clone(),
         source,
@@ -554,6 +579,7 @@ pub(super) fn unreplicate(
         // the change is written at its commit.
         conn.execute_batch("INSERT INTO aerodb_capture SELECT 1 WHERE 0")
             .map_err(sqlite("joining the capture table to the transaction"))?;
+        note_schema(conn)?;
         let commit_id = WalTables::new(conn).head()?.next();
         let mut s = lock(shared);
         s.tx_generation = Some(generation);
