@@ -167,7 +167,6 @@ mod tests {
             ("ALTER TABLE temp.t ADD COLUMN c", "schema `TEMP`"),
             ("CREATE INDEX aux.i ON t(a)", "schema `AUX`"),
         ] {
-            let _ = ();
             let e = check_ddl(bad).unwrap_err();
             assert!(
                 e.contains(&format!("`{starts}`"))

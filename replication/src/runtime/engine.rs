@@ -471,11 +471,12 @@ impl SupervisorEngine {
 
     fn store_opened(&mut self, stored: StoredState) -> Result<(), Failure> {
         self.opened(&stored);
-        if !matches!(self.phase, Phase::Opening(_)) {
-            return Ok(());
-        }
-        let Phase::Opening(then) = std::mem::replace(&mut self.phase, Phase::Running) else {
-            return Ok(());
+        let then = match std::mem::replace(&mut self.phase, Phase::Running) {
+            Phase::Opening(then) => then,
+            other => {
+                self.phase = other;
+                return Ok(());
+            }
         };
         match then {
             AfterOpen::Initial => {
@@ -546,11 +547,12 @@ impl SupervisorEngine {
                 Failure::new(FailureCode::Panic, format!("the {what} thread panicked")),
             );
         }
-        if !matches!(self.phase, Phase::Stopping(_)) {
-            return Ok(());
-        }
-        let Phase::Stopping(then) = std::mem::replace(&mut self.phase, Phase::Running) else {
-            return Ok(());
+        let then = match std::mem::replace(&mut self.phase, Phase::Running) {
+            Phase::Stopping(then) => then,
+            other => {
+                self.phase = other;
+                return Ok(());
+            }
         };
         match then {
             AfterStop::Recover => {

@@ -10,6 +10,7 @@ use super::events::{guarded, send, Event};
 use super::receiver_runner::run_receiver;
 use super::validator_runner::run_validator;
 use super::view::Published;
+use super::StoreOp;
 use super::{Component, Config, Failure, StateStore, StopSignal, Storage, StoredState, WalSource};
 use crate::code::FailureCode;
 use crate::wal::{ChainPosition, CommitId};
@@ -95,12 +96,7 @@ impl SupervisorRunner {
             if self.exited {
                 return;
             }
-            let ops = match &command {
-                Command::Record { ops, .. } => ops.clone(),
-                _ => Vec::new(),
-            };
-            if let Err(failure) = self.execute_one(command) {
-                let mut unrecorded = ops;
+            if let Err((failure, mut unrecorded)) = self.execute_one(command) {
                 for c in commands {
                     if let Command::Record { ops, .. } = c {
                         unrecorded.extend(ops);
@@ -115,10 +111,13 @@ impl SupervisorRunner {
         }
     }
 
-    fn execute_one(&mut self, command: Command) -> Result<(), Failure> {
+    /// Carries out one command; on failure, the store ops it did not
+    /// record (a failed record's own).
+    fn execute_one(&mut self, command: Command) -> Result<(), (Failure, Vec<StoreOp>)> {
+        let failed = |f| (f, Vec::new());
         match command {
             Command::Record { ops, best_effort } => match self.record(&ops) {
-                Err(f) if !best_effort => Err(f),
+                Err(f) if !best_effort => Err((f, ops)),
                 _ => Ok(()),
             },
             Command::Publish(snapshot) => {
@@ -126,7 +125,7 @@ impl SupervisorRunner {
                 Ok(())
             }
             Command::OpenStore => {
-                let stored = self.open_store()?;
+                let stored = self.open_store().map_err(failed)?;
                 self.input(Input::StoreOpened(stored));
                 Ok(())
             }
@@ -134,7 +133,9 @@ impl SupervisorRunner {
                 applied,
                 received,
                 refuse,
-            } => self.start_pipeline(applied, received, refuse),
+            } => self
+                .start_pipeline(applied, received, refuse)
+                .map_err(failed),
             Command::StopPipeline => {
                 let panicked = self.stop_pipeline();
                 self.input(Input::PipelineStopped { panicked });
@@ -153,7 +154,7 @@ impl SupervisorRunner {
         }
     }
 
-    fn record(&mut self, ops: &[crate::runtime::StoreOp]) -> Result<(), Failure> {
+    fn record(&mut self, ops: &[StoreOp]) -> Result<(), Failure> {
         match self.store.as_mut() {
             Some(store) => store.record(ops),
             None => Err(Failure::new(

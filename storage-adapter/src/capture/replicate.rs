@@ -258,12 +258,10 @@ pub(super) fn replicate(
     let (names, ddl) = triggers(conn, &t, generation)?;
     if let Some((since, old)) = unchanged(conn, &t, &names, &ddl)? {
         all_or_nothing(conn, "aerodb_replicate", || {
-            let drops: String = old
-                .split(LIST_SEPARATOR)
-                .filter(|n| !n.is_empty())
-                .chain(names.iter().map(String::as_str))
-                .map(|n| format!("DROP TRIGGER IF EXISTS main.{};\n", quote_ident(n)))
-                .collect();
+            let drops = drop_triggers(
+                old.split(LIST_SEPARATOR)
+                    .chain(names.iter().map(String::as_str)),
+            );
             conn.execute_batch(&format!("{drops}{ddl}"))
                 .map_err(sqlite(format!(
                     "installing capture triggers on '{}'",
@@ -286,6 +284,15 @@ pub(super) fn replicate(
         return Ok(since);
     }
     resync_found(shared, conn, &t, generation, &names, &ddl)
+}
+
+/// `DROP TRIGGER IF EXISTS` statements for the triggers `names` (empty
+/// names skipped).
+fn drop_triggers<'a>(names: impl Iterator<Item = &'a str>) -> String {
+    names
+        .filter(|n| !n.is_empty())
+        .map(|n| format!("DROP TRIGGER IF EXISTS main.{};\n", quote_ident(n)))
+        .collect()
 }
 
 /// `aerodb_resync(table)`: a replicated table shipped again, whole: its
@@ -449,14 +456,10 @@ fn install(
         .map_err(sqlite("reading aerodb_tables"))?
         .and_then(|v| v.into_string())
         .unwrap_or_default();
-    let mut drops = String::new();
-    for name in old
-        .split(LIST_SEPARATOR)
-        .filter(|n| !n.is_empty())
-        .chain(names.iter().map(String::as_str))
-    {
-        drops += &format!("DROP TRIGGER IF EXISTS main.{};\n", quote_ident(name));
-    }
+    let drops = drop_triggers(
+        old.split(LIST_SEPARATOR)
+            .chain(names.iter().map(String::as_str)),
+    );
     conn.execute_batch(&format!("{drops}{ddl}"))
         .map_err(sqlite(format!(
             "installing capture triggers on '{}'",
@@ -564,10 +567,7 @@ pub(super) fn unreplicate(
         source,
     })?;
     let c = all_or_nothing(conn, "aerodb_unreplicate", || {
-        let drops: String = triggers
-            .iter()
-            .map(|t| format!("DROP TRIGGER IF EXISTS main.{};\n", quote_ident(t)))
-            .collect();
+        let drops = drop_triggers(triggers.iter().map(String::as_str));
         conn.execute_batch(&drops)
             .map_err(sqlite(format!("removing the capture triggers of '{name}'")))?;
         conn.execute(
