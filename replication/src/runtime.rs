@@ -120,6 +120,18 @@ pub enum WaitError {
     },
 }
 
+/// Reads a runtime's current [`View`] (see [`Runtime::views`]); after the
+/// runtime stops it keeps answering its last view.
+#[derive(Clone)]
+pub struct Views(Arc<Published>);
+
+impl Views {
+    /// The current view.
+    pub fn view(&self) -> Arc<View> {
+        Arc::clone(&self.0.lock())
+    }
+}
+
 /// A running replica: the handle of the Supervisor thread (which owns the
 /// other threads). Dropping it stops the replica.
 pub struct Runtime {
@@ -225,6 +237,12 @@ impl Runtime {
     /// The current view.
     pub fn view(&self) -> Arc<View> {
         Arc::clone(&self.published.lock())
+    }
+
+    /// A handle that reads the current view, for an observer that may
+    /// outlive a borrow of the runtime (a metrics listener's tasks).
+    pub fn views(&self) -> Views {
+        Views(Arc::clone(&self.published))
     }
 
     /// Waits until `done` holds for a published view, or the deadline

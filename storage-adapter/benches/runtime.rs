@@ -982,21 +982,11 @@ impl Server {
         self.child.id()
     }
 
-    /// The server's threads: its workers summed as `aerodb-serve-*`, its
-    /// unnamed threads (tiny_http's acceptor and connection threads, which
-    /// read requests and write responses) as `tiny_http`.
+    /// The server's threads by name: the tokio runtime's workers and
+    /// blocking threads (`aerodb-serve`), the head watcher
+    /// (`aerodb-serve-head`), the main thread (`aerodb`).
     fn threads(&self) -> BTreeMap<u32, (String, CpuTime)> {
-        let mut t = threads_of(self.pid());
-        for (name, _) in t.values_mut() {
-            if let Some(base) = name.strip_prefix("aerodb-serve-") {
-                if base.bytes().all(|b| b.is_ascii_digit()) {
-                    *name = "aerodb-serve-*".into();
-                }
-            } else if name == "aerodb" {
-                *name = "tiny_http".into();
-            }
-        }
-        t
+        threads_of(self.pid())
     }
 
     /// SIGKILL and reap.

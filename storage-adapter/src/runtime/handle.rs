@@ -154,6 +154,12 @@ impl Replica {
         self.runtime().view()
     }
 
+    /// A handle reading the live state, which may outlive a borrow of this
+    /// replica (see `replication::runtime::Views`).
+    pub fn views(&self) -> replication::runtime::Views {
+        self.runtime().views()
+    }
+
     /// Each component's status (state, blocking reason, last successful
     /// transition, last error).
     pub fn components(&self) -> Vec<ComponentStatus> {

@@ -24,6 +24,8 @@ use storage_adapter::options::{
 };
 
 mod catch_up;
+mod http;
+mod inotify;
 mod metrics;
 mod replica;
 mod serve;

@@ -1,7 +1,7 @@
 //! `aerodb replica --metrics-listen HOST:PORT`: Prometheus / OpenMetrics
-//! text metrics, `/health` and `/ready`, unauthenticated, on one small
-//! HTTP listener of their own (one thread, requests answered one at a time:
-//! a scrape reads the live snapshot and the replica file, nothing else).
+//! text metrics, `/health` and `/ready`, unauthenticated, on a small HTTP
+//! listener of their own (`http.rs`, `Limits::METRICS`: a scrape reads the
+//! live snapshot and the replica file, nothing else).
 //!
 //! - `GET /metrics`: gauges of the live state (applied / validated /
 //!   received CommitId, the source's head and the lag in commits, the
@@ -17,20 +17,21 @@
 //! Values are computed when scraped; nothing here decides anything about
 //! replication.
 
+use super::http::{self, Body, Connections};
+use hyper::Response;
 use prometheus_client::encoding::text::encode;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
-use replication::runtime::View;
+use replication::runtime::{View, Views};
 use replication::state::{GlobalKind, GlobalState, ReadStatus};
 use rusqlite::{Connection, OpenFlags};
 use serde_json::json;
 use std::path::Path;
-use storage_adapter::runtime::{read_gate_in, Replica};
+use storage_adapter::runtime::read_gate_in;
 use storage_adapter::status::ReplicaStatus;
-use tiny_http::{Header, Response, Server};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct StateLabel {
@@ -224,43 +225,34 @@ fn readiness(s: &View, r: &Recorded, max_lag: u64) -> Result<String, String> {
     }
 }
 
-fn header(name: &str, value: &str) -> Header {
-    Header::from_bytes(name.as_bytes(), value.as_bytes()).expect("a valid header")
+const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+fn text(status: u16, content_type: &str, body: String) -> Response<Body> {
+    http::response(
+        status,
+        &[("Content-Type", content_type.into())],
+        http::full(body),
+    )
 }
 
-/// Answers requests until the server is unblocked (the replica stops).
-pub fn serve(server: &Server, replica: &Replica, path: &Path, max_lag: u64) {
-    while let Ok(request) = server.recv() {
-        let target = request.url().split('?').next().unwrap_or("").to_owned();
-        let response = match target.as_str() {
-            "/health" => Response::from_string("ok\n").with_status_code(200),
-            "/metrics" => {
-                let s = replica.view();
-                Response::from_string(render(&s, &recorded(path)))
-                    .with_status_code(200)
-                    .with_header(header(
-                        "Content-Type",
-                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                    ))
-            }
-            "/ready" => {
-                let s = replica.view();
-                let (code, body) = match readiness(&s, &recorded(path), max_lag) {
-                    Ok(why) => (200, json!({"ready": true, "reason": why})),
-                    Err(why) => (503, json!({"ready": false, "reason": why})),
-                };
-                Response::from_string(format!("{body}\n"))
-                    .with_status_code(code)
-                    .with_header(header("Content-Type", "application/json"))
-            }
-            other => Response::from_string(format!(
-                "{}\n",
-                json!({"error": format!("no such endpoint '{other}' (endpoints: /metrics, /health, /ready)")})
-            ))
-            .with_status_code(404)
-            .with_header(header("Content-Type", "application/json")),
-        };
-        let _ = request.respond(response);
+fn no_such(path: &str, endpoints: &str) -> Response<Body> {
+    http::json(
+        404,
+        &json!({"error": format!("no such endpoint '{path}' (endpoints: {endpoints})")}),
+    )
+}
+
+/// `aerodb replica --metrics-listen`'s answer to a request for `path`
+/// (blocking: it reads the replica file).
+pub fn replica_answer(path: &str, views: &Views, replica: &Path, max_lag: u64) -> Response<Body> {
+    match path {
+        "/health" => text(200, "text/plain", "ok\n".into()),
+        "/metrics" => text(200, OPENMETRICS, render(&views.view(), &recorded(replica))),
+        "/ready" => match readiness(&views.view(), &recorded(replica), max_lag) {
+            Ok(why) => http::json(200, &json!({"ready": true, "reason": why})),
+            Err(why) => http::json(503, &json!({"ready": false, "reason": why})),
+        },
+        other => no_such(other, "/metrics, /health, /ready"),
     }
 }
 
@@ -294,7 +286,7 @@ impl ServeMetrics {
     /// Counts a request answered with `status` and `bytes` of body. Paths
     /// outside the API count as `other` (a client cannot grow the label
     /// set).
-    pub fn request(&self, path: &str, status: u16, bytes: Option<usize>) {
+    pub fn request(&self, path: &str, status: u16, bytes: Option<u64>) {
         let endpoint = match path {
             "/v1/head" | "/v1/segments" | "/v1/snapshot" | "/v1/digest" => path,
             _ => "other",
@@ -305,7 +297,7 @@ impl ServeMetrics {
                 status,
             })
             .inc();
-        self.bytes.inc_by(bytes.unwrap_or(0) as u64);
+        self.bytes.inc_by(bytes.unwrap_or(0));
     }
 
     /// A long-poll starts waiting for new WAL.
@@ -314,7 +306,7 @@ impl ServeMetrics {
         LongPoll(self.long_polls.clone())
     }
 
-    fn render(&self, db: &str) -> String {
+    fn render(&self, db: &str, connections: &Connections) -> String {
         let mut reg = Registry::default();
         if let Ok(reader) = storage_adapter::primary::PrimaryWalReader::open(db) {
             if let Ok(head) = reader.head() {
@@ -349,32 +341,36 @@ impl ServeMetrics {
             "Long-polls held now (waiting for new WAL)",
             self.long_polls.clone(),
         );
+        gauge(
+            &mut reg,
+            "aerodb_serve_open_connections",
+            "Client connections open now",
+            connections.open() as i64,
+        );
+        let refused = Counter::<u64>::default();
+        refused.inc_by(connections.refused() as u64);
+        reg.register(
+            "aerodb_serve_refused_connections",
+            "Connections closed on accept because --max-connections were open",
+            refused,
+        );
         let mut out = String::new();
         let _ = encode(&mut out, &reg);
         out
     }
 }
 
-/// `aerodb serve --metrics-listen`: `/metrics` and `/health`, until the
-/// process ends.
-pub fn serve_primary(server: &Server, metrics: &ServeMetrics, db: &str) {
-    while let Ok(request) = server.recv() {
-        let target = request.url().split('?').next().unwrap_or("").to_owned();
-        let response = match target.as_str() {
-            "/health" => Response::from_string("ok\n").with_status_code(200),
-            "/metrics" => Response::from_string(metrics.render(db))
-                .with_status_code(200)
-                .with_header(header(
-                    "Content-Type",
-                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                )),
-            other => Response::from_string(format!(
-                "{}\n",
-                json!({"error": format!("no such endpoint '{other}' (endpoints: /metrics, /health)")})
-            ))
-            .with_status_code(404)
-            .with_header(header("Content-Type", "application/json")),
-        };
-        let _ = request.respond(response);
+/// `aerodb serve --metrics-listen`'s answer to a request for `path`
+/// (blocking: it reads the primary).
+pub fn primary_answer(
+    path: &str,
+    metrics: &ServeMetrics,
+    db: &str,
+    connections: &Connections,
+) -> Response<Body> {
+    match path {
+        "/health" => text(200, "text/plain", "ok\n".into()),
+        "/metrics" => text(200, OPENMETRICS, metrics.render(db, connections)),
+        other => no_such(other, "/metrics, /health"),
     }
 }

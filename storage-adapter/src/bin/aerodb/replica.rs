@@ -205,41 +205,65 @@ pub fn run(args: ReplicaArgs) -> Result<(), Failure> {
             })
             .map_err(|e| Failure::Run(format!("spawning the stdin thread: {e}")))?;
     }
+    // The metrics listener: a one-thread runtime of its own, bound now (a
+    // port that cannot be had fails the start), served until the replica
+    // stops.
     let metrics = match &args.metrics_listen {
         Some(listen) => {
             let addrs = super::serve::resolve("replica", "--metrics-listen", listen, true)?;
-            let server = tiny_http::Server::http(&addrs[..]).map_err(|e| {
-                Failure::Run(format!("--metrics-listen {listen}: cannot listen: {e}"))
-            })?;
-            let bound = server
-                .server_addr()
-                .to_ip()
+            let runtime = super::http::runtime("aerodb-metrics", 1, 2).map_err(Failure::Run)?;
+            let listener = runtime
+                .block_on(async { super::http::bind(&addrs, "--metrics-listen") })
+                .map_err(Failure::Run)?;
+            let bound = listener
+                .local_addr()
                 .map(|a| a.to_string())
-                .unwrap_or_else(|| listen.clone());
+                .unwrap_or_else(|_| listen.clone());
             println!("metrics: serving /metrics, /health and /ready on http://{bound}");
             let _ = std::io::stdout().flush();
-            Some(server)
+            let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+            let (views, path, max_lag) = (
+                handle.views(),
+                std::path::PathBuf::from(&args.replica),
+                args.ready_max_lag,
+            );
+            let handler = move |request: hyper::Request<hyper::body::Incoming>, _peer| {
+                let (views, path) = (views.clone(), path.clone());
+                async move {
+                    let target = request.uri().path().to_owned();
+                    tokio::task::spawn_blocking(move || {
+                        super::metrics::replica_answer(&target, &views, &path, max_lag)
+                    })
+                    .await
+                    .unwrap_or_else(|e| {
+                        super::http::json(500, &serde_json::json!({"error": e.to_string()}))
+                    })
+                }
+            };
+            let thread = std::thread::Builder::new()
+                .name("aerodb-metrics".into())
+                .spawn(move || {
+                    runtime.block_on(super::http::serve(
+                        listener,
+                        None,
+                        super::http::Limits::METRICS,
+                        super::http::Connections::default(),
+                        handler,
+                        async {
+                            let _ = stopped.await;
+                        },
+                    ))
+                })
+                .map_err(|e| Failure::Run(format!("spawning the metrics thread: {e}")))?;
+            Some((stop, thread))
         }
         None => None,
     };
-    let replica_path = std::path::PathBuf::from(&args.replica);
-    let end = std::thread::scope(|scope| {
-        if let Some(server) = &metrics {
-            let (handle, path) = (&handle, &replica_path);
-            std::thread::Builder::new()
-                .name("aerodb-metrics".into())
-                .spawn_scoped(scope, move || {
-                    super::metrics::serve(server, handle, path, args.ready_max_lag)
-                })
-                .map_err(|e| Failure::Run(format!("spawning the metrics thread: {e}")))?;
-        }
-        let end = follow(&handle, args.until_caught_up.then_some(head));
-        // The metrics thread ends with its listener (joined by the scope).
-        if let Some(server) = &metrics {
-            server.unblock();
-        }
-        Ok::<End, Failure>(end)
-    })?;
+    let end = follow(&handle, args.until_caught_up.then_some(head));
+    if let Some((stop, thread)) = metrics {
+        let _ = stop.send(());
+        let _ = thread.join();
+    }
     let last = handle.stop();
     signal_thread.1.close();
     let _ = signal_thread.0.join();

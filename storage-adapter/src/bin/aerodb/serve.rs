@@ -1,27 +1,37 @@
 //! `aerodb serve --db PRIMARY.db --listen HOST:PORT --token-file FILE`:
-//! serves a primary's WAL read-only over HTTP (protocol:
+//! serves a primary's WAL read-only over HTTP or HTTPS (protocol:
 //! `storage_adapter::http_source`). It opens the primary read-only and
 //! never writes it; the primary itself runs no replication threads.
 //!
-//! Requests are handled by a fixed pool of worker threads, each with its
-//! own read-only connection. A long-poll waits for the primary's
-//! `PRAGMA data_version` to move (checked every millisecond), at most the
-//! time the client asked for and never more than `MAX_WAIT`: a transport
-//! wait that decides nothing but when to answer.
+//! Connections are tasks on a two-thread tokio runtime (`http.rs`, which
+//! also bounds what a client may cost: open connections, header size,
+//! header read time, stalled writes). SQLite work runs on a bounded pool
+//! of blocking threads, each request borrowing a read-only connection from
+//! a small pool. A long-poll holds no thread: it waits on the head
+//! watcher (`watch_head`), which wakes every waiting long-poll when the
+//! primary commits; the long-poll's deadline decides only when an empty
+//! answer is sent.
 //!
 //! Every request gets one access-log line (`tracing` target
 //! `aerodb::access`: method, path, status, bytes, duration, peer); no log
 //! line ever holds a header or a query (the token travels in a header).
 
+// The error side of a handler's Result is the HTTP answer itself (128
+// bytes), moved once per request: not worth a box each.
+#![allow(clippy::result_large_err)]
+
+use super::http::{self, Body, Connections, Limits};
 use super::Failure;
 use clap::Args;
+use hyper::body::Incoming;
+use hyper::{Method, Request, Response};
 use replication::wal::{CommitId, Segment};
 use std::net::{SocketAddr, ToSocketAddrs};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use storage_adapter::primary::{PrimaryError, PrimaryWalReader};
 use storage_adapter::snapshot;
 use storage_adapter::WalReadError;
-use tiny_http::{Header, Method, Request, Response, Server};
 
 #[derive(Args, Debug)]
 pub struct ServeArgs {
@@ -35,9 +45,21 @@ pub struct ServeArgs {
     /// File holding the bearer token clients must send (>= 16 characters).
     #[arg(long, value_name = "FILE")]
     token_file: String,
-    /// Bind a non-loopback address (the WAL is served over plain HTTP).
+    /// Serve HTTPS with this certificate chain (PEM); needs --tls-key.
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    tls_cert: Option<String>,
+    /// The private key of --tls-cert (PEM: PKCS#8, PKCS#1 or SEC1).
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    tls_key: Option<String>,
+    /// Bind a non-loopback address without TLS (the WAL and the token then
+    /// cross the network in the clear). Not needed with --tls-cert.
     #[arg(long)]
     allow_remote: bool,
+    /// Most connections open at once; one more is closed at once
+    /// [1..=100000, default 4096].
+    #[arg(long, value_name = "N", default_value_t = 4096,
+          value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    max_connections: u32,
     /// Serve Prometheus metrics (/metrics) and /health on HOST:PORT,
     /// unauthenticated (port 0: any free port, printed).
     #[arg(long, value_name = "HOST:PORT")]
@@ -50,23 +72,45 @@ const MAX_WAIT: Duration = Duration::from_secs(30);
 const MAX_SEGMENT_BYTES: usize = 64 << 20;
 /// Longest request target accepted.
 const MAX_URL: usize = 2048;
-/// Worker threads (each may hold one long-poll).
-const WORKERS: usize = 16;
+/// Longest request head (request line and headers) read.
+const MAX_HEADER_BYTES: usize = 16 << 10;
+/// Time a client has to send a request head, from when the server starts
+/// reading it (an idle keep-alive connection is closed after it too).
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// A response the client reads nothing of for this long ends the
+/// connection.
+const WRITE_STALL_TIMEOUT: Duration = Duration::from_secs(60);
+/// Threads doing SQLite work for requests (each holds one read-only
+/// connection while it works).
+const BLOCKING_THREADS: usize = 8;
+/// Snapshots and digests computed at once (others wait their turn).
+const HEAVY_AT_ONCE: usize = 2;
+/// File descriptors kept for everything but connections (the database,
+/// its WAL, the snapshot files, the metrics listener).
+const RESERVED_FDS: u64 = 64;
 
-struct Config {
+struct Shared {
     db: String,
     token: String,
     metrics: super::metrics::ServeMetrics,
+    /// Read-only connections not in use.
+    readers: Mutex<Vec<PrimaryWalReader>>,
+    /// Moves when the primary has committed (see `watch_head`).
+    head: tokio::sync::watch::Receiver<u64>,
+    /// Snapshots and digests read the whole database: at most
+    /// `HEAVY_AT_ONCE` at a time, so that they never hold every blocking
+    /// thread and the WAL keeps being served.
+    heavy: tokio::sync::Semaphore,
 }
 
 /// The addresses `listen` (the value of `command`'s `flag`) names: every
-/// one must be loopback unless `allow_remote` (plain HTTP must not face a
+/// one must be loopback unless `remote_ok` (plain HTTP must not face a
 /// network by accident).
 pub(super) fn resolve(
     command: &'static str,
     flag: &str,
     listen: &str,
-    allow_remote: bool,
+    remote_ok: bool,
 ) -> Result<Vec<SocketAddr>, Failure> {
     let usage = |message: String| Failure::Usage { command, message };
     let port_ok = listen
@@ -87,13 +131,37 @@ pub(super) fn resolve(
         )));
     }
     if let Some(remote) = addrs.iter().find(|a| !a.ip().is_loopback()) {
-        if !allow_remote {
+        if !remote_ok {
             return Err(usage(format!(
-                "{flag} {listen} resolves to {remote}, which is not a loopback address; the WAL is served over plain HTTP (no TLS), so pass --allow-remote to bind it anyway"
+                "{flag} {listen} resolves to {remote}, which is not a loopback address; without --tls-cert the WAL and the token would cross the network in the clear: serve HTTPS (--tls-cert, --tls-key) or pass --allow-remote to bind it anyway"
             )));
         }
     }
     Ok(addrs)
+}
+
+/// The TLS configuration from a PEM certificate chain and key.
+fn tls_acceptor(cert: &str, key: &str) -> Result<tokio_rustls::TlsAcceptor, Failure> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let run = Failure::Run;
+    let certs = CertificateDer::pem_file_iter(cert)
+        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| run(format!("--tls-cert {cert}: {e}")))?;
+    if certs.is_empty() {
+        return Err(run(format!("--tls-cert {cert}: holds no PEM certificate")));
+    }
+    let key =
+        PrivateKeyDer::from_pem_file(key).map_err(|e| run(format!("--tls-key {key}: {e}")))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| run(format!("TLS: {e}")))?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| run(format!("--tls-cert {cert} with --tls-key: {e}")))?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
 }
 
 pub fn run(args: ServeArgs) -> Result<(), Failure> {
@@ -101,10 +169,17 @@ pub fn run(args: ServeArgs) -> Result<(), Failure> {
         db,
         listen,
         token_file,
+        tls_cert,
+        tls_key,
         allow_remote,
+        max_connections,
         metrics_listen,
     } = args;
-    let addrs = resolve("serve", "--listen", &listen, allow_remote)?;
+    let tls = match (&tls_cert, &tls_key) {
+        (Some(cert), Some(key)) => Some(tls_acceptor(cert, key)?),
+        _ => None,
+    };
+    let addrs = resolve("serve", "--listen", &listen, allow_remote || tls.is_some())?;
     let run = Failure::Run;
     let token = std::fs::read_to_string(&token_file)
         .map_err(|e| run(format!("--token-file {token_file}: {e}")))?
@@ -116,146 +191,216 @@ pub fn run(args: ServeArgs) -> Result<(), Failure> {
         )));
     }
     // Fail now, not at the first request, if this is not a primary.
-    PrimaryWalReader::open(&db).map_err(|e| run(format!("--db {db}: {e}")))?;
-    // The first address that binds (a name such as localhost may resolve
-    // to 127.0.0.1 and ::1; one listener serves).
-    let mut errors = Vec::new();
-    let listener = addrs
-        .iter()
-        .find_map(|a| listen_nodelay(*a).map_err(|e| errors.push(e)).ok())
-        .ok_or_else(|| run(errors.join("; ")))?;
-    let server = Server::from_listener(listener, None)
-        .map_err(|e| run(format!("listening on {listen}: {e}")))?;
-    let bound = server
-        .server_addr()
-        .to_ip()
-        .ok_or_else(|| run("the server is not bound to an IP address".into()))?;
-    println!("aerodb serve: serving the WAL of {db} on http://{bound}");
-    use std::io::Write;
-    let _ = std::io::stdout().flush();
-    tracing::info!(db = %db, listen = %bound, "serving the WAL read-only");
-    let metrics = super::metrics::ServeMetrics::default();
-    let metrics_server = match &metrics_listen {
-        Some(listen) => {
+    let first = PrimaryWalReader::open(&db).map_err(|e| run(format!("--db {db}: {e}")))?;
+    let fds = http::raise_fd_limit();
+    let max_connections = u64::from(max_connections);
+    if fds < max_connections + RESERVED_FDS {
+        return Err(run(format!(
+            "--max-connections {max_connections} needs {} file descriptors, and this process may open {fds} (raise `ulimit -n` or lower --max-connections)",
+            max_connections + RESERVED_FDS
+        )));
+    }
+    let limits = Limits {
+        max_connections: max_connections as usize,
+        max_header_bytes: MAX_HEADER_BYTES,
+        header_read_timeout: HEADER_READ_TIMEOUT,
+        write_stall_timeout: WRITE_STALL_TIMEOUT,
+    };
+    let runtime = http::runtime("aerodb-serve", 2, BLOCKING_THREADS).map_err(run)?;
+    runtime.block_on(async move {
+        let listener = http::bind(&addrs, "--listen").map_err(run)?;
+        let bound = listener
+            .local_addr()
+            .map_err(|e| run(format!("--listen {listen}: {e}")))?;
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let metrics = super::metrics::ServeMetrics::default();
+        let connections = Connections::default();
+        let (tx, head) = tokio::sync::watch::channel(0u64);
+        {
+            let db = db.clone();
+            std::thread::Builder::new()
+                .name("aerodb-serve-head".into())
+                .spawn(move || watch_head(&db, &tx))
+                .map_err(|e| run(format!("spawning the head watcher: {e}")))?;
+        }
+        println!("aerodb serve: serving the WAL of {db} on {scheme}://{bound}");
+        use std::io::Write;
+        let _ = std::io::stdout().flush();
+        tracing::info!(db = %db, listen = %bound, scheme, max_connections, "serving the WAL read-only");
+        if let Some(listen) = &metrics_listen {
             let addrs = resolve("serve", "--metrics-listen", listen, true)?;
-            let server = Server::http(&addrs[..])
-                .map_err(|e| run(format!("--metrics-listen {listen}: cannot listen: {e}")))?;
-            let at = server
-                .server_addr()
-                .to_ip()
-                .map(|a| a.to_string())
-                .unwrap_or_else(|| listen.clone());
+            let listener = http::bind(&addrs, "--metrics-listen").map_err(run)?;
+            let at = listener
+                .local_addr()
+                .map_err(|e| run(format!("--metrics-listen {listen}: {e}")))?;
             println!("aerodb serve: metrics on http://{at}");
             let _ = std::io::stdout().flush();
-            let (metrics, db) = (metrics.clone(), db.clone());
-            Some(
-                std::thread::Builder::new()
-                    .name("aerodb-serve-metrics".into())
-                    .spawn(move || super::metrics::serve_primary(&server, &metrics, &db))
-                    .map_err(|e| run(format!("spawning the metrics thread: {e}")))?,
-            )
+            let (metrics, db, open) = (metrics.clone(), db.clone(), connections.clone());
+            let handler = move |request: Request<Incoming>, _peer: SocketAddr| {
+                let (metrics, db, open) = (metrics.clone(), db.clone(), open.clone());
+                async move {
+                    let path = request.uri().path().to_owned();
+                    tokio::task::spawn_blocking(move || {
+                        super::metrics::primary_answer(&path, &metrics, &db, &open)
+                    })
+                    .await
+                    .unwrap_or_else(|e| http::json(500, &serde_json::json!({"error": e.to_string()})))
+                }
+            };
+            tokio::spawn(http::serve(
+                listener,
+                None,
+                Limits::METRICS,
+                Connections::default(),
+                handler,
+                std::future::pending(),
+            ));
         }
-        None => None,
-    };
-    let config = std::sync::Arc::new(Config { db, token, metrics });
-    let server = std::sync::Arc::new(server);
-    let workers: Vec<_> = (0..WORKERS)
-        .map(|i| {
-            let (server, config) = (server.clone(), config.clone());
-            std::thread::Builder::new()
-                .name(format!("aerodb-serve-{i}"))
-                .spawn(move || worker(&server, &config))
-                .map_err(|e| run(format!("spawning a worker: {e}")))
-        })
-        .collect::<Result<_, _>>()?;
-    for w in workers {
-        let _ = w.join();
-    }
-    if let Some(m) = metrics_server {
-        let _ = m.join();
-    }
-    Ok(())
-}
-
-/// A listening socket with TCP_NODELAY (accepted connections inherit it
-/// on Linux): tiny_http writes a response's headers and body separately,
-/// and with Nagle's algorithm the body waited for the client's delayed ACK
-/// (~40 ms per long-poll answer).
-fn listen_nodelay(addr: SocketAddr) -> Result<std::net::TcpListener, String> {
-    use socket2::{Domain, Socket, Type};
-    let fail = |e: std::io::Error| format!("listening on {addr}: {e}");
-    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None).map_err(fail)?;
-    socket.set_reuse_address(true).map_err(fail)?;
-    socket.set_nodelay(true).map_err(fail)?;
-    socket.bind(&addr.into()).map_err(fail)?;
-    socket.listen(128).map_err(fail)?;
-    Ok(socket.into())
-}
-
-fn worker(server: &Server, config: &Config) {
-    // Each worker reads the primary through its own read-only connection.
-    let mut reader = None;
-    while let Ok(request) = server.recv() {
-        if reader.is_none() {
-            reader = PrimaryWalReader::open(&config.db).ok();
-        }
-        let started = Instant::now();
-        let response = match reader.as_ref() {
-            // A bug that panics answers 500 with its message as JSON, and
-            // the worker goes on serving.
-            Some(r) => std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                handle(&request, r, config)
-            }))
-            .unwrap_or_else(|panic| {
-                let what = panic
-                    .downcast_ref::<&str>()
-                    .map(|s| s.to_string())
-                    .or_else(|| panic.downcast_ref::<String>().cloned())
-                    .unwrap_or_else(|| "a panic".into());
-                tracing::error!(panic = %what, "a request handler panicked");
-                error(500, &format!("internal error (a bug): {what}"))
-            }),
-            None => error(503, "the primary database cannot be opened"),
+        let shared = Arc::new(Shared {
+            db,
+            token,
+            metrics,
+            readers: Mutex::new(vec![first]),
+            head,
+            heavy: tokio::sync::Semaphore::new(HEAVY_AT_ONCE),
+        });
+        let handler = move |request: Request<Incoming>, peer: SocketAddr| {
+            let shared = shared.clone();
+            async move { logged(request, peer, shared).await }
         };
-        let status = response.status_code().0;
-        let bytes = response.data_length();
-        config
-            .metrics
-            .request(request.url().split('?').next().unwrap_or(""), status, bytes);
-        let method = request.method().to_string();
-        // The path only: never a header (the token) and never the query.
-        let path = request.url().split('?').next().unwrap_or("").to_owned();
-        let peer = request.remote_addr().map(|a| a.to_string());
-        let sent = request.respond(response);
-        tracing::info!(
-            target: "aerodb::access",
-            method,
-            path,
-            status,
-            bytes,
-            duration_ms = started.elapsed().as_secs_f64() * 1000.0,
-            peer = peer.as_deref().unwrap_or("-"),
-            sent = sent.is_ok(),
-            "request"
-        );
-    }
+        http::serve(listener, tls, limits, connections, handler, std::future::pending()).await;
+        Ok(())
+    })
 }
 
-type Reply = tiny_http::ResponseBox;
-
-fn header(name: &str, value: &str) -> Header {
-    Header::from_bytes(name.as_bytes(), value.as_bytes()).expect("ASCII header")
+/// Answers `request` and writes its access-log line.
+async fn logged(
+    request: Request<Incoming>,
+    peer: SocketAddr,
+    shared: Arc<Shared>,
+) -> Response<Body> {
+    let started = Instant::now();
+    let method = request.method().to_string();
+    // The path only: never a header (the token) and never the query.
+    let path = request.uri().path().to_owned();
+    let response = handle(request, peer, &shared).await;
+    let status = response.status().as_u16();
+    let bytes = hyper::body::Body::size_hint(response.body()).exact();
+    shared.metrics.request(&path, status, bytes);
+    tracing::info!(
+        target: "aerodb::access",
+        method,
+        path,
+        status,
+        bytes = bytes.unwrap_or(0),
+        duration_ms = started.elapsed().as_secs_f64() * 1000.0,
+        peer = peer.to_string(),
+        "request"
+    );
+    response
 }
 
-fn json(status: u16, body: serde_json::Value) -> Reply {
-    Response::from_data(body.to_string().into_bytes())
-        .with_status_code(status)
-        .with_header(header("Content-Type", "application/json"))
-        .boxed()
-}
+type Reply = Response<Body>;
 
 fn error(status: u16, message: &str) -> Reply {
-    json(status, serde_json::json!({ "error": message }))
+    http::json(status, &serde_json::json!({ "error": message }))
+}
+
+/// Runs `work` with a read-only connection on a blocking thread. A
+/// connection that fails to open answers 503; a bug that panics answers
+/// 500 with its message, and its connection is dropped.
+async fn with_reader<T: Send + 'static>(
+    shared: &Arc<Shared>,
+    work: impl FnOnce(&PrimaryWalReader) -> Result<T, Reply> + Send + 'static,
+) -> Result<T, Reply> {
+    let shared = shared.clone();
+    let joined = tokio::task::spawn_blocking(move || {
+        let pooled = shared
+            .readers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .pop();
+        let reader = match pooled {
+            Some(r) => r,
+            None => PrimaryWalReader::open(&shared.db)
+                .map_err(|e| error(503, &format!("the primary database cannot be opened: {e}")))?,
+        };
+        let out = work(&reader);
+        let mut pool = shared.readers.lock().unwrap_or_else(|p| p.into_inner());
+        if pool.len() < BLOCKING_THREADS {
+            pool.push(reader);
+        }
+        out
+    })
+    .await;
+    joined.unwrap_or_else(|e| {
+        let what = e
+            .try_into_panic()
+            .ok()
+            .and_then(|p| {
+                p.downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| p.downcast_ref::<String>().cloned())
+            })
+            .unwrap_or_else(|| "a panic".into());
+        tracing::error!(panic = %what, "a request handler panicked");
+        Err(error(500, &format!("internal error (a bug): {what}")))
+    })
+}
+
+/// Watches the primary for commits and moves `tx` after each: inotify on
+/// the database's directory says a file of the database was written, and
+/// `PRAGMA data_version` says whether a commit became visible (a WAL
+/// write is seen a moment before the commit is published in the shared
+/// memory index, so after an event it is checked every millisecond for a
+/// short while). Without inotify (or if it fails) it checks every second:
+/// slower answers, never wrong ones, since a woken long-poll reads the WAL
+/// itself and a long-poll not woken is answered empty at its deadline and
+/// asked again.
+fn watch_head(db: &str, tx: &tokio::sync::watch::Sender<u64>) {
+    let reader = match PrimaryWalReader::open(db) {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::error!(error = %e, "the head watcher cannot open the primary; long-polls wait their deadline");
+            return;
+        }
+    };
+    let watcher = super::inotify::DirWatch::new(std::path::Path::new(db));
+    if let Err(e) = &watcher {
+        tracing::warn!(error = %e, "no inotify on the primary's directory: long-polls see commits within a second");
+    }
+    let mut seen = reader.data_version().ok();
+    let publish = |seen: &mut Option<i64>| {
+        let now = reader.data_version().ok();
+        if now != *seen || now.is_none() {
+            *seen = now;
+            tx.send_modify(|n| *n += 1);
+            true
+        } else {
+            false
+        }
+    };
+    loop {
+        let written = match &watcher {
+            Ok(w) => w.wait(Duration::from_secs(1)),
+            Err(_) => {
+                std::thread::sleep(Duration::from_secs(1));
+                false
+            }
+        };
+        if tx.is_closed() {
+            return;
+        }
+        if publish(&mut seen) || !written {
+            continue;
+        }
+        for _ in 0..100 {
+            std::thread::sleep(Duration::from_millis(1));
+            if publish(&mut seen) {
+                break;
+            }
+        }
+    }
 }
 
 /// Compares in time independent of where the inputs differ.
@@ -268,12 +413,12 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 
 /// `Authorization: Bearer TOKEN`, the scheme in any case (RFC 9110: auth
 /// schemes are case-insensitive), the token compared in constant time.
-fn authorized(request: &Request, token: &str) -> bool {
+fn authorized(request: &Request<Incoming>, token: &str) -> bool {
     request
         .headers()
-        .iter()
-        .find(|h| h.field.equiv("Authorization"))
-        .and_then(|h| h.value.as_str().trim().split_once(' '))
+        .get(hyper::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().split_once(' '))
         .is_some_and(|(scheme, given)| {
             scheme.eq_ignore_ascii_case("bearer")
                 && constant_time_eq(given.trim().as_bytes(), token.as_bytes())
@@ -282,8 +427,7 @@ fn authorized(request: &Request, token: &str) -> bool {
 
 /// The query's parameters, percent-decoded; a parameter given twice is
 /// refused (which one would count is a guess).
-fn query(url: &str) -> Result<Vec<(String, String)>, Reply> {
-    let raw = url.split_once('?').map(|(_, q)| q).unwrap_or("");
+fn query(raw: &str) -> Result<Vec<(String, String)>, Reply> {
     let mut out: Vec<(String, String)> = Vec::new();
     for (k, v) in form_urlencoded::parse(raw.as_bytes()) {
         if out.iter().any(|(seen, _)| *seen == k) {
@@ -327,41 +471,57 @@ fn number(
     Ok(value)
 }
 
-fn handle(request: &Request, reader: &PrimaryWalReader, config: &Config) -> Reply {
-    let url = request.url();
-    let path = url.split('?').next().unwrap_or("");
-    if url.len() > MAX_URL {
+/// Whether the request announces a body (the API takes none).
+fn has_body(request: &Request<Incoming>) -> bool {
+    let headers = request.headers();
+    headers.contains_key(hyper::header::TRANSFER_ENCODING)
+        || headers
+            .get(hyper::header::CONTENT_LENGTH)
+            .is_some_and(|v| v.as_bytes() != b"0")
+}
+
+async fn handle(request: Request<Incoming>, peer: SocketAddr, shared: &Arc<Shared>) -> Reply {
+    let path = request.uri().path().to_owned();
+    let target_len = request
+        .uri()
+        .path_and_query()
+        .map_or(0, |pq| pq.as_str().len());
+    if target_len > MAX_URL {
         return error(414, &format!("request target longer than {MAX_URL} bytes"));
     }
-    if !authorized(request, &config.token) {
+    if !authorized(&request, &shared.token) {
         // Never log the presented credentials.
         tracing::warn!(
             method = %request.method(),
             path,
-            peer = request.remote_addr().map(|a| a.to_string()).unwrap_or_default(),
+            peer = peer.to_string(),
             "refused: missing or wrong bearer token (401)"
         );
-        return error(401, "missing or wrong bearer token")
-            .with_header(header("WWW-Authenticate", "Bearer"));
+        let mut reply = error(401, "missing or wrong bearer token");
+        reply.headers_mut().insert(
+            hyper::header::WWW_AUTHENTICATE,
+            hyper::header::HeaderValue::from_static("Bearer"),
+        );
+        return reply;
     }
-    if request.method() != &Method::Get {
+    if request.method() != Method::GET {
         return error(
             405,
             &format!("{} is not allowed; use GET", request.method()),
         );
     }
-    if request.body_length().unwrap_or(0) > 0 {
+    if has_body(&request) {
         return error(413, "requests carry no body");
     }
-    let params = match query(url) {
+    let params = match query(request.uri().query().unwrap_or("")) {
         Ok(p) => p,
         Err(reply) => return reply,
     };
-    let result = match path {
-        "/v1/head" => head(reader),
-        "/v1/segments" => segments(reader, &params, &config.metrics),
-        "/v1/snapshot" => snapshot_reply(config),
-        "/v1/digest" => digest_reply(config),
+    let result = match path.as_str() {
+        "/v1/head" => with_reader(shared, head).await,
+        "/v1/segments" => segments(shared, &params).await,
+        "/v1/snapshot" => snapshot_reply(shared).await,
+        "/v1/digest" => digest_reply(shared).await,
         _ => Err(error(
             404,
             &format!("no such endpoint '{path}' (endpoints: /v1/head, /v1/segments, /v1/snapshot, /v1/digest)"),
@@ -373,9 +533,9 @@ fn handle(request: &Request, reader: &PrimaryWalReader, config: &Config) -> Repl
 fn head(reader: &PrimaryWalReader) -> Result<Reply, Reply> {
     let head = reader.head().map_err(|e| error(500, &e.to_string()))?;
     let oldest = reader.oldest().map_err(|e| error(500, &e.to_string()))?;
-    Ok(json(
+    Ok(http::json(
         200,
-        serde_json::json!({
+        &serde_json::json!({
             "generation": reader.generation().to_string(),
             "head": head.0,
             "oldest": oldest.0,
@@ -386,11 +546,31 @@ fn head(reader: &PrimaryWalReader) -> Result<Reply, Reply> {
     ))
 }
 
-fn segments(
-    reader: &PrimaryWalReader,
-    params: &[(String, String)],
-    metrics: &super::metrics::ServeMetrics,
-) -> Result<Reply, Reply> {
+/// What one read of the WAL for `/v1/segments` found.
+enum Read {
+    /// The answer.
+    Reply(Reply),
+    /// Nothing from `from` on yet; the primary's head is this.
+    Nothing(CommitId),
+}
+
+/// A `/v1/segments` request's parameters.
+#[derive(Clone, Copy)]
+struct SegmentsAsk {
+    from: CommitId,
+    until: Option<CommitId>,
+    max_bytes: usize,
+}
+
+fn empty(head: CommitId) -> Reply {
+    http::response(
+        204,
+        &[("X-AeroDB-Head", head.0.to_string())],
+        http::full(Vec::new()),
+    )
+}
+
+async fn segments(shared: &Arc<Shared>, params: &[(String, String)]) -> Result<Reply, Reply> {
     for (k, _) in params {
         if !["from", "max_bytes", "wait_ms", "until"].contains(&k.as_str()) {
             return Err(error(
@@ -419,142 +599,197 @@ fn segments(
         Some(0),
         0..=MAX_WAIT.as_millis() as u64,
     )?);
-    let deadline = Instant::now() + wait;
-    let fail = |e: storage_adapter::primary::PrimaryError| error(500, &e.to_string());
+    let deadline = tokio::time::Instant::now() + wait;
+    let ask = SegmentsAsk {
+        from,
+        until,
+        max_bytes,
+    };
+    let mut commits = shared.head.clone();
+    let mut _held = None;
     loop {
-        let version = reader.data_version().map_err(fail)?;
-        // Read before the WAL: a replicated table changed and not replicated
-        // again yet (a migration under way) answers 503 with it, and the
-        // replica waits for the schema to move past it.
-        let schema = reader.schema_version().map_err(fail)?;
-        let oldest = reader.oldest().map_err(fail)?;
-        if from < oldest {
-            return Err(json(
-                410,
-                serde_json::json!({
-                    "error": format!("commit {from} is no longer in the primary's WAL (oldest retained commit is {oldest}); bootstrap from /v1/snapshot"),
-                    "oldest": oldest.0,
-                }),
-            ));
-        }
-        let (records, head) = match reader.records_until(from, until, max_bytes) {
-            Ok(r) => r,
-            Err(
-                e @ PrimaryError::Capture(storage_adapter::capture::CaptureError::CaptureBroken {
-                    ..
-                }),
-            ) => {
-                return Err(json(
-                    503,
-                    serde_json::json!({
-                        "error": e.to_string(),
-                        "schema_version": schema,
-                    }),
-                ))
-            }
-            // Truncated after the check above: the same answer.
-            Err(PrimaryError::Wal(WalReadError::Truncated { oldest_sealed, .. })) => {
-                return Err(json(
-                    410,
-                    serde_json::json!({
-                        "error": format!("commit {from} is no longer in the primary's WAL (oldest retained commit is {oldest_sealed}); bootstrap from /v1/snapshot"),
-                        "oldest": oldest_sealed.0,
-                    }),
-                ))
-            }
-            Err(e) => return Err(fail(e)),
+        // Marked seen before the read: a commit after the read moves it.
+        commits.borrow_and_update();
+        let head = match with_reader(shared, move |r| read_segments(r, ask)).await? {
+            Read::Reply(reply) => return Ok(reply),
+            Read::Nothing(head) => head,
         };
-        if from.0 > head.0 + 1 {
-            return Err(json(
-                409,
-                serde_json::json!({
-                    "error": format!("commit {from} is beyond the primary's head {head}: the primary is behind this replica (was it restored from an older backup?)"),
-                    "head": head.0,
-                }),
-            ));
-        }
-        if let (Some(first), Some(last)) = (records.first(), records.last()) {
-            let (first, last) = (first.commit_id, last.commit_id);
-            let bytes = Segment::encode(reader.generation(), &records)
-                .map_err(|e| error(500, &e.to_string()))?;
-            return Ok(Response::from_data(bytes)
-                .with_status_code(200)
-                .with_header(header("Content-Type", "application/octet-stream"))
-                .with_header(header("X-AeroDB-First", &first.0.to_string()))
-                .with_header(header("X-AeroDB-Last", &last.0.to_string()))
-                .with_header(header("X-AeroDB-Head", &head.0.to_string()))
-                .boxed());
-        }
         // Nothing from `from` on up to `until`: nothing to wait for.
-        if until.is_some_and(|u| from > u) {
-            return Ok(Response::from_data(Vec::new())
-                .with_status_code(204)
-                .with_header(header("X-AeroDB-Head", &head.0.to_string()))
-                .boxed());
+        if until.is_some_and(|u| from > u) || tokio::time::Instant::now() >= deadline {
+            return Ok(empty(head));
         }
-        // Nothing from `from` on: wait for the primary to commit, up to the
-        // deadline (data_version moves when another connection commits).
-        let _held = metrics.long_poll();
-        loop {
-            if Instant::now() >= deadline {
-                return Ok(Response::from_data(Vec::new())
-                    .with_status_code(204)
-                    .with_header(header("X-AeroDB-Head", &head.0.to_string()))
-                    .boxed());
+        _held.get_or_insert_with(|| shared.metrics.long_poll());
+        tokio::select! {
+            moved = commits.changed() => {
+                if moved.is_err() {
+                    // No watcher any more: wait out the deadline.
+                    tokio::time::sleep_until(deadline).await;
+                    return Ok(empty(head));
+                }
             }
-            std::thread::sleep(Duration::from_millis(1));
-            if reader.data_version().map_err(fail)? != version {
-                break;
-            }
+            _ = tokio::time::sleep_until(deadline) => return Ok(empty(head)),
         }
     }
 }
 
-/// The digests of the primary's replicated tables at its head, read in one
-/// transaction (`aerodb verify --primary URL` compares a replica with them).
-fn digest_reply(config: &Config) -> Result<Reply, Reply> {
-    let d = storage_adapter::verify::digests_at_head(&config.db)
-        .map_err(|e| json(500, serde_json::json!({ "error": e.to_string() })))?;
-    Ok(json(
+fn read_segments(reader: &PrimaryWalReader, ask: SegmentsAsk) -> Result<Read, Reply> {
+    let SegmentsAsk {
+        from,
+        until,
+        max_bytes,
+    } = ask;
+    let fail = |e: PrimaryError| error(500, &e.to_string());
+    // Read before the WAL: a replicated table changed and not replicated
+    // again yet (a migration under way) answers 503 with it, and the
+    // replica waits for the schema to move past it.
+    let schema = reader.schema_version().map_err(fail)?;
+    let oldest = reader.oldest().map_err(fail)?;
+    let gone = |oldest: CommitId| {
+        http::json(
+            410,
+            &serde_json::json!({
+                "error": format!("commit {from} is no longer in the primary's WAL (oldest retained commit is {oldest}); bootstrap from /v1/snapshot"),
+                "oldest": oldest.0,
+            }),
+        )
+    };
+    if from < oldest {
+        return Err(gone(oldest));
+    }
+    let (records, head) = match reader.records_until(from, until, max_bytes) {
+        Ok(r) => r,
+        Err(
+            e @ PrimaryError::Capture(storage_adapter::capture::CaptureError::CaptureBroken {
+                ..
+            }),
+        ) => {
+            return Err(http::json(
+                503,
+                &serde_json::json!({
+                    "error": e.to_string(),
+                    "schema_version": schema,
+                }),
+            ))
+        }
+        // Truncated after the check above: the same answer.
+        Err(PrimaryError::Wal(WalReadError::Truncated { oldest_sealed, .. })) => {
+            return Err(gone(oldest_sealed))
+        }
+        Err(e) => return Err(fail(e)),
+    };
+    if from.0 > head.0 + 1 {
+        return Err(http::json(
+            409,
+            &serde_json::json!({
+                "error": format!("commit {from} is beyond the primary's head {head}: the primary is behind this replica (was it restored from an older backup?)"),
+                "head": head.0,
+            }),
+        ));
+    }
+    let (Some(first), Some(last)) = (records.first(), records.last()) else {
+        return Ok(Read::Nothing(head));
+    };
+    let (first, last) = (first.commit_id, last.commit_id);
+    let bytes =
+        Segment::encode(reader.generation(), &records).map_err(|e| error(500, &e.to_string()))?;
+    Ok(Read::Reply(http::response(
         200,
-        serde_json::json!({
-            "generation": d.generation.to_string(),
-            "commit_id": d.commit_id.0,
-            "tables": d.tables.iter().map(|t| serde_json::json!({
-                "table": t.table,
-                "rows": t.rows,
-                "sha256": t.sha256,
-            })).collect::<Vec<_>>(),
-        }),
-    ))
+        &[
+            ("Content-Type", "application/octet-stream".into()),
+            ("X-AeroDB-First", first.0.to_string()),
+            ("X-AeroDB-Last", last.0.to_string()),
+            ("X-AeroDB-Head", head.0.to_string()),
+        ],
+        http::full(bytes),
+    )))
 }
 
-fn snapshot_reply(config: &Config) -> Result<Reply, Reply> {
-    // A private directory (mode 0700): the copy holds the replicated data.
-    let dir = tempfile::Builder::new()
-        .prefix("aerodb-snapshot-")
-        .tempdir()
-        .map_err(|e| error(500, &format!("creating a private temporary directory: {e}")))?;
-    let path = dir.path().join("snapshot.db");
-    let taken = snapshot::take(&config.db, &path).and_then(|info| {
-        std::fs::File::open(&path)
-            .map(|f| (info, f))
-            .map_err(|e| snapshot::SnapshotError::Invalid(e.to_string()))
+/// The digests of the primary's replicated tables at its head, read in one
+/// transaction (`aerodb verify --primary URL` compares a replica with them).
+async fn digest_reply(shared: &Arc<Shared>) -> Result<Reply, Reply> {
+    let _turn = shared
+        .heavy
+        .acquire()
+        .await
+        .map_err(|e| error(500, &e.to_string()))?;
+    let db = shared.db.clone();
+    with_reader(shared, move |_| {
+        let d = storage_adapter::verify::digests_at_head(&db)
+            .map_err(|e| error(500, &e.to_string()))?;
+        Ok(http::json(
+            200,
+            &serde_json::json!({
+                "generation": d.generation.to_string(),
+                "commit_id": d.commit_id.0,
+                "tables": d.tables.iter().map(|t| serde_json::json!({
+                    "table": t.table,
+                    "rows": t.rows,
+                    "sha256": t.sha256,
+                })).collect::<Vec<_>>(),
+            }),
+        ))
+    })
+    .await
+}
+
+/// Chunks a snapshot is streamed in, and how many may wait for the client.
+const SNAPSHOT_CHUNK: usize = 256 << 10;
+const SNAPSHOT_CHUNKS_QUEUED: usize = 4;
+
+async fn snapshot_reply(shared: &Arc<Shared>) -> Result<Reply, Reply> {
+    let turn = shared
+        .heavy
+        .acquire()
+        .await
+        .map_err(|e| error(500, &e.to_string()))?;
+    let db = shared.db.clone();
+    let (info, file, len) = with_reader(shared, move |_| {
+        // A private directory (mode 0700): the copy holds the replicated data.
+        let dir = tempfile::Builder::new()
+            .prefix("aerodb-snapshot-")
+            .tempdir()
+            .map_err(|e| error(500, &format!("creating a private temporary directory: {e}")))?;
+        let path = dir.path().join("snapshot.db");
+        let info = snapshot::take(&db, &path).map_err(|e| error(500, &e.to_string()))?;
+        let file = std::fs::File::open(&path)
+            .map_err(|e| error(500, &format!("opening the snapshot: {e}")))?;
+        let len = file
+            .metadata()
+            .map_err(|e| error(500, &format!("reading the snapshot's size: {e}")))?
+            .len();
+        // The open file streams the response; its name is gone already.
+        drop(dir);
+        Ok((info, file, len))
+    })
+    .await?;
+    drop(turn);
+    let (tx, rx) = tokio::sync::mpsc::channel(SNAPSHOT_CHUNKS_QUEUED);
+    // The copy is read a chunk at a time as the client takes them (a
+    // client that stops reading stops the reading; no thread waits on it).
+    tokio::spawn(async move {
+        use tokio::io::AsyncReadExt;
+        let mut file = tokio::fs::File::from_std(file);
+        loop {
+            let mut chunk = bytes::BytesMut::with_capacity(SNAPSHOT_CHUNK);
+            let chunk = match file.read_buf(&mut chunk).await {
+                Ok(0) => return,
+                Ok(_) => Ok(chunk.freeze()),
+                Err(e) => Err(e),
+            };
+            let failed = chunk.is_err();
+            if tx.send(chunk).await.is_err() || failed {
+                return;
+            }
+        }
     });
-    // The open file streams the response; its name is gone already.
-    drop(dir);
-    let (info, file) = taken.map_err(|e| error(500, &e.to_string()))?;
-    Ok(Response::from_file(file)
-        .with_status_code(200)
-        .with_header(header("Content-Type", "application/vnd.sqlite3"))
-        .with_header(header(
-            "X-AeroDB-Snapshot-Commit",
-            &info.commit_id.0.to_string(),
-        ))
-        .with_header(header("X-AeroDB-Generation", &info.generation.to_string()))
-        .with_header(header(
-            "X-AeroDB-Checksum",
-            &format!("{:016x}", info.checksum),
-        ))
-        .boxed())
+    Ok(http::response(
+        200,
+        &[
+            ("Content-Type", "application/vnd.sqlite3".into()),
+            ("X-AeroDB-Snapshot-Commit", info.commit_id.0.to_string()),
+            ("X-AeroDB-Generation", info.generation.to_string()),
+            ("X-AeroDB-Checksum", format!("{:016x}", info.checksum)),
+        ],
+        http::channel(rx, Some(len)),
+    ))
 }
