@@ -1,4 +1,6 @@
-//! A WAL source reading a primary through `aerodb serve` over HTTP.
+//! A WAL source reading a primary through `aerodb serve` over HTTP or
+//! HTTPS (rustls; the server's certificate checked against the webpki
+//! roots, or against the CAs of a `ca_file` for a private CA).
 //!
 //! Role in the spec: the WAL Receiver's transport (5.2, input "primary WAL
 //! stream"). It trusts nothing it receives (the Validator proves it); it
@@ -26,6 +28,7 @@ use replication::runtime::{Failure, Fetched, StopSignal, WalSource};
 use replication::wal::{CommitId, Generation};
 use std::io::Read;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// How long the server may hold a long-poll (the client asks for this).
@@ -64,11 +67,108 @@ pub struct HttpSource {
     broken_schema: std::cell::Cell<Option<i64>>,
 }
 
-fn unavailable(base: &str, e: impl std::fmt::Display) -> Failure {
+/// A transport failure: the server does not answer (an outage, waited
+/// out), or, over HTTPS, a TLS failure (an untrusted or mismatched
+/// certificate is a configuration to fix, not an outage: [`FailureCode::Source`]).
+fn unavailable(base: &str, e: &(dyn std::error::Error + 'static)) -> Failure {
+    if let Some(tls) = rustls_error(e) {
+        let hint = match tls {
+            rustls::Error::InvalidCertificate(_) => {
+                "; the server's certificate is not trusted: give the CA that signed it (PEM) as ca_file (--ca-file), or check the host name"
+            }
+            _ => "",
+        };
+        return Failure::new(
+            FailureCode::Source,
+            format!("WAL server {base}: TLS: {tls}{hint}"),
+        );
+    }
     Failure::new(
         FailureCode::SourceUnavailable,
         format!("WAL server {base}: {e}"),
     )
+}
+
+/// The rustls error somewhere in `e`'s chain of causes.
+fn rustls_error<'a>(mut e: &'a (dyn std::error::Error + 'static)) -> Option<&'a rustls::Error> {
+    loop {
+        if let Some(t) = e.downcast_ref::<rustls::Error>() {
+            return Some(t);
+        }
+        if let Some(t) = e
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+            .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+        {
+            return Some(t);
+        }
+        e = e.source()?;
+    }
+}
+
+/// An HTTP agent for `url` (`http://` or `https://`), trusting the CAs in
+/// the PEM file `ca_file` instead of the webpki roots when given;
+/// `read_timeout` bounds a server that stops answering mid-response.
+pub fn agent(
+    url: &str,
+    ca_file: Option<&Path>,
+    read_timeout: Duration,
+) -> Result<ureq::Agent, Failure> {
+    let https = url.starts_with("https://");
+    if !https && !url.starts_with("http://") {
+        return Err(Failure::new(
+            FailureCode::Source,
+            format!("'{url}' is not an http:// or https:// URL"),
+        ));
+    }
+    let mut builder = ureq::AgentBuilder::new()
+        .timeout_connect(Duration::from_secs(5))
+        .timeout_read(read_timeout);
+    match (ca_file, https) {
+        (Some(path), false) => {
+            return Err(Failure::new(
+                FailureCode::Source,
+                format!(
+                    "ca_file '{}' is for https:// sources; '{url}' is plain http",
+                    path.display()
+                ),
+            ))
+        }
+        (Some(path), true) => builder = builder.tls_config(Arc::new(client_config(path)?)),
+        (None, _) => {}
+    }
+    Ok(builder.build())
+}
+
+/// A TLS client configuration trusting exactly the certificates in the
+/// PEM file `ca_file`.
+fn client_config(ca_file: &Path) -> Result<rustls::ClientConfig, Failure> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::CertificateDer;
+    let fail = |why: String| {
+        Failure::new(
+            FailureCode::Source,
+            format!("ca_file '{}': {why}", ca_file.display()),
+        )
+    };
+    let certs = CertificateDer::pem_file_iter(ca_file)
+        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| fail(e.to_string()))?;
+    if certs.is_empty() {
+        return Err(fail("holds no PEM certificate".into()));
+    }
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in certs {
+        roots
+            .add(cert)
+            .map_err(|e| fail(format!("not a usable CA certificate: {e}")))?;
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    Ok(rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| fail(e.to_string()))?
+        .with_root_certificates(roots)
+        .with_no_client_auth())
 }
 
 fn header_u64(r: &ureq::Response, name: &str, base: &str) -> Result<u64, Failure> {
@@ -82,28 +182,29 @@ fn header_u64(r: &ureq::Response, name: &str, base: &str) -> Result<u64, Failure
 
 impl HttpSource {
     /// Connects to `url` (e.g. `http://127.0.0.1:7070`) with `token` and
-    /// reads the primary's generation.
+    /// reads the primary's generation (https: the webpki roots).
     pub fn open(url: &str, token: &str) -> Result<HttpSource, Failure> {
+        HttpSource::open_with_ca(url, token, None)
+    }
+
+    /// [`open`](HttpSource::open), trusting for an `https://` `url` the CAs
+    /// in the PEM file `ca_file` (a private CA) when given.
+    pub fn open_with_ca(
+        url: &str,
+        token: &str,
+        ca_file: Option<&Path>,
+    ) -> Result<HttpSource, Failure> {
         let base = url.trim_end_matches('/').to_owned();
-        if !base.starts_with("http://") {
-            return Err(Failure::new(
-                FailureCode::Source,
-                format!("'{url}' is not an http:// URL (https is not supported by this build)"),
-            ));
-        }
         if token.is_empty() {
             return Err(Failure::new(
                 FailureCode::Source,
                 "the bearer token is empty",
             ));
         }
-        let agent = ureq::AgentBuilder::new()
-            .timeout_connect(Duration::from_secs(5))
-            // Long-polls are held at most LONG_POLL by the server; this
-            // only bounds a server that stops answering mid-response
-            // (an explicit transport failure, never a correctness input).
-            .timeout_read(LONG_POLL + Duration::from_secs(30))
-            .build();
+        // Long-polls are held at most LONG_POLL by the server; the read
+        // timeout only bounds a server that stops answering mid-response
+        // (an explicit transport failure, never a correctness input).
+        let agent = agent(&base, ca_file, LONG_POLL + Duration::from_secs(30))?;
         let mut source = HttpSource {
             base,
             token: token.to_owned(),
@@ -160,14 +261,14 @@ impl HttpSource {
                     ),
                 ))
             }
-            Err(ureq::Error::Transport(t)) => Err(unavailable(&self.base, t)),
+            Err(ureq::Error::Transport(t)) => Err(unavailable(&self.base, &t)),
         }
     }
 
     /// `GET /v1/head`.
     pub fn head(&self) -> Result<RemoteHead, Failure> {
         let r = self.get("/v1/head")?;
-        let text = r.into_string().map_err(|e| unavailable(&self.base, e))?;
+        let text = r.into_string().map_err(|e| unavailable(&self.base, &e))?;
         let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| {
             Failure::new(
                 FailureCode::Source,
@@ -215,7 +316,7 @@ impl HttpSource {
         r.into_reader()
             .take(MAX_BODY)
             .read_to_end(&mut bytes)
-            .map_err(|e| unavailable(&self.base, e))?;
+            .map_err(|e| unavailable(&self.base, &e))?;
         Ok(Some(Fetched {
             first,
             last,
@@ -268,7 +369,11 @@ impl WalSource for HttpSource {
         })?;
         std::io::copy(&mut r.into_reader(), &mut file)
             .and_then(|_| file.sync_all())
-            .map_err(|e| unavailable(&self.base, format!("downloading the snapshot: {e}")))?;
+            .map_err(|e| {
+                let mut f = unavailable(&self.base, &e);
+                f.reason = format!("downloading the snapshot: {}", f.reason);
+                f
+            })?;
         Ok(commit)
     }
 

@@ -85,8 +85,12 @@ impl NumberOption {
 /// token; http sources only.
 pub const TOKEN_FILE: &str = "token_file";
 
+/// Key (flag `--ca-file`) of a PEM file of the CA certificates to trust
+/// for an `https://` source (a private CA); the webpki roots without it.
+pub const CA_FILE: &str = "ca_file";
+
 /// The JSON keys accepted, for error messages.
-pub const KEYS: &str = "segment_bytes, queue_depth, poll_interval_ms, token_file";
+pub const KEYS: &str = "segment_bytes, queue_depth, poll_interval_ms, token_file, ca_file";
 
 /// How the caller spelled an option, so an error names it as they wrote it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -170,12 +174,6 @@ pub enum OptionError {
         /// The source given.
         url: String,
     },
-    /// `https://`, which this build does not speak.
-    #[error("source '{url}': https is not supported by this build; use http:// over a trusted network or a tunnel")]
-    Https {
-        /// The source.
-        url: String,
-    },
 }
 
 /// Why the source the options describe could not be opened.
@@ -208,8 +206,10 @@ pub struct ReplicaOptions {
     pub config: Config,
     /// How often a file source looks for new WAL, if given.
     pub poll_interval: Option<Duration>,
-    /// The bearer token's file, for http sources.
+    /// The bearer token's file, for http and https sources.
     pub token_file: Option<String>,
+    /// The CA certificates (PEM) to trust, for https sources.
+    pub ca_file: Option<String>,
     /// How the caller spells options (for errors).
     spelling: Spelling,
 }
@@ -225,7 +225,7 @@ pub struct OpenedSource {
 }
 
 fn is_http(source: &str) -> bool {
-    source.starts_with("http://")
+    source.starts_with("http://") || source.starts_with("https://")
 }
 
 impl ReplicaOptions {
@@ -238,6 +238,7 @@ impl ReplicaOptions {
             },
             poll_interval: None,
             token_file: None,
+            ca_file: None,
             spelling,
         }
     }
@@ -269,6 +270,14 @@ impl ReplicaOptions {
                         actual: v.to_string(),
                     })?;
                     options.token_file = Some(path.to_owned());
+                    continue;
+                }
+                CA_FILE => {
+                    let path = v.as_str().ok_or_else(|| OptionError::NotPath {
+                        name: options.name(CA_FILE, "--ca-file"),
+                        actual: v.to_string(),
+                    })?;
+                    options.ca_file = Some(path.to_owned());
                     continue;
                 }
                 other => return Err(OptionError::Unknown { key: other.into() }),
@@ -309,12 +318,17 @@ impl ReplicaOptions {
     }
 
     /// Refuses options `source` would ignore or lack: the token file is
-    /// for (and required by) http sources, the poll interval for files.
+    /// for (and required by) http and https sources, the CA file for https
+    /// sources, the poll interval for files.
     pub fn check_source(&self, source: &str) -> Result<(), OptionError> {
-        if source.starts_with("https://") {
-            return Err(OptionError::Https { url: source.into() });
-        }
         let token = self.name(TOKEN_FILE, "--token-file");
+        if self.ca_file.is_some() && !source.starts_with("https://") {
+            return Err(OptionError::NotForSource {
+                name: self.name(CA_FILE, "--ca-file"),
+                applies: "https://",
+                url: source.into(),
+            });
+        }
         match (is_http(source), &self.token_file, self.poll_interval) {
             (true, None, _) => Err(OptionError::NeedsToken {
                 url: source.into(),
@@ -327,7 +341,7 @@ impl ReplicaOptions {
             }),
             (false, Some(_), _) => Err(OptionError::NotForSource {
                 name: token,
-                applies: "http://",
+                applies: "http:// and https://",
                 url: source.into(),
             }),
             _ => Ok(()),
@@ -347,7 +361,9 @@ impl ReplicaOptions {
                 path: path.clone(),
                 reason: e.to_string(),
             })?;
-            let s = HttpSource::open(source, token.trim()).map_err(|f| failed(f.to_string()))?;
+            let ca = self.ca_file.as_deref().map(std::path::Path::new);
+            let s = HttpSource::open_with_ca(source, token.trim(), ca)
+                .map_err(|f| failed(f.to_string()))?;
             let head = s.head().map_err(|f| failed(f.to_string()))?.head;
             let generation = s.generation();
             return Ok(OpenedSource {
@@ -393,7 +409,11 @@ mod tests {
         r#"{"token_file": 3}"#,
         "option \"token_file\" must be a string (a file path), got 3"
     )]
-    #[case::unknown(r#"{"bogus": 1}"#, "unknown option \"bogus\" (known: segment_bytes, queue_depth, poll_interval_ms, token_file)")]
+    #[case::ca_number(
+        r#"{"ca_file": []}"#,
+        "option \"ca_file\" must be a string (a file path), got []"
+    )]
+    #[case::unknown(r#"{"bogus": 1}"#, "unknown option \"bogus\" (known: segment_bytes, queue_depth, poll_interval_ms, token_file, ca_file)")]
     #[case::array("[1]", "argument 2 (options) must be a JSON object, got [1]")]
     fn json_options_out_of_their_limits_are_refused_naming_the_key(
         #[case] json: &str,
@@ -432,7 +452,7 @@ mod tests {
         "p.db",
         Some("t"),
         None,
-        "--token-file applies to http:// sources only, not to 'p.db'"
+        "--token-file applies to http:// and https:// sources only, not to 'p.db'"
     )]
     #[case::http_with_poll(
         "http://h:1",
@@ -440,7 +460,12 @@ mod tests {
         Some(5),
         "--poll-interval-ms applies to primary file sources only, not to 'http://h:1'"
     )]
-    #[case::https("https://h:1", Some("t"), None, "source 'https://h:1': https is not supported by this build; use http:// over a trusted network or a tunnel")]
+    #[case::https_without_token(
+        "https://h:1",
+        None,
+        None,
+        "source 'https://h:1' needs the --token-file (a file holding the server's bearer token)"
+    )]
     fn options_a_source_would_ignore_or_lack_are_refused(
         #[case] source: &str,
         #[case] token: Option<&str>,
@@ -453,5 +478,28 @@ mod tests {
             o.set(NumberOption::PollIntervalMs, p).expect("in range");
         }
         assert_eq!(o.check_source(source).unwrap_err().to_string(), expected);
+    }
+
+    #[rstest]
+    #[case::http(
+        "http://h:1",
+        Some("--ca-file applies to https:// sources only, not to 'http://h:1'")
+    )]
+    #[case::file(
+        "p.db",
+        Some("--ca-file applies to https:// sources only, not to 'p.db'")
+    )]
+    #[case::https("https://h:1", None)]
+    fn a_ca_file_is_for_https_sources_only(#[case] source: &str, #[case] refused: Option<&str>) {
+        let mut o = ReplicaOptions::new(Spelling::Flag);
+        o.token_file = (source != "p.db").then(|| "t".to_owned());
+        o.ca_file = Some("ca.pem".into());
+        assert_eq!(
+            o.check_source(source)
+                .err()
+                .map(|e| e.to_string())
+                .as_deref(),
+            refused
+        );
     }
 }

@@ -555,10 +555,13 @@ pub fn verify(
 /// [`verify`] against the primary an `aerodb serve` at `url` serves
 /// (authenticating with `token`): its `/v1/digest`, then its WAL up to that
 /// head (`/v1/segments?until=`). A difference names the table and the two
-/// digests (the primary's rows are not fetched).
+/// digests (the primary's rows are not fetched). An `https://` `url` is
+/// checked against the CAs of the PEM file `ca_file` when given, else the
+/// webpki roots.
 pub fn verify_url(
     url: &str,
     token: &str,
+    ca_file: Option<&Path>,
     replica: impl AsRef<Path>,
 ) -> Result<Verdict, VerifyError> {
     let rp = replica.as_ref();
@@ -571,9 +574,8 @@ pub fn verify_url(
         path: rp.display().to_string(),
         message,
     };
-    let agent = ureq::AgentBuilder::new()
-        .timeout(std::time::Duration::from_secs(60))
-        .build();
+    let agent = crate::http_source::agent(base, ca_file, std::time::Duration::from_secs(60))
+        .map_err(|f| perr(f.reason))?;
     let get = |path: &str| {
         agent
             .get(&format!("{base}{path}"))

@@ -34,150 +34,18 @@ use replication::state::{GlobalState, ReadStatus};
 use replication::wal::{ChainPosition, CommitId, Generation};
 use rstest::rstest;
 use rusqlite::{Connection, OpenFlags};
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
 use std::ops::RangeInclusive;
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdout, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 use storage_adapter::primary::Primary;
 use storage_adapter::runtime::{Replica, SegmentRow};
 
-/// The bearer token the servers of these tests accept.
-const TOKEN: &str = "aerodb-test-token-5f2c9e1b7d";
-/// Client-side deadline of every wait (never reached when things work).
-const WAIT: Duration = Duration::from_secs(15);
-
-fn deadline() -> Instant {
-    Instant::now() + WAIT
-}
-
-// ------------------------------------------------------------------ server
-
-/// A running `aerodb serve`, killed with SIGKILL when dropped.
-struct Server {
-    child: Child,
-    /// Kept open: the server's stdout stays a live pipe.
-    _stdout: BufReader<ChildStdout>,
-    /// The server's stderr lines (its log, one access line per request),
-    /// read as they come so a full pipe never blocks the server.
-    stderr: mpsc::Receiver<String>,
-    /// Lines already taken from `stderr`.
-    log: Vec<String>,
-    port: u16,
-}
-
-impl Server {
-    /// Starts a server on `127.0.0.1:port` (0: any free port) and waits for
-    /// its "serving" line.
-    fn start(db: &Path, token_file: &Path, port: u16) -> Server {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_aerodb"))
-            .arg("serve")
-            .arg("--db")
-            .arg(db)
-            .arg("--listen")
-            .arg(format!("127.0.0.1:{port}"))
-            .arg("--token-file")
-            .arg(token_file)
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawning aerodb serve");
-        let mut stdout = BufReader::new(child.stdout.take().expect("stdout piped"));
-        let mut line = String::new();
-        let n = stdout
-            .read_line(&mut line)
-            .expect("reading the server's stdout");
-        if n == 0 {
-            let status = child.wait().expect("server exit status");
-            let mut stderr = String::new();
-            let _ = child
-                .stderr
-                .take()
-                .expect("stderr piped")
-                .read_to_string(&mut stderr);
-            panic!(
-                "aerodb serve --listen 127.0.0.1:{port} ended ({status}) before serving: {stderr}"
-            );
-        }
-        let prefix = format!(
-            "aerodb serve: serving the WAL of {} on http://127.0.0.1:",
-            db.display()
-        );
-        let bound: u16 = line
-            .trim_end()
-            .strip_prefix(&prefix)
-            .and_then(|p| p.parse().ok())
-            .unwrap_or_else(|| panic!("unexpected first line {line:?}, expected {prefix}PORT"));
-        if port != 0 {
-            assert_eq!(bound, port, "the server bound another port");
-        }
-        let stderr = BufReader::new(child.stderr.take().expect("stderr piped"));
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in stderr.lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        Server {
-            child,
-            _stdout: stdout,
-            stderr: lines,
-            log: Vec::new(),
-            port: bound,
-        }
-    }
-
-    fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
-    }
-
-    /// Waits for a log line for which `done` holds (the access line of a
-    /// request is written once its response is sent).
-    fn wait_log_line(&mut self, done: impl Fn(&str) -> bool) -> String {
-        loop {
-            match self.stderr.recv_timeout(WAIT) {
-                Ok(line) => {
-                    self.log.push(line.clone());
-                    if done(&line) {
-                        return line;
-                    }
-                }
-                Err(e) => panic!("no such log line ({e:?}); so far: {:#?}", self.log),
-            }
-        }
-    }
-
-    /// SIGKILL, reaped; returns everything the server wrote to stderr.
-    fn kill(mut self) -> String {
-        self.child.kill().expect("SIGKILL");
-        self.child.wait().expect("reaped");
-        let mut log = std::mem::take(&mut self.log);
-        // The pipe closed with the process: the reader ends.
-        log.extend(self.stderr.iter());
-        log.join("\n")
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn token_file(dir: &Path) -> PathBuf {
-    let path = dir.join("token.txt");
-    std::fs::write(&path, format!("{TOKEN}\n")).expect("token file");
-    path
-}
+mod serve_common;
+use serve_common::{deadline, token_file, Server, TOKEN};
 
 /// A TCP relay in front of a server's port that reports every request line
 /// passing through: it shows the test where the replica's Receiver is (a

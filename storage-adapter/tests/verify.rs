@@ -211,8 +211,8 @@ fn a_replica_is_verified_against_a_primary_over_http() {
     let token = dir.path().join("token");
     std::fs::write(&token, "s3cret-token-0123456789\n").unwrap();
     let server = serve(&p, &token);
-    let v =
-        storage_adapter::verify::verify_url(&server.url, "s3cret-token-0123456789", &r).unwrap();
+    let v = storage_adapter::verify::verify_url(&server.url, "s3cret-token-0123456789", None, &r)
+        .unwrap();
     assert_eq!(v.commit_id, primary.head().unwrap());
     assert_eq!(v.difference, None, "{v:?}");
     // The same digests as the file's.
@@ -246,7 +246,7 @@ fn a_replica_is_verified_against_a_primary_over_http() {
         "{text}"
     );
     // A wrong token: an error, exit 2, nothing changed.
-    let e = storage_adapter::verify::verify_url(&server.url, "wrong", &r)
+    let e = storage_adapter::verify::verify_url(&server.url, "wrong", None, &r)
         .unwrap_err()
         .to_string();
     assert!(e.contains("401"), "{e}");

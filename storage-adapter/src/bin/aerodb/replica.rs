@@ -31,15 +31,20 @@ use storage_adapter::runtime::Replica;
 #[derive(Args, Debug)]
 pub struct ReplicaArgs {
     /// The primary: a database file (opened read-only) or the
-    /// http://HOST:PORT of an `aerodb serve`.
+    /// http(s)://HOST:PORT of an `aerodb serve`.
     #[arg(long, value_name = "FILE|URL")]
     primary: String,
     /// The replica database file (created if missing).
     #[arg(long, value_name = "FILE")]
     replica: String,
-    /// File holding the server's bearer token (http:// primaries only).
+    /// File holding the server's bearer token (http:// and https://
+    /// primaries only).
     #[arg(long, value_name = "FILE")]
     token_file: Option<String>,
+    /// The CA certificates (PEM) to trust for an https:// primary (a
+    /// private CA); the webpki roots without it.
+    #[arg(long, value_name = "FILE")]
+    ca_file: Option<String>,
     #[command(flatten)]
     limits: LimitArgs,
     #[arg(long, value_name = "N", help = limit_help("Segments queued between the runtime's stages", QUEUE_DEPTH))]
@@ -141,6 +146,7 @@ pub fn run(args: ReplicaArgs) -> Result<(), Failure> {
         ],
     )?;
     options.token_file = args.token_file.clone();
+    options.ca_file = args.ca_file.clone();
     options
         .check_source(&args.primary)
         .map_err(|e| Failure::usage("replica", e))?;

@@ -21,9 +21,13 @@ pub struct VerifyArgs {
     #[arg(long, value_name = "FILE")]
     replica: PathBuf,
     /// A file holding the bearer token of the `aerodb serve` at
-    /// `--primary http://HOST:PORT`.
+    /// `--primary http(s)://HOST:PORT`.
     #[arg(long, value_name = "FILE")]
     token_file: Option<PathBuf>,
+    /// The CA certificates (PEM) to trust for `--primary https://...`
+    /// (a private CA); the webpki roots without it.
+    #[arg(long, value_name = "FILE")]
+    ca_file: Option<PathBuf>,
     /// Print one JSON object instead of text.
     #[arg(long)]
     json: bool,
@@ -45,13 +49,15 @@ fn as_json(v: &Verdict) -> serde_json::Value {
 }
 
 pub fn run(args: VerifyArgs) -> ExitCode {
-    let result = if args.primary.starts_with("https://") {
+    let https = args.primary.starts_with("https://");
+    if args.ca_file.is_some() && !https {
         eprintln!(
-            "aerodb verify: --primary {}: https is not supported in this build (no TLS); use http over a trusted network or an SSH tunnel",
+            "aerodb verify: --ca-file is for --primary https://...; not for {}",
             args.primary
         );
         return ExitCode::from(2);
-    } else if args.primary.starts_with("http://") {
+    }
+    let result = if https || args.primary.starts_with("http://") {
         let Some(file) = &args.token_file else {
             eprintln!(
                 "aerodb verify: --primary {} needs --token-file",
@@ -66,10 +72,15 @@ pub fn run(args: VerifyArgs) -> ExitCode {
                 return ExitCode::from(2);
             }
         };
-        verify_url(&args.primary, &token, &args.replica)
+        verify_url(
+            &args.primary,
+            &token,
+            args.ca_file.as_deref(),
+            &args.replica,
+        )
     } else {
         if args.token_file.is_some() {
-            eprintln!("aerodb verify: --token-file is for --primary http://...; a primary file needs none");
+            eprintln!("aerodb verify: --token-file is for --primary http(s)://...; a primary file needs none");
             return ExitCode::from(2);
         }
         verify(&args.primary, &args.replica)
