@@ -116,6 +116,19 @@ impl Server {
         format!("{}://127.0.0.1:{}", self.scheme, self.port)
     }
 
+    /// The port of `--metrics-listen` (the server's next stdout line).
+    pub fn metrics_port(&mut self) -> u16 {
+        let mut line = String::new();
+        self._stdout
+            .read_line(&mut line)
+            .expect("reading the server's stdout");
+        line.trim_end()
+            .strip_prefix("aerodb serve: metrics on http://")
+            .and_then(|a| a.rsplit_once(':'))
+            .and_then(|(_, p)| p.parse().ok())
+            .unwrap_or_else(|| panic!("expected the metrics line, got {line:?}"))
+    }
+
     /// The server's process id.
     pub fn pid(&self) -> u32 {
         self.child.id()
