@@ -5,8 +5,9 @@
 //! Run with `cargo bench -p storage-adapter --bench runtime` (optionally
 //! `-- FILTER...`: only cases whose id contains one of the filters; ids
 //! `catchup-100k`, `catchup-1m`, `stages-100k`, `stages-1m`, `latency`,
-//! `http-catchup-100k`, `http-latency`; so `latency` also selects
-//! `http-latency`, and `catchup-100k` also `http-catchup-100k`).
+//! `http-catchup-100k`, `http-latency`, `https-latency`, `serve-fanout`;
+//! so `latency` also selects `http-latency` and `https-latency`, and
+//! `catchup-100k` also `http-catchup-100k`).
 //!
 //! - `catchup-*`: a primary holding a backlog of 100,000 (1,000,000)
 //!   single-row captured commits (`t(id INTEGER PRIMARY KEY, v INTEGER,
@@ -51,6 +52,13 @@
 //! - `http-latency`: the `latency` case with the replica fed by `aerodb
 //!   serve` on loopback (long-poll) instead of the primary file; the
 //!   server's CPU over the run is reported too.
+//! - `https-latency`: `http-latency` over HTTPS (`aerodb serve --tls-cert`
+//!   with a certificate of a CA this bench makes; the replica trusts that
+//!   CA, `HttpSource::open_with_ca`).
+//! - `serve-fanout`: one server holding 1,000 long-polls (raw
+//!   connections): its CPU while idle against the same server with no
+//!   client, a new replica's catch-up of a 10,000-commit backlog with and
+//!   without them, and how long one commit takes to answer all 1,000.
 //!
 //! The HTTP cases need the `aerodb` binary, which benches are not given
 //! (`CARGO_BIN_EXE_*` exists for integration tests only). Before any HTTP
@@ -935,6 +943,11 @@ impl Server {
     /// Starts `exe serve` on the primary `db`, on any free loopback port,
     /// and waits for its "serving" line.
     fn start(exe: &Path, db: &Path, token_file: &Path) -> R<Server> {
+        Server::start_with(exe, db, token_file, &[])
+    }
+
+    /// [`start`](Server::start) with more flags (`--tls-cert`, ...).
+    fn start_with(exe: &Path, db: &Path, token_file: &Path, extra: &[String]) -> R<Server> {
         let mut child = Command::new(exe)
             .arg("serve")
             .arg("--db")
@@ -943,6 +956,7 @@ impl Server {
             .arg("127.0.0.1:0")
             .arg("--token-file")
             .arg(token_file)
+            .args(extra)
             // Warnings only: an access-log line per request would flood
             // the report and cost the server time it measures.
             .env("RUST_LOG", "warn")
@@ -968,7 +982,9 @@ impl Server {
             .strip_prefix("aerodb serve: serving the WAL of ")
             .and_then(|rest| rest.rsplit_once(" on "))
             .map(|(_, url)| url.to_string())
-            .filter(|url| url.starts_with("http://127.0.0.1:"))
+            .filter(|url| {
+                url.starts_with("http://127.0.0.1:") || url.starts_with("https://127.0.0.1:")
+            })
             .ok_or_else(|| format!("aerodb serve printed {line:?}, not its serving line"))?;
         eprintln!(
             "[http] aerodb serve (pid {}) on {}",
@@ -1263,7 +1279,7 @@ struct Written {
 }
 
 struct LatencyResult {
-    /// `latency` or `http-latency`.
+    /// `latency`, `http-latency` or `https-latency`.
     id: &'static str,
     secs: f64,
     commits: usize,
@@ -1303,12 +1319,13 @@ fn latencies<T>(
 }
 
 /// The `latency` case; with `http` (the `aerodb` binary and a token
-/// file), `http-latency`: the replica fed by `aerodb serve` on the primary.
-fn latency_case(cfg: &Cfg, http: Option<(&Path, &Path)>) -> R<LatencyResult> {
-    let id = if http.is_some() {
-        "http-latency"
-    } else {
-        "latency"
+/// file), `http-latency`: the replica fed by `aerodb serve` on the primary;
+/// with `tls` too, `https-latency`: over HTTPS (a test CA).
+fn latency_case(cfg: &Cfg, http: Option<(&Path, &Path)>, tls: Option<&Pki>) -> R<LatencyResult> {
+    let id = match (http.is_some(), tls.is_some()) {
+        (false, _) => "latency",
+        (true, false) => "http-latency",
+        (true, true) => "https-latency",
     };
     let duration = Duration::from_secs_f64((LATENCY_SECS * cfg.scale).max(1.0));
     let ppath = cfg.path(&format!("{id}-primary.db"));
@@ -1328,7 +1345,8 @@ fn latency_case(cfg: &Cfg, http: Option<(&Path, &Path)>) -> R<LatencyResult> {
     };
     let server = match http {
         Some((exe, token_file)) => {
-            let server = Server::start(exe, &ppath, token_file)?;
+            let flags = tls.map(Pki::serve_flags).unwrap_or_default();
+            let server = Server::start_with(exe, &ppath, token_file, &flags)?;
             let token = std::fs::read_to_string(token_file)?;
             Some((server, token.trim().to_string()))
         }
@@ -1336,7 +1354,14 @@ fn latency_case(cfg: &Cfg, http: Option<(&Path, &Path)>) -> R<LatencyResult> {
     };
     let replica = match &server {
         Some((server, token)) => {
-            Replica::start_from_url(&rpath, &server.url, token, Config::default())?
+            let source = storage_adapter::http_source::HttpSource::open_with_ca(
+                &server.url,
+                token,
+                tls.map(|t| t.ca.as_path()),
+            )
+            .map_err(|f| f.to_string())?;
+            let generation = source.generation();
+            Replica::start(&rpath, Box::new(source), generation, Config::default())?
         }
         None => Replica::start_from_file(&rpath, &ppath, Config::default())?,
     };
@@ -1586,7 +1611,11 @@ fn main() -> R<()> {
     );
     // The HTTP cases' server binary, built before any case runs.
     let http_catchup_id = format!("http-catchup-{HTTP_BACKLOG}");
-    let http = if cfg.wants(&http_catchup_id) || cfg.wants("http-latency") {
+    let http = if cfg.wants(&http_catchup_id)
+        || cfg.wants("http-latency")
+        || cfg.wants("https-latency")
+        || cfg.wants("serve-fanout")
+    {
         Some((aerodb_binary()?, write_token(&cfg)?))
     } else {
         None
@@ -1623,14 +1652,23 @@ fn main() -> R<()> {
     }
     let mut latencies_run = Vec::new();
     if cfg.wants("latency") {
-        let l = latency_case(&cfg, None)?;
+        let l = latency_case(&cfg, None, None)?;
         print_latency(&l);
         latencies_run.push(l);
     }
     if let (true, Some((exe, token_file))) = (cfg.wants("http-latency"), &http) {
-        let l = latency_case(&cfg, Some((exe, token_file)))?;
+        let l = latency_case(&cfg, Some((exe, token_file)), None)?;
         print_latency(&l);
         latencies_run.push(l);
+    }
+    if let (true, Some((exe, token_file))) = (cfg.wants("https-latency"), &http) {
+        let pki = Pki::new(cfg.dir.path())?;
+        let l = latency_case(&cfg, Some((exe, token_file)), Some(&pki))?;
+        print_latency(&l);
+        latencies_run.push(l);
+    }
+    if let (true, Some((exe, token_file))) = (cfg.wants("serve-fanout"), &http) {
+        fanout_case(&cfg, exe, token_file)?;
     }
 
     println!();
@@ -1732,5 +1770,167 @@ fn main() -> R<()> {
             quantile(f, 1.0),
         );
     }
+    Ok(())
+}
+
+// ------------------------------------------------------------- serve-fanout
+
+/// A private CA and a server certificate for 127.0.0.1 (rcgen), as PEM
+/// files, for `https-latency`.
+struct Pki {
+    ca: PathBuf,
+    cert: PathBuf,
+    key: PathBuf,
+}
+
+impl Pki {
+    fn new(dir: &Path) -> R<Pki> {
+        use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair, KeyUsagePurpose};
+        let ca_key = KeyPair::generate()?;
+        let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign];
+        let ca = ca_params.self_signed(&ca_key)?;
+        let key = KeyPair::generate()?;
+        let cert =
+            CertificateParams::new(vec!["127.0.0.1".to_string()])?.signed_by(&key, &ca, &ca_key)?;
+        let pki = Pki {
+            ca: dir.join("bench-ca.pem"),
+            cert: dir.join("bench-cert.pem"),
+            key: dir.join("bench-key.pem"),
+        };
+        std::fs::write(&pki.ca, ca.pem())?;
+        std::fs::write(&pki.cert, cert.pem())?;
+        std::fs::write(&pki.key, key.serialize_pem())?;
+        Ok(pki)
+    }
+
+    fn serve_flags(&self) -> Vec<String> {
+        vec![
+            "--tls-cert".into(),
+            self.cert.display().to_string(),
+            "--tls-key".into(),
+            self.key.display().to_string(),
+        ]
+    }
+}
+
+/// Long-polling clients of `serve-fanout`.
+const FANOUT_CLIENTS: usize = 1000;
+/// Backlog a new replica catches up in `serve-fanout`, at scale 1.
+const FANOUT_BACKLOG: f64 = 10_000.0;
+/// Idle measurement window of `serve-fanout`, at scale 1.
+const FANOUT_IDLE_SECS: f64 = 10.0;
+
+/// The server's CPU (cores) over `secs` of doing nothing but holding what
+/// it holds.
+fn idle_cpu(server: &Server, secs: f64) -> f64 {
+    let before = threads_of(server.pid());
+    let t = Instant::now();
+    std::thread::sleep(Duration::from_secs_f64(secs));
+    let wall = t.elapsed().as_secs_f64();
+    let used: f64 = cpu_between(&before, &threads_of(server.pid()))
+        .values()
+        .map(|c| c.run.as_secs_f64())
+        .sum();
+    used / wall
+}
+
+/// A new replica catching up `head` through `url`: seconds.
+fn catch_up_secs(cfg: &Cfg, name: &str, url: &str, token: &str, head: CommitId) -> R<f64> {
+    let rpath = cfg.path(name);
+    let t = Instant::now();
+    let replica = Replica::start_from_url(&rpath, url, token, Config::default())?;
+    replica.wait_for(head, Instant::now() + SETTLE_DEADLINE)?;
+    let secs = t.elapsed().as_secs_f64();
+    replica.stop();
+    remove_db(&rpath);
+    Ok(secs)
+}
+
+/// `serve-fanout`: one `aerodb serve` holding `FANOUT_CLIENTS` long-polls
+/// (raw connections asking `/v1/segments` past the head with the longest
+/// wait, 30 s): the server's CPU while they are held and nothing is
+/// committed, against the same server idle with no client; a new replica
+/// catching up a backlog meanwhile, against the same with no long-poll
+/// held; then one commit, and the time until every held long-poll has its
+/// answer (the wake fans out).
+fn fanout_case(cfg: &Cfg, exe: &Path, token_file: &Path) -> R<()> {
+    use std::io::{Read, Write};
+    let commits = (FANOUT_BACKLOG * cfg.scale).max(1000.0) as u64;
+    let idle = (FANOUT_IDLE_SECS * cfg.scale).clamp(2.0, 20.0);
+    let ppath = cfg.path("fanout-primary.db");
+    let (head, _) = build_primary(&ppath, commits)?;
+    let server = Server::start(exe, &ppath, token_file)?;
+    let token = std::fs::read_to_string(token_file)?.trim().to_string();
+    let addr = server
+        .url
+        .strip_prefix("http://")
+        .ok_or("an http:// server")?
+        .to_string();
+    eprintln!("[serve-fanout] idle server, no client, {idle:.0} s ...");
+    let cpu_alone = idle_cpu(&server, idle);
+    let catch_up_alone = catch_up_secs(cfg, "fanout-r0.db", &server.url, &token, head)?;
+    eprintln!("[serve-fanout] {FANOUT_CLIENTS} long-polls ...");
+    let mut polls = Vec::with_capacity(FANOUT_CLIENTS);
+    for _ in 0..FANOUT_CLIENTS {
+        let mut s = std::net::TcpStream::connect(&addr)?;
+        write!(
+            s,
+            "GET /v1/segments?from={}&wait_ms=30000 HTTP/1.1\r\nHost: b\r\nAuthorization: Bearer {token}\r\n\r\n",
+            head.0 + 1
+        )?;
+        polls.push(s);
+    }
+    // Let every request arrive before the window opens (a bench may wait
+    // on time; what it measures is CPU, not this pause).
+    std::thread::sleep(Duration::from_secs(1));
+    let cpu_held = idle_cpu(&server, idle);
+    let threads = threads_of(server.pid()).len();
+    let rss = std::fs::read_to_string(format!("/proc/{}/status", server.pid()))?
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+        .unwrap_or(0);
+    let catch_up_held = catch_up_secs(cfg, "fanout-r1.db", &server.url, &token, head)?;
+    // One commit; every long-poll is answered with it.
+    let primary = Primary::open(&ppath)?;
+    let t = Instant::now();
+    {
+        let mut gen = RowGen::new();
+        let mut stmt = primary.connection().prepare_cached(INSERT_SQL)?;
+        gen.insert(&mut stmt, commits as i64 + 1)?;
+    }
+    let mut answered = 0;
+    let mut buf = [0u8; 12];
+    for s in &mut polls {
+        s.set_read_timeout(Some(SETTLE_DEADLINE))?;
+        s.read_exact(&mut buf)?;
+        if &buf[..] == b"HTTP/1.1 200" {
+            answered += 1;
+        }
+    }
+    let wake_ms = t.elapsed().as_secs_f64() * 1e3;
+    drop(polls);
+    drop(server);
+    remove_db(&ppath);
+    println!(
+        "serve-fanout: one aerodb serve, {FANOUT_CLIENTS} long-polls held (raw connections, wait_ms=30000), {commits} commits of backlog"
+    );
+    println!(
+        "    server CPU idle: {:.2}% of a core with {FANOUT_CLIENTS} long-polls held, {:.2}% with none ({idle:.0} s windows); {threads} threads, RSS {:.1} MiB",
+        cpu_held * 100.0,
+        cpu_alone * 100.0,
+        rss as f64 / 1024.0
+    );
+    println!(
+        "    a new replica catching up {commits} commits: {:.3} s with the long-polls held, {:.3} s without (target < 1 s: {})",
+        catch_up_held,
+        catch_up_alone,
+        verdict(catch_up_held < 1.0)
+    );
+    println!(
+        "    one commit: {answered} of {FANOUT_CLIENTS} long-polls answered 200 with it, the last {wake_ms:.1} ms after the commit began"
+    );
     Ok(())
 }
