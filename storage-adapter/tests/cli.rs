@@ -295,7 +295,7 @@ fn version_is_the_string_aerodb_version_returns_in_sql() {
 #[case::queue_depth_over(&["replica", "--primary", "p.db", "--replica", "r.db", "--queue-depth=1025"], "--queue-depth must be an integer from 1 to 1024, got 1025")]
 #[case::catch_up_segment_bytes(&["catch-up", "--primary", "p.db", "--replica", "r.db", "--segment-bytes", "67108865"], "--segment-bytes must be an integer from 1 to 67108864, got 67108865")]
 #[case::http_without_token(&["replica", "--primary", "http://127.0.0.1:1", "--replica", "r.db"], "needs the --token-file")]
-#[case::token_for_a_file(&["replica", "--primary", "p.db", "--replica", "r.db", "--token-file", "t"], "--token-file applies to http:// sources only")]
+#[case::token_for_a_file(&["replica", "--primary", "p.db", "--replica", "r.db", "--token-file", "t"], "--token-file applies to http:// and https:// sources only")]
 #[case::poll_for_http(&["replica", "--primary", "http://127.0.0.1:1", "--replica", "r.db", "--token-file", "t", "--poll-interval-ms", "5"], "--poll-interval-ms applies to primary file sources only")]
 #[case::listen_without_port(&["serve", "--db", "p.db", "--listen", "localhost", "--token-file", "t"], "--listen 'localhost': expected HOST:PORT")]
 #[case::listen_off_loopback(&["serve", "--db", "p.db", "--listen", "192.0.2.1:7070", "--token-file", "t"], "resolves to 192.0.2.1:7070, which is not a loopback address")]

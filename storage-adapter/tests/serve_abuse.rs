@@ -419,3 +419,73 @@ fn a_request_announcing_a_body_it_never_sends_is_answered_413_and_closed() {
     }
     f.serves_normally();
 }
+
+#[test]
+fn clients_that_ask_for_big_segments_and_never_read_hold_at_most_the_budget() {
+    let f = Fixture::new(&[]);
+    // 24 commits of 4 MiB each after the backlog: 96 MiB of WAL.
+    for id in 0..24 {
+        f.p.connection()
+            .execute(
+                "INSERT INTO t VALUES (?1, randomblob(4194304))",
+                [1_000_000 + id],
+            )
+            .expect("a big row");
+    }
+    // 20 authenticated clients each ask for a 64 MiB segment and read
+    // nothing: without a budget the server would hold 20 x 64 MiB.
+    let stalled: Vec<TcpStream> = (0..20)
+        .map(|_| {
+            let mut s = TcpStream::connect(f.addr()).expect("connect");
+            write!(
+                s,
+                "GET /v1/segments?from=1&max_bytes=67108864 HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\n\r\n"
+            )
+            .expect("send");
+            s
+        })
+        .collect();
+    // The budget fills: two 64 MiB segments are built and answered (their
+    // clients have bytes to read); the others wait their turn.
+    let answered = |stalled: &[TcpStream]| {
+        stalled
+            .iter()
+            .filter(|s| {
+                s.set_nonblocking(true).expect("nonblocking");
+                let mut b = [0u8; 1];
+                let got = matches!(s.peek(&mut b), Ok(n) if n > 0);
+                s.set_nonblocking(false).expect("blocking");
+                got
+            })
+            .count()
+    };
+    let until = deadline();
+    while answered(&stalled) < 2 {
+        assert!(Instant::now() < until, "no segment was answered");
+    }
+    let held = f.metric("aerodb_serve_unsent_bytes");
+    assert!(held <= 128.0 * 1048576.0, "{held} bytes held");
+    assert_eq!(
+        answered(&stalled),
+        2,
+        "more bodies built than the budget holds"
+    );
+    let status =
+        std::fs::read_to_string(format!("/proc/{}/status", f.server.pid())).expect("status");
+    let kib = |name: &str| -> u64 {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .expect("a /proc status field")
+    };
+    let (rss, peak) = (kib("VmRSS:") / 1024, kib("VmHWM:") / 1024);
+    eprintln!("20 stalled 64 MiB readers: RSS {rss} MiB (peak {peak} MiB), {held} bytes held");
+    assert!(peak <= 400, "peak RSS {peak} MiB");
+    // Unauthenticated and cheap requests are not held up by the budget.
+    assert_eq!(get(f.server.port, "/v1/head", None).0, 401);
+    assert_eq!(get(f.server.port, "/v1/head", Some(TOKEN)).0, 200);
+    drop(stalled);
+    f.wait_metric("aerodb_serve_unsent_bytes", |v| v == 0.0);
+    f.a_replica_catches_up("r1");
+}

@@ -74,6 +74,34 @@ pub fn channel(rx: tokio::sync::mpsc::Receiver<std::io::Result<Bytes>>, len: Opt
     BodyExt::boxed(Chunks { rx, len })
 }
 
+/// `body`, holding `permit` until it is dropped (sent, or its client gone).
+pub fn holding(body: Body, permit: tokio::sync::OwnedSemaphorePermit) -> Body {
+    struct Holding {
+        body: Body,
+        _permit: tokio::sync::OwnedSemaphorePermit,
+    }
+    impl hyper::body::Body for Holding {
+        type Data = Bytes;
+        type Error = std::io::Error;
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
+            Pin::new(&mut self.body).poll_frame(cx)
+        }
+        fn is_end_stream(&self) -> bool {
+            self.body.is_end_stream()
+        }
+        fn size_hint(&self) -> hyper::body::SizeHint {
+            self.body.size_hint()
+        }
+    }
+    BodyExt::boxed(Holding {
+        body,
+        _permit: permit,
+    })
+}
+
 /// What a client may cost the server.
 #[derive(Clone, Copy, Debug)]
 pub struct Limits {

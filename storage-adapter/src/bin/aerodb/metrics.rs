@@ -266,11 +266,15 @@ struct RequestLabel {
 
 /// What `aerodb serve`'s workers count, shared with its metrics listener
 /// (`--metrics-listen`). Cloning shares the same counters.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct ServeMetrics {
     requests: Family<RequestLabel, Counter>,
     bytes: Counter,
     long_polls: Gauge,
+    /// The server's budget of segment bytes built and not yet sent, and
+    /// its size.
+    body_budget: std::sync::Arc<tokio::sync::Semaphore>,
+    budget: usize,
 }
 
 /// A long-poll being held; dropping it ends it.
@@ -283,6 +287,18 @@ impl Drop for LongPoll {
 }
 
 impl ServeMetrics {
+    /// Counters at zero; `body_budget` (of `budget` permits) is read when
+    /// scraped.
+    pub fn new(body_budget: std::sync::Arc<tokio::sync::Semaphore>, budget: usize) -> ServeMetrics {
+        ServeMetrics {
+            requests: Family::default(),
+            bytes: Counter::default(),
+            long_polls: Gauge::default(),
+            body_budget,
+            budget,
+        }
+    }
+
     /// Counts a request answered with `status` and `bytes` of body. Paths
     /// outside the API count as `other` (a client cannot grow the label
     /// set).
@@ -340,6 +356,12 @@ impl ServeMetrics {
             "aerodb_serve_long_polls",
             "Long-polls held now (waiting for new WAL)",
             self.long_polls.clone(),
+        );
+        gauge(
+            &mut reg,
+            "aerodb_serve_unsent_bytes",
+            "Segment bytes being read or waiting to be sent to their clients (at most the server's budget, 128 MiB)",
+            self.budget.saturating_sub(self.body_budget.available_permits()) as i64,
         );
         gauge(
             &mut reg,

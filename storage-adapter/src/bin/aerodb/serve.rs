@@ -70,6 +70,7 @@ pub struct ServeArgs {
 const MAX_WAIT: Duration = Duration::from_secs(30);
 /// Largest segment a client may ask for.
 const MAX_SEGMENT_BYTES: usize = 64 << 20;
+const _: () = assert!(MAX_SEGMENT_BYTES <= BODY_BUDGET);
 /// Longest request target accepted.
 const MAX_URL: usize = 2048;
 /// Longest request head (request line and headers) read.
@@ -85,6 +86,10 @@ const WRITE_STALL_TIMEOUT: Duration = Duration::from_secs(60);
 const BLOCKING_THREADS: usize = 8;
 /// Snapshots and digests computed at once (others wait their turn).
 const HEAVY_AT_ONCE: usize = 2;
+/// Segment bytes built and not yet sent, over all requests.
+const BODY_BUDGET: usize = 128 << 20;
+/// Snapshots streamed at once (others wait their turn).
+const SNAPSHOTS_AT_ONCE: usize = 4;
 /// File descriptors kept for everything but connections (the database,
 /// its WAL, the snapshot files, the metrics listener).
 const RESERVED_FDS: u64 = 64;
@@ -101,6 +106,14 @@ struct Shared {
     /// `HEAVY_AT_ONCE` at a time, so that they never hold every blocking
     /// thread and the WAL keeps being served.
     heavy: tokio::sync::Semaphore,
+    /// Bytes of segment bodies built and not yet sent, at most
+    /// `BODY_BUDGET` (a permit per byte, held by the body until it is sent
+    /// or its client goes): slow clients cannot make the server hold
+    /// unbounded memory; a request over the budget waits for its turn.
+    body_budget: Arc<tokio::sync::Semaphore>,
+    /// Snapshot copies being streamed (each a file holding the replicated
+    /// tables), at most `SNAPSHOTS_AT_ONCE`.
+    snapshots: Arc<tokio::sync::Semaphore>,
 }
 
 /// The addresses `listen` (the value of `command`'s `flag`) names: every
@@ -213,7 +226,8 @@ pub fn run(args: ServeArgs) -> Result<(), Failure> {
             .local_addr()
             .map_err(|e| run(format!("--listen {listen}: {e}")))?;
         let scheme = if tls.is_some() { "https" } else { "http" };
-        let metrics = super::metrics::ServeMetrics::default();
+        let body_budget = Arc::new(tokio::sync::Semaphore::new(BODY_BUDGET));
+        let metrics = super::metrics::ServeMetrics::new(body_budget.clone(), BODY_BUDGET);
         let connections = Connections::default();
         let (tx, head) = tokio::sync::watch::channel(0u64);
         {
@@ -263,6 +277,8 @@ pub fn run(args: ServeArgs) -> Result<(), Failure> {
             readers: Mutex::new(vec![first]),
             head,
             heavy: tokio::sync::Semaphore::new(HEAVY_AT_ONCE),
+            body_budget,
+            snapshots: Arc::new(tokio::sync::Semaphore::new(SNAPSHOTS_AT_ONCE)),
         });
         let handler = move |request: Request<Incoming>, peer: SocketAddr| {
             let shared = shared.clone();
@@ -610,10 +626,30 @@ async fn segments(shared: &Arc<Shared>, params: &[(String, String)]) -> Result<R
     loop {
         // Marked seen before the read: a commit after the read moves it.
         commits.borrow_and_update();
+        // Room for the largest body this read may build (MAX_SEGMENT_BYTES
+        // is within the budget); what the body does not use is given back
+        // at once, the rest when it is sent.
+        let mut room = shared
+            .body_budget
+            .clone()
+            .acquire_many_owned(max_bytes as u32)
+            .await
+            .map_err(|e| error(500, &e.to_string()))?;
         let head = match with_reader(shared, move |r| read_segments(r, ask)).await? {
-            Read::Reply(reply) => return Ok(reply),
+            Read::Reply(reply) => {
+                let used = hyper::body::Body::size_hint(reply.body())
+                    .exact()
+                    .unwrap_or(0) as usize;
+                let kept = room.split(used.min(room.num_permits()));
+                drop(room);
+                return Ok(match kept {
+                    Some(permit) => reply.map(|body| http::holding(body, permit)),
+                    None => reply,
+                });
+            }
             Read::Nothing(head) => head,
         };
+        drop(room);
         // Nothing from `from` on up to `until`: nothing to wait for.
         if until.is_some_and(|u| from > u) || tokio::time::Instant::now() >= deadline {
             return Ok(empty(head));
@@ -737,6 +773,13 @@ const SNAPSHOT_CHUNK: usize = 256 << 10;
 const SNAPSHOT_CHUNKS_QUEUED: usize = 4;
 
 async fn snapshot_reply(shared: &Arc<Shared>) -> Result<Reply, Reply> {
+    // Held by the streaming task: until the copy is sent or its client goes.
+    let streaming = shared
+        .snapshots
+        .clone()
+        .acquire_owned()
+        .await
+        .map_err(|e| error(500, &e.to_string()))?;
     let turn = shared
         .heavy
         .acquire()
@@ -767,6 +810,7 @@ async fn snapshot_reply(shared: &Arc<Shared>) -> Result<Reply, Reply> {
     // The copy is read a chunk at a time as the client takes them (a
     // client that stops reading stops the reading; no thread waits on it).
     tokio::spawn(async move {
+        let _streaming = streaming;
         use tokio::io::AsyncReadExt;
         let mut file = tokio::fs::File::from_std(file);
         loop {
