@@ -76,6 +76,9 @@ fn unavailable(base: &str, e: &(dyn std::error::Error + 'static)) -> Failure {
             rustls::Error::InvalidCertificate(_) => {
                 "; the server's certificate is not trusted: give the CA that signed it (PEM) as ca_file (--ca-file), or check the host name"
             }
+            rustls::Error::InvalidMessage(_) => {
+                "; is the server speaking plain HTTP? (then use an http:// URL)"
+            }
             _ => "",
         };
         return Failure::new(

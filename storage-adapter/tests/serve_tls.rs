@@ -342,3 +342,43 @@ fn the_cli_takes_a_ca_file_for_https_primaries_and_refuses_it_elsewhere() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("--tls-key"), "{stderr}");
 }
+
+#[test]
+fn a_scheme_that_does_not_match_the_server_is_refused_saying_so() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let p_path = dir.path().join("p.db");
+    let pki = Pki::new(dir.path(), "scheme");
+    let p = primary(&p_path);
+    workload(&p, 9, 3);
+    let tokens = token_file(dir.path());
+    let tls = Server::start_with(&p_path, &tokens, 0, &pki.serve_flags());
+    let plain = Server::start(&p_path, &tokens, 0);
+    // http:// to the HTTPS server: it answers in plain HTTP what to do.
+    let url = format!("http://127.0.0.1:{}", tls.port);
+    let e = options(None, dir.path())
+        .open_source(&url)
+        .err()
+        .expect("refused")
+        .to_string();
+    assert_eq!(
+        e,
+        format!("source '{url}': SOURCE: WAL server {url}: /v1/head answered 400: {{\"error\":\"this server speaks HTTPS only: use an https:// URL\"}}")
+    );
+    // https:// to a plain HTTP server.
+    let url = format!("https://127.0.0.1:{}", plain.port);
+    let e = options(Some(&pki.ca), dir.path())
+        .open_source(&url)
+        .err()
+        .expect("refused")
+        .to_string();
+    assert!(
+        e.starts_with(&format!("source '{url}': SOURCE: WAL server {url}: TLS: "))
+            && e.ends_with("; is the server speaking plain HTTP? (then use an http:// URL)"),
+        "{e}"
+    );
+    // Both servers still serve their own scheme.
+    let r_path = dir.path().join("r.db");
+    let replica = start(&r_path, &tls.url(), &options(Some(&pki.ca), dir.path()));
+    let head = p.head().expect("head");
+    wait(&replica, "catch-up over HTTPS", |s| caught_up(s, head));
+}

@@ -244,6 +244,10 @@ pub async fn serve<H, F>(
             match tls {
                 None => connection(stream, peer, limits, handler).await,
                 Some(acceptor) => {
+                    if !speaks_tls(&stream, limits.header_read_timeout).await {
+                        plain_http_refused(stream).await;
+                        return;
+                    }
                     match tokio::time::timeout(limits.header_read_timeout, acceptor.accept(stream))
                         .await
                     {
@@ -257,6 +261,29 @@ pub async fn serve<H, F>(
             }
         });
     }
+}
+
+/// Whether the client's first byte opens a TLS handshake (a handshake
+/// record, 0x16); false for plain HTTP, a timeout or a closed connection.
+async fn speaks_tls(stream: &Stalls<tokio::net::TcpStream>, timeout: Duration) -> bool {
+    let mut first = [0u8; 1];
+    matches!(
+        tokio::time::timeout(timeout, stream.inner.peek(&mut first)).await,
+        Ok(Ok(1)) if first[0] == 0x16
+    )
+}
+
+/// A plain-HTTP request on the TLS listener: told so, in plain HTTP, and
+/// closed.
+async fn plain_http_refused(mut stream: Stalls<tokio::net::TcpStream>) {
+    use tokio::io::AsyncWriteExt;
+    let body = "{\"error\":\"this server speaks HTTPS only: use an https:// URL\"}\n";
+    let answer = format!(
+        "HTTP/1.1 400 Bad Request\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let _ = stream.write_all(answer.as_bytes()).await;
+    let _ = stream.shutdown().await;
 }
 
 async fn connection<I, H, F>(io: I, peer: SocketAddr, limits: Limits, handler: H)
