@@ -14,11 +14,18 @@ use replication::state::{GlobalState, ReadStatus};
 use replication::wal::CommitId;
 use rusqlite::{Connection, OpenFlags};
 use serve_common::{deadline, exact_rows, token_file, Pki, Server};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use storage_adapter::options::{ReplicaOptions, Spelling};
 use storage_adapter::primary::Primary;
 use storage_adapter::runtime::Replica;
+
+/// A test directory, the path of the primary in it and of a replica.
+fn files() -> (tempfile::TempDir, PathBuf, PathBuf) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (p, r) = (dir.path().join("p.db"), dir.path().join("r.db"));
+    (dir, p, r)
+}
 
 fn primary(path: &Path) -> Primary {
     let p = Primary::open(path).expect("primary");
@@ -108,8 +115,7 @@ fn read_only(path: &Path) -> Connection {
 
 #[test]
 fn a_replica_follows_an_https_server_of_a_private_ca_exactly() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let (p_path, r_path) = (dir.path().join("p.db"), dir.path().join("r.db"));
+    let (dir, p_path, r_path) = files();
     let pki = Pki::new(dir.path(), "a");
     let p = primary(&p_path);
     let backlog = workload(&p, 7, 200);
@@ -137,8 +143,7 @@ fn a_replica_follows_an_https_server_of_a_private_ca_exactly() {
 
 #[test]
 fn a_replica_that_does_not_trust_the_servers_ca_is_refused_with_the_reason() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let (p_path, r_path) = (dir.path().join("p.db"), dir.path().join("r.db"));
+    let (dir, p_path, r_path) = files();
     let (served, other) = (
         Pki::new(dir.path(), "served"),
         Pki::new(dir.path(), "other"),
@@ -183,8 +188,7 @@ fn a_replica_that_does_not_trust_the_servers_ca_is_refused_with_the_reason() {
 
 #[test]
 fn a_running_replica_whose_server_returns_with_an_untrusted_certificate_stops_saying_why() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let (p_path, r_path) = (dir.path().join("p.db"), dir.path().join("r.db"));
+    let (dir, p_path, r_path) = files();
     let (trusted, other) = (
         Pki::new(dir.path(), "trusted"),
         Pki::new(dir.path(), "other"),
@@ -253,8 +257,7 @@ fn aerodb(args: &[&str]) -> std::process::Output {
 
 #[test]
 fn the_cli_takes_a_ca_file_for_https_primaries_and_refuses_it_elsewhere() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let (p_path, r_path) = (dir.path().join("p.db"), dir.path().join("r.db"));
+    let (dir, p_path, r_path) = files();
     let pki = Pki::new(dir.path(), "cli");
     let p = primary(&p_path);
     let head = workload(&p, 5, 40);
@@ -345,8 +348,7 @@ fn the_cli_takes_a_ca_file_for_https_primaries_and_refuses_it_elsewhere() {
 
 #[test]
 fn a_scheme_that_does_not_match_the_server_is_refused_saying_so() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let p_path = dir.path().join("p.db");
+    let (dir, p_path, r_path) = files();
     let pki = Pki::new(dir.path(), "scheme");
     let p = primary(&p_path);
     workload(&p, 9, 3);
@@ -377,7 +379,6 @@ fn a_scheme_that_does_not_match_the_server_is_refused_saying_so() {
         "{e}"
     );
     // Both servers still serve their own scheme.
-    let r_path = dir.path().join("r.db");
     let replica = start(&r_path, &tls.url(), &options(Some(&pki.ca), dir.path()));
     let head = p.head().expect("head");
     wait(&replica, "catch-up over HTTPS", |s| caught_up(s, head));
