@@ -58,7 +58,10 @@
 //! - `serve-fanout`: one server holding 1,000 long-polls (raw
 //!   connections): its CPU while idle against the same server with no
 //!   client, a new replica's catch-up of a 10,000-commit backlog with and
-//!   without them, and how long one commit takes to answer all 1,000.
+//!   without them, and how long one commit takes to answer all 1,000;
+//!   then 1,000 `HttpSource` clients (the replica's transport, on threads
+//!   of this process) long-polling as idle replicas do: the server's CPU
+//!   and a new replica's catch-up meanwhile.
 //!
 //! The HTTP cases need the `aerodb` binary, which benches are not given
 //! (`CARGO_BIN_EXE_*` exists for integration tests only). Before any HTTP
@@ -1912,6 +1915,45 @@ fn fanout_case(cfg: &Cfg, exe: &Path, token_file: &Path) -> R<()> {
     }
     let wake_ms = t.elapsed().as_secs_f64() * 1e3;
     drop(polls);
+    let head = primary.head()?;
+    // The same number of clients as replicas run them: `HttpSource`, the
+    // Receiver's transport, each on a thread, fetching past the head and
+    // then long-polling (`wait_for_wal`: asks again every LONG_POLL).
+    eprintln!("[serve-fanout] {FANOUT_CLIENTS} replica transports ...");
+    let (stops, clients): (Vec<_>, Vec<_>) = (0..FANOUT_CLIENTS)
+        .map(|i| {
+            let (stop, stopped) = std::sync::mpsc::channel::<()>();
+            let (url, token) = (server.url.clone(), token.clone());
+            let client = std::thread::Builder::new()
+                .name(format!("bench-client-{i}"))
+                .stack_size(256 << 10)
+                .spawn(move || -> R<()> {
+                    let mut source = storage_adapter::http_source::HttpSource::open(&url, &token)
+                        .map_err(|f| f.to_string())?;
+                    let stop = replication::runtime::StopSignal::new(stopped);
+                    while source
+                        .fetch(head.next(), 1 << 20)
+                        .map_err(|f| f.to_string())?
+                        .is_none()
+                    {
+                        if !source.wait_for_wal(&stop).map_err(|f| f.to_string())? {
+                            break;
+                        }
+                    }
+                    Ok(())
+                })
+                .map_err(|e| e.to_string());
+            (stop, client)
+        })
+        .unzip();
+    std::thread::sleep(Duration::from_secs(1));
+    let cpu_replicas = idle_cpu(&server, idle);
+    let threads_replicas = threads_of(server.pid()).len();
+    let catch_up_replicas = catch_up_secs(cfg, "fanout-r2.db", &server.url, &token, head)?;
+    drop(stops);
+    for c in clients {
+        c?.join().map_err(|_| "a client thread panicked")??;
+    }
     drop(server);
     remove_db(&ppath);
     println!(
@@ -1931,6 +1973,14 @@ fn fanout_case(cfg: &Cfg, exe: &Path, token_file: &Path) -> R<()> {
     );
     println!(
         "    one commit: {answered} of {FANOUT_CLIENTS} long-polls answered 200 with it, the last {wake_ms:.1} ms after the commit began"
+    );
+    println!(
+        "    {FANOUT_CLIENTS} replica transports (HttpSource, asking again every {} ms): server CPU {:.1}% of a core, {threads_replicas} threads; a new replica catches up {} commits in {:.3} s meanwhile (target < 1 s: {})",
+        storage_adapter::http_source::LONG_POLL.as_millis(),
+        cpu_replicas * 100.0,
+        head.0,
+        catch_up_replicas,
+        verdict(catch_up_replicas < 1.0)
     );
     Ok(())
 }

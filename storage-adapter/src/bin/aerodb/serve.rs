@@ -70,7 +70,7 @@ pub struct ServeArgs {
 const MAX_WAIT: Duration = Duration::from_secs(30);
 /// Largest segment a client may ask for.
 const MAX_SEGMENT_BYTES: usize = 64 << 20;
-const _: () = assert!(MAX_SEGMENT_BYTES <= BODY_BUDGET);
+const _: () = assert!(2 * MAX_SEGMENT_BYTES <= BODY_BUDGET);
 /// Longest request target accepted.
 const MAX_URL: usize = 2048;
 /// Longest request head (request line and headers) read.
@@ -626,13 +626,13 @@ async fn segments(shared: &Arc<Shared>, params: &[(String, String)]) -> Result<R
     loop {
         // Marked seen before the read: a commit after the read moves it.
         commits.borrow_and_update();
-        // Room for the largest body this read may build (MAX_SEGMENT_BYTES
-        // is within the budget); what the body does not use is given back
-        // at once, the rest when it is sent.
+        // Room for what this read may build: its records and the body they
+        // are encoded into, twice max_bytes (within the budget); what the
+        // body does not use is given back at once, the rest when it is sent.
         let mut room = shared
             .body_budget
             .clone()
-            .acquire_many_owned(max_bytes as u32)
+            .acquire_many_owned((2 * max_bytes).min(BODY_BUDGET) as u32)
             .await
             .map_err(|e| error(500, &e.to_string()))?;
         let head = match with_reader(shared, move |r| read_segments(r, ask)).await? {
