@@ -26,6 +26,10 @@ use storage_adapter::runtime::Replica;
 
 const MAX_THREADS: u64 = 16;
 const MAX_RSS_MIB: u64 = 128;
+/// Peak RSS while clients hold the whole segment budget (256 MiB of
+/// segments being read or waiting to be sent): the budget, the baseline
+/// and what the allocator keeps of freed reads.
+const MAX_BUDGET_RSS_MIB: u64 = 512;
 /// Commits the primary holds before a scenario.
 const BACKLOG: i64 = 300;
 
@@ -54,6 +58,11 @@ struct Fixture {
 
 impl Fixture {
     fn new(extra: &[&str]) -> Fixture {
+        Fixture::with_journal(extra, "WAL")
+    }
+
+    /// [`new`](Fixture::new), the primary in `journal_mode`.
+    fn with_journal(extra: &[&str], journal_mode: &str) -> Fixture {
         raise_fd_limit();
         let dir = tempfile::tempdir().expect("tempdir");
         let p_path = dir.path().join("p.db");
@@ -62,6 +71,9 @@ impl Fixture {
             .execute_batch("CREATE TABLE t(id INTEGER PRIMARY KEY, v)")
             .expect("table");
         p.replicate("t").expect("replicate");
+        p.connection()
+            .pragma_update(None, "journal_mode", journal_mode)
+            .expect("journal mode");
         for id in 1..=BACKLOG {
             p.connection()
                 .execute("INSERT INTO t VALUES (?1, printf('v%d', ?1))", [id])
@@ -195,6 +207,31 @@ fn get(port: u16, path: &str, token: Option<&str>) -> (u16, String) {
         .unwrap_or_else(|| panic!("no status in {out:?}"));
     let body = out.split_once("\r\n\r\n").map_or("", |(_, b)| b).to_owned();
     (status, body)
+}
+
+/// How many of `clients` have bytes to read (an answer begun).
+fn answered(clients: &[TcpStream]) -> usize {
+    clients
+        .iter()
+        .filter(|s| {
+            s.set_nonblocking(true).expect("nonblocking");
+            let mut b = [0u8; 1];
+            let got = matches!(s.peek(&mut b), Ok(n) if n > 0);
+            s.set_nonblocking(false).expect("blocking");
+            got
+        })
+        .count()
+}
+
+/// The server's peak RSS so far, in MiB.
+fn peak_rss_mib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .expect("status")
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+        .expect("VmHWM")
+        / 1024
 }
 
 /// Whether the server closed `s` (EOF or a reset) before `WAIT`; what it
@@ -445,30 +482,19 @@ fn clients_that_ask_for_big_segments_and_never_read_hold_at_most_the_budget() {
             s
         })
         .collect();
-    // The budget fills: a 64 MiB segment is built and answered (its client
-    // has bytes to read; a read reserves twice what it may build, records
-    // and body); the others wait their turn.
-    let answered = |stalled: &[TcpStream]| {
-        stalled
-            .iter()
-            .filter(|s| {
-                s.set_nonblocking(true).expect("nonblocking");
-                let mut b = [0u8; 1];
-                let got = matches!(s.peek(&mut b), Ok(n) if n > 0);
-                s.set_nonblocking(false).expect("blocking");
-                got
-            })
-            .count()
-    };
+    // The budget fills: 64 MiB segments are built and answered (their
+    // clients have bytes to read; a read reserves twice what it may build,
+    // records and body); the others wait their turn.
+
     let until = deadline();
     while answered(&stalled) < 1 {
         assert!(Instant::now() < until, "no segment was answered");
     }
     let held = f.metric("aerodb_serve_unsent_bytes");
-    assert!(held <= 128.0 * 1048576.0, "{held} bytes held");
+    assert!(held <= 256.0 * 1048576.0, "{held} bytes held");
     let built = answered(&stalled);
     assert!(
-        built <= 2,
+        built <= 4,
         "{built} bodies of 64 MiB built: more than the budget holds"
     );
     let status =
@@ -482,11 +508,158 @@ fn clients_that_ask_for_big_segments_and_never_read_hold_at_most_the_budget() {
     };
     let (rss, peak) = (kib("VmRSS:") / 1024, kib("VmHWM:") / 1024);
     eprintln!("20 stalled 64 MiB readers: {built} answered, RSS {rss} MiB (peak {peak} MiB), {held} bytes held");
-    assert!(peak <= 256, "peak RSS {peak} MiB");
+    assert!(peak <= MAX_BUDGET_RSS_MIB, "peak RSS {peak} MiB");
     // Unauthenticated and cheap requests are not held up by the budget.
     assert_eq!(get(f.server.port, "/v1/head", None).0, 401);
     assert_eq!(get(f.server.port, "/v1/head", Some(TOKEN)).0, 200);
     drop(stalled);
     f.wait_metric("aerodb_serve_unsent_bytes", |v| v == 0.0);
     f.a_replica_catches_up("r1");
+}
+
+#[test]
+fn a_record_larger_than_max_bytes_counts_against_the_budget_whole() {
+    let f = Fixture::new(&[]);
+    // A 30 MiB value: its record (the first of its transaction's) is
+    // served whole, whatever max_bytes a client asks for.
+    f.p.connection()
+        .execute("INSERT INTO t VALUES (2000000, randomblob(31457280))", [])
+        .expect("a big row");
+    let big = f.head.next();
+    let stalled: Vec<TcpStream> = (0..40)
+        .map(|_| {
+            let mut s = TcpStream::connect(f.addr()).expect("connect");
+            write!(
+                s,
+                "GET /v1/segments?from={}&max_bytes=1 HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\n\r\n",
+                big.0
+            )
+            .expect("send");
+            s
+        })
+        .collect();
+    let until = deadline();
+    while answered(&stalled) < 1 {
+        assert!(Instant::now() < until, "no segment was answered");
+    }
+    let held = f.metric("aerodb_serve_unsent_bytes");
+    assert!(held <= 256.0 * 1048576.0, "{held} bytes held");
+    let built = answered(&stalled);
+    let peak = peak_rss_mib(f.server.pid());
+    eprintln!("40 stalled readers of a 30 MiB record: {built} answered, peak RSS {peak} MiB");
+    assert!(
+        built <= 8,
+        "{built} bodies of 30 MiB: more than the budget holds"
+    );
+    assert!(peak <= MAX_BUDGET_RSS_MIB, "peak RSS {peak} MiB");
+    drop(stalled);
+    f.wait_metric("aerodb_serve_unsent_bytes", |v| v == 0.0);
+    f.a_replica_catches_up("r1");
+}
+
+#[test]
+fn a_primary_locked_past_the_busy_timeout_answers_503_and_a_replica_rides_it_out() {
+    // A rollback-journal primary: a writer's lock keeps readers out.
+    let f = Fixture::with_journal(&[], "DELETE");
+    f.p.connection()
+        .execute_batch("CREATE TABLE other(x)")
+        .expect("a table not replicated");
+    let head = f.p.head().expect("head");
+    let r_path = f.dir.path().join("r.db");
+    let replica = Replica::start_from_url(
+        &r_path,
+        &format!("http://{}", f.addr()),
+        TOKEN,
+        Config::default(),
+    )
+    .expect("start");
+    if let Err(s) = replica.wait_until(deadline(), |s| caught_up(s, head)) {
+        panic!("no catch-up: {s:?}");
+    }
+    let locker = Connection::open(f.dir.path().join("p.db")).expect("a second connection");
+    locker
+        .execute_batch("BEGIN EXCLUSIVE; INSERT INTO other VALUES (1);")
+        .expect("the lock");
+    // A request meets the lock past SQLite's busy timeout: 503, not 500.
+    let (status, body) = get(f.server.port, "/v1/head", Some(TOKEN));
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("database is locked"), "{body}");
+    locker.execute_batch("COMMIT").expect("commit");
+    drop(locker);
+    // The replica waited it out (at most a recorded stop and resume) and
+    // follows the next commit.
+    f.p.connection()
+        .execute("INSERT INTO t VALUES (3000000, 'after the lock')", [])
+        .expect("insert");
+    let head = f.p.head().expect("head");
+    let s = match replica.wait_until(deadline(), |s| caught_up(s, head)) {
+        Ok(s) => s,
+        Err(s) => panic!("the replica did not follow after the lock: {s:?}"),
+    };
+    for c in &s.components {
+        if let Some(e) = &c.last_error {
+            assert_eq!(e.code, "SOURCE_UNAVAILABLE", "{e:?}");
+        }
+    }
+    replica.stop();
+    let conn =
+        Connection::open_with_flags(&r_path, OpenFlags::SQLITE_OPEN_READ_ONLY).expect("replica");
+    assert_eq!(exact_rows(&conn), exact_rows(f.p.connection()));
+}
+
+#[test]
+fn the_default_connection_limit_fits_the_open_file_limit_and_an_explicit_one_must() {
+    use std::os::unix::process::CommandExt;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let p_path = dir.path().join("p.db");
+    let p = Primary::open(&p_path).expect("primary");
+    drop(p);
+    let tokens = token_file(dir.path());
+    let run = |extra: &[&str]| {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_aerodb"));
+        cmd.args(["serve", "--db"])
+            .arg(&p_path)
+            .args(["--listen", "127.0.0.1:0", "--token-file"])
+            .arg(&tokens)
+            .args(extra)
+            .env("RUST_LOG", "info")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        // SAFETY: setrlimit only, between fork and exec.
+        unsafe {
+            cmd.pre_exec(|| {
+                let lim = libc::rlimit {
+                    rlim_cur: 1000,
+                    rlim_max: 1000,
+                };
+                if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        cmd.spawn().expect("aerodb serve")
+    };
+    // An explicit limit the process cannot hold is refused.
+    let out = run(&["--max-connections", "2000"])
+        .wait_with_output()
+        .expect("exit");
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(
+            "--max-connections 2000 needs 2384 file descriptors, and this process may open 1000"
+        ),
+        "{stderr}"
+    );
+    // The default shrinks to fit, and says so in its start line.
+    let mut child = run(&[]);
+    let mut line = String::new();
+    BufReader::new(child.stderr.take().expect("stderr"))
+        .read_line(&mut line)
+        .expect("the start line");
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(line.contains("max_connections=616"), "{line}");
 }

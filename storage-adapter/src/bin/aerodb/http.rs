@@ -16,8 +16,8 @@
 //!   for `Limits::write_stall_timeout` ends the connection.
 //!
 //! Handlers never read a request body (the API has none): a request that
-//! announces one is answered 413 by the handler and the connection is not
-//! kept alive.
+//! announces one is answered 413 by the handler (hyper drains a small body
+//! to keep the connection; a large or endless one closes it).
 //!
 //! These timeouts end connections; none decides anything about the
 //! replication (spec X5): a replica whose connection is closed asks again.
@@ -112,11 +112,13 @@ pub struct Limits {
 }
 
 impl Limits {
-    /// For a metrics listener: a scraper or a probe, a few at a time.
+    /// For a metrics listener: scrapers and probes, a few at a time. It is
+    /// unauthenticated: a client holding connections is closed after 5 s,
+    /// so a probe is refused at most that long by 256 idle connections.
     pub const METRICS: Limits = Limits {
-        max_connections: 64,
+        max_connections: 256,
         max_header_bytes: 16 << 10,
-        header_read_timeout: Duration::from_secs(10),
+        header_read_timeout: Duration::from_secs(5),
         write_stall_timeout: Duration::from_secs(30),
     };
 }
@@ -202,7 +204,7 @@ pub async fn serve<H, F>(
     F: Future<Output = Response<Body>> + Send + 'static,
 {
     tokio::pin!(stop);
-    let mut refusing = false;
+    let (mut refusing, mut failing) = (false, false);
     loop {
         let accepted = tokio::select! {
             _ = &mut stop => return,
@@ -214,12 +216,19 @@ pub async fn serve<H, F>(
                 // Out of file descriptors or memory: the connections held
                 // end in time (the limits above); accept again then. A
                 // short pause keeps this loop from spinning meanwhile (it
-                // orders nothing).
-                tracing::warn!(error = %e, "accepting a connection failed");
+                // orders nothing). Logged once per run of failures.
+                if !failing {
+                    tracing::warn!(error = %e, "accepting connections fails; retrying every 50 ms");
+                    failing = true;
+                }
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 continue;
             }
         };
+        if failing {
+            tracing::info!("accepting connections again");
+            failing = false;
+        }
         if connections.open.load(Ordering::Relaxed) >= limits.max_connections {
             connections.refused.fetch_add(1, Ordering::Relaxed);
             if !refusing {

@@ -360,7 +360,7 @@ impl ServeMetrics {
         gauge(
             &mut reg,
             "aerodb_serve_unsent_bytes",
-            "Segment bytes being read or waiting to be sent to their clients (at most the server's budget, 128 MiB)",
+            "Room taken in the 256 MiB segment budget: segments being read and bodies waiting for slow clients",
             self.budget.saturating_sub(self.body_budget.available_permits()) as i64,
         );
         gauge(

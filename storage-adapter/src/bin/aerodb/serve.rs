@@ -56,10 +56,10 @@ pub struct ServeArgs {
     #[arg(long)]
     allow_remote: bool,
     /// Most connections open at once; one more is closed at once
-    /// [1..=100000, default 4096].
-    #[arg(long, value_name = "N", default_value_t = 4096,
+    /// [1..=100000, default 4096, or what the open-file limit allows].
+    #[arg(long, value_name = "N",
           value_parser = clap::value_parser!(u32).range(1..=100_000))]
-    max_connections: u32,
+    max_connections: Option<u32>,
     /// Serve Prometheus metrics (/metrics) and /health on HOST:PORT,
     /// unauthenticated (port 0: any free port, printed).
     #[arg(long, value_name = "HOST:PORT")]
@@ -86,13 +86,23 @@ const WRITE_STALL_TIMEOUT: Duration = Duration::from_secs(60);
 const BLOCKING_THREADS: usize = 8;
 /// Snapshots and digests computed at once (others wait their turn).
 const HEAVY_AT_ONCE: usize = 2;
-/// Segment bytes built and not yet sent, over all requests.
-const BODY_BUDGET: usize = 128 << 20;
+/// Segment bytes being read or built and not yet sent, over all requests.
+const BODY_BUDGET: usize = 256 << 20;
+/// Room a segment read reserves at least (twice this): a record holding
+/// the largest value capture takes (32 MiB; a rarer larger record, a row
+/// of several big values, takes room for its body before it is sent). So
+/// at most four reads run at once, on two cores.
+const RECORD_ROOM: usize = replication::wal::MAX_RECORD_BYTES / 2;
 /// Snapshots streamed at once (others wait their turn).
 const SNAPSHOTS_AT_ONCE: usize = 4;
-/// File descriptors kept for everything but connections (the database,
-/// its WAL, the snapshot files, the metrics listener).
-const RESERVED_FDS: u64 = 64;
+/// File descriptors kept for everything but connections: the pooled
+/// read-only connections and the head watcher's (three each: database,
+/// -wal, -shm), snapshots and digests being made and streamed, the metrics
+/// listener's connections (`Limits::METRICS`), the listeners themselves.
+const RESERVED_FDS: u64 = 128 + Limits::METRICS.max_connections as u64;
+/// Connections open at once unless --max-connections says otherwise (and
+/// the open-file limit allows it).
+const DEFAULT_MAX_CONNECTIONS: u64 = 4096;
 
 struct Shared {
     db: String,
@@ -206,13 +216,22 @@ pub fn run(args: ServeArgs) -> Result<(), Failure> {
     // Fail now, not at the first request, if this is not a primary.
     let first = PrimaryWalReader::open(&db).map_err(|e| run(format!("--db {db}: {e}")))?;
     let fds = http::raise_fd_limit();
-    let max_connections = u64::from(max_connections);
-    if fds < max_connections + RESERVED_FDS {
-        return Err(run(format!(
-            "--max-connections {max_connections} needs {} file descriptors, and this process may open {fds} (raise `ulimit -n` or lower --max-connections)",
-            max_connections + RESERVED_FDS
-        )));
-    }
+    let room = fds.saturating_sub(RESERVED_FDS);
+    let max_connections = match max_connections {
+        Some(n) if u64::from(n) > room => {
+            return Err(run(format!(
+                "--max-connections {n} needs {} file descriptors, and this process may open {fds} (raise `ulimit -n` or lower --max-connections)",
+                u64::from(n) + RESERVED_FDS
+            )))
+        }
+        Some(n) => u64::from(n),
+        None if room == 0 => {
+            return Err(run(format!(
+                "this process may open {fds} files, fewer than the {RESERVED_FDS} the server needs besides its connections (raise `ulimit -n`)"
+            )))
+        }
+        None => DEFAULT_MAX_CONNECTIONS.min(room),
+    };
     let limits = Limits {
         max_connections: max_connections as usize,
         max_header_bytes: MAX_HEADER_BYTES,
@@ -322,6 +341,45 @@ fn error(status: u16, message: &str) -> Reply {
     http::json(status, &serde_json::json!({ "error": message }))
 }
 
+/// Whether SQLite failed for a reason that passes: the primary locked
+/// longer than the busy timeout (a writer holding a rollback journal's
+/// lock), or out of file descriptors.
+fn passing(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut at = Some(e);
+    while let Some(e) = at {
+        if let Some(rusqlite::Error::SqliteFailure(f, _)) = e.downcast_ref::<rusqlite::Error>() {
+            use rusqlite::ErrorCode::*;
+            if matches!(f.code, DatabaseBusy | DatabaseLocked | CannotOpen) {
+                return true;
+            }
+        }
+        at = e.source();
+    }
+    // Errors that keep only SQLite's message (the WAL reader's own
+    // statements): its messages for the same codes.
+    let text = e.to_string();
+    [
+        "database is locked",
+        "database table is locked",
+        "unable to open database file",
+    ]
+    .iter()
+    .any(|m| text.contains(m))
+}
+
+/// The answer to a failure: 503 when it passes (the replica waits and asks
+/// again, a recorded stop and resume), 500 otherwise.
+fn failed(e: impl std::error::Error + 'static) -> Reply {
+    if passing(&e) {
+        error(
+            503,
+            &format!("the primary is busy or out of resources, ask again: {e}"),
+        )
+    } else {
+        error(500, &e.to_string())
+    }
+}
+
 /// Runs `work` with a read-only connection on a blocking thread. A
 /// connection that fails to open answers 503; a bug that panics answers
 /// 500 with its message, and its connection is dropped.
@@ -374,45 +432,72 @@ async fn with_reader<T: Send + 'static>(
 /// itself and a long-poll not woken is answered empty at its deadline and
 /// asked again.
 fn watch_head(db: &str, tx: &tokio::sync::watch::Sender<u64>) {
-    let reader = match PrimaryWalReader::open(db) {
-        Ok(r) => r,
-        Err(e) => {
-            tracing::error!(error = %e, "the head watcher cannot open the primary; long-polls wait their deadline");
-            return;
-        }
-    };
-    let watcher = super::inotify::DirWatch::new(std::path::Path::new(db));
+    // The directory SQLite writes in: that of the file a symbolic link
+    // names (its -wal and -journal are next to it).
+    let real = std::fs::canonicalize(db).unwrap_or_else(|_| db.into());
+    let watcher = super::inotify::DirWatch::new(&real);
     if let Err(e) = &watcher {
         tracing::warn!(error = %e, "no inotify on the primary's directory: long-polls see commits within a second");
     }
-    let mut seen = reader.data_version().ok();
-    let publish = |seen: &mut Option<i64>| {
-        let now = reader.data_version().ok();
-        if now != *seen || now.is_none() {
-            *seen = now;
-            tx.send_modify(|n| *n += 1);
-            true
-        } else {
+    let wait = |timeout: Duration| match &watcher {
+        Ok(w) => w.wait(timeout),
+        Err(_) => {
+            std::thread::sleep(timeout);
             false
         }
     };
-    loop {
-        let written = match &watcher {
-            Ok(w) => w.wait(Duration::from_secs(1)),
-            Err(_) => {
-                std::thread::sleep(Duration::from_secs(1));
+    // A connection of its own; opened again (each second, or at the next
+    // write) while it cannot be (the primary locked, or gone a moment).
+    let mut reader: Option<PrimaryWalReader> = None;
+    let mut seen: Option<i64> = None;
+    let mut complained = false;
+    // Whether a commit became visible since the last check. An error (the
+    // primary locked past the busy timeout) publishes nothing: waking the
+    // long-polls would only send them into the same lock.
+    let mut moved = |reader: &mut Option<PrimaryWalReader>| -> bool {
+        if reader.is_none() {
+            match PrimaryWalReader::open(db) {
+                Ok(r) => {
+                    complained = false;
+                    *reader = Some(r);
+                }
+                Err(e) => {
+                    if !complained {
+                        tracing::warn!(error = %e, "the head watcher cannot open the primary; long-polls wait their deadline until it can");
+                        complained = true;
+                    }
+                    return false;
+                }
+            }
+        }
+        let Some(r) = reader.as_ref() else {
+            return false;
+        };
+        match r.data_version() {
+            Ok(v) if Some(v) != seen => {
+                seen = Some(v);
+                tx.send_modify(|n| *n += 1);
+                true
+            }
+            Ok(_) => false,
+            Err(e) => {
+                tracing::debug!(error = %e, "the head watcher could not read data_version");
                 false
             }
-        };
+        }
+    };
+    moved(&mut reader);
+    loop {
+        let written = wait(Duration::from_secs(1));
         if tx.is_closed() {
             return;
         }
-        if publish(&mut seen) || !written {
+        if moved(&mut reader) || !written {
             continue;
         }
         for _ in 0..100 {
             std::thread::sleep(Duration::from_millis(1));
-            if publish(&mut seen) {
+            if moved(&mut reader) {
                 break;
             }
         }
@@ -547,8 +632,8 @@ async fn handle(request: Request<Incoming>, peer: SocketAddr, shared: &Arc<Share
 }
 
 fn head(reader: &PrimaryWalReader) -> Result<Reply, Reply> {
-    let head = reader.head().map_err(|e| error(500, &e.to_string()))?;
-    let oldest = reader.oldest().map_err(|e| error(500, &e.to_string()))?;
+    let head = reader.head().map_err(failed)?;
+    let oldest = reader.oldest().map_err(failed)?;
     Ok(http::json(
         200,
         &serde_json::json!({
@@ -557,7 +642,7 @@ fn head(reader: &PrimaryWalReader) -> Result<Reply, Reply> {
             "oldest": oldest.0,
             // Moves with every schema change (an `aerodb_replicate`, say):
             // what a replica waiting out a 503 watches.
-            "schema_version": reader.schema_version().map_err(|e| error(500, &e.to_string()))?,
+            "schema_version": reader.schema_version().map_err(failed)?,
         }),
     ))
 }
@@ -627,21 +712,41 @@ async fn segments(shared: &Arc<Shared>, params: &[(String, String)]) -> Result<R
         // Marked seen before the read: a commit after the read moves it.
         commits.borrow_and_update();
         // Room for what this read may build: its records and the body they
-        // are encoded into, twice max_bytes (within the budget); what the
-        // body does not use is given back at once, the rest when it is sent.
+        // are encoded into, twice max_bytes, or twice a large record (a
+        // segment holds at least one whole record, whatever max_bytes
+        // says). A body that turns out larger takes room for itself before
+        // it is sent; what the body does not use is given back at once,
+        // the rest when it is sent or its client goes.
+        let reserve = (2 * max_bytes.max(RECORD_ROOM)).min(BODY_BUDGET);
         let mut room = shared
             .body_budget
             .clone()
-            .acquire_many_owned((2 * max_bytes).min(BODY_BUDGET) as u32)
+            .acquire_many_owned(reserve as u32)
             .await
             .map_err(|e| error(500, &e.to_string()))?;
         let head = match with_reader(shared, move |r| read_segments(r, ask)).await? {
             Read::Reply(reply) => {
-                let used = hyper::body::Body::size_hint(reply.body())
+                let used = (hyper::body::Body::size_hint(reply.body())
                     .exact()
-                    .unwrap_or(0) as usize;
-                let kept = room.split(used.min(room.num_permits()));
-                drop(room);
+                    .unwrap_or(0) as usize)
+                    .min(BODY_BUDGET);
+                let kept = if used > room.num_permits() {
+                    // Given back first and taken again whole: a read that
+                    // waits holds nothing (no two can wait on each other).
+                    drop(room);
+                    Some(
+                        shared
+                            .body_budget
+                            .clone()
+                            .acquire_many_owned(used as u32)
+                            .await
+                            .map_err(|e| error(500, &e.to_string()))?,
+                    )
+                } else {
+                    let kept = room.split(used);
+                    drop(room);
+                    kept
+                };
                 return Ok(match kept {
                     Some(permit) => reply.map(|body| http::holding(body, permit)),
                     None => reply,
@@ -674,7 +779,7 @@ fn read_segments(reader: &PrimaryWalReader, ask: SegmentsAsk) -> Result<Read, Re
         until,
         max_bytes,
     } = ask;
-    let fail = |e: PrimaryError| error(500, &e.to_string());
+    let fail = failed;
     // Read before the WAL: a replicated table changed and not replicated
     // again yet (a migration under way) answers 503 with it, and the
     // replica waits for the schema to move past it.
@@ -750,8 +855,7 @@ async fn digest_reply(shared: &Arc<Shared>) -> Result<Reply, Reply> {
         .map_err(|e| error(500, &e.to_string()))?;
     let db = shared.db.clone();
     with_reader(shared, move |_| {
-        let d = storage_adapter::verify::digests_at_head(&db)
-            .map_err(|e| error(500, &e.to_string()))?;
+        let d = storage_adapter::verify::digests_at_head(&db).map_err(failed)?;
         Ok(http::json(
             200,
             &serde_json::json!({
@@ -793,7 +897,7 @@ async fn snapshot_reply(shared: &Arc<Shared>) -> Result<Reply, Reply> {
             .tempdir()
             .map_err(|e| error(500, &format!("creating a private temporary directory: {e}")))?;
         let path = dir.path().join("snapshot.db");
-        let info = snapshot::take(&db, &path).map_err(|e| error(500, &e.to_string()))?;
+        let info = snapshot::take(&db, &path).map_err(failed)?;
         let file = std::fs::File::open(&path)
             .map_err(|e| error(500, &format!("opening the snapshot: {e}")))?;
         let len = file
