@@ -4,7 +4,8 @@
 //!   (`replica.rs`): until SIGTERM/SIGINT, through source outages.
 //! - `aerodb catch-up` applies what the replica lacks, single-threaded,
 //!   without the runtime, then exits (`catch_up.rs`).
-//! - `aerodb serve` serves a primary's WAL read-only over HTTP (`serve.rs`).
+//! - `aerodb serve` serves a primary's WAL read-only over HTTP or HTTPS
+//!   (`serve.rs`, on the server in `http.rs`).
 //! - `aerodb status` shows a replica file's recorded state and read verdict
 //!   (`status.rs`), text or JSON, with exit 0 / 1 / 2 for read-safe /
 //!   blocked / diverged or unreadable.
@@ -64,7 +65,7 @@ enum Command {
     /// Apply everything the primary file has that the replica lacks,
     /// single-threaded and without the runtime, then exit.
     CatchUp(catch_up::CatchUpArgs),
-    /// Serve a primary's WAL read-only over HTTP to replicas.
+    /// Serve a primary's WAL read-only over HTTP or HTTPS to replicas.
     Serve(serve::ServeArgs),
     /// Show a replica file's recorded state, components and read verdict;
     /// exit 0 read-safe, 1 blocked, 2 diverged or unreadable.
