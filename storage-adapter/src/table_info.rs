@@ -79,6 +79,25 @@ pub(crate) fn columns(conn: RawConn, schema: &str, table: &str) -> Result<Vec<Co
     Ok(out)
 }
 
+/// The first STORED generated column of `schema.table`, if any
+/// (`pragma_table_xinfo.hidden` is 3 for them, 2 for VIRTUAL ones).
+pub(crate) fn stored_generated(
+    conn: RawConn,
+    schema: &str,
+    table: &str,
+) -> Result<Option<String>, RawError> {
+    let mut s = conn.prepare(
+        "SELECT name FROM pragma_table_xinfo(?1, ?2) WHERE hidden = 3 ORDER BY cid LIMIT 1",
+    )?;
+    s.bind(1, ValueRef::Text(table.as_bytes()))?;
+    s.bind(2, ValueRef::Text(schema.as_bytes()))?;
+    Ok(if s.step()? {
+        s.column(0).into_string()
+    } else {
+        None
+    })
+}
+
 /// The key columns of `index`, in index order, with their collations; the
 /// second value says whether one of them is an expression or the rowid.
 fn index_key(conn: RawConn, schema: &str, index: &str) -> Result<(Vec<KeyColumn>, bool), RawError> {

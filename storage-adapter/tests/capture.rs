@@ -1784,12 +1784,12 @@ fn rowid_table_with_composite_key_replicates_updates_and_deletes() {
     f.assert_replica_matches();
 }
 
-/// Generated columns (VIRTUAL and STORED, even between stored ones) are not
-/// captured; the replica recomputes them from its own definition.
+/// VIRTUAL generated columns (even between stored ones) are not captured:
+/// stored nowhere, each side computes them when read.
 #[test]
 fn generated_columns_are_skipped_on_capture_and_recomputed_on_the_replica() {
     let f = Fixture::new(
-        "CREATE TABLE g(id INTEGER PRIMARY KEY, twice INTEGER AS (a * 2) VIRTUAL, a INTEGER NOT NULL, b TEXT, label TEXT AS (b || '#' || a) STORED)",
+        "CREATE TABLE g(id INTEGER PRIMARY KEY, twice INTEGER AS (a * 2) VIRTUAL, a INTEGER NOT NULL, b TEXT, label TEXT AS (b || '#' || a) VIRTUAL)",
         &["g"],
     );
     f.exec("INSERT INTO g(id, a, b) VALUES (1, 21, 'x')");
@@ -1813,6 +1813,39 @@ fn generated_columns_are_skipped_on_capture_and_recomputed_on_the_replica() {
             sql_text("x#5")
         ]]
     );
+}
+
+/// A STORED generated column holds what the primary's SQLite computed; the
+/// replica's would compute its own (issue 10, item 7): such a table is
+/// refused with the reason, by aerodb_replicate and aerodb_resync, and
+/// nothing is installed or shipped.
+#[test]
+fn a_table_with_a_stored_generated_column_is_refused_with_the_reason() {
+    let f = Fixture::new(
+        "CREATE TABLE s(id INTEGER PRIMARY KEY, a INTEGER, total INTEGER GENERATED ALWAYS AS (a * 3) STORED);\
+         INSERT INTO s(id, a) VALUES (1, 2);",
+        &[],
+    );
+    let head = f.primary.head().expect("head");
+    let reason = "its column 'total' is GENERATED ... STORED: the replica's SQLite would compute it again rather than hold the value the primary stored; make it VIRTUAL, or a plain column the application writes";
+    assert_eq!(
+        capture_error(f.primary.replicate("S")),
+        CaptureError::Refused {
+            table: "s".into(),
+            reason: reason.into(),
+        }
+    );
+    assert_eq!(f.primary.head().expect("head"), head, "nothing shipped");
+    let installed: i64 = f
+        .primary
+        .connection()
+        .query_row(
+            "SELECT (SELECT count(*) FROM sqlite_schema WHERE type = 'trigger' AND tbl_name = 's') + (SELECT count(*) FROM aerodb_tables)",
+            [],
+            |r| r.get(0),
+        )
+        .expect("count");
+    assert_eq!(installed, 0, "no trigger, no registry row");
 }
 
 /// Views, virtual tables, shadow tables and reserved names (aerodb_*,

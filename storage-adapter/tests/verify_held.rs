@@ -99,7 +99,7 @@ fn x_keys_and_generated() {
     let (primary, p, r) = pair(
         dir.path(),
         r#"CREATE TABLE n(k TEXT COLLATE NOCASE NOT NULL, j TEXT COLLATE RTRIM NOT NULL, v, PRIMARY KEY (j, k DESC)) WITHOUT ROWID;
-           CREATE TABLE g(id INTEGER PRIMARY KEY, a, b AS (a * 2), c AS (a || 'x') STORED);
+           CREATE TABLE g(id INTEGER PRIMARY KEY, a, b AS (a * 2), c AS (a || 'x') VIRTUAL);
            CREATE TABLE "we ""ird" ("c ol" NOT NULL PRIMARY KEY, "x""y");
            CREATE TABLE d(id INTEGER PRIMARY KEY DESC NOT NULL, v);
            CREATE TABLE m(k PRIMARY KEY NOT NULL, v);"#,

@@ -69,6 +69,21 @@ pub(super) fn find(conn: RawConn, table: &str) -> Result<Found, CaptureError> {
         ));
     }
     let doing = || format!("reading the shape of '{name}'");
+    // A STORED generated column holds what the primary's SQLite computed
+    // when the row was written; the replica's SQLite would compute its own
+    // (another version, another function of the same name), and no record
+    // could make it hold the primary's: refused. VIRTUAL ones are computed
+    // when read, on each side, and stored nowhere.
+    if let Some(column) =
+        table_info::stored_generated(conn, "main", &name).map_err(sqlite(doing()))?
+    {
+        return Err(refused(
+            &name,
+            format!(
+                "its column '{column}' is GENERATED ... STORED: the replica's SQLite would compute it again rather than hold the value the primary stored; make it VIRTUAL, or a plain column the application writes"
+            ),
+        ));
+    }
     let columns = table_info::columns(conn, "main", &name).map_err(sqlite(doing()))?;
     let key = table_info::primary_key(conn, "main", &name).map_err(sqlite(doing()))?;
     if key.is_empty() {
