@@ -22,6 +22,11 @@
 //!   has commit `N` (JSON with `oldest`).
 //! - `GET /v1/snapshot` -> 200 with a snapshot database file and headers
 //!   `X-AeroDB-Snapshot-Commit`, `X-AeroDB-Generation`, `X-AeroDB-Checksum`.
+//! - `GET /v1/digest` -> 200, JSON `{"generation", "commit_id", "tables":
+//!   [{"table", "rows", "sha256"}], "ranges": [{"table", "rows_per_range",
+//!   "ranges": [{"first", "last", "rows", "sha256"}]}]}`: the replicated
+//!   tables' digests at the head, read in one transaction, each table cut
+//!   into at most 256 key ranges (`aerodb verify --primary URL`).
 
 use replication::runtime::FailureCode;
 use replication::runtime::{Failure, Fetched, StopSignal, WalSource};

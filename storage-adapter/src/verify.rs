@@ -9,7 +9,10 @@
 //! encoding: exact about types and values (1, 1.0 and '1' differ, REAL by
 //! its bits, TEXT by its bytes), independent of page layout, VACUUM and
 //! insertion order. Where digests differ, both tables are walked in key
-//! order to name the first row that differs.
+//! order to name the first row that differs; over HTTP, where the
+//! primary's rows are not fetched, its digest comes with each table's key
+//! ranges (at most `MAX_RANGES` runs of rows in key order, each digested),
+//! and the first range that differs is named with its keys.
 
 use crate::primary::PrimaryWalReader;
 use crate::primary_wal::WalTables;
@@ -31,6 +34,37 @@ pub struct TableDigest {
     /// SHA-256 of its rows in key order, hex.
     pub sha256: String,
 }
+
+/// The digest of a run of a table's rows in key order: rows
+/// `index * rows_per_range ..` of it (see [`TableRanges`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RangeDigest {
+    /// Its first row's key, as SQL literals (`(1)`, `('a', x'00')`).
+    pub first: String,
+    /// Its last row's key.
+    pub last: String,
+    /// How many rows (`rows_per_range`, fewer in the last range).
+    pub rows: u64,
+    /// SHA-256 of its rows, hex.
+    pub sha256: String,
+}
+
+/// A table's rows in key order cut into ranges of `rows_per_range` rows,
+/// each digested: what lets a verify that cannot read the primary's rows
+/// (over HTTP) name the key range where a replica differs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TableRanges {
+    /// The table.
+    pub table: String,
+    /// Rows per range (the last one may hold fewer).
+    pub rows_per_range: u64,
+    /// The ranges, in key order.
+    pub ranges: Vec<RangeDigest>,
+}
+
+/// At most this many ranges per table: `rows_per_range` grows with the
+/// table.
+pub const MAX_RANGES: u64 = 256;
 
 /// The first place a replica differs from its primary.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -179,14 +213,32 @@ fn table_sql(conn: &Connection, table: &str) -> Result<Option<String>, String> {
 /// hold byte for byte), its columns' names in table order, then its rows in
 /// key order, each value in the WAL's encoding.
 fn digest_of(conn: &Connection, table: &str) -> Result<TableDigest, String> {
+    scan(conn, table, None).map(|(d, _)| d)
+}
+
+/// How many rows each range of a table of `rows` rows holds.
+fn rows_per_range(rows: u64) -> u64 {
+    rows.div_ceil(MAX_RANGES).max(1)
+}
+
+/// [`digest_of`], and with `rows_per_range` the digests of its rows' runs
+/// of that many, in the same scan.
+fn scan(
+    conn: &Connection,
+    table: &str,
+    rows_per_range: Option<u64>,
+) -> Result<(TableDigest, Vec<RangeDigest>), String> {
     let Some(sql) = table_sql(conn, table)? else {
-        return Ok(TableDigest {
-            table: table.to_owned(),
-            rows: 0,
-            sha256: "missing".into(),
-        });
+        return Ok((
+            TableDigest {
+                table: table.to_owned(),
+                rows: 0,
+                sha256: "missing".into(),
+            },
+            Vec::new(),
+        ));
     };
-    let (select, _, columns) = ordered_select(conn, table)?;
+    let (select, nkey, columns) = ordered_select(conn, table)?;
     let mut hash = Sha256::new();
     hash.update((sql.len() as u32).to_le_bytes());
     hash.update(sql.as_bytes());
@@ -199,6 +251,10 @@ fn digest_of(conn: &Connection, table: &str) -> Result<TableDigest, String> {
     let mut rows = s.query([]).map_err(|e| e.to_string())?;
     let mut count = 0u64;
     let mut buf = Vec::new();
+    let mut ranges: Vec<RangeDigest> = Vec::new();
+    // The open range: its hash, first key (shown), last key, rows.
+    let mut range: Option<(Sha256, String, Vec<Stored>, u64)> = None;
+    let hex = |h: Sha256| -> String { h.finalize().iter().map(|b| format!("{b:02x}")).collect() };
     while let Some(r) = rows.next().map_err(|e| e.to_string())? {
         buf.clear();
         encode_count(&mut buf, n).map_err(|e| e.to_string())?;
@@ -209,13 +265,87 @@ fn digest_of(conn: &Connection, table: &str) -> Result<TableDigest, String> {
         hash.update((buf.len() as u32).to_le_bytes());
         hash.update(&buf);
         count += 1;
+        if let Some(per) = rows_per_range {
+            let key = (0..nkey)
+                .map(|i| r.get_ref(i).map(Stored::of))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| e.to_string())?;
+            let (h, _, last, rows) =
+                range.get_or_insert_with(|| (Sha256::new(), show(&key), Vec::new(), 0));
+            h.update((buf.len() as u32).to_le_bytes());
+            h.update(&buf);
+            *last = key;
+            *rows += 1;
+            if *rows == per {
+                if let Some((h, first, last, rows)) = range.take() {
+                    ranges.push(RangeDigest {
+                        first,
+                        last: show(&last),
+                        rows,
+                        sha256: hex(h),
+                    });
+                }
+            }
+        }
     }
-    let sha: String = hash.finalize().iter().map(|b| format!("{b:02x}")).collect();
-    Ok(TableDigest {
-        table: table.to_owned(),
-        rows: count,
-        sha256: sha,
-    })
+    if let Some((h, first, last, rows)) = range.take() {
+        ranges.push(RangeDigest {
+            first,
+            last: show(&last),
+            rows,
+            sha256: hex(h),
+        });
+    }
+    Ok((
+        TableDigest {
+            table: table.to_owned(),
+            rows: count,
+            sha256: hex(hash),
+        },
+        ranges,
+    ))
+}
+
+fn plural(n: u64, what: &str) -> String {
+    if n == 1 {
+        format!("1 {what}")
+    } else {
+        format!("{n} {what}s")
+    }
+}
+
+/// The first range where `replica`'s rows differ from the primary's
+/// `ranges` (the replica's cut the same way), said for a message.
+fn first_range_difference(replica: &Connection, primary: &TableRanges) -> Result<String, String> {
+    let (_, mine) = scan(replica, &primary.table, Some(primary.rows_per_range))?;
+    let per = primary.rows_per_range;
+    let describe = |r: Option<&RangeDigest>| match r {
+        Some(r) if r.first == r.last => format!("key {} ({})", r.first, plural(r.rows, "row")),
+        Some(r) => format!("keys {} to {} ({})", r.first, r.last, plural(r.rows, "row")),
+        None => "no rows".into(),
+    };
+    for i in 0..primary.ranges.len().max(mine.len()) {
+        let (a, b) = (primary.ranges.get(i), mine.get(i));
+        if a != b {
+            let (a, b) = (describe(a), describe(b));
+            let how = if a == b {
+                format!("both have {a}, with other values")
+            } else {
+                format!("the primary has {a}, the replica {b}")
+            };
+            let at = if per == 1 {
+                format!("row {} in key order differs", i + 1)
+            } else {
+                format!(
+                    "rows {} to {} in key order differ",
+                    i as u64 * per + 1,
+                    (i as u64 + 1) * per
+                )
+            };
+            return Ok(format!("{at}: {how}"));
+        }
+    }
+    Ok("every row is equal; its definition or its columns differ".into())
 }
 
 fn names(conn: &Connection, sql: &str) -> Result<Vec<String>, String> {
@@ -313,11 +443,15 @@ pub struct PrimaryDigests {
     pub commit_id: CommitId,
     /// Each replicated table's digest, by name.
     pub tables: Vec<TableDigest>,
+    /// Each table's key ranges and their digests (empty when not asked
+    /// for).
+    pub ranges: Vec<TableRanges>,
 }
 
 /// Opens the primary file read-only and begins the read transaction the
-/// head and the digests are read in.
-fn primary_at_head(pp: &Path) -> Result<(Connection, PrimaryDigests), String> {
+/// head and the digests are read in (with each table's key ranges when
+/// `ranges`).
+fn primary_at_head(pp: &Path, ranges: bool) -> Result<(Connection, PrimaryDigests), String> {
     let p = Connection::open_with_flags(pp, OpenFlags::SQLITE_OPEN_READ_ONLY)
         .map_err(|e| e.to_string())?;
     p.execute_batch("BEGIN").map_err(|e| e.to_string())?;
@@ -325,25 +459,47 @@ fn primary_at_head(pp: &Path) -> Result<(Connection, PrimaryDigests), String> {
     let wal = WalTables::new(unsafe { RawConn::new(p.handle()) });
     let generation = wal.generation().map_err(|e| e.to_string())?;
     let head = wal.head().map_err(|e| e.to_string())?;
-    let tables = names(&p, "SELECT name FROM main.aerodb_tables ORDER BY name")?
-        .iter()
-        .map(|t| digest_of(&p, t))
-        .collect::<Result<Vec<_>, _>>()?;
+    let (mut tables, mut cut) = (Vec::new(), Vec::new());
+    for t in names(&p, "SELECT name FROM main.aerodb_tables ORDER BY name")? {
+        let per = if ranges {
+            let rows: i64 = p
+                .query_row(
+                    &format!("SELECT count(*) FROM main.{}", quote_ident(&t)),
+                    [],
+                    |r| r.get(0),
+                )
+                .map_err(|e| e.to_string())?;
+            Some(rows_per_range(rows as u64))
+        } else {
+            None
+        };
+        let (d, r) = scan(&p, &t, per)?;
+        tables.push(d);
+        if let Some(per) = per {
+            cut.push(TableRanges {
+                table: t,
+                rows_per_range: per,
+                ranges: r,
+            });
+        }
+    }
     Ok((
         p,
         PrimaryDigests {
             generation,
             commit_id: head,
             tables,
+            ranges: cut,
         },
     ))
 }
 
 /// The digests of the primary file `primary`'s replicated tables at its
-/// head (what `aerodb serve` answers on `/v1/digest`).
+/// head, with each table's key ranges (what `aerodb serve` answers on
+/// `/v1/digest`).
 pub fn digests_at_head(primary: impl AsRef<Path>) -> Result<PrimaryDigests, VerifyError> {
     let pp = primary.as_ref();
-    primary_at_head(pp)
+    primary_at_head(pp, true)
         .map(|(_, d)| d)
         .map_err(|message| VerifyError::Primary {
             path: pp.display().to_string(),
@@ -516,7 +672,7 @@ pub fn verify(
         path: rp.display().to_string(),
         message,
     };
-    let (p, digests) = primary_at_head(pp).map_err(perr)?;
+    let (p, digests) = primary_at_head(pp, false).map_err(perr)?;
     let head = digests.commit_id;
     let (mut db, at, _lock) = open_replica(rp, digests.generation, head).map_err(rerr)?;
     let reader = PrimaryWalReader::open(pp).map_err(|e| perr(e.to_string()))?;
@@ -622,6 +778,36 @@ pub fn verify_url(
         })
         .collect::<Option<Vec<_>>>()
         .ok_or_else(|| perr("/v1/digest: a table entry is malformed".into()))?;
+    // Each table's key ranges (servers before them send none: the
+    // difference then names the table only).
+    let ranges: Vec<TableRanges> = digest
+        .get("ranges")
+        .and_then(|r| r.as_array())
+        .map(|all| {
+            all.iter()
+                .map(|t| {
+                    Some(TableRanges {
+                        table: t.get("table")?.as_str()?.to_owned(),
+                        rows_per_range: t.get("rows_per_range")?.as_u64()?.max(1),
+                        ranges: t
+                            .get("ranges")?
+                            .as_array()?
+                            .iter()
+                            .map(|r| {
+                                Some(RangeDigest {
+                                    first: r.get("first")?.as_str()?.to_owned(),
+                                    last: r.get("last")?.as_str()?.to_owned(),
+                                    rows: r.get("rows")?.as_u64()?,
+                                    sha256: r.get("sha256")?.as_str()?.to_owned(),
+                                })
+                            })
+                            .collect::<Option<Vec<_>>>()?,
+                    })
+                })
+                .collect::<Option<Vec<_>>>()
+        })
+        .unwrap_or(Some(Vec::new()))
+        .ok_or_else(|| perr("/v1/digest: a key range entry is malformed".into()))?;
     let (mut db, at, _lock) = open_replica(rp, generation, head).map_err(rerr)?;
     let brought = bring_to(&mut db, at, head, &|from| {
         let r = get(&format!(
@@ -651,6 +837,9 @@ pub fn verify_url(
         };
     }
     let difference = compare(&tables, &replica, &|t| {
+        if let Some(r) = ranges.iter().find(|r| r.table == t) {
+            return first_range_difference(db.connection(), r);
+        }
         let (a, b) = (
             tables.iter().find(|d| d.table == t),
             replica.iter().find(|d| d.table == t),

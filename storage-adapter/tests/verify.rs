@@ -242,7 +242,9 @@ fn a_replica_is_verified_against_a_primary_over_http() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(1), "{out:?}");
     assert!(
-        text.contains("table 'k'") && text.contains("the primary has 2 rows"),
+        text.contains(
+            "table 'k': row 1 in key order differs: both have key ('a') (1 row), with other values"
+        ),
         "{text}"
     );
     // A wrong token: an error, exit 2, nothing changed.
@@ -250,6 +252,65 @@ fn a_replica_is_verified_against_a_primary_over_http() {
         .unwrap_err()
         .to_string();
     assert!(e.contains("401"), "{e}");
+}
+
+/// Over HTTP the primary's rows are not fetched: its digest comes with
+/// each table's key ranges (at most 256), and the difference names the
+/// first range whose rows differ, with its keys.
+#[test]
+fn over_http_a_difference_names_its_key_range() {
+    let dir = tempfile::tempdir().unwrap();
+    let (primary, p, r) = setup(dir.path());
+    // 5,000 rows more in t: 20 rows per range.
+    primary
+        .connection()
+        .execute_batch(
+            "WITH RECURSIVE n(i) AS (SELECT 10 UNION ALL SELECT i + 1 FROM n WHERE i < 5009)
+             INSERT INTO t SELECT i, 'v' || i FROM n;",
+        )
+        .unwrap();
+    let token = dir.path().join("token");
+    std::fs::write(&token, "s3cret-token-0123456789\n").unwrap();
+    let server = serve(&p, &token);
+    let verify = || {
+        storage_adapter::verify::verify_url(&server.url, "s3cret-token-0123456789", None, &r)
+            .unwrap()
+    };
+    assert_eq!(verify().difference, None);
+    let rows: u64 = primary
+        .connection()
+        .query_row("SELECT count(*) FROM t", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(rows, 5004);
+    // Keys in order: 1, 2, 3, 4, 10, 11, ...: key 2000 is row 1995, in
+    // range 100 (rows 1981 to 2000, keys 1986 to 2005).
+    let detail = |tamper: &str| {
+        behind_the_back(&r).execute_batch(tamper).unwrap();
+        let d = verify().difference.expect("a difference");
+        behind_the_back(&r)
+            .execute_batch(
+                "DELETE FROM t WHERE id = 5 OR id >= 10; WITH RECURSIVE n(i) AS (SELECT 10 UNION ALL SELECT i + 1 FROM n WHERE i < 5009) INSERT INTO t SELECT i, 'v' || i FROM n;",
+            )
+            .unwrap();
+        assert_eq!(d.table, "t");
+        d.detail
+    };
+    assert_eq!(
+        detail("UPDATE t SET v = 'changed' WHERE id = 2000"),
+        "rows 1981 to 2000 in key order differ: both have keys (1986) to (2005) (20 rows), with other values"
+    );
+    assert_eq!(
+        detail("DELETE FROM t WHERE id = 2000"),
+        "rows 1981 to 2000 in key order differ: the primary has keys (1986) to (2005) (20 rows), the replica keys (1986) to (2006) (20 rows)"
+    );
+    assert_eq!(
+        detail("INSERT INTO t VALUES (5, 'extra')"),
+        "rows 1 to 20 in key order differ: the primary has keys (1) to (25) (20 rows), the replica keys (1) to (24) (20 rows)"
+    );
+    assert_eq!(
+        detail("DELETE FROM t WHERE id = 5009"),
+        "rows 5001 to 5020 in key order differ: the primary has keys (5006) to (5009) (4 rows), the replica keys (5006) to (5008) (3 rows)"
+    );
 }
 
 #[test]

@@ -866,6 +866,16 @@ async fn digest_reply(shared: &Arc<Shared>) -> Result<Reply, Reply> {
                     "rows": t.rows,
                     "sha256": t.sha256,
                 })).collect::<Vec<_>>(),
+                "ranges": d.ranges.iter().map(|t| serde_json::json!({
+                    "table": t.table,
+                    "rows_per_range": t.rows_per_range,
+                    "ranges": t.ranges.iter().map(|r| serde_json::json!({
+                        "first": r.first,
+                        "last": r.last,
+                        "rows": r.rows,
+                        "sha256": r.sha256,
+                    })).collect::<Vec<_>>(),
+                })).collect::<Vec<_>>(),
             }),
         ))
     })
