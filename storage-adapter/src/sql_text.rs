@@ -65,6 +65,21 @@ pub(crate) fn sql_tokens(sql: &str) -> Vec<String> {
     out
 }
 
+/// A name token as SQLite reads it: quotes removed (a doubled quote is one
+/// quote); a bare word as it is (upper-cased by [`sql_tokens`], which
+/// SQLite's case-insensitive names allow).
+pub(crate) fn unquote(token: &str) -> String {
+    let mut chars = token.chars();
+    match (chars.next(), token.chars().last()) {
+        (Some('['), Some(']')) if token.len() >= 2 => token[1..token.len() - 1].to_owned(),
+        (Some(q @ ('"' | '`' | '\'')), Some(e)) if e == q && token.len() >= 2 => {
+            let inner = &token[1..token.len() - 1];
+            inner.replace(&format!("{q}{q}"), &q.to_string())
+        }
+        _ => token.to_owned(),
+    }
+}
+
 /// Checks that `sql` holds only statements `aerodb_alter` runs: ALTER
 /// TABLE, CREATE [UNIQUE] INDEX, DROP INDEX, DROP TABLE (at least one).
 pub(crate) fn check_ddl(sql: &str) -> Result<(), String> {

@@ -187,11 +187,12 @@ fn raise_abort_validation_trigger_does_not_refuse_writes() {
 /// tables are read for RAISE); when that fails,
 /// FAIL semantics keep the current row of t, whose capture never ran. The
 /// user commits what the statement kept (here inside BEGIN ... COMMIT).
-/// Expected: the commit refused, or the row captured. Actual: primary has
-/// t rows 1 and 2; the replica only 1.
+/// Expected: the commit refused, or the row captured. Was: primary has
+/// t rows 1 and 2; the replica only 1. Fixed: a trigger firing before
+/// capture that can end its statement with FAIL, at any depth of what it
+/// writes, refuses writes to the table, naming it (`can_fail`).
 #[test]
-#[ignore = "defect: FAIL inside a newer AFTER trigger (ON CONFLICT FAIL, INSERT OR FAIL, RAISE(FAIL) of another table) keeps an uncaptured row without any OR FAIL statement"]
-fn defect_fail_conflict_inside_a_newer_trigger_keeps_an_uncaptured_row() {
+fn fixed_fail_conflict_inside_a_newer_trigger_keeps_an_uncaptured_row() {
     let mut diverged = Vec::new();
     for (u, body) in [
         (
@@ -207,6 +208,18 @@ fn defect_fail_conflict_inside_a_newer_trigger_keeps_an_uncaptured_row() {
             "CREATE TABLE u(id INTEGER PRIMARY KEY);
              CREATE TRIGGER u_check BEFORE INSERT ON u WHEN NEW.id = 7 BEGIN SELECT RAISE(FAIL, 'seven'); END",
             "INSERT INTO u VALUES (NEW.v)",
+        ),
+        // Two tables further: u's trigger writes w, whose trigger fails.
+        (
+            "CREATE TABLE u(id INTEGER PRIMARY KEY); CREATE TABLE w(id INTEGER);
+             CREATE TRIGGER u_relay AFTER INSERT ON u BEGIN INSERT INTO w VALUES (NEW.id); END;
+             CREATE TRIGGER w_check BEFORE INSERT ON w WHEN NEW.id = 7 BEGIN SELECT RAISE(FAIL, 'seven'); END",
+            "INSERT INTO u VALUES (NEW.v)",
+        ),
+        // UPDATE OR FAIL meeting a conflict.
+        (
+            "CREATE TABLE u(id INTEGER PRIMARY KEY, n INTEGER UNIQUE); INSERT INTO u VALUES (1, 7), (2, 0)",
+            "UPDATE OR FAIL u SET n = NEW.v WHERE id = 2",
         ),
     ] {
         let mut h = Harness::new();
@@ -232,6 +245,22 @@ fn defect_fail_conflict_inside_a_newer_trigger_keeps_an_uncaptured_row() {
         }
         if let Err(e) = h.try_check() {
             diverged.push(format!("`{u}` / `{body}` (commit: {r:?}): {e}"));
+        }
+        let refused = r.err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(
+            refused.contains("trigger audit fires before its capture triggers"),
+            "`{u}` / `{body}`: {refused}"
+        );
+        // The way out the message gives: capture fires first again.
+        h.replicate("t");
+        h.exec("BEGIN");
+        let _ = h
+            .conn()
+            .execute_batch("INSERT INTO t VALUES (4, 4), (5, 7), (6, 6)");
+        let r = h.conn().execute_batch("COMMIT");
+        assert!(r.is_ok(), "`{u}` / `{body}` once replicated again: {r:?}");
+        if let Err(e) = h.try_check() {
+            diverged.push(format!("`{u}` / `{body}` once replicated again: {e}"));
         }
     }
     assert!(diverged.is_empty(), "{diverged:#?}");
@@ -545,5 +574,28 @@ fn journal_modes_memory_truncate_persist() {
             "INSERT INTO t(v) VALUES ('{mode}'); UPDATE t SET v = v || '!'"
         ));
         h.check(&format!("after switching to {mode}"));
+    }
+}
+
+// ================================================= FAIL further in
+
+/// Held: a trigger that writes tables which cannot FAIL (the common
+/// "touch updated_at" and audit-log triggers) does not refuse writes.
+#[test]
+fn triggers_whose_writes_cannot_fail_do_not_refuse() {
+    for trigger in [
+        "CREATE TRIGGER touch AFTER UPDATE OF v ON t BEGIN UPDATE t SET before = 'touched' WHERE id = NEW.id; END",
+        "CREATE TRIGGER audit AFTER INSERT ON t BEGIN INSERT INTO log(what) VALUES ('inserted ' || NEW.id); END",
+        "CREATE TRIGGER audit AFTER DELETE ON t BEGIN DELETE FROM log WHERE what = 'failed ' || OLD.id; END",
+    ] {
+        let mut h = with_newer_trigger(trigger);
+        h.exec("CREATE TABLE IF NOT EXISTS log(id INTEGER PRIMARY KEY, what TEXT)");
+        if let Some(e) = refused_or_exact(
+            &mut h,
+            "INSERT INTO t VALUES (2, 'x', NULL); UPDATE t SET v = 'y' WHERE id = 2; DELETE FROM t WHERE id = 1",
+            &format!("with `{trigger}`"),
+        ) {
+            panic!("refused with `{trigger}`: {e}");
+        }
     }
 }

@@ -92,7 +92,7 @@ pub enum CaptureError {
         problem: String,
     },
     /// A trigger that fires before capture can skip it.
-    #[error("write to replicated table '{table}' refused: trigger {trigger} fires before its capture triggers (it is TEMP or newer than them) and can RAISE(IGNORE) or RAISE(FAIL), which keeps a row change but skips its capture; drop it, or run aerodb_replicate('{table}') after creating it so that capture fires first (TEMP triggers always fire first)")]
+    #[error("write to replicated table '{table}' refused: trigger {trigger} fires before its capture triggers (it is TEMP or newer than them) and can end its statement with IGNORE or FAIL (RAISE(IGNORE), RAISE(FAIL), an OR FAIL statement, or a write to a table whose constraints or triggers can FAIL), which keeps a row change but skips its capture; drop it, or run aerodb_replicate('{table}') after creating it so that capture fires first (TEMP triggers always fire first)")]
     UnsafeTrigger {
         /// The table.
         table: String,

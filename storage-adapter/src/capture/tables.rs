@@ -263,11 +263,43 @@ fn self_cascading(conn: RawConn, table: &str) -> Result<bool, CaptureError> {
 /// Whether no trigger fires before `r`'s capture triggers (SQLite fires a
 /// table's TEMP triggers first, then its triggers newest first, in the
 /// order of their rows in sqlite_schema), and the name of one that fires
-/// before them and can RAISE (AFTER triggers whose body calls RAISE).
+/// before them and can end its statement with IGNORE or FAIL after the
+/// row change (see `can_raise_after`, `can_fail`).
 fn capture_fires_first(
     conn: RawConn,
     r: &Registered,
 ) -> Result<(bool, Option<String>), CaptureError> {
+    let before = triggers_before_capture(conn, r)?;
+    let first = before.is_empty();
+    let mut raises = before
+        .iter()
+        .find(|(_, sql)| can_raise_after(sql))
+        .map(|(name, _)| name.clone());
+    // A FAIL further in: an `OR FAIL` statement in the trigger, or a write
+    // to a table whose constraints (`ON CONFLICT FAIL`) or triggers can
+    // fail so (transitively). FAIL ends the statement keeping the row
+    // change the trigger fired for, before capture ran.
+    if raises.is_none() {
+        for (name, sql) in &before {
+            let tokens = sql_tokens(sql);
+            if trigger_timing(&tokens) == Some("BEFORE") {
+                continue;
+            }
+            let mut seen = Vec::new();
+            if can_fail(conn, &tokens, &mut seen)? {
+                raises = Some(name.clone());
+                break;
+            }
+        }
+    }
+    Ok((first, raises))
+}
+
+/// The user triggers that fire before `r`'s capture triggers: (name, SQL).
+fn triggers_before_capture(
+    conn: RawConn,
+    r: &Registered,
+) -> Result<Vec<(String, String)>, CaptureError> {
     let doing = "reading the triggers of a replicated table";
     let ours = format!("{LIST_SEPARATOR}{}{LIST_SEPARATOR}", r.triggers);
     let mut s = conn
@@ -283,16 +315,93 @@ fn capture_fires_first(
         .map_err(sqlite(doing))?;
     s.bind(2, ValueRef::Text(ours.as_bytes()))
         .map_err(sqlite(doing))?;
-    let (mut first, mut raises) = (true, None);
+    let mut out = Vec::new();
     while s.step().map_err(sqlite(doing))? {
-        first = false;
-        let name = s.column(0).into_string().unwrap_or_default();
-        let sql = s.column(1).into_string().unwrap_or_default();
-        if raises.is_none() && can_raise_after(&sql) {
-            raises = Some(name);
+        out.push((
+            s.column(0).into_string().unwrap_or_default(),
+            s.column(1).into_string().unwrap_or_default(),
+        ));
+    }
+    Ok(out)
+}
+
+/// Whether running the trigger body of `tokens` can end a statement with
+/// FAIL: a FAIL keyword in it (`OR FAIL`, `RAISE(FAIL)`), or a write to a
+/// table whose definition or triggers can (`seen`: tables already looked
+/// at). Conservative: the word FAIL anywhere counts.
+fn can_fail(
+    conn: RawConn,
+    tokens: &[String],
+    seen: &mut Vec<String>,
+) -> Result<bool, CaptureError> {
+    let body = tokens
+        .iter()
+        .position(|t| t == "BEGIN")
+        .map_or(tokens, |i| &tokens[i + 1..]);
+    if body.iter().any(|t| t == "FAIL") {
+        return Ok(true);
+    }
+    for table in written_tables(body) {
+        if seen.iter().any(|s| s.eq_ignore_ascii_case(&table)) {
+            continue;
+        }
+        seen.push(table.clone());
+        let doing = "reading what a trigger writes";
+        let mut q = conn
+            .prepare(
+                "SELECT type, sql FROM main.sqlite_schema WHERE tbl_name = ?1 COLLATE NOCASE AND type IN ('table', 'trigger') \
+                 UNION ALL SELECT type, sql FROM temp.sqlite_schema WHERE tbl_name = ?1 COLLATE NOCASE AND type IN ('table', 'trigger')",
+            )
+            .map_err(sqlite(doing))?;
+        q.bind(1, ValueRef::Text(table.as_bytes()))
+            .map_err(sqlite(doing))?;
+        let mut found = Vec::new();
+        while q.step().map_err(sqlite(doing))? {
+            found.push((
+                q.column(0).into_string().unwrap_or_default(),
+                q.column(1).into_string().unwrap_or_default(),
+            ));
+        }
+        drop(q);
+        for (kind, sql) in found {
+            let t = sql_tokens(&sql);
+            let fails = if kind == "table" {
+                t.iter().any(|w| w == "FAIL")
+            } else {
+                can_fail(conn, &t, seen)?
+            };
+            if fails {
+                return Ok(true);
+            }
         }
     }
-    Ok((first, raises))
+    Ok(false)
+}
+
+/// The tables a trigger body's statements write (INSERT / REPLACE INTO,
+/// UPDATE, DELETE FROM), unquoted.
+fn written_tables(body: &[String]) -> Vec<String> {
+    let mut out = Vec::new();
+    let name_at = |i: usize| -> Option<String> {
+        let t = body.get(i)?;
+        if t == "(" || t == ";" {
+            return None;
+        }
+        Some(crate::sql_text::unquote(t))
+    };
+    for (i, t) in body.iter().enumerate() {
+        let at = match t.as_str() {
+            "INTO" => i + 1,
+            "UPDATE" if body.get(i + 1).map(String::as_str) == Some("OR") => i + 3,
+            "UPDATE" if body.get(i + 1).map(String::as_str) != Some("SET") => i + 1,
+            "FROM" if i > 0 && body[i - 1] == "DELETE" => i + 1,
+            _ => continue,
+        };
+        if let Some(name) = name_at(at) {
+            out.push(name);
+        }
+    }
+    out
 }
 
 /// A trigger that is not a BEFORE trigger and whose body calls
@@ -414,6 +523,23 @@ mod tests {
         assert_eq!(
             t("CREATE TRIGGER main.before AFTER INSERT ON t BEGIN END"),
             Some("AFTER")
+        );
+    }
+
+    #[test]
+    fn the_tables_a_trigger_body_writes_are_found() {
+        let body = |sql: &str| written_tables(&sql_tokens(sql));
+        assert_eq!(
+            body("INSERT INTO log VALUES (1); INSERT OR FAIL INTO \"we \"\"ird\" SELECT 1; REPLACE INTO [b] VALUES (2)"),
+            ["LOG", "we \"ird", "b"]
+        );
+        assert_eq!(
+            body("UPDATE OR FAIL u SET n = 1; UPDATE v SET n = 2; DELETE FROM w WHERE 1; INSERT INTO x(a) VALUES (1) ON CONFLICT DO UPDATE SET a = 2"),
+            ["U", "V", "W", "X"]
+        );
+        assert_eq!(
+            body("SELECT a FROM t WHERE b IN (SELECT c FROM d)"),
+            Vec::<String>::new()
         );
     }
 
