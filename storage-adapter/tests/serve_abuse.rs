@@ -663,3 +663,32 @@ fn the_default_connection_limit_fits_the_open_file_limit_and_an_explicit_one_mus
     let _ = child.wait();
     assert!(line.contains("max_connections=616"), "{line}");
 }
+
+#[test]
+fn a_client_that_stops_reading_is_cut_off_after_the_write_timeout() {
+    let f = Fixture::new(&["--write-timeout", "2"]);
+    // 8 commits of 4 MiB each: a 32 MiB segment, more than the socket
+    // buffers hold.
+    for id in 0..8 {
+        f.p.connection()
+            .execute(
+                "INSERT INTO t VALUES (?1, randomblob(4194304))",
+                [4_000_000 + id],
+            )
+            .expect("a big row");
+    }
+    let mut stalled = TcpStream::connect(f.addr()).expect("connect");
+    write!(
+        stalled,
+        "GET /v1/segments?from={}&max_bytes=67108864 HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\n\r\n",
+        f.head.0 + 1
+    )
+    .expect("send");
+    f.wait_metric("aerodb_serve_unsent_bytes", |v| v > 0.0);
+    // The client holds its socket and reads nothing: the server gives up
+    // on it, its connection and its room in the budget.
+    f.wait_metric("aerodb_serve_unsent_bytes", |v| v == 0.0);
+    f.wait_metric("aerodb_serve_open_connections", |v| v == 0.0);
+    drop(stalled);
+    f.serves_normally();
+}

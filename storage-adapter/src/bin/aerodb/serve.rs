@@ -60,6 +60,17 @@ pub struct ServeArgs {
     #[arg(long, value_name = "N",
           value_parser = clap::value_parser!(u32).range(1..=100_000))]
     max_connections: Option<u32>,
+    /// Seconds a client has to send a request head once the server reads
+    /// one (an idle keep-alive connection is closed after them too)
+    /// [1..=600, default 10].
+    #[arg(long, value_name = "SECS", default_value_t = 10,
+          value_parser = clap::value_parser!(u64).range(1..=600))]
+    header_timeout: u64,
+    /// Seconds a response may wait for its client to read any of it before
+    /// the connection is closed [1..=3600, default 60].
+    #[arg(long, value_name = "SECS", default_value_t = 60,
+          value_parser = clap::value_parser!(u64).range(1..=3600))]
+    write_timeout: u64,
     /// Serve Prometheus metrics (/metrics) and /health on HOST:PORT,
     /// unauthenticated (port 0: any free port, printed).
     #[arg(long, value_name = "HOST:PORT")]
@@ -75,12 +86,6 @@ const _: () = assert!(2 * MAX_SEGMENT_BYTES <= BODY_BUDGET);
 const MAX_URL: usize = 2048;
 /// Longest request head (request line and headers) read.
 const MAX_HEADER_BYTES: usize = 16 << 10;
-/// Time a client has to send a request head, from when the server starts
-/// reading it (an idle keep-alive connection is closed after it too).
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
-/// A response the client reads nothing of for this long ends the
-/// connection.
-const WRITE_STALL_TIMEOUT: Duration = Duration::from_secs(60);
 /// Threads doing SQLite work for requests (each holds one read-only
 /// connection while it works).
 const BLOCKING_THREADS: usize = 8;
@@ -196,6 +201,8 @@ pub fn run(args: ServeArgs) -> Result<(), Failure> {
         tls_key,
         allow_remote,
         max_connections,
+        header_timeout,
+        write_timeout,
         metrics_listen,
     } = args;
     let tls = match (&tls_cert, &tls_key) {
@@ -235,8 +242,8 @@ pub fn run(args: ServeArgs) -> Result<(), Failure> {
     let limits = Limits {
         max_connections: max_connections as usize,
         max_header_bytes: MAX_HEADER_BYTES,
-        header_read_timeout: HEADER_READ_TIMEOUT,
-        write_stall_timeout: WRITE_STALL_TIMEOUT,
+        header_read_timeout: Duration::from_secs(header_timeout),
+        write_stall_timeout: Duration::from_secs(write_timeout),
     };
     let runtime = http::runtime("aerodb-serve", 2, BLOCKING_THREADS).map_err(run)?;
     runtime.block_on(async move {
