@@ -255,6 +255,12 @@ fn scan(
     // The open range: its hash, first key (shown), last key, rows.
     let mut range: Option<(Sha256, String, Vec<Stored>, u64)> = None;
     let hex = |h: Sha256| -> String { h.finalize().iter().map(|b| format!("{b:02x}")).collect() };
+    let close = |(h, first, last, rows): (Sha256, String, Vec<Stored>, u64)| RangeDigest {
+        first,
+        last: show(&last),
+        rows,
+        sha256: hex(h),
+    };
     while let Some(r) = rows.next().map_err(|e| e.to_string())? {
         buf.clear();
         encode_count(&mut buf, n).map_err(|e| e.to_string())?;
@@ -277,25 +283,11 @@ fn scan(
             *last = key;
             *rows += 1;
             if *rows == per {
-                if let Some((h, first, last, rows)) = range.take() {
-                    ranges.push(RangeDigest {
-                        first,
-                        last: show(&last),
-                        rows,
-                        sha256: hex(h),
-                    });
-                }
+                ranges.extend(range.take().map(close));
             }
         }
     }
-    if let Some((h, first, last, rows)) = range.take() {
-        ranges.push(RangeDigest {
-            first,
-            last: show(&last),
-            rows,
-            sha256: hex(h),
-        });
-    }
+    ranges.extend(range.take().map(close));
     Ok((
         TableDigest {
             table: table.to_owned(),

@@ -223,6 +223,33 @@ fn answered(clients: &[TcpStream]) -> usize {
         .count()
 }
 
+/// `n` authenticated clients that each ask for `target` and read nothing.
+fn stalled_readers(f: &Fixture, n: usize, target: &str) -> Vec<TcpStream> {
+    (0..n)
+        .map(|_| {
+            let mut s = TcpStream::connect(f.addr()).expect("connect");
+            write!(
+                s,
+                "GET {target} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\n\r\n"
+            )
+            .expect("send");
+            s
+        })
+        .collect()
+}
+
+/// Waits until one of `stalled` is answered; then the budget room taken
+/// (at most the 256 MiB budget) and how many are answered.
+fn budget_filled(f: &Fixture, stalled: &[TcpStream]) -> (f64, usize) {
+    let until = deadline();
+    while answered(stalled) < 1 {
+        assert!(Instant::now() < until, "no segment was answered");
+    }
+    let held = f.metric("aerodb_serve_unsent_bytes");
+    assert!(held <= 256.0 * 1048576.0, "{held} bytes held");
+    (held, answered(stalled))
+}
+
 /// The server's peak RSS so far, in MiB.
 fn peak_rss_mib(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
@@ -471,28 +498,12 @@ fn clients_that_ask_for_big_segments_and_never_read_hold_at_most_the_budget() {
     }
     // 20 authenticated clients each ask for a 64 MiB segment and read
     // nothing: without a budget the server would hold 20 x 64 MiB.
-    let stalled: Vec<TcpStream> = (0..20)
-        .map(|_| {
-            let mut s = TcpStream::connect(f.addr()).expect("connect");
-            write!(
-                s,
-                "GET /v1/segments?from=1&max_bytes=67108864 HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\n\r\n"
-            )
-            .expect("send");
-            s
-        })
-        .collect();
+    let stalled = stalled_readers(&f, 20, "/v1/segments?from=1&max_bytes=67108864");
     // The budget fills: 64 MiB segments are built and answered (their
     // clients have bytes to read; a read reserves twice what it may build,
     // records and body); the others wait their turn.
 
-    let until = deadline();
-    while answered(&stalled) < 1 {
-        assert!(Instant::now() < until, "no segment was answered");
-    }
-    let held = f.metric("aerodb_serve_unsent_bytes");
-    assert!(held <= 256.0 * 1048576.0, "{held} bytes held");
-    let built = answered(&stalled);
+    let (held, built) = budget_filled(&f, &stalled);
     assert!(
         built <= 4,
         "{built} bodies of 64 MiB built: more than the budget holds"
@@ -526,25 +537,8 @@ fn a_record_larger_than_max_bytes_counts_against_the_budget_whole() {
         .execute("INSERT INTO t VALUES (2000000, randomblob(31457280))", [])
         .expect("a big row");
     let big = f.head.next();
-    let stalled: Vec<TcpStream> = (0..40)
-        .map(|_| {
-            let mut s = TcpStream::connect(f.addr()).expect("connect");
-            write!(
-                s,
-                "GET /v1/segments?from={}&max_bytes=1 HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\n\r\n",
-                big.0
-            )
-            .expect("send");
-            s
-        })
-        .collect();
-    let until = deadline();
-    while answered(&stalled) < 1 {
-        assert!(Instant::now() < until, "no segment was answered");
-    }
-    let held = f.metric("aerodb_serve_unsent_bytes");
-    assert!(held <= 256.0 * 1048576.0, "{held} bytes held");
-    let built = answered(&stalled);
+    let stalled = stalled_readers(&f, 40, &format!("/v1/segments?from={}&max_bytes=1", big.0));
+    let (_, built) = budget_filled(&f, &stalled);
     let peak = peak_rss_mib(f.server.pid());
     eprintln!("40 stalled readers of a 30 MiB record: {built} answered, peak RSS {peak} MiB");
     assert!(
