@@ -65,6 +65,20 @@ pub struct TableRanges {
 /// At most this many ranges per table: `rows_per_range` grows with the
 /// table.
 pub const MAX_RANGES: u64 = 256;
+/// A range's keys are shown with at most this many characters (they name
+/// the range for a message; its digest covers the rows).
+const MAX_KEY_CHARS: usize = 200;
+/// Largest `/v1/digest` answer read.
+const MAX_DIGEST_BYTES: u64 = 256 << 20;
+
+/// `key` shown, at most `MAX_KEY_CHARS` characters.
+fn show_key(key: &[Stored]) -> String {
+    let shown = show(key);
+    match shown.char_indices().nth(MAX_KEY_CHARS) {
+        Some((at, _)) => format!("{}...", &shown[..at]),
+        None => shown,
+    }
+}
 
 /// The first place a replica differs from its primary.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -257,7 +271,7 @@ fn scan(
     let hex = |h: Sha256| -> String { h.finalize().iter().map(|b| format!("{b:02x}")).collect() };
     let close = |(h, first, last, rows): (Sha256, String, Vec<Stored>, u64)| RangeDigest {
         first,
-        last: show(&last),
+        last: show_key(&last),
         rows,
         sha256: hex(h),
     };
@@ -277,7 +291,7 @@ fn scan(
                 .collect::<Result<Vec<_>, _>>()
                 .map_err(|e| e.to_string())?;
             let (h, _, last, rows) =
-                range.get_or_insert_with(|| (Sha256::new(), show(&key), Vec::new(), 0));
+                range.get_or_insert_with(|| (Sha256::new(), show_key(&key), Vec::new(), 0));
             h.update((buf.len() as u32).to_le_bytes());
             h.update(&buf);
             *last = key;
@@ -309,6 +323,9 @@ fn plural(n: u64, what: &str) -> String {
 /// The first range where `replica`'s rows differ from the primary's
 /// `ranges` (the replica's cut the same way), said for a message.
 fn first_range_difference(replica: &Connection, primary: &TableRanges) -> Result<String, String> {
+    if table_sql(replica, &primary.table)?.is_none() {
+        return Ok("the replica registers it but has no such table".into());
+    }
     let (_, mine) = scan(replica, &primary.table, Some(primary.rows_per_range))?;
     let per = primary.rows_per_range;
     let describe = |r: Option<&RangeDigest>| match r {
@@ -325,13 +342,14 @@ fn first_range_difference(replica: &Connection, primary: &TableRanges) -> Result
             } else {
                 format!("the primary has {a}, the replica {b}")
             };
+            let i = i as u64;
             let at = if per == 1 {
                 format!("row {} in key order differs", i + 1)
             } else {
                 format!(
                     "rows {} to {} in key order differ",
-                    i as u64 * per + 1,
-                    (i as u64 + 1) * per
+                    i.saturating_mul(per).saturating_add(1),
+                    (i + 1).saturating_mul(per)
                 )
             };
             return Ok(format!("{at}: {how}"));
@@ -736,10 +754,15 @@ pub fn verify_url(
                 other => format!("{path}: {other}"),
             })
     };
-    let body = get("/v1/digest")
-        .map_err(perr)?
-        .into_string()
-        .map_err(|e| perr(format!("/v1/digest: {e}")))?;
+    let mut body = String::new();
+    std::io::Read::read_to_string(
+        &mut std::io::Read::take(
+            get("/v1/digest").map_err(perr)?.into_reader(),
+            MAX_DIGEST_BYTES,
+        ),
+        &mut body,
+    )
+    .map_err(|e| perr(format!("/v1/digest: {e}")))?;
     let digest: serde_json::Value =
         serde_json::from_str(&body).map_err(|e| perr(format!("/v1/digest: {e}")))?;
     let field = |k: &str| {
@@ -800,6 +823,19 @@ pub fn verify_url(
         })
         .unwrap_or(Some(Vec::new()))
         .ok_or_else(|| perr("/v1/digest: a key range entry is malformed".into()))?;
+    // The cut follows from the primary's row count; any other is not the
+    // server's (and a tiny one would make the replica's side huge).
+    for r in &ranges {
+        let rows = tables.iter().find(|t| t.table == r.table).map(|t| t.rows);
+        if rows.map(rows_per_range) != Some(r.rows_per_range) {
+            return Err(perr(format!(
+                "/v1/digest: table '{}' is cut in ranges of {} rows, not what its {} rows make",
+                r.table,
+                r.rows_per_range,
+                rows.map_or("unknown number of".into(), |n| n.to_string())
+            )));
+        }
+    }
     let (mut db, at, _lock) = open_replica(rp, generation, head).map_err(rerr)?;
     let brought = bring_to(&mut db, at, head, &|from| {
         let r = get(&format!(

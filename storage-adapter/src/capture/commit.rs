@@ -56,6 +56,12 @@ pub(crate) fn write_record(
     if let Some((_, error)) = &state.poisoned {
         return Err(CaptureError::Uncaptured(error.clone()));
     }
+    if let Some((table, trigger)) = &state.unsafe_at_begin {
+        return Err(CaptureError::UnsafeTrigger {
+            table: table.clone(),
+            trigger: trigger.clone(),
+        });
+    }
     let Some(generation) = state.tx_generation else {
         // Nothing captured: still refused if a trigger could have skipped
         // a capture (the capture table joined: a replicated table was
@@ -79,6 +85,22 @@ pub(crate) fn write_record(
         state.written = Some(commit_id);
     }
     Ok(())
+}
+
+/// A trigger that can skip capture on a replicated table, as the schema is
+/// now: (table, trigger). `None` on a database that is not a primary, and
+/// for any other problem (the commit finds those).
+pub(crate) fn unsafe_trigger(conn: RawConn, stmts: &mut Statements) -> Option<(String, String)> {
+    let (_, version) = stmts.head(conn, Generation(0)).ok()?;
+    // The descriptions the commit checks, when current; else read them
+    // once more here, leaving the commit's to the commit.
+    if let Some(found) = stmts.unsafe_trigger_at(version) {
+        return found;
+    }
+    crate::capture::tables::registered(conn)
+        .ok()?
+        .into_iter()
+        .find_map(|t| t.raises_first.map(|trigger| (t.name, trigger)))
 }
 
 /// Where a spill is asked for: whether every change made so far has been

@@ -95,6 +95,12 @@ pub(crate) struct ConnState {
     /// statement ever run without one.) The savepoint level that was
     /// newest when it happened, and the error.
     poisoned: Option<(Option<i32>, String)>,
+    /// A trigger that can skip capture (see `tables::capture_fires_first`)
+    /// on a replicated table when the capture table joined the open
+    /// transaction (table, trigger): the commit is refused even if the
+    /// trigger is dropped, or capture re-installed, before it (the row it
+    /// skipped left no trace to check later).
+    pub(crate) unsafe_at_begin: Option<(String, String)>,
     /// A capture trigger asked its `INSERT INTO aerodb_capture` to reach
     /// the table (`xUpdate`), which spills the buffer.
     spill_requested: bool,
@@ -171,6 +177,7 @@ impl ConnState {
     fn end(&mut self) {
         self.in_transaction = false;
         self.poisoned = None;
+        self.unsafe_at_begin = None;
         self.buffer.clear();
         self.tx_generation = None;
     }
@@ -626,6 +633,7 @@ pub fn register(conn: &Connection) -> Result<CaptureHandle, rusqlite::Error> {
         last_commit: None,
         main_generation: None,
         poisoned: None,
+        unsafe_at_begin: None,
         spill_requested: false,
         chunk_bytes: DEFAULT_CHUNK_BYTES,
         spill_at: DEFAULT_CHUNK_BYTES,

@@ -347,22 +347,33 @@ fn can_fail(
         }
         seen.push(table.clone());
         let doing = "reading what a trigger writes";
-        let mut q = conn
-            .prepare(
-                "SELECT type, sql FROM main.sqlite_schema WHERE tbl_name = ?1 COLLATE NOCASE AND type IN ('table', 'trigger') \
-                 UNION ALL SELECT type, sql FROM temp.sqlite_schema WHERE tbl_name = ?1 COLLATE NOCASE AND type IN ('table', 'trigger')",
-            )
+        // A TEMP trigger's names resolve in temp, main, then every attached
+        // database: all are read.
+        let mut schemas = Vec::new();
+        let mut d = conn
+            .prepare("SELECT name FROM pragma_database_list")
             .map_err(sqlite(doing))?;
-        q.bind(1, ValueRef::Text(table.as_bytes()))
-            .map_err(sqlite(doing))?;
-        let mut found = Vec::new();
-        while q.step().map_err(sqlite(doing))? {
-            found.push((
-                q.column(0).into_string().unwrap_or_default(),
-                q.column(1).into_string().unwrap_or_default(),
-            ));
+        while d.step().map_err(sqlite(doing))? {
+            schemas.push(d.column(0).into_string().unwrap_or_default());
         }
-        drop(q);
+        drop(d);
+        let mut found = Vec::new();
+        for schema in schemas {
+            let mut q = conn
+                .prepare(&format!(
+                    "SELECT type, sql FROM {}.sqlite_schema WHERE tbl_name = ?1 COLLATE NOCASE AND type IN ('table', 'trigger')",
+                    crate::table_info::quote_ident(&schema)
+                ))
+                .map_err(sqlite(doing))?;
+            q.bind(1, ValueRef::Text(table.as_bytes()))
+                .map_err(sqlite(doing))?;
+            while q.step().map_err(sqlite(doing))? {
+                found.push((
+                    q.column(0).into_string().unwrap_or_default(),
+                    q.column(1).into_string().unwrap_or_default(),
+                ));
+            }
+        }
         for (kind, sql) in found {
             let t = sql_tokens(&sql);
             let fails = if kind == "table" {

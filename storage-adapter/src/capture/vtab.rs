@@ -295,7 +295,16 @@ unsafe extern "C" fn x_update(
 
 unsafe extern "C" fn x_begin(vtab: *mut ffi::sqlite3_vtab) -> c_int {
     with_vtab(vtab, "begin", |v| {
-        lock(&v.shared).begin();
+        // SQLite has the table join when the first statement that can
+        // write it starts, before any of its row changes: whether a
+        // trigger can skip capture is noted now, as the schema is.
+        // SAFETY: the connection is open and starting that statement on
+        // this thread.
+        let conn = unsafe { RawConn::new(v.db) };
+        let found = commit::unsafe_trigger(conn, &mut v.statements);
+        let mut state = lock(&v.shared);
+        state.begin();
+        state.unsafe_at_begin = found;
         Ok(())
     })
 }

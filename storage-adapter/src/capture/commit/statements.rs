@@ -124,6 +124,20 @@ impl Statements {
         Ok(())
     }
 
+    /// With the table descriptions current at `version`: the (table,
+    /// trigger) of a trigger that can skip capture, if any. `None` when
+    /// they are not current.
+    pub(super) fn unsafe_trigger_at(&self, version: i32) -> Option<Option<(String, String)>> {
+        (self.tables_at == Some(version)).then(|| {
+            self.tables.values().find_map(|t| {
+                t.info
+                    .raises_first
+                    .clone()
+                    .map(|trigger| (t.info.name.clone(), trigger))
+            })
+        })
+    }
+
     /// Why the buffer cannot be spilled from a capture trigger in the
     /// middle of a statement (`None`: it can): a change can then still be
     /// waiting for its own capture trigger, so the touched keys' rows of
