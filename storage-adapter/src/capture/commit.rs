@@ -91,12 +91,13 @@ pub(crate) fn write_record(
 /// now: (table, trigger). `None` on a database that is not a primary, and
 /// for any other problem (the commit finds those).
 pub(crate) fn unsafe_trigger(conn: RawConn, stmts: &mut Statements) -> Option<(String, String)> {
-    let (_, version) = stmts.head(conn, Generation(0)).ok()?;
-    // The descriptions the commit checks, when current; else read them
-    // once more here, leaving the commit's to the commit.
-    if let Some(found) = stmts.unsafe_trigger_at(version) {
+    // The descriptions the commit checks, when the schemas have not
+    // changed since; else read them once more here, leaving the commit's
+    // to the commit.
+    if let Some(found) = stmts.unsafe_trigger_now(conn) {
         return found;
     }
+    // Not a primary (no registry): nothing to find.
     crate::capture::tables::registered(conn)
         .ok()?
         .into_iter()

@@ -37,6 +37,11 @@ pub(crate) struct Statements {
     /// write while a change waits for its capture trigger.
     pub(super) user_trigger: Option<String>,
     pub(super) tables_at: Option<i32>,
+    /// `PRAGMA main.schema_version` and `temp.schema_version` when
+    /// `tables` was read: while they are the same, so are the triggers.
+    pub(super) cookies_at: Option<(i64, i64)>,
+    pub(super) main_cookie: Option<Stmt<'static>>,
+    pub(super) temp_cookie: Option<Stmt<'static>>,
     /// Scratch space kept between commits.
     pub(super) changes: Changes,
     pub(super) looked_up: Vec<u8>,
@@ -94,6 +99,7 @@ impl Statements {
                 );
             }
             self.tables_at = version;
+            self.cookies_at = self.cookies(conn).ok();
         }
         // A trigger that can skip capture refuses every write to
         // replicated tables: the write it skipped left no touch to name it.
@@ -124,11 +130,30 @@ impl Statements {
         Ok(())
     }
 
-    /// With the table descriptions current at `version`: the (table,
-    /// trigger) of a trigger that can skip capture, if any. `None` when
-    /// they are not current.
-    pub(super) fn unsafe_trigger_at(&self, version: i32) -> Option<Option<(String, String)>> {
-        (self.tables_at == Some(version)).then(|| {
+    /// The main and temp schemas' change counters.
+    pub(super) fn cookies(&mut self, conn: RawConn) -> Result<(i64, i64), CaptureError> {
+        let read = |slot: &mut Option<Stmt<'static>>, sql: &str| -> Result<i64, CaptureError> {
+            let s = kept(slot, conn, sql)?;
+            let v = if s.step().map_err(sqlite("reading the schema version"))? {
+                s.column(0).as_i64().unwrap_or(0)
+            } else {
+                0
+            };
+            s.reset();
+            Ok(v)
+        };
+        Ok((
+            read(&mut self.main_cookie, "PRAGMA main.schema_version")?,
+            read(&mut self.temp_cookie, "PRAGMA temp.schema_version")?,
+        ))
+    }
+
+    /// With the table descriptions read while the schemas were as they are
+    /// now: the (table, trigger) of a trigger that can skip capture, if
+    /// any. `None` when they may be out of date.
+    pub(super) fn unsafe_trigger_now(&mut self, conn: RawConn) -> Option<Option<(String, String)>> {
+        let now = self.cookies(conn).ok()?;
+        (self.tables_at.is_some() && self.cookies_at == Some(now)).then(|| {
             self.tables.values().find_map(|t| {
                 t.info
                     .raises_first
