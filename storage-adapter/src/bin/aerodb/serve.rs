@@ -430,7 +430,7 @@ async fn with_reader<T: Send + 'static>(
 }
 
 /// Watches the primary for commits and moves `tx` after each: inotify on
-/// the database's directory says a file of the database was written, and
+/// the database's files says one of them was written, and
 /// `PRAGMA data_version` says whether a commit became visible (a WAL
 /// write is seen a moment before the commit is published in the shared
 /// memory index, so after an event it is checked every millisecond for a
@@ -444,7 +444,7 @@ fn watch_head(db: &str, tx: &tokio::sync::watch::Sender<u64>) {
     let real = std::fs::canonicalize(db).unwrap_or_else(|_| db.into());
     let watcher = super::inotify::DirWatch::new(&real);
     if let Err(e) = &watcher {
-        tracing::warn!(error = %e, "no inotify on the primary's directory: long-polls see commits within a second");
+        tracing::warn!(error = %e, "no inotify on the primary's files: long-polls see commits within a second");
     }
     let wait = |timeout: Duration| match &watcher {
         Ok(w) => w.wait(timeout),
