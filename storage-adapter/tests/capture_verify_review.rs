@@ -7,6 +7,7 @@
 #![allow(dead_code)]
 
 mod differential;
+mod serve_common;
 
 use differential::*;
 
@@ -420,43 +421,11 @@ fn verify_setup(dir: &Path, sql: &str, tables: &[&str]) -> (Primary, PathBuf, Pa
     (primary, p, r)
 }
 
-struct Serve {
-    child: std::process::Child,
-    url: String,
-}
+use serve_common::{token_file, Server, TOKEN};
 
-impl Drop for Serve {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-const TOKEN: &str = "s3cret-token-0123456789";
-
-fn serve(dir: &Path, db: &Path) -> Serve {
-    use std::io::BufRead;
-    let token = dir.join("token");
-    std::fs::write(&token, format!("{TOKEN}\n")).unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_aerodb"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--db"])
-        .arg(db)
-        .arg("--token-file")
-        .arg(&token)
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    std::io::BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let port = line.trim_end().rsplit(':').next().unwrap().to_owned();
-    Serve {
-        child,
-        url: format!("http://127.0.0.1:{port}"),
-    }
+/// `aerodb serve` on the primary `db`, its token file in `dir`.
+fn serve(dir: &Path, db: &Path) -> Server {
+    Server::start(db, &token_file(dir), 0)
 }
 
 /// A fake server answering every request with `body` (JSON, 200).
@@ -554,7 +523,7 @@ fn fixed_digest_with_long_keys_exceeds_the_read_limit() {
         &["t"],
     );
     let server = serve(dir.path(), &p);
-    let v = storage_adapter::verify::verify_url(&server.url, TOKEN, None, &r);
+    let v = storage_adapter::verify::verify_url(&&server.url(), TOKEN, None, &r);
     match v {
         Ok(v) => assert_eq!(v.difference, None),
         Err(e) => panic!("verify over HTTP failed against an honest server: {e}"),
@@ -582,7 +551,7 @@ fn fixed_missing_replica_table_over_http_is_misnamed() {
         .unwrap();
         c.execute_batch("DROP TABLE e; DROP TABLE t").unwrap();
     }
-    let v = storage_adapter::verify::verify_url(&server.url, TOKEN, None, &r).unwrap();
+    let v = storage_adapter::verify::verify_url(&&server.url(), TOKEN, None, &r).unwrap();
     let d = v.difference.expect("a difference");
     eprintln!("{d:?}");
     let local = storage_adapter::verify::verify(&p, &r).unwrap();
@@ -609,7 +578,7 @@ fn held_http_ranges_with_inexact_and_mixed_keys() {
         &["k", "e"],
     );
     let server = serve(dir.path(), &p);
-    let verify = || storage_adapter::verify::verify_url(&server.url, TOKEN, None, &r).unwrap();
+    let verify = || storage_adapter::verify::verify_url(&&server.url(), TOKEN, None, &r).unwrap();
     assert_eq!(verify().difference, None);
     let back = || {
         let c = rusqlite::Connection::open(&r).unwrap();
