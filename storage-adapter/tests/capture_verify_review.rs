@@ -523,7 +523,7 @@ fn fixed_digest_with_long_keys_exceeds_the_read_limit() {
         &["t"],
     );
     let server = serve(dir.path(), &p);
-    let v = storage_adapter::verify::verify_url(&&server.url(), TOKEN, None, &r);
+    let v = storage_adapter::verify::verify_url(&server.url(), TOKEN, None, &r);
     match v {
         Ok(v) => assert_eq!(v.difference, None),
         Err(e) => panic!("verify over HTTP failed against an honest server: {e}"),
@@ -551,7 +551,7 @@ fn fixed_missing_replica_table_over_http_is_misnamed() {
         .unwrap();
         c.execute_batch("DROP TABLE e; DROP TABLE t").unwrap();
     }
-    let v = storage_adapter::verify::verify_url(&&server.url(), TOKEN, None, &r).unwrap();
+    let v = storage_adapter::verify::verify_url(&server.url(), TOKEN, None, &r).unwrap();
     let d = v.difference.expect("a difference");
     eprintln!("{d:?}");
     let local = storage_adapter::verify::verify(&p, &r).unwrap();
@@ -578,7 +578,7 @@ fn held_http_ranges_with_inexact_and_mixed_keys() {
         &["k", "e"],
     );
     let server = serve(dir.path(), &p);
-    let verify = || storage_adapter::verify::verify_url(&&server.url(), TOKEN, None, &r).unwrap();
+    let verify = || storage_adapter::verify::verify_url(&server.url(), TOKEN, None, &r).unwrap();
     assert_eq!(verify().difference, None);
     let back = || {
         let c = rusqlite::Connection::open(&r).unwrap();
