@@ -126,6 +126,10 @@ struct Shared {
     /// or its client goes): slow clients cannot make the server hold
     /// unbounded memory; a request over the budget waits for its turn.
     body_budget: Arc<tokio::sync::Semaphore>,
+    /// The commit count seen before a read that found nothing past the
+    /// head it names: while the count has not moved, asking past that head
+    /// needs no read.
+    nothing_past: Mutex<Option<(u64, CommitId)>>,
     /// Snapshot copies being streamed (each a file holding the replicated
     /// tables), at most `SNAPSHOTS_AT_ONCE`.
     snapshots: Arc<tokio::sync::Semaphore>,
@@ -304,6 +308,7 @@ pub fn run(args: ServeArgs) -> Result<(), Failure> {
             head,
             heavy: tokio::sync::Semaphore::new(HEAVY_AT_ONCE),
             body_budget,
+            nothing_past: Mutex::new(None),
             snapshots: Arc::new(tokio::sync::Semaphore::new(SNAPSHOTS_AT_ONCE)),
         });
         let handler = move |request: Request<Incoming>, peer: SocketAddr| {
@@ -717,7 +722,27 @@ async fn segments(shared: &Arc<Shared>, params: &[(String, String)]) -> Result<R
     let mut _held = None;
     loop {
         // Marked seen before the read: a commit after the read moves it.
-        commits.borrow_and_update();
+        let seen = *commits.borrow_and_update();
+        // An idle replica asking past the head again, with no commit seen
+        // since a read found nothing there: nothing to read (the read that
+        // found it was made after the same commit count was seen, and any
+        // later commit moves the count).
+        let known = *shared
+            .nothing_past
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if let Some((_, head)) =
+            known.filter(|&(at, head)| at == seen && until.is_none() && from == head.next())
+        {
+            if tokio::time::Instant::now() >= deadline {
+                return Ok(empty(head));
+            }
+            _held.get_or_insert_with(|| shared.metrics.long_poll());
+            if !next_commit(&mut commits, deadline).await {
+                return Ok(empty(head));
+            }
+            continue;
+        }
         // Room for what this read may build: its records and the body they
         // are encoded into, twice max_bytes, or twice a large record (a
         // segment holds at least one whole record, whatever max_bytes
@@ -762,21 +787,38 @@ async fn segments(shared: &Arc<Shared>, params: &[(String, String)]) -> Result<R
             Read::Nothing(head) => head,
         };
         drop(room);
+        if from == head.next() {
+            *shared
+                .nothing_past
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()) = Some((seen, head));
+        }
         // Nothing from `from` on up to `until`: nothing to wait for.
         if until.is_some_and(|u| from > u) || tokio::time::Instant::now() >= deadline {
             return Ok(empty(head));
         }
         _held.get_or_insert_with(|| shared.metrics.long_poll());
-        tokio::select! {
-            moved = commits.changed() => {
-                if moved.is_err() {
-                    // No watcher any more: wait out the deadline.
-                    tokio::time::sleep_until(deadline).await;
-                    return Ok(empty(head));
-                }
-            }
-            _ = tokio::time::sleep_until(deadline) => return Ok(empty(head)),
+        if !next_commit(&mut commits, deadline).await {
+            return Ok(empty(head));
         }
+    }
+}
+
+/// Waits for the head watcher to see a commit (true) or for `deadline`
+/// (false; also when the watcher is gone).
+async fn next_commit(
+    commits: &mut tokio::sync::watch::Receiver<u64>,
+    deadline: tokio::time::Instant,
+) -> bool {
+    tokio::select! {
+        moved = commits.changed() => {
+            if moved.is_err() {
+                tokio::time::sleep_until(deadline).await;
+                return false;
+            }
+            true
+        }
+        _ = tokio::time::sleep_until(deadline) => false,
     }
 }
 
