@@ -1,6 +1,6 @@
 //! The engine's handling of the runners' reports (see [`super`]).
 
-use super::{AfterStop, SupervisorEngine};
+use super::{AfterStop, Phase, SupervisorEngine};
 use crate::runtime::events::Event;
 use crate::runtime::{Component, Failure, StoreOp};
 use crate::state::{GlobalState, SegmentState};
@@ -53,6 +53,20 @@ impl SupervisorEngine {
                 let (code, reason) = (f.code, f.to_string());
                 self.failed(Component::Receiver, "Failed", f);
                 self.drive(SupervisorInput::ReceiverStopped { code, reason })?;
+            }
+            Event::ReceiverResumed { source, next }
+                if matches!(self.phase, Phase::Stopping(AfterStop::Discard { .. })) =>
+            {
+                // The pipeline is being stopped to discard a damaged stored
+                // segment, decided in the Receiver's block: the discard's
+                // own transition leaves the block, and the restarted
+                // Receiver asks the source again. Driving the resume here
+                // moved the state on first, and the discard then found
+                // itself illegal (the Supervisor went down; seen under load
+                // in CI).
+                self.status(Component::Receiver).last_transition = Some(format!(
+                    "{source} answers again (next commit {next}) while the pipeline stops"
+                ));
             }
             Event::ReceiverResumed { source, next } => {
                 self.succeeded(

@@ -315,6 +315,56 @@ fn a_damaged_stored_segment_is_discarded_through_the_store_and_fetched_again() {
 }
 
 #[test]
+fn a_source_answering_again_while_a_discard_stops_the_pipeline_moves_nothing() {
+    // Recovery meets a damaged stored segment while the source is down
+    // (a migration under way): the discard is decided in the Receiver's
+    // block. The source answering again before the pipeline has stopped
+    // used to drive the resume, so the discard found the state moved on
+    // and was illegal (the Supervisor went down; seen under load).
+    let mut e = engine();
+    e.handle(Input::Start);
+    e.handle(Input::StoreOpened(stored(3, 6)));
+    e.handle(Input::Report(Event::ReceiverFailed(Failure::new(
+        FailureCode::SourceUnavailable,
+        "a migration under way",
+    ))));
+    assert!(
+        e.view(true)
+            .global
+            .to_string()
+            .contains("WAL receiver failed"),
+        "{}",
+        e.view(true).global
+    );
+    let r = Rejection {
+        first: CommitId(4),
+        last: CommitId(6),
+        wal_offset: WalOffset(40),
+        code: FailureCode::Corrupt,
+        expected: None,
+        actual: None,
+        reason: "segment checksum mismatch".into(),
+    };
+    let c = e.handle(Input::Report(Event::ValidatorStoredRejected(r)));
+    assert_eq!(kinds(&c), ["Record", "Publish", "StopPipeline"]);
+    let c = e.handle(Input::Report(Event::ReceiverResumed {
+        source: "primary file p.db".into(),
+        next: CommitId(7),
+    }));
+    assert!(transitions(&c).is_empty(), "{c:?}");
+    let c = e.handle(Input::PipelineStopped { panicked: vec![] });
+    assert_eq!(kinds(&c), ["OpenStore"]);
+    let c = e.handle(Input::StoreOpened(stored(3, 6)));
+    assert_eq!(kinds(&c), ["Record", "OpenStore"], "{c:?}");
+    assert_eq!(transitions(&c).len(), 1, "{c:?}");
+    assert!(
+        transitions(&c)[0].ends_with("-> ReceivingWAL"),
+        "{:?}",
+        transitions(&c)
+    );
+}
+
+#[test]
 fn a_failure_while_the_pipeline_stops_ends_the_run_once() {
     let mut e = running();
     e.handle(Input::Report(applier_failed(4, 6)));
