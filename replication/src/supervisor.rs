@@ -332,15 +332,28 @@ impl Supervisor {
             }
             SupervisorInput::StoredSegmentDiscarded { range, reason } => {
                 // Recovery re-reads stored segments; the source may have
-                // failed meanwhile (a migration under way on the primary):
-                // the discard and the restart still go on from there.
+                // failed meanwhile (a migration under way on the primary),
+                // and come back, which moves the state on while stored
+                // segments are still being re-read: the discard and the
+                // restart go on from any of those states. Never from
+                // another block (a discard does not lift a rejection or a
+                // divergence), nor outside a run.
                 let receiver_blocked = matches!(
                     &self.state,
                     GlobalState::Ready {
                         read: ReadStatus::Blocked(BlockReason::ReceiverFailed { .. })
                     }
                 );
-                if self.state != GlobalState::Recovering && !receiver_blocked {
+                let running = matches!(
+                    &self.state,
+                    GlobalState::ReceivingWal
+                        | GlobalState::ValidatingWal
+                        | GlobalState::ApplyingWal
+                        | GlobalState::Ready {
+                            read: ReadStatus::Safe
+                        }
+                );
+                if self.state != GlobalState::Recovering && !receiver_blocked && !running {
                     return Err(IllegalTransition::NotInState {
                         state: self.state.clone(),
                         input: "a discard of stored segments (only recovery re-reads them)",

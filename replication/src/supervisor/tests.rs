@@ -191,14 +191,43 @@ fn a_damaged_stored_segment_ends_recovery_by_fetching_it_again() {
         .expect("legal from the Receiver's block")
         .expect("moves");
     assert_eq!(t.to, GlobalState::ValidatingWal);
-    // Only recovery re-reads stored segments: elsewhere it is illegal.
-    let e = s
+    // The source coming back during recovery moves the state on while
+    // stored segments are still re-read: a discard is legal from there.
+    s.handle(SupervisorInput::StoredSegmentDiscarded {
+        range: (CommitId(11), CommitId(15)),
+        reason: "again".into(),
+    })
+    .expect("legal while running");
+    assert_eq!(s.state(), &GlobalState::ValidatingWal);
+    // Never from another block: a discard does not lift a rejection.
+    let mut r = started(5, 20);
+    r.handle(SupervisorInput::Rejected(Rejection {
+        first: CommitId(6),
+        last: CommitId(8),
+        wal_offset: WalOffset(60),
+        code: FailureCode::Corrupt,
+        expected: None,
+        actual: None,
+        reason: "bad".into(),
+    }))
+    .expect("legal");
+    assert!(replication_blocked(r.state()), "{}", r.state());
+    let e = r
         .handle(SupervisorInput::StoredSegmentDiscarded {
             range: (CommitId(11), CommitId(15)),
             reason: "again".into(),
         })
-        .expect_err("not recovering");
+        .expect_err("blocked by a rejection");
     assert!(matches!(e, IllegalTransition::NotInState { .. }), "{e}");
+}
+
+fn replication_blocked(s: &GlobalState) -> bool {
+    matches!(
+        s,
+        GlobalState::Ready {
+            read: ReadStatus::Blocked(_)
+        }
+    )
 }
 
 #[test]

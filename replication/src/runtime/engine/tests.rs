@@ -365,6 +365,47 @@ fn a_source_answering_again_while_a_discard_stops_the_pipeline_moves_nothing() {
 }
 
 #[test]
+fn a_source_answering_again_just_before_recovery_meets_a_damaged_stored_segment() {
+    // The other order of the race above (found in review): the source
+    // fails and comes back during recovery, which moves the state on
+    // while stored segments are still re-read; then one of them is found
+    // damaged. The discard is legal from there (it was refused, and the
+    // Supervisor went down).
+    let mut e = engine();
+    e.handle(Input::Start);
+    e.handle(Input::StoreOpened(stored(3, 6)));
+    assert_eq!(e.view(true).global.to_string(), "Recovering");
+    e.handle(Input::Report(Event::ReceiverFailed(Failure::new(
+        FailureCode::SourceUnavailable,
+        "a migration under way",
+    ))));
+    e.handle(Input::Report(Event::ReceiverResumed {
+        source: "primary file p.db".into(),
+        next: CommitId(7),
+    }));
+    let r = Rejection {
+        first: CommitId(4),
+        last: CommitId(6),
+        wal_offset: WalOffset(40),
+        code: FailureCode::Corrupt,
+        expected: None,
+        actual: None,
+        reason: "segment checksum mismatch".into(),
+    };
+    let c = e.handle(Input::Report(Event::ValidatorStoredRejected(r)));
+    assert_eq!(kinds(&c), ["Record", "Publish", "StopPipeline"]);
+    let c = e.handle(Input::PipelineStopped { panicked: vec![] });
+    assert_eq!(kinds(&c), ["OpenStore"]);
+    let c = e.handle(Input::StoreOpened(stored(3, 6)));
+    assert!(
+        !matches!(e.phase, Phase::Stopping(AfterStop::Fail(_))),
+        "the Supervisor failed: {:?}",
+        e.view(true).components[Component::Supervisor.index()].last_error
+    );
+    assert_eq!(kinds(&c), ["Record", "OpenStore"], "{c:?}");
+}
+
+#[test]
 fn a_failure_while_the_pipeline_stops_ends_the_run_once() {
     let mut e = running();
     e.handle(Input::Report(applier_failed(4, 6)));

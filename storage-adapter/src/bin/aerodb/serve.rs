@@ -720,6 +720,7 @@ async fn segments(shared: &Arc<Shared>, params: &[(String, String)]) -> Result<R
     };
     let mut commits = shared.head.clone();
     let mut _held = None;
+    let mut deadline_read = false;
     loop {
         // Marked seen before the read: a commit after the read moves it.
         let seen = *commits.borrow_and_update();
@@ -727,20 +728,19 @@ async fn segments(shared: &Arc<Shared>, params: &[(String, String)]) -> Result<R
         // since a read found nothing there: nothing to read (the read that
         // found it was made after the same commit count was seen, and any
         // later commit moves the count).
+        // The head watcher sees a commit a moment after it returns, so an
+        // answer is always read, never taken from here: only the wait
+        // before it is (a request at or past its deadline reads).
         let known = *shared
             .nothing_past
             .lock()
             .unwrap_or_else(|p| p.into_inner());
-        if let Some((_, head)) =
-            known.filter(|&(at, head)| at == seen && until.is_none() && from == head.next())
-        {
-            if tokio::time::Instant::now() >= deadline {
-                return Ok(empty(head));
-            }
+        let idle = known.filter(|&(at, head)| at == seen && until.is_none() && from == head.next());
+        if idle.is_some() && !deadline_read && tokio::time::Instant::now() < deadline {
             _held.get_or_insert_with(|| shared.metrics.long_poll());
-            if !next_commit(&mut commits, deadline).await {
-                return Ok(empty(head));
-            }
+            // A commit seen: read it. The deadline: one read says what
+            // there is.
+            deadline_read = !next_commit(&mut commits, deadline).await;
             continue;
         }
         // Room for what this read may build: its records and the body they
