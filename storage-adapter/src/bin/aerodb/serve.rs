@@ -720,7 +720,6 @@ async fn segments(shared: &Arc<Shared>, params: &[(String, String)]) -> Result<R
     };
     let mut commits = shared.head.clone();
     let mut _held = None;
-    let mut deadline_read = false;
     loop {
         // Marked seen before the read: a commit after the read moves it.
         let seen = *commits.borrow_and_update();
@@ -728,19 +727,24 @@ async fn segments(shared: &Arc<Shared>, params: &[(String, String)]) -> Result<R
         // since a read found nothing there: nothing to read (the read that
         // found it was made after the same commit count was seen, and any
         // later commit moves the count).
-        // The head watcher sees a commit a moment after it returns, so an
-        // answer is always read, never taken from here: only the wait
-        // before it is (a request at or past its deadline reads).
+        // Only a long-poll (wait_ms > 0) takes it: its empty answer says
+        // no commit was seen during its wait. The head watcher sees a
+        // commit a moment after it returns, so a request that asks without
+        // waiting always reads (a fetch right after a commit finds it).
         let known = *shared
             .nothing_past
             .lock()
             .unwrap_or_else(|p| p.into_inner());
-        let idle = known.filter(|&(at, head)| at == seen && until.is_none() && from == head.next());
-        if idle.is_some() && !deadline_read && tokio::time::Instant::now() < deadline {
+        if let Some((_, head)) = known.filter(|&(at, head)| {
+            at == seen && until.is_none() && from == head.next() && !wait.is_zero()
+        }) {
+            if tokio::time::Instant::now() >= deadline {
+                return Ok(empty(head));
+            }
             _held.get_or_insert_with(|| shared.metrics.long_poll());
-            // A commit seen: read it. The deadline: one read says what
-            // there is.
-            deadline_read = !next_commit(&mut commits, deadline).await;
+            if !next_commit(&mut commits, deadline).await {
+                return Ok(empty(head));
+            }
             continue;
         }
         // Room for what this read may build: its records and the body they
