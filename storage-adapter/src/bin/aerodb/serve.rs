@@ -7,10 +7,10 @@
 //! also bounds what a client may cost: open connections, header size,
 //! header read time, stalled writes). SQLite work runs on a bounded pool
 //! of blocking threads, each request borrowing a read-only connection from
-//! a small pool. A long-poll holds no thread: it waits on the head
-//! watcher (`watch_head`), which wakes every waiting long-poll when the
-//! primary commits; the long-poll's deadline decides only when an empty
-//! answer is sent.
+//! a small pool. A long-poll (`serve/segments.rs`) holds no thread: it
+//! waits on the head watcher (`serve/watch.rs`), which wakes every waiting
+//! long-poll when the primary commits; the long-poll's deadline decides
+//! only when an empty answer is sent.
 //!
 //! Every request gets one access-log line (`tracing` target
 //! `aerodb::access`: method, path, status, bytes, duration, peer); no log
@@ -20,18 +20,20 @@
 // bytes), moved once per request: not worth a box each.
 #![allow(clippy::result_large_err)]
 
+mod segments;
+mod watch;
+
 use super::http::{self, Body, Connections, Limits};
 use super::Failure;
 use clap::Args;
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response};
-use replication::wal::{CommitId, Segment};
+use replication::wal::CommitId;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use storage_adapter::primary::{PrimaryError, PrimaryWalReader};
+use storage_adapter::primary::PrimaryWalReader;
 use storage_adapter::snapshot;
-use storage_adapter::WalReadError;
 
 #[derive(Args, Debug)]
 pub struct ServeArgs {
@@ -264,7 +266,7 @@ pub fn run(args: ServeArgs) -> Result<(), Failure> {
             let db = db.clone();
             std::thread::Builder::new()
                 .name("aerodb-serve-head".into())
-                .spawn(move || watch_head(&db, &tx))
+                .spawn(move || watch::watch_head(&db, &tx))
                 .map_err(|e| run(format!("spawning the head watcher: {e}")))?;
         }
         println!("aerodb serve: serving the WAL of {db} on {scheme}://{bound}");
@@ -434,88 +436,6 @@ async fn with_reader<T: Send + 'static>(
     })
 }
 
-/// Watches the primary for commits and moves `tx` after each: inotify on
-/// the database's files says one of them was written, and
-/// `PRAGMA data_version` says whether a commit became visible (a WAL
-/// write is seen a moment before the commit is published in the shared
-/// memory index, so after an event it is checked every millisecond for a
-/// short while). Without inotify (or if it fails) it checks every second:
-/// slower answers, never wrong ones, since a woken long-poll reads the WAL
-/// itself and a long-poll not woken is answered empty at its deadline and
-/// asked again.
-fn watch_head(db: &str, tx: &tokio::sync::watch::Sender<u64>) {
-    // The directory SQLite writes in: that of the file a symbolic link
-    // names (its -wal and -journal are next to it).
-    let real = std::fs::canonicalize(db).unwrap_or_else(|_| db.into());
-    let watcher = super::inotify::DirWatch::new(&real);
-    if let Err(e) = &watcher {
-        tracing::warn!(error = %e, "no inotify on the primary's files: long-polls see commits within a second");
-    }
-    let wait = |timeout: Duration| match &watcher {
-        Ok(w) => w.wait(timeout),
-        Err(_) => {
-            std::thread::sleep(timeout);
-            false
-        }
-    };
-    // A connection of its own; opened again (each second, or at the next
-    // write) while it cannot be (the primary locked, or gone a moment).
-    let mut reader: Option<PrimaryWalReader> = None;
-    let mut seen: Option<i64> = None;
-    let mut complained = false;
-    // Whether a commit became visible since the last check. An error (the
-    // primary locked past the busy timeout) publishes nothing: waking the
-    // long-polls would only send them into the same lock.
-    let mut moved = |reader: &mut Option<PrimaryWalReader>| -> bool {
-        if reader.is_none() {
-            match PrimaryWalReader::open(db) {
-                Ok(r) => {
-                    complained = false;
-                    *reader = Some(r);
-                }
-                Err(e) => {
-                    if !complained {
-                        tracing::warn!(error = %e, "the head watcher cannot open the primary; long-polls wait their deadline until it can");
-                        complained = true;
-                    }
-                    return false;
-                }
-            }
-        }
-        let Some(r) = reader.as_ref() else {
-            return false;
-        };
-        match r.data_version() {
-            Ok(v) if Some(v) != seen => {
-                seen = Some(v);
-                tx.send_modify(|n| *n += 1);
-                true
-            }
-            Ok(_) => false,
-            Err(e) => {
-                tracing::debug!(error = %e, "the head watcher could not read data_version");
-                false
-            }
-        }
-    };
-    moved(&mut reader);
-    loop {
-        let written = wait(Duration::from_secs(1));
-        if tx.is_closed() {
-            return;
-        }
-        if moved(&mut reader) || !written {
-            continue;
-        }
-        for _ in 0..100 {
-            std::thread::sleep(Duration::from_millis(1));
-            if moved(&mut reader) {
-                break;
-            }
-        }
-    }
-}
-
 /// Compares in time independent of where the inputs differ.
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     if a.len() != b.len() {
@@ -632,7 +552,7 @@ async fn handle(request: Request<Incoming>, peer: SocketAddr, shared: &Arc<Share
     };
     let result = match path.as_str() {
         "/v1/head" => with_reader(shared, head).await,
-        "/v1/segments" => segments(shared, &params).await,
+        "/v1/segments" => segments::segments(shared, &params).await,
         "/v1/snapshot" => snapshot_reply(shared).await,
         "/v1/digest" => digest_reply(shared).await,
         _ => Err(error(
@@ -657,245 +577,6 @@ fn head(reader: &PrimaryWalReader) -> Result<Reply, Reply> {
             "schema_version": reader.schema_version().map_err(failed)?,
         }),
     ))
-}
-
-/// What one read of the WAL for `/v1/segments` found.
-enum Read {
-    /// The answer.
-    Reply(Reply),
-    /// Nothing from `from` on yet; the primary's head is this.
-    Nothing(CommitId),
-}
-
-/// A `/v1/segments` request's parameters.
-#[derive(Clone, Copy)]
-struct SegmentsAsk {
-    from: CommitId,
-    until: Option<CommitId>,
-    max_bytes: usize,
-}
-
-fn empty(head: CommitId) -> Reply {
-    http::response(
-        204,
-        &[("X-AeroDB-Head", head.0.to_string())],
-        http::full(Vec::new()),
-    )
-}
-
-async fn segments(shared: &Arc<Shared>, params: &[(String, String)]) -> Result<Reply, Reply> {
-    for (k, _) in params {
-        if !["from", "max_bytes", "wait_ms", "until"].contains(&k.as_str()) {
-            return Err(error(
-                400,
-                &format!("unknown query parameter '{k}' (known: from, max_bytes, wait_ms, until)"),
-            ));
-        }
-    }
-    let from = CommitId(number(params, "from", None, 1..=i64::MAX as u64)?);
-    // `until`: no record after it (what brings a replica to exactly one
-    // CommitId, `aerodb verify`); nothing to wait for past it.
-    let until = params
-        .iter()
-        .any(|(k, _)| k == "until")
-        .then(|| number(params, "until", None, 0..=i64::MAX as u64).map(CommitId))
-        .transpose()?;
-    let max_bytes = number(
-        params,
-        "max_bytes",
-        Some(1 << 20),
-        1..=MAX_SEGMENT_BYTES as u64,
-    )? as usize;
-    let wait = Duration::from_millis(number(
-        params,
-        "wait_ms",
-        Some(0),
-        0..=MAX_WAIT.as_millis() as u64,
-    )?);
-    let deadline = tokio::time::Instant::now() + wait;
-    let ask = SegmentsAsk {
-        from,
-        until,
-        max_bytes,
-    };
-    let mut commits = shared.head.clone();
-    let mut _held = None;
-    loop {
-        // Marked seen before the read: a commit after the read moves it.
-        let seen = *commits.borrow_and_update();
-        // An idle replica asking past the head again, with no commit seen
-        // since a read found nothing there: nothing to read (the read that
-        // found it was made after the same commit count was seen, and any
-        // later commit moves the count).
-        // Only a long-poll (wait_ms > 0) takes it: its empty answer says
-        // no commit was seen during its wait. The head watcher sees a
-        // commit a moment after it returns, so a request that asks without
-        // waiting always reads (a fetch right after a commit finds it).
-        let known = *shared
-            .nothing_past
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        if let Some((_, head)) = known.filter(|&(at, head)| {
-            at == seen && until.is_none() && from == head.next() && !wait.is_zero()
-        }) {
-            if tokio::time::Instant::now() >= deadline {
-                return Ok(empty(head));
-            }
-            _held.get_or_insert_with(|| shared.metrics.long_poll());
-            if !next_commit(&mut commits, deadline).await {
-                return Ok(empty(head));
-            }
-            continue;
-        }
-        // Room for what this read may build: its records and the body they
-        // are encoded into, twice max_bytes, or twice a large record (a
-        // segment holds at least one whole record, whatever max_bytes
-        // says). A body that turns out larger takes room for itself before
-        // it is sent; what the body does not use is given back at once,
-        // the rest when it is sent or its client goes.
-        let reserve = (2 * max_bytes.max(RECORD_ROOM)).min(BODY_BUDGET);
-        let mut room = shared
-            .body_budget
-            .clone()
-            .acquire_many_owned(reserve as u32)
-            .await
-            .map_err(|e| error(500, &e.to_string()))?;
-        let head = match with_reader(shared, move |r| read_segments(r, ask)).await? {
-            Read::Reply(reply) => {
-                let used = (hyper::body::Body::size_hint(reply.body())
-                    .exact()
-                    .unwrap_or(0) as usize)
-                    .min(BODY_BUDGET);
-                let kept = if used > room.num_permits() {
-                    // Given back first and taken again whole: a read that
-                    // waits holds nothing (no two can wait on each other).
-                    drop(room);
-                    Some(
-                        shared
-                            .body_budget
-                            .clone()
-                            .acquire_many_owned(used as u32)
-                            .await
-                            .map_err(|e| error(500, &e.to_string()))?,
-                    )
-                } else {
-                    let kept = room.split(used);
-                    drop(room);
-                    kept
-                };
-                return Ok(match kept {
-                    Some(permit) => reply.map(|body| http::holding(body, permit)),
-                    None => reply,
-                });
-            }
-            Read::Nothing(head) => head,
-        };
-        drop(room);
-        if from == head.next() {
-            *shared
-                .nothing_past
-                .lock()
-                .unwrap_or_else(|p| p.into_inner()) = Some((seen, head));
-        }
-        // Nothing from `from` on up to `until`: nothing to wait for.
-        if until.is_some_and(|u| from > u) || tokio::time::Instant::now() >= deadline {
-            return Ok(empty(head));
-        }
-        _held.get_or_insert_with(|| shared.metrics.long_poll());
-        if !next_commit(&mut commits, deadline).await {
-            return Ok(empty(head));
-        }
-    }
-}
-
-/// Waits for the head watcher to see a commit (true) or for `deadline`
-/// (false; also when the watcher is gone).
-async fn next_commit(
-    commits: &mut tokio::sync::watch::Receiver<u64>,
-    deadline: tokio::time::Instant,
-) -> bool {
-    tokio::select! {
-        moved = commits.changed() => {
-            if moved.is_err() {
-                tokio::time::sleep_until(deadline).await;
-                return false;
-            }
-            true
-        }
-        _ = tokio::time::sleep_until(deadline) => false,
-    }
-}
-
-fn read_segments(reader: &PrimaryWalReader, ask: SegmentsAsk) -> Result<Read, Reply> {
-    let SegmentsAsk {
-        from,
-        until,
-        max_bytes,
-    } = ask;
-    let fail = failed;
-    // Read before the WAL: a replicated table changed and not replicated
-    // again yet (a migration under way) answers 503 with it, and the
-    // replica waits for the schema to move past it.
-    let schema = reader.schema_version().map_err(fail)?;
-    let oldest = reader.oldest().map_err(fail)?;
-    let gone = |oldest: CommitId| {
-        http::json(
-            410,
-            &serde_json::json!({
-                "error": format!("commit {from} is no longer in the primary's WAL (oldest retained commit is {oldest}); bootstrap from /v1/snapshot"),
-                "oldest": oldest.0,
-            }),
-        )
-    };
-    if from < oldest {
-        return Err(gone(oldest));
-    }
-    let (records, head) = match reader.records_until(from, until, max_bytes) {
-        Ok(r) => r,
-        Err(
-            e @ PrimaryError::Capture(storage_adapter::capture::CaptureError::CaptureBroken {
-                ..
-            }),
-        ) => {
-            return Err(http::json(
-                503,
-                &serde_json::json!({
-                    "error": e.to_string(),
-                    "schema_version": schema,
-                }),
-            ))
-        }
-        // Truncated after the check above: the same answer.
-        Err(PrimaryError::Wal(WalReadError::Truncated { oldest_sealed, .. })) => {
-            return Err(gone(oldest_sealed))
-        }
-        Err(e) => return Err(fail(e)),
-    };
-    if from.0 > head.0 + 1 {
-        return Err(http::json(
-            409,
-            &serde_json::json!({
-                "error": format!("commit {from} is beyond the primary's head {head}: the primary is behind this replica (was it restored from an older backup?)"),
-                "head": head.0,
-            }),
-        ));
-    }
-    let (Some(first), Some(last)) = (records.first(), records.last()) else {
-        return Ok(Read::Nothing(head));
-    };
-    let (first, last) = (first.commit_id, last.commit_id);
-    let bytes =
-        Segment::encode(reader.generation(), &records).map_err(|e| error(500, &e.to_string()))?;
-    Ok(Read::Reply(http::response(
-        200,
-        &[
-            ("Content-Type", "application/octet-stream".into()),
-            ("X-AeroDB-First", first.0.to_string()),
-            ("X-AeroDB-Last", last.0.to_string()),
-            ("X-AeroDB-Head", head.0.to_string()),
-        ],
-        http::full(bytes),
-    )))
 }
 
 /// The digests of the primary's replicated tables at its head, read in one
