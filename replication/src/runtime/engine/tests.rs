@@ -268,14 +268,9 @@ fn a_command_that_fails_fails_the_supervisor_and_ends_the_run() {
     );
 }
 
-#[test]
-fn a_damaged_stored_segment_is_discarded_through_the_store_and_fetched_again() {
-    // Recovery (received past applied) re-validates what is stored.
-    let mut e = engine();
-    e.handle(Input::Start);
-    e.handle(Input::StoreOpened(stored(3, 6)));
-    assert_eq!(e.view(true).global.to_string(), "Recovering");
-    let r = Rejection {
+/// Recovery's re-validation of stored segment 4..=6 fails.
+fn damaged_stored_4_to_6() -> Rejection {
+    Rejection {
         first: CommitId(4),
         last: CommitId(6),
         wal_offset: WalOffset(40),
@@ -283,8 +278,19 @@ fn a_damaged_stored_segment_is_discarded_through_the_store_and_fetched_again() {
         expected: None,
         actual: None,
         reason: "segment checksum mismatch".into(),
-    };
-    let c = e.handle(Input::Report(Event::ValidatorStoredRejected(r)));
+    }
+}
+
+#[test]
+fn a_damaged_stored_segment_is_discarded_through_the_store_and_fetched_again() {
+    // Recovery (received past applied) re-validates what is stored.
+    let mut e = engine();
+    e.handle(Input::Start);
+    e.handle(Input::StoreOpened(stored(3, 6)));
+    assert_eq!(e.view(true).global.to_string(), "Recovering");
+    let c = e.handle(Input::Report(Event::ValidatorStoredRejected(
+        damaged_stored_4_to_6(),
+    )));
     assert_eq!(kinds(&c), ["Record", "Publish", "StopPipeline"]);
     let c = e.handle(Input::PipelineStopped { panicked: vec![] });
     assert_eq!(kinds(&c), ["OpenStore"]);
@@ -336,16 +342,9 @@ fn a_source_answering_again_while_a_discard_stops_the_pipeline_moves_nothing() {
         "{}",
         e.view(true).global
     );
-    let r = Rejection {
-        first: CommitId(4),
-        last: CommitId(6),
-        wal_offset: WalOffset(40),
-        code: FailureCode::Corrupt,
-        expected: None,
-        actual: None,
-        reason: "segment checksum mismatch".into(),
-    };
-    let c = e.handle(Input::Report(Event::ValidatorStoredRejected(r)));
+    let c = e.handle(Input::Report(Event::ValidatorStoredRejected(
+        damaged_stored_4_to_6(),
+    )));
     assert_eq!(kinds(&c), ["Record", "Publish", "StopPipeline"]);
     let c = e.handle(Input::Report(Event::ReceiverResumed {
         source: "primary file p.db".into(),
@@ -383,16 +382,9 @@ fn a_source_answering_again_just_before_recovery_meets_a_damaged_stored_segment(
         source: "primary file p.db".into(),
         next: CommitId(7),
     }));
-    let r = Rejection {
-        first: CommitId(4),
-        last: CommitId(6),
-        wal_offset: WalOffset(40),
-        code: FailureCode::Corrupt,
-        expected: None,
-        actual: None,
-        reason: "segment checksum mismatch".into(),
-    };
-    let c = e.handle(Input::Report(Event::ValidatorStoredRejected(r)));
+    let c = e.handle(Input::Report(Event::ValidatorStoredRejected(
+        damaged_stored_4_to_6(),
+    )));
     assert_eq!(kinds(&c), ["Record", "Publish", "StopPipeline"]);
     let c = e.handle(Input::PipelineStopped { panicked: vec![] });
     assert_eq!(kinds(&c), ["OpenStore"]);
