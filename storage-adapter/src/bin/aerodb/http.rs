@@ -204,7 +204,14 @@ pub async fn serve<H, F>(
     F: Future<Output = Response<Body>> + Send + 'static,
 {
     tokio::pin!(stop);
-    let (mut refusing, mut failing) = (false, false);
+    // What the last accept did; a change is logged, a run of the same not.
+    #[derive(PartialEq)]
+    enum Accepting {
+        Normally,
+        Failing,
+        AtLimit,
+    }
+    let mut state = Accepting::Normally;
     loop {
         let accepted = tokio::select! {
             _ = &mut stop => return,
@@ -216,33 +223,32 @@ pub async fn serve<H, F>(
                 // Out of file descriptors or memory: the connections held
                 // end in time (the limits above); accept again then. A
                 // short pause keeps this loop from spinning meanwhile (it
-                // orders nothing). Logged once per run of failures.
-                if !failing {
+                // orders nothing).
+                if state != Accepting::Failing {
                     tracing::warn!(error = %e, "accepting connections fails; retrying every 50 ms");
-                    failing = true;
+                    state = Accepting::Failing;
                 }
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 continue;
             }
         };
-        if failing {
-            tracing::info!("accepting connections again");
-            failing = false;
-        }
         if connections.open.load(Ordering::Relaxed) >= limits.max_connections {
             connections.refused.fetch_add(1, Ordering::Relaxed);
-            if !refusing {
+            if state != Accepting::AtLimit {
                 tracing::warn!(
                     limit = limits.max_connections,
                     %peer,
                     "refusing connections: the open-connection limit is reached"
                 );
-                refusing = true;
+                state = Accepting::AtLimit;
             }
             drop(stream);
             continue;
         }
-        refusing = false;
+        if state == Accepting::Failing {
+            tracing::info!("accepting connections again");
+        }
+        state = Accepting::Normally;
         connections.open.fetch_add(1, Ordering::Relaxed);
         let held = Held(connections.open.clone());
         let (tls, handler) = (tls.clone(), handler.clone());
