@@ -333,12 +333,42 @@ impl Runtime {
     ///
     /// [`BlockReason::is_resumable`]: crate::state::BlockReason::is_resumable
     pub fn resume(&self, reason: &str) -> Result<String, String> {
+        self.ask(|reply| Event::Resume {
+            reason: reason.into(),
+            reply,
+        })
+    }
+
+    /// Holds the replica for something outside the runtime that applies
+    /// to it itself (`aerodb verify`): the pipeline stops (what is queued
+    /// is applied first), the hold is recorded as each component's state
+    /// (`Held by {reason} (applied commit N)`), and nothing is received or
+    /// applied until [`release`](Self::release). The global state stays
+    /// what it was. Refused while held already, stopping, or while a
+    /// recovery or restart is under way. Waits only for the Supervisor's
+    /// answer, never on time.
+    pub fn hold(&self, reason: &str) -> Result<String, String> {
+        self.ask(|reply| Event::Hold {
+            reason: reason.into(),
+            reply,
+        })
+    }
+
+    /// Ends a [`hold`](Self::hold): the store is opened again (its crash
+    /// recovery checks what the holder left) and the pipeline restarts
+    /// from the applied position it holds, recorded as `released by ...`.
+    pub fn release(&self) -> Result<String, String> {
+        self.ask(|reply| Event::Release { reply })
+    }
+
+    /// Sends the Supervisor a request and waits for its answer.
+    fn ask(
+        &self,
+        request: impl FnOnce(mpsc::Sender<Result<String, String>>) -> Event,
+    ) -> Result<String, String> {
         let (reply, answer) = mpsc::channel();
         self.events
-            .send(Event::Resume {
-                reason: reason.into(),
-                reply,
-            })
+            .send(request(reply))
             .map_err(|_| "the replica runtime is not running".to_string())?;
         answer
             .recv()

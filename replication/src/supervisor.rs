@@ -224,6 +224,20 @@ impl Supervisor {
         self.move_to(GlobalState::Initializing, reason)
     }
 
+    /// After a hold (`aerodb verify`): the pipeline was stopped while the
+    /// holder applied WAL itself, so progress restarts from what the store
+    /// holds now. No global transition: the state stays what it was (a
+    /// block stays a block), and the pipeline's reports move it on as
+    /// they would after any start.
+    pub fn restart_after_hold(&mut self, applied: ChainPosition, received: CommitId) {
+        self.source_head = None;
+        self.progress = Progress {
+            received: received.max(applied.commit_id),
+            validated: applied.commit_id,
+            applied: applied.commit_id,
+        };
+    }
+
     /// The running state the pipeline's progress calls for: the
     /// furthest-behind stage with work, or Ready once everything received
     /// is applied and the source has nothing more.

@@ -37,6 +37,22 @@ pub(super) enum Input {
         /// Where the answer goes.
         reply: ReplyId,
     },
+    /// Something outside the runtime (`aerodb verify`) asks to hold the
+    /// replica: the pipeline stops, the hold is recorded, and nothing is
+    /// received or applied until [`Input::Release`].
+    Hold {
+        /// Who holds it, and why.
+        reason: String,
+        /// Where the answer goes.
+        reply: ReplyId,
+    },
+    /// The holder releases the replica: the store is opened again (what
+    /// the holder applied meanwhile is the position now) and the pipeline
+    /// restarts from it.
+    Release {
+        /// Where the answer goes.
+        reply: ReplyId,
+    },
     /// Every report queued so far was handled: record and publish.
     BatchEnd,
     /// [`Command::OpenStore`] done: what the store holds after its crash
@@ -123,6 +139,13 @@ pub(super) enum AfterStop {
         /// The state resumed from.
         from: String,
     },
+    /// A hold: record it, answer, and wait for the release.
+    Hold {
+        /// Where the answer goes.
+        reply: ReplyId,
+        /// Who holds it, and why.
+        reason: String,
+    },
     /// A requested stop: record it and exit.
     Exit {
         /// Why.
@@ -141,6 +164,14 @@ pub(super) enum AfterOpen {
     Start {
         /// A resume to answer once started.
         reply: Option<(ReplyId, String)>,
+    },
+    /// A hold's release: the pipeline restarts from where the holder left
+    /// the replica; then answer.
+    Release {
+        /// Where the answer goes.
+        reply: ReplyId,
+        /// Who held it.
+        reason: String,
     },
     /// Record the discard of a damaged stored segment, then open again.
     Discard {
@@ -162,6 +193,12 @@ pub(super) enum Phase {
     Stopping(AfterStop),
     /// [`Command::OpenStore`] was given; then this.
     Opening(AfterOpen),
+    /// Held ([`Input::Hold`]): no pipeline runs; the holder may apply to
+    /// the replica itself. Ends with [`Input::Release`] or a stop.
+    Held {
+        /// Who holds it, and why.
+        reason: String,
+    },
     /// [`Command::Exit`] was given; `failed`: by the F4 path.
     Ended {
         /// The run ended failing (F4).
@@ -430,7 +467,19 @@ impl SupervisorEngine {
             }
             Input::Report(event) => self.report(event),
             Input::Resume { reason, reply } => self.resume(reason, reply),
+            Input::Hold { reason, reply } => self.hold(reason, reply),
+            Input::Release { reply } => self.release(reply),
             Input::BatchEnd => {
+                if matches!(self.phase, Phase::Held { .. }) {
+                    // A stop while held ends the run (no pipeline runs: the
+                    // stop is at once); the holder's release then finds
+                    // nothing to release.
+                    if let Some(reason) = self.stopping.clone() {
+                        self.phase = Phase::Running;
+                        self.stop_pipeline(AfterStop::Exit { reason });
+                    }
+                    return Ok(());
+                }
                 if self.phase != Phase::Running {
                     // A sequence is under way; it records and publishes.
                     return Ok(());
@@ -521,6 +570,28 @@ impl SupervisorEngine {
                     });
                 }
             }
+            AfterOpen::Release { reply, reason } => {
+                let at = stored.applied.commit_id;
+                self.core
+                    .restart_after_hold(stored.applied, stored.received);
+                self.start_pipeline(&stored);
+                let released = format!("released by {reason} at applied commit {at}");
+                for c in [
+                    Component::Receiver,
+                    Component::Validator,
+                    Component::Applier,
+                ] {
+                    self.status(c).last_transition = Some(released.clone());
+                }
+                self.status(Component::Supervisor).last_transition = Some(released.clone());
+                self.record_components();
+                self.flush(false);
+                self.publish(true);
+                self.out.push(Command::Reply {
+                    to: reply,
+                    answer: Ok(released),
+                });
+            }
             AfterOpen::Discard { range, reason } => {
                 // The store's recovery first (Validated back to Received),
                 // then the discard and its transition, recorded in one
@@ -589,6 +660,37 @@ impl SupervisorEngine {
                     });
                 }
             }
+            AfterStop::Hold { reply, reason } => {
+                if self.stopping.is_some() {
+                    self.out.push(Command::Reply {
+                        to: reply,
+                        answer: Err("the replica is stopping; nothing is held".into()),
+                    });
+                    return Ok(());
+                }
+                let at = self.applied.commit_id;
+                let held = format!("Held by {reason} (applied commit {at})");
+                for c in [
+                    Component::Receiver,
+                    Component::Validator,
+                    Component::Applier,
+                ] {
+                    self.set_state(c, &held);
+                }
+                self.status(Component::Supervisor).last_transition = Some(format!(
+                    "held by {reason} at applied commit {at}: nothing is received or applied until it releases"
+                ));
+                self.record_components();
+                self.flush(false);
+                self.publish(true);
+                self.phase = Phase::Held {
+                    reason: reason.clone(),
+                };
+                self.out.push(Command::Reply {
+                    to: reply,
+                    answer: Ok(format!("held at applied commit {at}")),
+                });
+            }
             AfterStop::Exit { reason } => {
                 self.drive(SupervisorInput::Stop { reason })?;
                 self.set_state(Component::StateStore, "Closed");
@@ -621,7 +723,48 @@ impl SupervisorEngine {
         Ok(())
     }
 
+    /// Answers `reply` with `answer` now.
+    fn answer(&mut self, reply: ReplyId, answer: Result<String, String>) {
+        self.out.push(Command::Reply { to: reply, answer });
+    }
+
+    fn hold(&mut self, reason: String, reply: ReplyId) -> Result<(), Failure> {
+        let refused = match &self.phase {
+            Phase::Held { reason: by } => Some(format!("the replica is already held by {by}")),
+            _ if self.stopping.is_some() => Some("the replica is stopping".into()),
+            Phase::Running => None,
+            _ => Some("a recovery or restart is under way (ask again once it ends)".into()),
+        };
+        if let Some(why) = refused {
+            self.answer(reply, Err(format!("not held: {why}")));
+            return Ok(());
+        }
+        // What the pipeline reports while it stops is recorded; then the
+        // hold (`AfterStop::Hold`).
+        self.flush(false);
+        self.stop_pipeline(AfterStop::Hold { reply, reason });
+        Ok(())
+    }
+
+    fn release(&mut self, reply: ReplyId) -> Result<(), Failure> {
+        match &self.phase {
+            Phase::Held { reason } => {
+                let reason = reason.clone();
+                self.open_store(AfterOpen::Release { reply, reason });
+            }
+            _ => self.answer(reply, Err("the replica is not held".into())),
+        }
+        Ok(())
+    }
+
     fn resume(&mut self, reason: String, reply: ReplyId) -> Result<(), Failure> {
+        if let Phase::Held { reason: by } = &self.phase {
+            let answer = Err(format!(
+                "nothing to resume now: the replica is held by {by} (it restarts when released)"
+            ));
+            self.answer(reply, answer);
+            return Ok(());
+        }
         if self.draining() {
             self.out.push(Command::Reply {
                 to: reply,

@@ -96,6 +96,16 @@ pub(super) enum Event {
         reason: String,
         reply: Sender<Result<String, String>>,
     },
+    /// Something outside the runtime asks to hold the replica (who, and
+    /// why; the answer goes back on `reply`).
+    Hold {
+        reason: String,
+        reply: Sender<Result<String, String>>,
+    },
+    /// The holder releases it.
+    Release {
+        reply: Sender<Result<String, String>>,
+    },
 }
 
 pub(super) fn send(events: &Sender<Event>, e: Event) {

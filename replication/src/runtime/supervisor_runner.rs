@@ -73,13 +73,27 @@ impl SupervisorRunner {
     fn report(&mut self, event: Event) {
         match event {
             Event::Resume { reason, reply } => {
-                let id = self.next_reply;
-                self.next_reply += 1;
-                self.replies.insert(id, reply);
+                let id = self.keep_reply(reply);
                 self.input(Input::Resume { reason, reply: id });
+            }
+            Event::Hold { reason, reply } => {
+                let id = self.keep_reply(reply);
+                self.input(Input::Hold { reason, reply: id });
+            }
+            Event::Release { reply } => {
+                let id = self.keep_reply(reply);
+                self.input(Input::Release { reply: id });
             }
             event => self.input(Input::Report(event)),
         }
+    }
+
+    /// Keeps an answer's channel until the engine answers.
+    fn keep_reply(&mut self, reply: Sender<Result<String, String>>) -> ReplyId {
+        let id = self.next_reply;
+        self.next_reply += 1;
+        self.replies.insert(id, reply);
+        id
     }
 
     fn input(&mut self, input: Input) {

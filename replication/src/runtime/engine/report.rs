@@ -228,9 +228,10 @@ impl SupervisorEngine {
                     self.stopping = Some(reason);
                 }
             }
-            // The runner turns a resume into `Input::Resume` (it keeps the
-            // answer's channel); one reaching here has nobody to answer.
-            Event::Resume { .. } => {}
+            // The runner turns a resume, a hold or a release into its
+            // `Input` (it keeps the answer's channel); one reaching here
+            // has nobody to answer.
+            Event::Resume { .. } | Event::Hold { .. } | Event::Release { .. } => {}
         }
         Ok(())
     }

@@ -513,3 +513,157 @@ fn a_pipeline_that_cannot_start_still_records_the_start() {
         "the start is recorded before the failure that ended it"
     );
 }
+
+fn hold(e: &mut SupervisorEngine, reply: ReplyId) -> Vec<Command> {
+    e.handle(Input::Hold {
+        reason: "aerodb verify (pid 9)".into(),
+        reply,
+    })
+}
+
+fn published(c: &[Command]) -> &View {
+    c.iter()
+        .find_map(|c| match c {
+            Command::Publish(v) => Some(v),
+            _ => None,
+        })
+        .expect("a view is published")
+}
+
+#[test]
+fn a_hold_stops_the_pipeline_records_it_and_answers_then_a_release_restarts_from_the_store() {
+    let mut e = running();
+    assert_eq!(kinds(&hold(&mut e, 1)), ["StopPipeline"]);
+    // The stopping pipeline applied what was queued: commit 5.
+    e.handle(Input::Report(Event::ApplierApplied {
+        first: CommitId(4),
+        last: CommitId(5),
+        end: pos(5),
+    }));
+    let c = e.handle(Input::PipelineStopped { panicked: vec![] });
+    assert_eq!(kinds(&c), ["Record", "Publish", "Reply"]);
+    assert_eq!(
+        transitions(&c),
+        Vec::<String>::new(),
+        "no global transition"
+    );
+    let view = published(&c);
+    assert!(view.running);
+    assert_eq!(
+        view.components[Component::Applier.index()].state,
+        "Held by aerodb verify (pid 9) (applied commit 5)"
+    );
+    // The hold is recorded: every component's row is written.
+    let Command::Record { ops, .. } = &c[0] else {
+        panic!("{c:?}")
+    };
+    assert!(ops.iter().any(|op| matches!(op, StoreOp::Component(s)
+        if s.component == Component::Receiver && s.state.starts_with("Held by aerodb verify"))));
+    assert_eq!(
+        c[2],
+        Command::Reply {
+            to: 1,
+            answer: Ok("held at applied commit 5".into())
+        }
+    );
+    // Held: nothing else is held, resumed or published on a batch end.
+    assert_eq!(
+        hold(&mut e, 2),
+        vec![Command::Reply {
+            to: 2,
+            answer: Err("not held: the replica is already held by aerodb verify (pid 9)".into())
+        }]
+    );
+    assert_eq!(
+        kinds(&e.handle(Input::Resume {
+            reason: "operator".into(),
+            reply: 3
+        })),
+        ["Reply"]
+    );
+    assert_eq!(e.handle(Input::BatchEnd), vec![]);
+    // The holder moved the replica to commit 9; the release restarts there.
+    assert_eq!(
+        e.handle(Input::Release { reply: 4 }),
+        vec![Command::OpenStore]
+    );
+    let c = e.handle(Input::StoreOpened(stored(9, 9)));
+    assert_eq!(kinds(&c), ["StartPipeline", "Record", "Publish", "Reply"]);
+    assert_eq!(
+        c[0],
+        Command::StartPipeline {
+            applied: pos(9),
+            received: CommitId(9),
+            refuse: None,
+        }
+    );
+    assert_eq!(published(&c).applied, pos(9));
+    assert_eq!(
+        c[3],
+        Command::Reply {
+            to: 4,
+            answer: Ok("released by aerodb verify (pid 9) at applied commit 9".into())
+        }
+    );
+    assert_eq!(e.core.progress().received, CommitId(9));
+    // Running again: the next commits are taken as usual.
+    e.handle(Input::Report(Event::ReceiverPersisted {
+        first: CommitId(10),
+        last: CommitId(10),
+        caught_up: true,
+        source_head: CommitId(10),
+    }));
+    e.handle(Input::Report(Event::ApplierApplied {
+        first: CommitId(10),
+        last: CommitId(10),
+        end: pos(10),
+    }));
+    e.handle(Input::BatchEnd);
+    assert_eq!(e.view(true).applied, pos(10));
+    assert_eq!(
+        e.handle(Input::Release { reply: 5 }),
+        vec![Command::Reply {
+            to: 5,
+            answer: Err("the replica is not held".into())
+        }]
+    );
+}
+
+#[test]
+fn a_stop_while_held_ends_the_run_and_a_hold_while_stopping_is_refused() {
+    let mut e = running();
+    hold(&mut e, 1);
+    e.handle(Input::PipelineStopped { panicked: vec![] });
+    assert_eq!(e.handle(Input::Report(Event::Stop("asked".into()))), vec![]);
+    assert_eq!(e.handle(Input::BatchEnd), vec![Command::StopPipeline]);
+    let c = e.handle(Input::PipelineStopped { panicked: vec![] });
+    assert_eq!(kinds(&c), ["Record", "Publish", "Exit"]);
+    assert_eq!(transitions(&c), ["Ready (read-safe) -> Disabled"]);
+
+    // A stop asked while the hold's stop is under way: the hold is refused.
+    let mut e = running();
+    hold(&mut e, 1);
+    e.handle(Input::Report(Event::Stop("asked".into())));
+    let c = e.handle(Input::PipelineStopped { panicked: vec![] });
+    assert_eq!(
+        c,
+        vec![Command::Reply {
+            to: 1,
+            answer: Err("the replica is stopping; nothing is held".into())
+        }]
+    );
+    assert_eq!(e.handle(Input::BatchEnd), vec![Command::StopPipeline]);
+    // And a hold during a recovery is refused with why.
+    let mut e = running();
+    e.handle(Input::Report(applier_failed(4, 4)));
+    e.handle(Input::BatchEnd);
+    assert_eq!(
+        hold(&mut e, 2),
+        vec![Command::Reply {
+            to: 2,
+            answer: Err(
+                "not held: a recovery or restart is under way (ask again once it ends)".into()
+            )
+        }]
+    );
+}
