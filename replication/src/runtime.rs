@@ -333,12 +333,60 @@ impl Runtime {
     ///
     /// [`BlockReason::is_resumable`]: crate::state::BlockReason::is_resumable
     pub fn resume(&self, reason: &str) -> Result<String, String> {
-        self.ask(|reply| Event::Resume {
+        ask(&self.events, |reply| Event::Resume {
             reason: reason.into(),
             reply,
         })
     }
 
+    /// Holds the replica for something outside the runtime that applies
+    /// to it itself (`aerodb verify`): see [`Holder::hold`].
+    pub fn hold(&self, reason: &str) -> Result<String, String> {
+        self.holder().hold(reason)
+    }
+
+    /// Ends a hold: see [`Holder::release`].
+    pub fn release(&self) -> Result<String, String> {
+        self.holder().release()
+    }
+
+    /// A handle that holds and releases this replica from another thread
+    /// (the control socket's) without owning it.
+    pub fn holder(&self) -> Holder {
+        Holder {
+            events: self.events.clone(),
+        }
+    }
+
+    fn shutdown(&mut self, reason: &str) {
+        if let Some(h) = self.supervisor.take() {
+            let _ = self.events.send(Event::Stop(reason.into()));
+            let _ = h.join();
+        }
+    }
+}
+
+/// Sends the Supervisor a request and waits for its answer (never on time).
+fn ask(
+    events: &Sender<Event>,
+    request: impl FnOnce(mpsc::Sender<Result<String, String>>) -> Event,
+) -> Result<String, String> {
+    let (reply, answer) = mpsc::channel();
+    events
+        .send(request(reply))
+        .map_err(|_| "the replica runtime is not running".to_string())?;
+    answer
+        .recv()
+        .map_err(|_| "the replica runtime stopped before answering".to_string())?
+}
+
+/// Holds and releases a running replica ([`Runtime::holder`]).
+#[derive(Clone, Debug)]
+pub struct Holder {
+    events: Sender<Event>,
+}
+
+impl Holder {
     /// Holds the replica for something outside the runtime that applies
     /// to it itself (`aerodb verify`): the pipeline stops (what is queued
     /// is applied first), the hold is recorded as each component's state
@@ -348,7 +396,7 @@ impl Runtime {
     /// recovery or restart is under way. Waits only for the Supervisor's
     /// answer, never on time.
     pub fn hold(&self, reason: &str) -> Result<String, String> {
-        self.ask(|reply| Event::Hold {
+        ask(&self.events, |reply| Event::Hold {
             reason: reason.into(),
             reply,
         })
@@ -358,28 +406,7 @@ impl Runtime {
     /// recovery checks what the holder left) and the pipeline restarts
     /// from the applied position it holds, recorded as `released by ...`.
     pub fn release(&self) -> Result<String, String> {
-        self.ask(|reply| Event::Release { reply })
-    }
-
-    /// Sends the Supervisor a request and waits for its answer.
-    fn ask(
-        &self,
-        request: impl FnOnce(mpsc::Sender<Result<String, String>>) -> Event,
-    ) -> Result<String, String> {
-        let (reply, answer) = mpsc::channel();
-        self.events
-            .send(request(reply))
-            .map_err(|_| "the replica runtime is not running".to_string())?;
-        answer
-            .recv()
-            .map_err(|_| "the replica runtime stopped before answering".to_string())?
-    }
-
-    fn shutdown(&mut self, reason: &str) {
-        if let Some(h) = self.supervisor.take() {
-            let _ = self.events.send(Event::Stop(reason.into()));
-            let _ = h.join();
-        }
+        ask(&self.events, |reply| Event::Release { reply })
     }
 }
 

@@ -16,7 +16,7 @@ mod snapshot_install;
 
 pub use guard::GUARD_FN;
 use rows::{apply_change, TableShape, Tables};
-use segments::mark_applied;
+pub(crate) use segments::mark_applied;
 pub(crate) use segments::stored_segment_state;
 
 use replication::wal::{
@@ -165,6 +165,17 @@ pub enum ApplyError {
     /// Validator validated.
     #[error("held segment {first}..={last}: {problem}; nothing of its transaction applied")]
     HeldSegment {
+        /// First CommitId.
+        first: CommitId,
+        /// Last CommitId.
+        last: CommitId,
+        /// What is wrong.
+        problem: String,
+    },
+    /// A segment the replica's Receiver stored, applied by something else
+    /// than the runtime (`aerodb verify`), cannot be.
+    #[error("the replica's stored segment {first}..={last}: {problem}; nothing of its transaction applied")]
+    Stored {
         /// First CommitId.
         first: CommitId,
         /// Last CommitId.

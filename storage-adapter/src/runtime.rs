@@ -49,6 +49,7 @@ mod handle;
 mod sqlite_ports;
 pub(crate) mod state_store;
 
+pub(crate) mod control;
 pub use file_source::{FileSource, DEFAULT_POLL_INTERVAL};
 pub use gate::{read_gate_in, segments_in, transitions_in, SegmentRow, TransitionRow};
 pub use handle::{Replica, StartError};
@@ -120,9 +121,8 @@ pub(crate) fn take_lock(replica: &std::path::Path) -> Result<std::fs::File, Stri
         .write(true)
         .open(&path)
         .map_err(|e| format!("opening lock file {}: {e}", path.display()))?;
-    lock.try_lock().map_err(|_| {
-        "a replica runtime holds it; stop it first (verify brings the replica to the primary's head itself)".to_string()
-    })?;
+    lock.try_lock()
+        .map_err(|_| "a replica runtime holds it".to_string())?;
     Ok(lock)
 }
 

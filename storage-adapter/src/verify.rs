@@ -18,6 +18,7 @@ use crate::primary::PrimaryWalReader;
 use crate::primary_wal::WalTables;
 use crate::raw::RawConn;
 use crate::replica::{ApplyError, ReplicaDb};
+use crate::runtime::control::ReplicaHold;
 use crate::table_info::{self, quote_ident};
 use replication::wal::{encode_count, encode_value, CommitId};
 use rusqlite::{Connection, OpenFlags};
@@ -101,6 +102,10 @@ pub struct Verdict {
     pub replica: Vec<TableDigest>,
     /// `None`: equal.
     pub difference: Option<Difference>,
+    /// How a running replica was held while it was compared (its
+    /// runtime's answers to the hold and the release); `None` when no
+    /// runtime ran on it.
+    pub held: Option<String>,
 }
 
 /// Why `verify` could not compare.
@@ -472,13 +477,11 @@ pub fn digests_at_head(primary: impl AsRef<Path>) -> Result<PrimaryDigests, Veri
         })
 }
 
-/// Opens `rp` as a replica to verify: it must be one, of `generation`, no
-/// runtime may hold it, and it may not be past `head`.
-fn open_replica(
-    rp: &Path,
-    generation: replication::wal::Generation,
-    head: CommitId,
-) -> Result<(ReplicaDb, replication::wal::ChainPosition, std::fs::File), String> {
+/// Holds the replica file `rp` for verify, before the primary is read
+/// (so nothing it received can be past the primary's head): it must be a
+/// replica; no runtime may start on it meanwhile, and a running one holds
+/// still (stopped, the hold recorded) until the hold is released.
+fn hold_replica(rp: &Path) -> Result<ReplicaHold, String> {
     if !rp.exists() {
         return Err("no such file".into());
     }
@@ -496,8 +499,21 @@ fn open_replica(
     if !is_replica {
         return Err("it is not an AeroDB replica".into());
     }
+    drop(probe);
+    ReplicaHold::take(rp, &format!("aerodb verify (pid {})", std::process::id()))
+}
+
+/// Opens the held replica `rp` to verify: it must follow `generation` and
+/// not be past `head`.
+fn open_replica(
+    rp: &Path,
+    generation: replication::wal::Generation,
+    head: CommitId,
+) -> Result<(ReplicaDb, replication::wal::ChainPosition), String> {
     // Every refusal before anything opens it for writing (opening it as a
     // replica sets its journal mode and re-installs its guards).
+    let probe = Connection::open_with_flags(rp, OpenFlags::SQLITE_OPEN_READ_ONLY)
+        .map_err(|e| e.to_string())?;
     let at = crate::replica::read_position(&probe)
         .map_err(|e| e.to_string())?
         .ok_or("it is not an AeroDB replica (no position)")?;
@@ -514,10 +530,21 @@ fn open_replica(
             at.commit_id
         ));
     }
-    // Held until verify ends: no runtime starts on it meanwhile.
-    let lock = crate::runtime::take_lock(rp)?;
     let db = ReplicaDb::open(rp).map_err(|e| e.to_string())?;
-    Ok((db, at, lock))
+    Ok((db, at))
+}
+
+/// Releases the hold on the replica (a running runtime restarts from
+/// where verify left it); the runtime's answers, for the verdict.
+fn release(hold: ReplicaHold) -> Option<String> {
+    let held = hold.held().map(str::to_owned)?;
+    match hold.release() {
+        Ok(released) => Some(format!("{held}; {}", released.unwrap_or_default())),
+        Err(e) => {
+            tracing::warn!(error = %e, "releasing the replica after verify");
+            Some(format!("{held}; releasing it failed: {e}"))
+        }
+    }
 }
 
 /// Why the replica could not be brought to the head.
@@ -554,27 +581,90 @@ fn bring_to_inner(
     head: CommitId,
     fetch: &dyn Fn(CommitId) -> Result<Option<Vec<u8>>, String>,
 ) -> Result<(), ApplyError> {
-    let next = |after: &replication::wal::ChainPosition| -> Result<Option<replication::wal::ValidatedSegment>, ApplyError> {
-        let Some(bytes) = fetch(after.commit_id.next()).map_err(ApplyError::Source)? else {
-            return Ok(None);
-        };
-        let segment = replication::wal::Segment::decode(&bytes).map_err(|e| ApplyError::Source(e.to_string()))?;
-        Ok(Some(replication::wal::validate(segment, after)?))
-    };
     while at.commit_id < head {
-        let first = next(&at)?.ok_or_else(|| {
-            ApplyError::Source(format!(
-                "the primary's WAL from commit {} is gone (truncated): bootstrap the replica first (aerodb catch-up)",
-                at.commit_id.next()
-            ))
-        })?;
-        at = db.apply_transaction(Some(&first), &mut |_, after| {
-            next(after)?.ok_or(ApplyError::TransactionCut {
-                after: after.commit_id,
-            })
+        let begins = at;
+        at = db.apply_transaction(None, &mut |tx, after| {
+            // What the replica's Receiver stored first (it is applied and
+            // marked Applied, as the runtime's Applier would), then the
+            // primary's WAL.
+            if let Some(s) = stored_segment(tx, after, head)? {
+                return Ok(s);
+            }
+            let Some(bytes) = fetch(after.commit_id.next()).map_err(ApplyError::Source)? else {
+                return Err(if *after == begins {
+                    ApplyError::Source(format!(
+                        "the primary's WAL from commit {} is gone (truncated): bootstrap the replica first (aerodb catch-up)",
+                        after.commit_id.next()
+                    ))
+                } else {
+                    ApplyError::TransactionCut {
+                        after: after.commit_id,
+                    }
+                });
+            };
+            let segment = replication::wal::Segment::decode(&bytes)
+                .map_err(|e| ApplyError::Source(e.to_string()))?;
+            Ok(replication::wal::validate(segment, after)?)
         })?;
     }
     Ok(())
+}
+
+/// The segment the replica's Receiver stored right after `after` and has
+/// not applied, validated and marked Applied in the apply transaction
+/// `tx`; `None` if none is stored. One it cannot apply (Rejected, a
+/// snapshot not installed, past `head`) refuses the transaction.
+fn stored_segment(
+    tx: &Connection,
+    after: &replication::wal::ChainPosition,
+    head: CommitId,
+) -> Result<Option<replication::wal::ValidatedSegment>, ApplyError> {
+    use rusqlite::OptionalExtension;
+    let first = after.commit_id.next();
+    type Row = (i64, String, Option<String>, Option<String>, Option<Vec<u8>>);
+    let row: Option<Row> = tx
+        .prepare_cached(
+            "SELECT s.last_commit_id, s.state, s.reason, s.snapshot_path, b.bytes FROM main.aerodb_replica_segments s LEFT JOIN main.aerodb_replica_segment_bytes b ON b.first_commit_id = s.first_commit_id WHERE s.first_commit_id = ?1 AND s.state <> 'Applied'",
+        )
+        .and_then(|mut s| {
+            s.query_row([first.0 as i64], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+            })
+            .optional()
+        })
+        .map_err(|e| ApplyError::Source(format!("reading the replica's stored segments: {e}")))?;
+    let Some((last, state, reason, snapshot, bytes)) = row else {
+        return Ok(None);
+    };
+    let last = CommitId(last as u64);
+    let refuse = |problem: String| ApplyError::Stored {
+        first,
+        last,
+        problem,
+    };
+    if state == "Rejected" {
+        return Err(refuse(format!(
+            "it was rejected ({}): replication is blocked there",
+            reason.unwrap_or_default()
+        )));
+    }
+    if snapshot.is_some() {
+        return Err(refuse(
+            "it is a received snapshot not installed yet: let the replica's runtime install it, then verify".into(),
+        ));
+    }
+    if last > head {
+        return Err(refuse(format!(
+            "it is past the primary's head {head} (a restored or forked primary?)"
+        )));
+    }
+    let bytes = bytes.ok_or_else(|| refuse("its bytes are not stored".into()))?;
+    let segment = replication::wal::Segment::decode(&bytes)
+        .map_err(|e| refuse(format!("its stored bytes do not decode: {e}")))?;
+    let segment = replication::wal::validate(segment, after)
+        .map_err(|e| refuse(format!("it does not continue the replica: {e}")))?;
+    crate::replica::mark_applied(tx, (first, last), segment.start().wal_offset, segment.end())?;
+    Ok(Some(segment))
 }
 
 fn replica_digests(db: &ReplicaDb) -> Result<(Vec<String>, Vec<TableDigest>), String> {
@@ -637,9 +727,10 @@ pub fn verify(
         path: rp.display().to_string(),
         message,
     };
+    let hold = hold_replica(rp).map_err(rerr)?;
     let (p, digests) = primary_at_head(pp, false).map_err(perr)?;
     let head = digests.commit_id;
-    let (mut db, at, _lock) = open_replica(rp, digests.generation, head).map_err(rerr)?;
+    let (mut db, at) = open_replica(rp, digests.generation, head).map_err(rerr)?;
     let reader = PrimaryWalReader::open(pp).map_err(|e| perr(e.to_string()))?;
     const BYTES: usize = 1 << 20;
     let brought = bring_to(&mut db, at, head, &|from| {
@@ -665,10 +756,12 @@ pub fn verify(
         .map_err(rerr)?,
     };
     p.execute_batch("COMMIT").map_err(|e| perr(e.to_string()))?;
+    drop(db);
     Ok(Verdict {
         commit_id: head,
         primary: digests.tables,
         replica,
         difference,
+        held: release(hold),
     })
 }

@@ -10,7 +10,7 @@ use rusqlite::{params, Connection, OptionalExtension};
 /// Received or Validated to Applied, inside the transaction that applied
 /// it, and drops its raw bytes. An item the Receiver did not persist, or
 /// one already Applied or Rejected, refuses the whole transaction.
-pub(super) fn mark_applied(
+pub(crate) fn mark_applied(
     tx: &Connection,
     (first, last): (CommitId, CommitId),
     start: WalOffset,

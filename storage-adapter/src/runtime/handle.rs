@@ -49,6 +49,9 @@ pub enum StartError {
 /// [`stop`](Replica::stop); dropping it stops it too.
 pub struct Replica {
     runtime: Option<Runtime>,
+    /// Dropped after the runtime (fields drop in order): a hold still
+    /// open then finds nothing to release.
+    _control: Option<super::control::ControlServer>,
     path: PathBuf,
     started_at: ChainPosition,
     _lock: File,
@@ -131,8 +134,16 @@ impl Replica {
             }
         };
         let runtime = Runtime::start(source, storage(&path), generation, config);
+        // `aerodb verify` holds a running replica through it. Without it the
+        // replica still runs; verify then says to stop it first.
+        let control = super::control::ControlServer::start(&path, runtime.holder())
+            .map_err(|e| {
+                tracing::warn!(replica = %path.display(), error = %e, "no control socket: aerodb verify cannot hold this running replica")
+            })
+            .ok();
         Ok(Replica {
             runtime: Some(runtime),
+            _control: control,
             path,
             started_at,
             _lock: lock,

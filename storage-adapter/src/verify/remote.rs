@@ -3,8 +3,8 @@
 //! that head from `/v1/segments?until=`.
 
 use super::{
-    bring_to, compare, open_replica, replica_digests, rows_per_range, scan, table_sql, Bring,
-    RangeDigest, TableDigest, TableRanges, Verdict, VerifyError,
+    bring_to, compare, hold_replica, open_replica, release, replica_digests, rows_per_range, scan,
+    table_sql, Bring, RangeDigest, TableDigest, TableRanges, Verdict, VerifyError,
 };
 use replication::wal::CommitId;
 use rusqlite::Connection;
@@ -95,6 +95,7 @@ pub fn verify_url(
                 other => format!("{path}: {other}"),
             })
     };
+    let hold = hold_replica(rp).map_err(rerr)?;
     let mut body = String::new();
     std::io::Read::read_to_string(
         &mut std::io::Read::take(
@@ -177,7 +178,7 @@ pub fn verify_url(
             )));
         }
     }
-    let (mut db, at, _lock) = open_replica(rp, generation, head).map_err(rerr)?;
+    let (mut db, at) = open_replica(rp, generation, head).map_err(rerr)?;
     let brought = bring_to(&mut db, at, head, &|from| {
         let r = get(&format!(
             "/v1/segments?from={}&until={}&max_bytes={}",
@@ -201,6 +202,7 @@ pub fn verify_url(
                 primary: tables,
                 replica,
                 difference: Some(d),
+                held: release(hold),
             }),
             Bring::Failed(e) => Err(rerr(e)),
         };
@@ -227,5 +229,6 @@ pub fn verify_url(
         primary: tables,
         replica,
         difference,
+        held: release(hold),
     })
 }

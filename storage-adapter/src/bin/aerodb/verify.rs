@@ -1,7 +1,8 @@
 //! `aerodb verify --primary P.db --replica R.db [--json]`: does the replica
 //! hold exactly the primary's rows? Both are compared at the primary's head,
-//! read in one transaction; the replica (no runtime may hold it) is brought
-//! to exactly that head first (`storage_adapter::verify`).
+//! read in one transaction; the replica is brought to exactly that head
+//! first (`storage_adapter::verify`). A replica whose runtime runs is held
+//! meanwhile (through its control socket) and released after.
 //!
 //! Exit code: 0 equal, 1 they differ (the first table and row that differ
 //! are named), 2 on usage or source errors.
@@ -17,7 +18,8 @@ pub struct VerifyArgs {
     /// The primary database file (opened read-only).
     #[arg(long, value_name = "FILE")]
     primary: String,
-    /// The replica database file (no runtime may be running on it).
+    /// The replica database file (a runtime running on it is held while
+    /// verify works, and released after).
     #[arg(long, value_name = "FILE")]
     replica: PathBuf,
     /// A file holding the bearer token of the `aerodb serve` at
@@ -45,6 +47,7 @@ fn as_json(v: &Verdict) -> serde_json::Value {
         "difference": v.difference.as_ref().map(|d| json!({"table": d.table, "detail": d.detail})),
         "primary": digests(&v.primary),
         "replica": digests(&v.replica),
+        "held": v.held,
     })
 }
 
@@ -92,6 +95,9 @@ pub fn run(args: VerifyArgs) -> ExitCode {
             } else {
                 for t in &v.primary {
                     println!("{}: {} rows, sha256 {}", t.table, t.rows, t.sha256);
+                }
+                if let Some(held) = &v.held {
+                    println!("the running replica runtime was {held}");
                 }
                 match &v.difference {
                     None => println!(

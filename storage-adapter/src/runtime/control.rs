@@ -1,0 +1,290 @@
+//! The replica runtime's control socket (issue 10 item 8): lets `aerodb
+//! verify`, in any process, hold a running replica while it brings the
+//! replica to the primary's head and digests it, then release it.
+//!
+//! A Unix socket next to the replica file (`<replica>.aerodb-control`),
+//! open while the runtime runs, writable by whoever may write the replica
+//! file (its mode follows the file's read/write bits). One line-based
+//! exchange per connection:
+//!
+//! ```text
+//! client: hold <who>    server: ok held at applied commit N    (or: refused <why>)
+//! client: release        server: ok released by <who> at applied commit M
+//! ```
+//!
+//! The hold lasts as long as the connection: a holder that exits or is
+//! killed closes it, and the kernel's close releases the replica, so a
+//! dead verify never leaves it held. Waiting is on the socket and the
+//! Supervisor's answers only, never on time (X5).
+
+use replication::runtime::Holder;
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+
+/// The control socket of the replica file `replica`.
+pub(crate) fn control_path(replica: &Path) -> PathBuf {
+    let mut p = replica.as_os_str().to_owned();
+    p.push(".aerodb-control");
+    PathBuf::from(p)
+}
+
+/// A request line is at most this long (a `who` is cut to fit).
+const MAX_LINE: u64 = 1024;
+
+/// The longest path a Unix socket address holds (`sun_path`, its NUL
+/// excluded).
+const MAX_SOCKET_PATH: usize = 107;
+
+/// `path` as a socket address can hold it: itself, or, when too long, the
+/// same file reached through its directory's descriptor
+/// (`/proc/self/fd/N/name`, Linux), which the returned `File` keeps open.
+pub(crate) fn socket_address(path: &Path) -> std::io::Result<(PathBuf, Option<std::fs::File>)> {
+    if path.as_os_str().len() <= MAX_SOCKET_PATH {
+        return Ok((path.to_path_buf(), None));
+    }
+    use std::os::fd::AsRawFd;
+    let dir = std::fs::File::open(path.parent().unwrap_or(Path::new(".")))?;
+    let name = path.file_name().unwrap_or_default();
+    let short = Path::new(&format!("/proc/self/fd/{}", dir.as_raw_fd())).join(name);
+    Ok((short, Some(dir)))
+}
+
+/// The connections being served, by number (a copy of each, to end them).
+type Connections = Arc<Mutex<std::collections::HashMap<u64, UnixStream>>>;
+
+/// At most this many connections are served at once (a hold needs one).
+const MAX_CONNECTIONS: usize = 16;
+
+/// The control socket's listener and the connections it serves.
+pub(crate) struct ControlServer {
+    path: PathBuf,
+    stopping: Arc<AtomicBool>,
+    connections: Connections,
+    acceptor: Option<JoinHandle<()>>,
+}
+
+impl ControlServer {
+    /// Listens on `replica`'s control socket, holding and releasing
+    /// through `holder`. The caller holds the runtime's lock, so a socket
+    /// file left there is a dead runtime's: it is replaced.
+    pub(crate) fn start(replica: &Path, holder: Holder) -> std::io::Result<ControlServer> {
+        let path = control_path(replica);
+        let (address, _dir) = socket_address(&path)?;
+        let listener = match UnixListener::bind(&address) {
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
+                std::fs::remove_file(&path)?;
+                UnixListener::bind(&address)?
+            }
+            other => other?,
+        };
+        if let Ok(meta) = std::fs::metadata(replica) {
+            let mode = meta.permissions().mode() & 0o666;
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode))?;
+        }
+        let stopping = Arc::new(AtomicBool::new(false));
+        let connections = Connections::default();
+        let (stop, conns) = (stopping.clone(), connections.clone());
+        let acceptor = std::thread::Builder::new()
+            .name("aerodb-control".into())
+            .spawn(move || {
+                let mut handlers: Vec<JoinHandle<()>> = Vec::new();
+                for (id, stream) in (0u64..).zip(listener.incoming()) {
+                    if stop.load(Ordering::SeqCst) {
+                        break;
+                    }
+                    let Ok(mut stream) = stream else { continue };
+                    handlers.retain(|h| !h.is_finished());
+                    if handlers.len() >= MAX_CONNECTIONS {
+                        let _ = writeln!(stream, "refused too many control connections");
+                        continue;
+                    }
+                    let Ok(copy) = stream.try_clone() else {
+                        continue;
+                    };
+                    lock(&conns).insert(id, copy);
+                    let (holder, mine) = (holder.clone(), conns.clone());
+                    let spawned = std::thread::Builder::new()
+                        .name("aerodb-control-conn".into())
+                        .spawn(move || {
+                            serve(stream, &holder);
+                            lock(&mine).remove(&id);
+                        });
+                    match spawned {
+                        Ok(h) => handlers.push(h),
+                        Err(_) => drop(lock(&conns).remove(&id)),
+                    }
+                }
+                // Connections accepted while the drop ended the others.
+                for (_, c) in lock(&conns).drain() {
+                    let _ = c.shutdown(std::net::Shutdown::Both);
+                }
+                for h in handlers {
+                    let _ = h.join();
+                }
+            })?;
+        Ok(ControlServer {
+            path,
+            stopping,
+            connections,
+            acceptor: Some(acceptor),
+        })
+    }
+}
+
+impl Drop for ControlServer {
+    fn drop(&mut self) {
+        self.stopping.store(true, Ordering::SeqCst);
+        // Every connection ends (a holder's read sees the end: it releases
+        // what is still held); the acceptor wakes on one more connection.
+        for (_, c) in lock(&self.connections).drain() {
+            let _ = c.shutdown(std::net::Shutdown::Both);
+        }
+        if let Ok((address, _dir)) = socket_address(&self.path) {
+            let _ = UnixStream::connect(address);
+        }
+        if let Some(a) = self.acceptor.take() {
+            let _ = a.join();
+        }
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+fn lock(c: &Connections) -> std::sync::MutexGuard<'_, std::collections::HashMap<u64, UnixStream>> {
+    c.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// One line from `reader`, at most [`MAX_LINE`] bytes, without its end;
+/// `None` at the end of the stream or on an error.
+fn line(reader: &mut impl BufRead) -> Option<String> {
+    let mut buf = Vec::new();
+    let n = std::io::Read::take(&mut *reader, MAX_LINE)
+        .read_until(b'\n', &mut buf)
+        .ok()?;
+    if n == 0 {
+        return None;
+    }
+    let text = String::from_utf8_lossy(&buf);
+    Some(text.trim_end_matches(['\r', '\n']).to_owned())
+}
+
+/// Serves one connection: a hold, held until a `release` line or the
+/// connection's end.
+fn serve(stream: UnixStream, holder: &Holder) {
+    let Ok(mut out) = stream.try_clone() else {
+        return;
+    };
+    let mut input = BufReader::new(stream);
+    let Some(request) = line(&mut input) else {
+        return;
+    };
+    let Some(who) = request.strip_prefix("hold ") else {
+        let _ = writeln!(out, "refused unknown request (expected: hold <who>)");
+        return;
+    };
+    let who: String = who.chars().filter(|c| !c.is_control()).take(200).collect();
+    match holder.hold(&who) {
+        Ok(what) => {
+            tracing::info!(%who, %what, "replica held");
+            if writeln!(out, "ok {what}").is_err() {
+                let _ = holder.release();
+                return;
+            }
+        }
+        Err(why) => {
+            let _ = writeln!(out, "refused {why}");
+            return;
+        }
+    }
+    // Held until the holder says so or its connection ends (it exited).
+    let asked = line(&mut input).is_some_and(|l| l == "release");
+    let released = holder.release();
+    tracing::info!(%who, ?released, asked, "replica released");
+    if asked {
+        let _ = match released {
+            Ok(what) => writeln!(out, "ok {what}"),
+            Err(why) => writeln!(out, "refused {why}"),
+        };
+    }
+}
+
+/// What `aerodb verify` holds a replica by: its runtime's lock (no runtime
+/// runs on it), or a running runtime's hold over the control socket.
+pub(crate) enum ReplicaHold {
+    /// No runtime runs: the lock keeps one from starting.
+    Stopped(#[allow(dead_code)] std::fs::File),
+    /// A runtime runs and holds still: until [`ReplicaHold::release`] or
+    /// this is dropped (the connection's end releases it).
+    Running {
+        stream: UnixStream,
+        /// The runtime's answer (`held at applied commit N`).
+        held: String,
+    },
+}
+
+impl ReplicaHold {
+    /// Holds the replica file `replica` for `who`: takes the runtime's
+    /// lock if no runtime runs, else asks the running one to hold.
+    pub(crate) fn take(replica: &Path, who: &str) -> Result<ReplicaHold, String> {
+        if let Ok(lock) = super::take_lock(replica) {
+            return Ok(ReplicaHold::Stopped(lock));
+        }
+        let path = control_path(replica);
+        let unreachable = |e: std::io::Error| {
+            format!(
+                "a replica runtime holds it, but its control socket {} does not answer ({e}); stop the runtime, then verify",
+                path.display()
+            )
+        };
+        let (address, _dir) = socket_address(&path).map_err(unreachable)?;
+        let stream = UnixStream::connect(address).map_err(unreachable)?;
+        let mut out = stream.try_clone().map_err(unreachable)?;
+        writeln!(out, "hold {who}").map_err(unreachable)?;
+        let mut input = BufReader::new(stream.try_clone().map_err(unreachable)?);
+        match line(&mut input) {
+            Some(l) if l.starts_with("ok ") => Ok(ReplicaHold::Running {
+                stream,
+                held: l["ok ".len()..].to_owned(),
+            }),
+            Some(l) => Err(format!(
+                "its running replica runtime refused to hold it: {}",
+                l.strip_prefix("refused ").unwrap_or(&l)
+            )),
+            None => Err(format!(
+                "its running replica runtime closed its control socket {} without answering (it is stopping?)",
+                path.display()
+            )),
+        }
+    }
+
+    /// The running runtime's answer to the hold, if one runs.
+    pub(crate) fn held(&self) -> Option<&str> {
+        match self {
+            ReplicaHold::Running { held, .. } => Some(held),
+            ReplicaHold::Stopped(_) => None,
+        }
+    }
+
+    /// Releases a running runtime (it restarts from where the holder left
+    /// the replica); the runtime's answer. A stopped replica's lock is
+    /// just dropped.
+    pub(crate) fn release(self) -> Result<Option<String>, String> {
+        match self {
+            ReplicaHold::Stopped(_) => Ok(None),
+            ReplicaHold::Running { stream, .. } => {
+                let mut out = stream.try_clone().map_err(|e| e.to_string())?;
+                writeln!(out, "release").map_err(|e| e.to_string())?;
+                let mut input = BufReader::new(stream);
+                match line(&mut input) {
+                    Some(l) if l.starts_with("ok ") => Ok(Some(l["ok ".len()..].to_owned())),
+                    Some(l) => Err(l.strip_prefix("refused ").unwrap_or(&l).to_owned()),
+                    None => Err("the runtime closed its control socket".into()),
+                }
+            }
+        }
+    }
+}
