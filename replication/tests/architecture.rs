@@ -78,7 +78,13 @@ fn timed_waits_exist_only_where_time_decides_nothing() {
 fn every_thread_is_a_named_joined_component() {
     // X1: no background best-effort threads. The runtime spawns exactly
     // the four component threads, each named, each handle kept and joined
-    // (Pipeline / Runtime); nothing uses a detached `thread::spawn`.
+    // (Pipeline / Runtime); nothing uses a detached `thread::spawn`. The
+    // storage adapter's control socket (`runtime/control.rs`, what
+    // `aerodb verify` holds a running replica through) adds its acceptor
+    // and one thread per connection: named, joined when the runtime stops
+    // (the acceptor by `ControlServer::drop`, the connections' by the
+    // acceptor), deciding nothing (a hold or release goes to the
+    // Supervisor, its answer back).
     assert_eq!(find("thread::spawn("), vec![], "detached threads");
     let named = find(".name(\"aerodb-");
     let mut names: Vec<&str> = named.iter().map(|h| h.2.as_str()).collect();
@@ -87,12 +93,14 @@ fn every_thread_is_a_named_joined_component() {
         names,
         vec![
             ".name(\"aerodb-applier\".into())",
+            ".name(\"aerodb-control\".into())",
+            ".name(\"aerodb-control-conn\".into())",
             ".name(\"aerodb-receiver\".into())",
             ".name(\"aerodb-supervisor\".into())",
             ".name(\"aerodb-validator\".into())",
         ]
     );
-    assert_eq!(find(".join()").len(), 4, "{:?}", find(".join()"));
+    assert_eq!(find(".join()").len(), 6, "{:?}", find(".join()"));
 }
 
 #[test]
