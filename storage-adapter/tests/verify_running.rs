@@ -28,6 +28,24 @@ fn start(r: &Path, p: &Path) -> Replica {
     Replica::start_from_file(r, p, Config::default()).unwrap()
 }
 
+/// A primary, a replica caught up, and a runtime running on it.
+fn running() -> (tempfile::TempDir, Primary, PathBuf, PathBuf, Replica) {
+    let dir = tempfile::tempdir().unwrap();
+    let (primary, p, r) = pair(dir.path(), SCHEMA, &["t", "k"]);
+    let replica = start(&r, &p);
+    (dir, primary, p, r, replica)
+}
+
+/// Stops `replica`, which must end without a recorded error.
+fn stop_clean(replica: Replica) {
+    let view = replica.stop();
+    assert!(
+        view.components.iter().all(|c| c.last_error.is_none()),
+        "{:?}",
+        view.components
+    );
+}
+
 /// Waits (client-side deadline, never reached when things work) until the
 /// running replica has applied `head` and is no longer held.
 fn wait_caught_up(replica: &Replica, head: CommitId) {
@@ -128,20 +146,13 @@ fn a_stopped_replica_with_received_but_unapplied_segments_is_verified_and_starts
     commit(&primary, 20);
     let head = primary.head().unwrap();
     wait_caught_up(&replica, head);
-    let view = replica.stop();
-    assert!(
-        view.components.iter().all(|c| c.last_error.is_none()),
-        "{:?}",
-        view.components
-    );
+    stop_clean(replica);
     assert_equal(&p, &r, "after the restart");
 }
 
 #[test]
 fn a_running_replica_under_writes_is_held_verified_equal_and_released() {
-    let dir = tempfile::tempdir().unwrap();
-    let (primary, p, r) = pair(dir.path(), SCHEMA, &["t", "k"]);
-    let replica = start(&r, &p);
+    let (_dir, primary, p, r, replica) = running();
     // A writer commits all along while verify runs, over and over.
     let (done_tx, done) = std::sync::mpsc::channel();
     let writer = std::thread::spawn(move || {
@@ -196,19 +207,12 @@ fn a_running_replica_under_writes_is_held_verified_equal_and_released() {
         "{out}"
     );
     wait_caught_up(&replica, head);
-    let view = replica.stop();
-    assert!(
-        view.components.iter().all(|c| c.last_error.is_none()),
-        "{:?}",
-        view.components
-    );
+    stop_clean(replica);
 }
 
 #[test]
 fn a_row_changed_behind_a_running_replicas_back_is_named_and_replication_goes_on() {
-    let dir = tempfile::tempdir().unwrap();
-    let (primary, p, r) = pair(dir.path(), SCHEMA, &["t", "k"]);
-    let replica = start(&r, &p);
+    let (_dir, primary, p, r, replica) = running();
     behind_the_back(&r)
         .execute("UPDATE t SET v = 'changed' WHERE id = 1", [])
         .unwrap();
@@ -231,9 +235,7 @@ fn a_row_changed_behind_a_running_replicas_back_is_named_and_replication_goes_on
 
 #[test]
 fn a_holder_that_goes_away_releases_the_replica_and_a_second_hold_is_refused() {
-    let dir = tempfile::tempdir().unwrap();
-    let (primary, p, r) = pair(dir.path(), SCHEMA, &["t", "k"]);
-    let replica = start(&r, &p);
+    let (_dir, primary, p, r, replica) = running();
     let head = primary.head().unwrap();
     wait_caught_up(&replica, head);
     let (answer, holder) = hold(&r, "a test");
@@ -301,9 +303,7 @@ fn a_holder_that_goes_away_releases_the_replica_and_a_second_hold_is_refused() {
 
 #[test]
 fn a_stop_while_held_ends_the_runtime_and_closes_the_holders_connection() {
-    let dir = tempfile::tempdir().unwrap();
-    let (primary, p, r) = pair(dir.path(), SCHEMA, &["t", "k"]);
-    let replica = start(&r, &p);
+    let (_dir, primary, p, r, replica) = running();
     wait_caught_up(&replica, primary.head().unwrap());
     let (answer, holder) = hold(&r, "a test");
     assert!(answer.starts_with("ok held at applied commit"), "{answer}");
