@@ -110,3 +110,15 @@ CREATE TABLE IF NOT EXISTS aerodb_replica_source(
   head_commit_id  INTEGER NOT NULL,
   at_unix_ms      INTEGER NOT NULL  -- informational
 );
+
+-- The schema version (PRAGMA schema_version) at which the replicated tables
+-- and the state store were last found as replication left them (one row):
+-- their definitions as registered, their write guards in place. Written by
+-- the Applier in its apply transaction; a different schema version (DDL by
+-- any connection) makes the Applier and the read gate look again, and a
+-- table dropped, altered or unguarded behind replication's back blocks
+-- replication and refuses reads as DIVERGED.
+CREATE TABLE IF NOT EXISTS aerodb_replica_schema_check(
+  id             INTEGER PRIMARY KEY CHECK (id = 1),
+  schema_version INTEGER NOT NULL
+);

@@ -183,6 +183,18 @@ pub enum ApplyError {
         /// What is wrong.
         problem: String,
     },
+    /// A replicated or state store table was changed by DDL behind
+    /// replication's back (dropped, altered, its write guard dropped):
+    /// what it holds may not be the primary's.
+    #[error("commit {commit_id}: replica table '{table}' was changed behind replication's back: {what}; what it holds may no longer be the primary's: rebuild the replica from the primary (aerodb catch-up into a new file); nothing applied")]
+    Tampered {
+        /// The commit that was to be applied.
+        commit_id: CommitId,
+        /// The table.
+        table: String,
+        /// What happened to it.
+        what: String,
+    },
     /// The runtime applies only segments its Receiver persisted.
     #[error("segment {first}..={last} is not a received, unapplied segment in aerodb_replica_segments; nothing applied")]
     SegmentNotReceived {
@@ -220,6 +232,9 @@ pub struct ReplicaDb {
     conn: Connection,
     shapes: HashMap<String, Arc<TableShape>>,
     track_segments: bool,
+    /// The schema version this connection last found (or left) the
+    /// replica's tables as replication left them at.
+    checked_schema: Option<i64>,
 }
 
 impl ReplicaDb {
@@ -256,20 +271,28 @@ impl ReplicaDb {
             None,
         ))?;
         // This connection applies: its writes pass the replicated tables'
-        // guards. Tables replicated before guards existed get theirs now.
+        // guards.
         guard::let_replication_write(&conn)?;
-        guard::install_state(&conn)?;
-        if let Some(position) = read_position(&conn)? {
-            let tables: Vec<String> = conn
-                .prepare("SELECT name FROM main.aerodb_replica_tables")
-                .and_then(|mut s| s.query_map([], |r| r.get(0))?.collect())
-                .map_err(sql_err("listing replicated tables", None))?;
-            for t in &tables {
-                // A replicated table dropped on the replica (DDL is not
-                // guarded) gets no guard here: its next change blocks
-                // replication with the reason.
-                if schema::table_sql(&conn, CommitId(0), t)?.is_some() {
-                    guard::install(&conn, None, t, position.generation)?;
+        // Tables replicated before guards existed get theirs now. Once the
+        // replica's schema has been checked, a missing guard was dropped
+        // behind replication's back: putting it back would hide the rows
+        // written past it, so it is left for the check to name.
+        let checked = guard::checked_version(&conn)
+            .map_err(sql_err("reading the replica's schema check", None))?
+            .is_some();
+        if !checked {
+            guard::install_state(&conn)?;
+            if let Some(position) = read_position(&conn)? {
+                let tables: Vec<String> = conn
+                    .prepare("SELECT name FROM main.aerodb_replica_tables")
+                    .and_then(|mut s| s.query_map([], |r| r.get(0))?.collect())
+                    .map_err(sql_err("listing replicated tables", None))?;
+                for t in &tables {
+                    // A replicated table dropped on the replica gets no
+                    // guard here: the schema check names it.
+                    if schema::table_sql(&conn, CommitId(0), t)?.is_some() {
+                        guard::install(&conn, None, t, position.generation)?;
+                    }
                 }
             }
         }
@@ -277,6 +300,7 @@ impl ReplicaDb {
             conn,
             shapes: HashMap::new(),
             track_segments: false,
+            checked_schema: None,
         })
     }
 
@@ -365,12 +389,37 @@ impl ReplicaDb {
             conn,
             shapes,
             track_segments,
+            checked_schema,
         } = self;
         // IMMEDIATE: take the write lock before reading the position, so the
         // position checked is the one this transaction replaces.
         let tx = rusqlite::Transaction::new_unchecked(conn, TransactionBehavior::Immediate)
             .map_err(sql_err("beginning the apply transaction", None))?;
         let stored = read_position(&tx)?.ok_or(ApplyError::NotReplica)?;
+        // DDL by any connection since the replica was last found as
+        // replication left it: look again before writing anything.
+        let doing = sql_err(
+            "checking the replica's schema",
+            Some(stored.commit_id.next()),
+        );
+        let version = guard::schema_version(&tx).map_err(doing)?;
+        let mut record = false;
+        if *checked_schema != Some(version)
+            && guard::checked_version(&tx)
+                .map_err(sql_err("checking the replica's schema", None))?
+                != Some(version)
+        {
+            if let Some(t) =
+                guard::tampering(&tx).map_err(sql_err("checking the replica's schema", None))?
+            {
+                return Err(ApplyError::Tampered {
+                    commit_id: stored.commit_id.next(),
+                    table: t.table,
+                    what: t.what,
+                });
+            }
+            record = true;
+        }
         let mut end = stored;
         let mut owned;
         let mut segment = match first {
@@ -414,10 +463,23 @@ impl ReplicaDb {
             .and_then(|mut s| s.execute(params![end.commit_id.0 as i64, end.wal_offset.0 as i64, i64::from(end.chain), stored.commit_id.0 as i64]))
             .map_err(sql_err("advancing the replica position", Some(end.commit_id)))?;
         assert_eq!(updated, 1, "the position row was read in this transaction");
+        // This transaction's own DDL (schema records, alters) leaves the
+        // replica as replication made it.
+        let after = guard::schema_version(&tx).map_err(sql_err(
+            "checking the replica's schema",
+            Some(end.commit_id),
+        ))?;
+        if record || after != version {
+            guard::record_checked(&tx, after).map_err(sql_err(
+                "recording the replica's schema check",
+                Some(end.commit_id),
+            ))?;
+        }
         tx.commit().map_err(sql_err(
             "committing the apply transaction",
             Some(end.commit_id),
         ))?;
+        *checked_schema = Some(after);
         Ok(end)
     }
 

@@ -565,6 +565,10 @@ fn bring_to(
     fetch: &dyn Fn(CommitId) -> Result<Option<Vec<u8>>, String>,
 ) -> Result<(), Bring> {
     bring_to_inner(db, at, head, fetch).map_err(|e| match e {
+        ApplyError::Tampered { ref table, .. } => Bring::Diverged(Difference {
+            table: table.clone(),
+            detail: e.to_string(),
+        }),
         ApplyError::Divergence { ref table, .. } => Bring::Diverged(Difference {
             table: table.clone(),
             detail: format!(

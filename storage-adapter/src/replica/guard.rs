@@ -24,7 +24,7 @@ fn trigger_name(op: &str, table: &str) -> String {
 
 /// The replica's state store tables (`sql/replica.sql`): guarded too, so
 /// only the runtime's own connections record state.
-pub(super) const STATE_TABLES: [&str; 9] = [
+pub(super) const STATE_TABLES: [&str; 10] = [
     "aerodb_replica_position",
     "aerodb_replica_tables",
     "aerodb_replica_segments",
@@ -34,6 +34,7 @@ pub(super) const STATE_TABLES: [&str; 9] = [
     "aerodb_replica_transitions",
     "aerodb_replica_components",
     "aerodb_replica_source",
+    "aerodb_replica_schema_check",
 ];
 
 /// Installs (if missing) the guard triggers of replicated `table`.
@@ -119,4 +120,114 @@ pub(crate) fn let_replication_write(conn: &Connection) -> Result<(), ApplyError>
     ))?;
     conn.create_scalar_function(GUARD_FN, 0, FunctionFlags::SQLITE_UTF8, |_| Ok(false))
         .map_err(sql_err("defining the replica's write guard", None))
+}
+
+/// The replica's schema version (`PRAGMA schema_version`: SQLite moves it
+/// on every schema change, by any connection).
+pub(crate) fn schema_version(conn: &Connection) -> rusqlite::Result<i64> {
+    conn.prepare_cached("SELECT schema_version FROM main.pragma_schema_version")?
+        .query_row([], |r| r.get(0))
+}
+
+/// The schema version at which the replica's tables were last found as
+/// replication left them (`aerodb_replica_schema_check`); `None` if never
+/// (or on a replica from before the check).
+pub(crate) fn checked_version(conn: &Connection) -> rusqlite::Result<Option<i64>> {
+    use rusqlite::OptionalExtension;
+    let mut stmt = match conn
+        .prepare_cached("SELECT schema_version FROM main.aerodb_replica_schema_check WHERE id = 1")
+    {
+        // A replica from before the check (the runtime creates the table
+        // when it next opens it).
+        Err(e) if e.to_string().contains("no such table") => return Ok(None),
+        other => other?,
+    };
+    stmt.query_row([], |r| r.get(0)).optional()
+}
+
+/// Records, in the apply transaction `tx`, that the replica's tables are
+/// as replication left them at schema version `version`.
+pub(super) fn record_checked(tx: &Connection, version: i64) -> rusqlite::Result<()> {
+    tx.prepare_cached(
+        "INSERT OR REPLACE INTO main.aerodb_replica_schema_check(id, schema_version) VALUES (1, ?1)",
+    )?
+    .execute([version])
+    .map(|_| ())
+}
+
+/// Something changed on the replica behind replication's back, by DDL
+/// (SQLite has no trigger that could refuse it): the table concerned and
+/// what happened to it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Tampering {
+    /// The replicated (or state store) table.
+    pub table: String,
+    /// What happened to it, as a sentence.
+    pub what: String,
+}
+
+/// Whether the replica's tables are as replication left them: every
+/// registered table exists with the definition replication gave it, and
+/// it and every state store table still carry their three write guards.
+/// The first that is not. (Only the schema is read: what DDL can undo.)
+pub(crate) fn tampering(conn: &Connection) -> rusqlite::Result<Option<Tampering>> {
+    let found = |table: &str, what: String| {
+        Ok(Some(Tampering {
+            table: table.to_owned(),
+            what,
+        }))
+    };
+    let registered: Vec<(String, String, Option<String>)> = conn
+        .prepare(
+            "SELECT r.name, r.sql, s.sql FROM main.aerodb_replica_tables r LEFT JOIN main.sqlite_schema s ON s.type = 'table' AND s.name = r.name COLLATE NOCASE ORDER BY r.name",
+        )?
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+        .collect::<rusqlite::Result<_>>()?;
+    let triggers: std::collections::HashSet<String> = conn
+        .prepare("SELECT name FROM main.sqlite_schema WHERE type = 'trigger' AND name LIKE 'aerodb\\_replica\\_guard\\_%' ESCAPE '\\'")?
+        .query_map([], |r| r.get::<_, String>(0))?
+        .map(|n| n.map(|n| n.to_lowercase()))
+        .collect::<rusqlite::Result<_>>()?;
+    let guard_gone = |table: &str| {
+        ["insert", "update", "delete"]
+            .into_iter()
+            .map(|op| format!("aerodb_replica_guard_{op}_{table}"))
+            .find(|name| !triggers.contains(&name.to_lowercase()))
+    };
+    for (table, made, now) in &registered {
+        match now {
+            None => return found(table, "it was dropped".into()),
+            Some(now) if now != made => {
+                return found(
+                    table,
+                    format!("it was altered: it is `{now}`, replication made it `{made}`"),
+                )
+            }
+            Some(_) => {}
+        }
+        if let Some(name) = guard_gone(table) {
+            return found(
+                table,
+                format!("its write guard (trigger {name}) was dropped, so other connections could write it"),
+            );
+        }
+    }
+    let tables: std::collections::HashSet<String> = conn
+        .prepare("SELECT name FROM main.sqlite_schema WHERE type = 'table' AND name LIKE 'aerodb\\_replica\\_%' ESCAPE '\\'")?
+        .query_map([], |r| r.get::<_, String>(0))?
+        .collect::<rusqlite::Result<_>>()?;
+    for table in STATE_TABLES {
+        // One this version added is created (and guarded) when the runtime
+        // next opens the replica.
+        if !tables.contains(table) {
+            continue;
+        }
+        if let Some(name) = guard_gone(table) {
+            return found(
+                table,
+                format!("the state store's write guard (trigger {name}) was dropped, so other connections could write it"),
+            );
+        }
+    }
+    Ok(None)
 }

@@ -103,13 +103,14 @@ pub fn read_gate_in(conn: &Connection, min_commit_id: Option<CommitId>) -> Decis
         Option<String>,
         Option<String>,
         Option<String>,
+        i64,
     );
     let observe = || -> Result<ObservedState, String> {
         let row: Option<Row> = conn
             .query_row(
-                "SELECT p.applied_commit_id, p.applied_wal_offset, s.global_state, s.read_status, s.blocking_reason, s.blocking_code FROM main.aerodb_replica_position p LEFT JOIN main.aerodb_replica_state s ON s.id = 1 WHERE p.id = 1",
+                "SELECT p.applied_commit_id, p.applied_wal_offset, s.global_state, s.read_status, s.blocking_reason, s.blocking_code, (SELECT schema_version FROM main.pragma_schema_version) FROM main.aerodb_replica_position p LEFT JOIN main.aerodb_replica_state s ON s.id = 1 WHERE p.id = 1",
                 [],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?)),
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?)),
             )
             .optional()
             .map_err(|e| {
@@ -119,7 +120,7 @@ pub fn read_gate_in(conn: &Connection, min_commit_id: Option<CommitId>) -> Decis
                     e.to_string()
                 }
             })?;
-        let (applied, offset, kind, read, reason, code) =
+        let (applied, offset, kind, read, reason, code, schema_version) =
             row.ok_or("this database is not an AeroDB replica")?;
         // A block recorded before the replica left Ready (it stopped, or a
         // restart has not reached Ready read-safe yet) still refuses.
@@ -159,6 +160,21 @@ pub fn read_gate_in(conn: &Connection, min_commit_id: Option<CommitId>) -> Decis
             (_, Some(false)) => GlobalState::Disabled,
             _ => global,
         };
+        // DDL since the replica was last found as replication left it: a
+        // table dropped, altered or unguarded behind replication's back
+        // refuses reads as a divergence, whatever was recorded.
+        let global = match tampered_since_checked(conn, schema_version)? {
+            Some(t) => GlobalState::Ready {
+                read: ReadStatus::Blocked(BlockReason::Recorded {
+                    diverged: true,
+                    reason: format!(
+                        "replica table '{}' was changed behind replication's back: {}",
+                        t.table, t.what
+                    ),
+                }),
+            },
+            None => global,
+        };
         Ok(ObservedState {
             global,
             applied_commit_id: CommitId(applied as u64),
@@ -170,6 +186,19 @@ pub fn read_gate_in(conn: &Connection, min_commit_id: Option<CommitId>) -> Decis
         Ok(state) => read_gate::evaluate(&state, &ReadRequest { min_commit_id }),
         Err(e) => read_gate::refuse_unobservable(&e),
     }
+}
+
+/// What DDL changed behind replication's back, if the replica's schema
+/// moved past the version it was last found as replication left it at.
+fn tampered_since_checked(
+    conn: &Connection,
+    version: i64,
+) -> Result<Option<crate::replica::guard::Tampering>, String> {
+    use crate::replica::guard;
+    if guard::checked_version(conn).map_err(|e| e.to_string())? == Some(version) {
+        return Ok(None);
+    }
+    guard::tampering(conn).map_err(|e| e.to_string())
 }
 
 /// The lock file a running runtime holds for `replica`.

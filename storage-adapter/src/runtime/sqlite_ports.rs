@@ -208,6 +208,9 @@ pub(crate) fn apply_failure(e: ApplyError) -> Failure {
             }
             f.at(*commit_id, *commit_id)
         }
+        ApplyError::Tampered { commit_id, .. } => {
+            Failure::new(FailureCode::Diverged, e.to_string()).at(*commit_id, *commit_id)
+        }
         ApplyError::Continuity(c) => Failure::new(FailureCode::Continuity, c.to_string()),
         ApplyError::Snapshot { .. } => Failure::new(FailureCode::Snapshot, e.to_string()),
         ApplyError::IllegalSegmentMove { first, last, .. } => {
