@@ -270,6 +270,11 @@ pub const GLOBAL_TRANSITIONS: &[(GlobalKind, GlobalKind)] = {
         (ApplyingWal, Ready),
         (ApplyingWal, Recovering),
         (ReceivingWal, ApplyingWal),
+        // A hold's release restarts the pipeline from any running state
+        // (`SupervisorInput::Released`): recovery re-validates what is
+        // stored, as after a restart.
+        (ReceivingWal, Recovering),
+        (ValidatingWal, Recovering),
         (Ready, ReceivingWal),
         (Ready, ValidatingWal),
         (Ready, ApplyingWal),

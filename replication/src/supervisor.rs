@@ -104,6 +104,16 @@ pub enum SupervisorInput {
         /// Who asked, and why.
         reason: String,
     },
+    /// A hold (`aerodb verify`) was released: the pipeline restarted from
+    /// what the store holds ([`Supervisor::restart_after_hold`]), so
+    /// recovery re-validates what is stored, as after a restart. A block
+    /// an operator's resume would lift is lifted the same way (the new
+    /// pipeline meets its cause again if it is still there); another block
+    /// (a divergence, a rejected segment) stays.
+    Released {
+        /// Who held it.
+        reason: String,
+    },
     /// Stop requested (or a component/runner failure: F4).
     Stop {
         /// Why.
@@ -341,6 +351,21 @@ impl Supervisor {
                     format!(
                         "resumed by {reason}: re-validating from applied commit {}",
                         self.progress.applied
+                    ),
+                )
+            }
+            SupervisorInput::Released { reason } => {
+                let resumable = self.can_resume();
+                if self.state == GlobalState::Recovering || (blocked && !resumable) {
+                    return Ok(None);
+                }
+                self.failed_segment = None;
+                (
+                    GlobalState::Recovering,
+                    format!(
+                        "released by {reason}: the pipeline restarted at applied commit {}{}; re-validating what is stored",
+                        self.progress.applied,
+                        if resumable { " (which lifts the block)" } else { "" }
                     ),
                 )
             }

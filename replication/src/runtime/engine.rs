@@ -575,6 +575,11 @@ impl SupervisorEngine {
                 self.core
                     .restart_after_hold(stored.applied, stored.received);
                 self.start_pipeline(&stored);
+                // Recorded as a transition (with where the replica stands
+                // now): recovery re-validates what is stored.
+                self.drive(SupervisorInput::Released {
+                    reason: reason.clone(),
+                })?;
                 let released = format!("released by {reason} at applied commit {at}");
                 for c in [
                     Component::Receiver,

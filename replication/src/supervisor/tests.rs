@@ -423,3 +423,52 @@ fn illegal_moves_are_typed_errors() {
     );
     assert_eq!(s.state(), &GlobalState::Disabled);
 }
+
+#[test]
+fn a_release_restarts_through_recovery_and_lifts_only_a_resumable_block() {
+    let release = || SupervisorInput::Released {
+        reason: "aerodb verify (pid 9)".into(),
+    };
+    // From a running state: Recovering, with where the replica stands now.
+    let mut s = started(2, 2);
+    assert_eq!(s.state(), &GlobalState::ReceivingWal);
+    s.restart_after_hold(pos(7), CommitId(7));
+    let t = s.handle(release()).expect("legal").expect("moves");
+    assert_eq!(t.to, GlobalState::Recovering);
+    assert_eq!(t.progress.applied, CommitId(7));
+    assert_eq!(
+        t.reason,
+        "released by aerodb verify (pid 9): the pipeline restarted at applied commit 7; re-validating what is stored"
+    );
+    // Already recovering: it stays so (the new Validator ends it).
+    assert_eq!(s.handle(release()).expect("legal"), None);
+    s.handle(SupervisorInput::Recovered).expect("legal");
+    // A source outage ended while held: the release lifts it.
+    s.handle(SupervisorInput::ReceiverStopped {
+        code: FailureCode::SourceUnavailable,
+        reason: "connection refused".into(),
+    })
+    .expect("legal");
+    let t = s.handle(release()).expect("legal").expect("moves");
+    assert_eq!(t.to, GlobalState::Recovering);
+    assert!(
+        t.reason
+            .ends_with("(which lifts the block); re-validating what is stored"),
+        "{}",
+        t.reason
+    );
+    // A rejection stays.
+    s.handle(SupervisorInput::Recovered).expect("legal");
+    s.handle(SupervisorInput::Rejected(Rejection {
+        first: CommitId(8),
+        last: CommitId(8),
+        wal_offset: WalOffset(80),
+        code: FailureCode::Corrupt,
+        expected: None,
+        actual: None,
+        reason: "crc".into(),
+    }))
+    .expect("legal");
+    assert_eq!(s.handle(release()).expect("legal"), None);
+    assert!(s.state().to_string().contains("rejected"), "{}", s.state());
+}

@@ -203,9 +203,28 @@ fn tampered_since_checked(
 
 /// The lock file a running runtime holds for `replica`.
 pub(crate) fn lock_path(replica: &Path) -> PathBuf {
-    let mut p = replica.as_os_str().to_owned();
+    let mut p = canonical(replica).into_os_string();
     p.push(".aerodb-lock");
     PathBuf::from(p)
+}
+
+/// The replica file's own path, with symlinks, `.` and `..` resolved: it
+/// names the file's lock and control socket, so every path that leads to
+/// the file (a symlink, a relative one) finds the same ones. A file not
+/// created yet: its directory resolved. (Another hard link is another
+/// name: use one.)
+pub(crate) fn canonical(replica: &Path) -> PathBuf {
+    if let Ok(p) = std::fs::canonicalize(replica) {
+        return p;
+    }
+    let dir = replica
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    match (std::fs::canonicalize(dir), replica.file_name()) {
+        (Ok(d), Some(name)) => d.join(name),
+        _ => replica.to_path_buf(),
+    }
 }
 
 /// Whether a runtime (in any process) holds the lock of the replica file

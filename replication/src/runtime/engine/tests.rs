@@ -589,6 +589,13 @@ fn a_hold_stops_the_pipeline_records_it_and_answers_then_a_release_restarts_from
     );
     let c = e.handle(Input::StoreOpened(stored(9, 9)));
     assert_eq!(kinds(&c), ["StartPipeline", "Record", "Publish", "Reply"]);
+    assert_eq!(transitions(&c), ["Ready (read-safe) -> Recovering"]);
+    let Command::Record { ops, .. } = &c[1] else {
+        panic!("{c:?}")
+    };
+    assert!(ops.iter().any(|op| matches!(op, StoreOp::Transition(t)
+        if t.progress.applied == CommitId(9) && t.progress.received == CommitId(9)
+            && t.reason == "released by aerodb verify (pid 9): the pipeline restarted at applied commit 9; re-validating what is stored")));
     assert_eq!(
         c[0],
         Command::StartPipeline {
@@ -606,7 +613,12 @@ fn a_hold_stops_the_pipeline_records_it_and_answers_then_a_release_restarts_from
         }
     );
     assert_eq!(e.core.progress().received, CommitId(9));
-    // Running again: the next commits are taken as usual.
+    // Running again once the Validator re-validated what is stored: the
+    // next commits are taken as usual.
+    e.handle(Input::Report(Event::ValidatorRecovered {
+        revalidated: 0,
+        through: CommitId(9),
+    }));
     e.handle(Input::Report(Event::ReceiverPersisted {
         first: CommitId(10),
         last: CommitId(10),
