@@ -304,6 +304,27 @@ impl ReplicaDb {
         })
     }
 
+    /// Checks that the replica's tables are as replication left them
+    /// (see [`guard::tampering`]) and, if so and not recorded yet for its
+    /// current schema version, records it, so readers need not look again.
+    /// A replica that is not is left as it is: its next apply transaction
+    /// refuses, naming the table.
+    pub(crate) fn record_schema_check(&mut self) -> Result<(), ApplyError> {
+        let doing = || sql_err("checking the replica's schema", None);
+        let tx = rusqlite::Transaction::new_unchecked(&self.conn, TransactionBehavior::Immediate)
+            .map_err(doing())?;
+        let version = guard::schema_version(&tx).map_err(doing())?;
+        if guard::checked_version(&tx).map_err(doing())? == Some(version)
+            || guard::tampering(&tx).map_err(doing())?.is_some()
+        {
+            return Ok(());
+        }
+        guard::record_checked(&tx, version).map_err(doing())?;
+        tx.commit().map_err(doing())?;
+        self.checked_schema = Some(version);
+        Ok(())
+    }
+
     /// From now on, applying a segment also moves its row in
     /// `aerodb_replica_segments` to Applied (dropping its raw bytes) in the
     /// same transaction, and refuses a segment the Receiver did not persist.

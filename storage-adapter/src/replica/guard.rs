@@ -178,13 +178,13 @@ pub(crate) fn tampering(conn: &Connection) -> rusqlite::Result<Option<Tampering>
         }))
     };
     let registered: Vec<(String, String, Option<String>)> = conn
-        .prepare(
+        .prepare_cached(
             "SELECT r.name, r.sql, s.sql FROM main.aerodb_replica_tables r LEFT JOIN main.sqlite_schema s ON s.type = 'table' AND s.name = r.name COLLATE NOCASE ORDER BY r.name",
         )?
         .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
         .collect::<rusqlite::Result<_>>()?;
     let triggers: std::collections::HashSet<String> = conn
-        .prepare("SELECT name FROM main.sqlite_schema WHERE type = 'trigger' AND name LIKE 'aerodb\\_replica\\_guard\\_%' ESCAPE '\\'")?
+        .prepare_cached("SELECT name FROM main.sqlite_schema WHERE type = 'trigger' AND name LIKE 'aerodb\\_replica\\_guard\\_%' ESCAPE '\\'")?
         .query_map([], |r| r.get::<_, String>(0))?
         .map(|n| n.map(|n| n.to_lowercase()))
         .collect::<rusqlite::Result<_>>()?;
@@ -213,7 +213,7 @@ pub(crate) fn tampering(conn: &Connection) -> rusqlite::Result<Option<Tampering>
         }
     }
     let tables: std::collections::HashSet<String> = conn
-        .prepare("SELECT name FROM main.sqlite_schema WHERE type = 'table' AND name LIKE 'aerodb\\_replica\\_%' ESCAPE '\\'")?
+        .prepare_cached("SELECT name FROM main.sqlite_schema WHERE type = 'table' AND name LIKE 'aerodb\\_replica\\_%' ESCAPE '\\'")?
         .query_map([], |r| r.get::<_, String>(0))?
         .collect::<rusqlite::Result<_>>()?;
     for table in STATE_TABLES {

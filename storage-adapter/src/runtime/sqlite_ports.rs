@@ -83,6 +83,9 @@ impl Storage for SqliteStorage {
         let conn = open_replica_connection(&self.path)?;
         let mut db = ReplicaDb::from_connection(conn).map_err(apply_failure)?;
         db.track_segments();
+        // Readers then find the check recorded for the schema as it is.
+        let _writing = self.lock.hold();
+        db.record_schema_check().map_err(apply_failure)?;
         Ok(Box::new(SqliteApply {
             db,
             lock: self.lock.clone(),
