@@ -125,7 +125,9 @@ pub(crate) fn let_replication_write(conn: &Connection) -> Result<(), ApplyError>
 /// The replica's schema version (`PRAGMA schema_version`: SQLite moves it
 /// on every schema change, by any connection).
 pub(crate) fn schema_version(conn: &Connection) -> rusqlite::Result<i64> {
-    conn.prepare_cached("SELECT schema_version FROM main.pragma_schema_version")?
+    // The pragma statement reads the header cookie (OP_ReadCookie); the
+    // table-valued `pragma_schema_version` costs a virtual table cursor.
+    conn.prepare_cached("PRAGMA main.schema_version")?
         .query_row([], |r| r.get(0))
 }
 

@@ -103,14 +103,13 @@ pub fn read_gate_in(conn: &Connection, min_commit_id: Option<CommitId>) -> Decis
         Option<String>,
         Option<String>,
         Option<String>,
-        i64,
     );
     let observe = || -> Result<ObservedState, String> {
         let row: Option<Row> = conn
             .query_row(
-                "SELECT p.applied_commit_id, p.applied_wal_offset, s.global_state, s.read_status, s.blocking_reason, s.blocking_code, (SELECT schema_version FROM main.pragma_schema_version) FROM main.aerodb_replica_position p LEFT JOIN main.aerodb_replica_state s ON s.id = 1 WHERE p.id = 1",
+                "SELECT p.applied_commit_id, p.applied_wal_offset, s.global_state, s.read_status, s.blocking_reason, s.blocking_code FROM main.aerodb_replica_position p LEFT JOIN main.aerodb_replica_state s ON s.id = 1 WHERE p.id = 1",
                 [],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?)),
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?)),
             )
             .optional()
             .map_err(|e| {
@@ -120,7 +119,7 @@ pub fn read_gate_in(conn: &Connection, min_commit_id: Option<CommitId>) -> Decis
                     e.to_string()
                 }
             })?;
-        let (applied, offset, kind, read, reason, code, schema_version) =
+        let (applied, offset, kind, read, reason, code) =
             row.ok_or("this database is not an AeroDB replica")?;
         // A block recorded before the replica left Ready (it stopped, or a
         // restart has not reached Ready read-safe yet) still refuses.
@@ -163,7 +162,7 @@ pub fn read_gate_in(conn: &Connection, min_commit_id: Option<CommitId>) -> Decis
         // DDL since the replica was last found as replication left it: a
         // table dropped, altered or unguarded behind replication's back
         // refuses reads as a divergence, whatever was recorded.
-        let global = match tampered_since_checked(conn, schema_version)? {
+        let global = match tampered_since_checked(conn)? {
             Some(t) => GlobalState::Ready {
                 read: ReadStatus::Blocked(BlockReason::Recorded {
                     diverged: true,
@@ -192,9 +191,9 @@ pub fn read_gate_in(conn: &Connection, min_commit_id: Option<CommitId>) -> Decis
 /// moved past the version it was last found as replication left it at.
 fn tampered_since_checked(
     conn: &Connection,
-    version: i64,
 ) -> Result<Option<crate::replica::guard::Tampering>, String> {
     use crate::replica::guard;
+    let version = guard::schema_version(conn).map_err(|e| e.to_string())?;
     if guard::checked_version(conn).map_err(|e| e.to_string())? == Some(version) {
         return Ok(None);
     }
