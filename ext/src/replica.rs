@@ -333,7 +333,12 @@ fn columns_of(schema: &str) -> usize {
 #[repr(C)]
 struct RowsTab<T: Rows> {
     base: ffi::sqlite3_vtab,
-    db: *mut ffi::sqlite3,
+    /// A non-owning wrapper of the connection the table lives in: its
+    /// statement cache keeps what the rows are read with prepared from one
+    /// call to the next (preparing them on every `read_safety` was most of
+    /// its cost). Dropped, and its statements finalized, when SQLite
+    /// disconnects the table, before it closes the connection.
+    conn: Connection,
     registry: Arc<Registry>,
     phantom: PhantomData<T>,
 }
@@ -352,8 +357,9 @@ unsafe impl<'vtab, T: Rows + 'vtab> VTab<'vtab> for RowsTab<T> {
                 T::SCHEMA.to_owned(),
                 RowsTab {
                     base: ffi::sqlite3_vtab::default(),
-                    // SAFETY: the handle outlives the virtual table.
-                    db: unsafe { db.handle() },
+                    // SAFETY: the handle outlives the virtual table; the
+                    // wrapper does not close it.
+                    conn: unsafe { Connection::from_handle(db.handle())? },
                     registry: aux.cloned().unwrap_or_default(),
                     phantom: PhantomData,
                 },
@@ -408,7 +414,7 @@ unsafe impl<'vtab, T: Rows + 'vtab> VTab<'vtab> for RowsTab<T> {
     fn open(&'vtab mut self) -> Result<RowsCursor<'vtab, T>> {
         Ok(RowsCursor {
             base: ffi::sqlite3_vtab_cursor::default(),
-            db: self.db,
+            conn: &self.conn,
             registry: Arc::clone(&self.registry),
             rows: Vec::new(),
             at: 0,
@@ -421,7 +427,7 @@ unsafe impl<'vtab, T: Rows + 'vtab> VTab<'vtab> for RowsTab<T> {
 #[repr(C)]
 struct RowsCursor<'vtab, T: Rows> {
     base: ffi::sqlite3_vtab_cursor,
-    db: *mut ffi::sqlite3,
+    conn: &'vtab Connection,
     registry: Arc<Registry>,
     rows: Vec<Vec<Value>>,
     at: usize,
@@ -435,10 +441,7 @@ unsafe impl<T: Rows> VTabCursor for RowsCursor<'_, T> {
             self.args = (0..args.len())
                 .map(|i| args.get::<Value>(i))
                 .collect::<Result<_>>()?;
-            // SAFETY: the connection running this statement; not closed
-            // by the non-owning wrapper.
-            let conn = unsafe { Connection::from_handle(self.db)? };
-            self.rows = T::rows(&conn, &self.registry, &self.args)?;
+            self.rows = T::rows(self.conn, &self.registry, &self.args)?;
             self.at = 0;
             Ok(())
         })

@@ -103,24 +103,50 @@ pub fn read_gate_in(conn: &Connection, min_commit_id: Option<CommitId>) -> Decis
         Option<String>,
         Option<String>,
         Option<String>,
+        // The schema version last checked.
+        Option<i64>,
     );
     let observe = || -> Result<ObservedState, String> {
-        let row: Option<Row> = conn
-            .query_row(
-                "SELECT p.applied_commit_id, p.applied_wal_offset, s.global_state, s.read_status, s.blocking_reason, s.blocking_code FROM main.aerodb_replica_position p LEFT JOIN main.aerodb_replica_state s ON s.id = 1 WHERE p.id = 1",
-                [],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?)),
+        let not_replica = |e: rusqlite::Error| {
+            if e.to_string().contains("no such table") {
+                "this database is not an AeroDB replica".to_string()
+            } else {
+                e.to_string()
+            }
+        };
+        let query = |sql: &str| {
+            conn.prepare_cached(sql)?
+                .query_row([], |r| {
+                    Ok((
+                        r.get(0)?,
+                        r.get(1)?,
+                        r.get(2)?,
+                        r.get(3)?,
+                        r.get(4)?,
+                        r.get(5)?,
+                        r.get(6)?,
+                    ))
+                })
+                .optional()
+        };
+        // One statement: the state, and the schema version last checked. A replica made before the check has no check
+        // table: its schema is checked on every read until its runtime
+        // records one.
+        let row: Option<Row> = match query(
+            "SELECT p.applied_commit_id, p.applied_wal_offset, s.global_state, s.read_status, s.blocking_reason, s.blocking_code, (SELECT c.schema_version FROM main.aerodb_replica_schema_check c WHERE c.id = 1) FROM main.aerodb_replica_position p LEFT JOIN main.aerodb_replica_state s ON s.id = 1 WHERE p.id = 1",
+        ) {
+            Err(e) if e.to_string().contains("aerodb_replica_schema_check") => query(
+                "SELECT p.applied_commit_id, p.applied_wal_offset, s.global_state, s.read_status, s.blocking_reason, s.blocking_code, NULL FROM main.aerodb_replica_position p LEFT JOIN main.aerodb_replica_state s ON s.id = 1 WHERE p.id = 1",
             )
-            .optional()
-            .map_err(|e| {
-                if e.to_string().contains("no such table") {
-                    "this database is not an AeroDB replica".to_string()
-                } else {
-                    e.to_string()
-                }
-            })?;
-        let (applied, offset, kind, read, reason, code) =
+            .map_err(not_replica)?,
+            other => other.map_err(not_replica)?,
+        };
+        let (applied, offset, kind, read, reason, code, checked) =
             row.ok_or("this database is not an AeroDB replica")?;
+        // The cookie in the header of the database this transaction reads
+        // (a pragma statement: the table-valued pragma_schema_version
+        // declares a virtual table on every prepare).
+        let version = Some(crate::replica::guard::schema_version(conn).map_err(|e| e.to_string())?);
         // A block recorded before the replica left Ready (it stopped, or a
         // restart has not reached Ready read-safe yet) still refuses.
         let recorded_block = match (&kind, &code) {
@@ -162,7 +188,13 @@ pub fn read_gate_in(conn: &Connection, min_commit_id: Option<CommitId>) -> Decis
         // DDL since the replica was last found as replication left it: a
         // table dropped, altered or unguarded behind replication's back
         // refuses reads as a divergence, whatever was recorded.
-        let global = match tampered_since_checked(conn)? {
+        let moved = version.is_none() || version != checked;
+        let tampered = if moved {
+            crate::replica::guard::tampering(conn).map_err(|e| e.to_string())?
+        } else {
+            None
+        };
+        let global = match tampered {
             Some(t) => GlobalState::Ready {
                 read: ReadStatus::Blocked(BlockReason::Recorded {
                     diverged: true,
@@ -185,19 +217,6 @@ pub fn read_gate_in(conn: &Connection, min_commit_id: Option<CommitId>) -> Decis
         Ok(state) => read_gate::evaluate(&state, &ReadRequest { min_commit_id }),
         Err(e) => read_gate::refuse_unobservable(&e),
     }
-}
-
-/// What DDL changed behind replication's back, if the replica's schema
-/// moved past the version it was last found as replication left it at.
-fn tampered_since_checked(
-    conn: &Connection,
-) -> Result<Option<crate::replica::guard::Tampering>, String> {
-    use crate::replica::guard;
-    let version = guard::schema_version(conn).map_err(|e| e.to_string())?;
-    if guard::checked_version(conn).map_err(|e| e.to_string())? == Some(version) {
-        return Ok(None);
-    }
-    guard::tampering(conn).map_err(|e| e.to_string())
 }
 
 /// The lock file a running runtime holds for `replica`.
