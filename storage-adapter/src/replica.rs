@@ -266,6 +266,8 @@ impl ReplicaDb {
         // and arrive as their own changes.
         conn.pragma_update(None, "foreign_keys", "OFF")
             .map_err(sql_err("disabling foreign key actions", None))?;
+        let existed = guard::state_tables_present(&conn)
+            .map_err(sql_err("listing the replica's state store tables", None))?;
         conn.execute_batch(REPLICA_SQL).map_err(sql_err(
             "creating the replica tables (sql/replica.sql)",
             None,
@@ -280,7 +282,12 @@ impl ReplicaDb {
         let checked = guard::checked_version(&conn)
             .map_err(sql_err("reading the replica's schema check", None))?
             .is_some();
-        if !checked {
+        if checked {
+            // State store tables a later version added, created just now,
+            // get their guards (one the user dropped stays unguarded: the
+            // check names it).
+            guard::install_state_new(&conn, &existed)?;
+        } else {
             guard::install_state(&conn)?;
             if let Some(position) = read_position(&conn)? {
                 let tables: Vec<String> = conn

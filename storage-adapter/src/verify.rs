@@ -564,6 +564,21 @@ fn bring_to(
     head: CommitId,
     fetch: &dyn Fn(CommitId) -> Result<Option<Vec<u8>>, String>,
 ) -> Result<(), Bring> {
+    // DDL behind replication's back is a difference even when nothing
+    // is left to apply (the Applier's own check meets it only then).
+    match crate::replica::guard::tampering(db.connection()) {
+        Ok(Some(t)) => {
+            return Err(Bring::Diverged(Difference {
+                detail: format!(
+                    "replica table '{}' was changed behind replication's back: {}; what it holds may no longer be the primary's: rebuild the replica from the primary",
+                    t.table, t.what
+                ),
+                table: t.table,
+            }))
+        }
+        Ok(None) => {}
+        Err(e) => return Err(Bring::Failed(format!("checking the replica's schema: {e}"))),
+    }
     bring_to_inner(db, at, head, fetch).map_err(|e| match e {
         ApplyError::Tampered { ref table, .. } => Bring::Diverged(Difference {
             table: table.clone(),

@@ -56,13 +56,32 @@ pub(super) fn install(
 
 /// Installs (if missing) the guard triggers of the state store tables.
 pub(super) fn install_state(tx: &Connection) -> Result<(), ApplyError> {
+    install_state_new(tx, &[])
+}
+
+/// The state store tables the replica holds now.
+pub(super) fn state_tables_present(conn: &Connection) -> rusqlite::Result<Vec<String>> {
+    let mut stmt = conn.prepare(
+        "SELECT name FROM main.sqlite_schema WHERE type = 'table' AND name LIKE 'aerodb\\_replica\\_%' ESCAPE '\\'",
+    )?;
+    let names = stmt.query_map([], |r| r.get::<_, String>(0))?;
+    names.collect()
+}
+
+/// Installs the guards of the state store tables not in `existed` (just
+/// created by this version).
+pub(super) fn install_state_new(tx: &Connection, existed: &[String]) -> Result<(), ApplyError> {
     for table in STATE_TABLES {
-        install_with(
-            tx,
-            None,
-            table,
-            &format!("'{table}' is the replica's state store: only the AeroDB runtime writes it"),
-        )?;
+        if !existed.iter().any(|e| e == table) {
+            install_with(
+                tx,
+                None,
+                table,
+                &format!(
+                    "'{table}' is the replica's state store: only the AeroDB runtime writes it"
+                ),
+            )?;
+        }
     }
     Ok(())
 }
@@ -170,34 +189,60 @@ pub struct Tampering {
 
 /// Whether the replica's tables are as replication left them: every
 /// registered table exists with the definition replication gave it, and
-/// it and every state store table still carry their three write guards.
-/// The first that is not. (Only the schema is read: what DDL can undo.)
+/// it and every state store table still carry their three write guards,
+/// each still a guard (on that table, refusing through [`GUARD_FN`]).
+/// The first that is not. Only the schema is read (what DDL can undo), in
+/// ONE statement, so one snapshot: a replicated change committed while it
+/// runs cannot make a healthy replica look tampered.
 pub(crate) fn tampering(conn: &Connection) -> rusqlite::Result<Option<Tampering>> {
+    use std::collections::HashMap;
     let found = |table: &str, what: String| {
         Ok(Some(Tampering {
             table: table.to_owned(),
             what,
         }))
     };
-    let registered: Vec<(String, String, Option<String>)> = conn
-        .prepare_cached(
-            "SELECT r.name, r.sql, s.sql FROM main.aerodb_replica_tables r LEFT JOIN main.sqlite_schema s ON s.type = 'table' AND s.name = r.name COLLATE NOCASE ORDER BY r.name",
-        )?
-        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
-        .collect::<rusqlite::Result<_>>()?;
-    let triggers: std::collections::HashSet<String> = conn
-        .prepare_cached("SELECT name FROM main.sqlite_schema WHERE type = 'trigger' AND name LIKE 'aerodb\\_replica\\_guard\\_%' ESCAPE '\\'")?
-        .query_map([], |r| r.get::<_, String>(0))?
-        .map(|n| n.map(|n| n.to_lowercase()))
-        .collect::<rusqlite::Result<_>>()?;
-    let guard_gone = |table: &str| {
-        ["insert", "update", "delete"]
-            .into_iter()
-            .map(|op| format!("aerodb_replica_guard_{op}_{table}"))
-            .find(|name| !triggers.contains(&name.to_lowercase()))
+    let mut registered: Vec<(String, String)> = Vec::new();
+    let mut tables: HashMap<String, String> = HashMap::new();
+    let mut triggers: HashMap<String, (String, String)> = HashMap::new();
+    {
+        let mut stmt = conn.prepare_cached(
+            "SELECT 0, name, sql, NULL FROM main.aerodb_replica_tables
+             UNION ALL SELECT 1, name, sql, NULL FROM main.sqlite_schema WHERE type = 'table'
+             UNION ALL SELECT 2, name, sql, tbl_name FROM main.sqlite_schema WHERE type = 'trigger' AND name LIKE 'aerodb\\_replica\\_guard\\_%' ESCAPE '\\'",
+        )?;
+        let mut rows = stmt.query([])?;
+        while let Some(r) = rows.next()? {
+            let (kind, name): (i64, String) = (r.get(0)?, r.get(1)?);
+            let sql: Option<String> = r.get(2)?;
+            let sql = sql.unwrap_or_default();
+            match kind {
+                0 => registered.push((name, sql)),
+                1 => {
+                    tables.insert(name.to_lowercase(), sql);
+                }
+                _ => {
+                    triggers.insert(name.to_lowercase(), (sql, r.get(3)?));
+                }
+            }
+        }
+    }
+    registered.sort();
+    // The first of `table`'s guards that is gone or no longer guards it.
+    let unguarded = |table: &str| -> Option<String> {
+        ["insert", "update", "delete"].into_iter().find_map(|op| {
+            let name = format!("aerodb_replica_guard_{op}_{table}");
+            match triggers.get(&name.to_lowercase()) {
+                None => Some(format!("trigger {name}) was dropped")),
+                Some((sql, on)) if !on.eq_ignore_ascii_case(table) || !guards(sql, op) => Some(
+                    format!("trigger {name}) was replaced by one that does not guard it"),
+                ),
+                Some(_) => None,
+            }
+        })
     };
-    for (table, made, now) in &registered {
-        match now {
+    for (table, made) in &registered {
+        match tables.get(&table.to_lowercase()) {
             None => return found(table, "it was dropped".into()),
             Some(now) if now != made => {
                 return found(
@@ -207,29 +252,38 @@ pub(crate) fn tampering(conn: &Connection) -> rusqlite::Result<Option<Tampering>
             }
             Some(_) => {}
         }
-        if let Some(name) = guard_gone(table) {
+        if let Some(what) = unguarded(table) {
             return found(
                 table,
-                format!("its write guard (trigger {name}) was dropped, so other connections could write it"),
+                format!("its write guard ({what}, so other connections could write it"),
             );
         }
     }
-    let tables: std::collections::HashSet<String> = conn
-        .prepare_cached("SELECT name FROM main.sqlite_schema WHERE type = 'table' AND name LIKE 'aerodb\\_replica\\_%' ESCAPE '\\'")?
-        .query_map([], |r| r.get::<_, String>(0))?
-        .collect::<rusqlite::Result<_>>()?;
     for table in STATE_TABLES {
-        // One this version added is created (and guarded) when the runtime
-        // next opens the replica.
-        if !tables.contains(table) {
+        // One a later version added is created, and guarded, when its
+        // runtime first opens the replica.
+        if !tables.contains_key(table) {
             continue;
         }
-        if let Some(name) = guard_gone(table) {
+        if let Some(what) = unguarded(table) {
             return found(
                 table,
-                format!("the state store's write guard (trigger {name}) was dropped, so other connections could write it"),
+                format!(
+                    "the state store's write guard ({what}, so other connections could write it"
+                ),
             );
         }
     }
     Ok(None)
+}
+
+/// Whether `sql` (a trigger's, as `sqlite_schema` stores it) is still a
+/// write guard for `op`: BEFORE that write, when [`GUARD_FN`] says so,
+/// aborting. (A look at its shape, against accidents: a no-op trigger of
+/// the same name. It is not a proof against a deliberate forgery.)
+fn guards(sql: &str, op: &str) -> bool {
+    let verb = op.to_uppercase();
+    sql.contains(&format!(" BEFORE {verb} ON "))
+        && sql.contains(&format!(" WHEN {GUARD_FN}() BEGIN SELECT RAISE(ABORT, '"))
+        && sql.ends_with("'); END")
 }

@@ -188,7 +188,10 @@ pub fn read_gate_in(conn: &Connection, min_commit_id: Option<CommitId>) -> Decis
         // DDL since the replica was last found as replication left it: a
         // table dropped, altered or unguarded behind replication's back
         // refuses reads as a divergence, whatever was recorded.
-        let moved = version.is_none() || version != checked;
+        // Never checked (a replica made before the check, or not opened by
+        // a runtime since): nothing to compare with yet; its runtime checks
+        // and records when it opens it.
+        let moved = checked.is_some() && version != checked;
         let tampered = if moved {
             crate::replica::guard::tampering(conn).map_err(|e| e.to_string())?
         } else {
