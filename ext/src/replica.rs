@@ -27,7 +27,7 @@ use std::marker::PhantomData;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 use storage_adapter::options::{ReplicaOptions, Spelling};
-use storage_adapter::runtime::{read_gate_in, segments_in, transitions_in, Replica};
+use storage_adapter::runtime::{read_gate_with, segments_in, transitions_in, Replica, SchemaMemo};
 
 use crate::guard;
 
@@ -35,6 +35,8 @@ use crate::guard;
 #[derive(Default)]
 pub struct Registry {
     running: Mutex<Option<Running>>,
+    /// The read gate's memory of this connection's last schema check.
+    schema: SchemaMemo,
 }
 
 struct Running {
@@ -625,7 +627,7 @@ impl Rows for ReadSafety {
         "CREATE TABLE x(allowed INTEGER, reason_code TEXT, reason TEXT, min_commit_id HIDDEN)";
     const ARGS: usize = 1;
 
-    fn rows(conn: &Connection, _: &Registry, args: &[Value]) -> Result<Vec<Vec<Value>>> {
+    fn rows(conn: &Connection, registry: &Registry, args: &[Value]) -> Result<Vec<Vec<Value>>> {
         let min = match args.first() {
             Some(Value::Integer(n)) if *n >= 0 => Some(CommitId(*n as u64)),
             Some(Value::Null) => None,
@@ -638,6 +640,10 @@ impl Rows for ReadSafety {
         };
         // The statement's own read transaction: the decision holds for the
         // snapshot this statement (and its transaction) reads.
-        Ok(vec![decision_row(&read_gate_in(conn, min))])
+        Ok(vec![decision_row(&read_gate_with(
+            conn,
+            min,
+            &registry.schema,
+        ))])
     }
 }

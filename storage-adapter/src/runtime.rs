@@ -51,7 +51,10 @@ pub(crate) mod state_store;
 
 pub(crate) mod control;
 pub use file_source::{FileSource, DEFAULT_POLL_INTERVAL};
-pub use gate::{read_gate_in, segments_in, transitions_in, SegmentRow, TransitionRow};
+pub use gate::{
+    read_gate_in, read_gate_with, segments_in, transitions_in, SchemaMemo, SegmentRow,
+    TransitionRow,
+};
 pub use handle::{Replica, StartError};
 pub use sqlite_ports::SqliteStorage;
 pub(crate) use sqlite_ports::{apply_failure, WriteTurn};

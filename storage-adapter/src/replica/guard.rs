@@ -208,7 +208,7 @@ pub(crate) fn tampering(conn: &Connection) -> rusqlite::Result<Option<Tampering>
     {
         let mut stmt = conn.prepare_cached(
             "SELECT 0, name, sql, NULL FROM main.aerodb_replica_tables
-             UNION ALL SELECT 1, name, sql, NULL FROM main.sqlite_schema WHERE type = 'table'
+             UNION ALL SELECT 1, name, sql, NULL FROM main.sqlite_schema WHERE type = 'table' AND (lower(name) IN (SELECT lower(name) FROM main.aerodb_replica_tables) OR name LIKE 'aerodb\\_replica\\_%' ESCAPE '\\')
              UNION ALL SELECT 2, name, sql, tbl_name FROM main.sqlite_schema WHERE type = 'trigger' AND name LIKE 'aerodb\\_replica\\_guard\\_%' ESCAPE '\\'",
         )?;
         let mut rows = stmt.query([])?;

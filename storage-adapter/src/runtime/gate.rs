@@ -96,6 +96,33 @@ pub fn transitions_in(conn: &Connection) -> rusqlite::Result<Vec<TransitionRow>>
 /// Inside a transaction it answers for exactly the snapshot that
 /// transaction reads (G1). A state it cannot read refuses the read (F5).
 pub fn read_gate_in(conn: &Connection, min_commit_id: Option<CommitId>) -> Decision {
+    read_gate_with(conn, min_commit_id, &SchemaMemo::default())
+}
+
+/// What one connection remembers between its read checks: the schema
+/// version at which it last found the replica's tables as replication left
+/// them, so that after DDL of the user's own (an index, a view) it reads
+/// the schema once, not on every check until the replica next applies.
+#[derive(Debug, Default)]
+pub struct SchemaMemo(std::sync::Mutex<Option<i64>>);
+
+impl SchemaMemo {
+    fn get(&self) -> Option<i64> {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn set(&self, version: i64) {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = Some(version);
+    }
+}
+
+/// [`read_gate_in`] for a connection that keeps a [`SchemaMemo`] across
+/// its checks (the extension's `read_safety`).
+pub fn read_gate_with(
+    conn: &Connection,
+    min_commit_id: Option<CommitId>,
+    memo: &SchemaMemo,
+) -> Decision {
     type Row = (
         i64,
         i64,
@@ -191,9 +218,13 @@ pub fn read_gate_in(conn: &Connection, min_commit_id: Option<CommitId>) -> Decis
         // Never checked (a replica made before the check, or not opened by
         // a runtime since): nothing to compare with yet; its runtime checks
         // and records when it opens it.
-        let moved = checked.is_some() && version != checked;
+        let moved = checked.is_some() && version != checked && version != memo.get();
         let tampered = if moved {
-            crate::replica::guard::tampering(conn).map_err(|e| e.to_string())?
+            let found = crate::replica::guard::tampering(conn).map_err(|e| e.to_string())?;
+            if let (None, Some(v)) = (&found, version) {
+                memo.set(v);
+            }
+            found
         } else {
             None
         };
