@@ -557,9 +557,8 @@ fn fixed_missing_replica_table_over_http_is_misnamed() {
     let local = storage_adapter::verify::verify(&p, &r).unwrap();
     eprintln!("local: {:?}", local.difference);
     assert!(
-        // The schema check names the drop first (verify_running's
-        // replica_tampering.rs); before it, the digest named the table
-        // missing.
+        // The schema check names the drop first (replica_tampering.rs);
+        // before it, the digest named the table missing.
         d.detail.contains("no such table")
             || d.detail.contains("missing")
             || d.detail.contains("it was dropped"),
