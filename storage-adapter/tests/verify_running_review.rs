@@ -37,6 +37,15 @@ fn start(r: &Path, p: &Path) -> Replica {
     Replica::start_from_file(r, p, Config::default()).unwrap()
 }
 
+/// A primary, a replica, and a runtime on it caught up to the head.
+fn caught_up() -> (tempfile::TempDir, Primary, PathBuf, PathBuf, Replica) {
+    let dir = tempfile::tempdir().unwrap();
+    let (primary, p, r) = pair(dir.path(), SCHEMA, &["t"]);
+    let replica = start(&r, &p);
+    wait_caught_up(&replica, primary.head().unwrap());
+    (dir, primary, p, r, replica)
+}
+
 fn control(r: &Path) -> PathBuf {
     let mut p = r.as_os_str().to_owned();
     p.push(".aerodb-control");
@@ -103,17 +112,14 @@ fn within<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Option<T
 
 // ------------------------------------------------------------- defects
 
-/// The runtime's ControlServer wakes its acceptor (blocked in accept) by
+/// Found in review, fixed since (the test asserts the fix): The runtime's ControlServer wakes its acceptor (blocked in accept) by
 /// connecting to the socket *path*; once that path no longer leads to the
 /// socket (deleted by a cleaner, the directory renamed, a relative path
 /// after a chdir), the acceptor never wakes and `Replica::stop` never
 /// returns.
 #[test]
 fn stop_returns_after_the_control_socket_file_was_removed() {
-    let dir = tempfile::tempdir().unwrap();
-    let (primary, p, r) = pair(dir.path(), SCHEMA, &["t"]);
-    let replica = start(&r, &p);
-    wait_caught_up(&replica, primary.head().unwrap());
+    let (_dir, _primary, _p, r, replica) = caught_up();
     std::fs::remove_file(control(&r)).unwrap();
     let stopped = within(move || replica.stop().running);
     assert_eq!(
@@ -123,7 +129,7 @@ fn stop_returns_after_the_control_socket_file_was_removed() {
     );
 }
 
-/// Same hang, by renaming the directory the replica lives in (the runtime
+/// Found in review, fixed since (the test asserts the fix): Same hang, by renaming the directory the replica lives in (the runtime
 /// goes on through its open descriptors; its socket moved with the
 /// directory).
 #[test]
@@ -143,7 +149,7 @@ fn stop_returns_after_the_replicas_directory_was_renamed() {
     );
 }
 
-/// A replica file name longer than 75 bytes: its control socket does not
+/// Found in review, fixed since (the test asserts the fix): A replica file name longer than 75 bytes: its control socket does not
 /// fit a socket address even as `/proc/self/fd/N/<name>.aerodb-control`,
 /// so the runtime runs without one and a running replica cannot be
 /// verified (a legal file name up to 255 bytes).
@@ -165,7 +171,7 @@ fn a_running_replica_with_a_long_file_name_is_verified() {
     replica.stop();
 }
 
-/// A hold while the Receiver is blocked on a source outage (here the
+/// Found in review, fixed since (the test asserts the fix): A hold while the Receiver is blocked on a source outage (here the
 /// primary's capture is broken by a migration under way), and the source
 /// comes back while held: after the release the new Receiver fetches and
 /// everything is applied, yet the replica stays `Ready (read-blocked:
@@ -175,10 +181,7 @@ fn a_running_replica_with_a_long_file_name_is_verified() {
 /// Without a hold the same outage lifts by itself.
 #[test]
 fn a_source_outage_that_ends_while_held_does_not_leave_the_replica_read_blocked() {
-    let dir = tempfile::tempdir().unwrap();
-    let (primary, p, r) = pair(dir.path(), SCHEMA, &["t"]);
-    let replica = start(&r, &p);
-    wait_caught_up(&replica, primary.head().unwrap());
+    let (_dir, primary, _p, r, replica) = caught_up();
     primary
         .connection()
         .execute_batch("ALTER TABLE t ADD COLUMN w TEXT")
@@ -215,7 +218,7 @@ fn a_source_outage_that_ends_while_held_does_not_leave_the_replica_read_blocked(
     replica.stop();
 }
 
-/// After a verify of a running replica applied commits the runtime had
+/// Found in review, fixed since (the test asserts the fix): After a verify of a running replica applied commits the runtime had
 /// not received, the recorded state (`aerodb_replica_state`, what `aerodb
 /// status` shows as "received / validated") still names the commit the
 /// hold began at: the release records component rows but no transition,
@@ -286,10 +289,7 @@ fn the_recorded_progress_after_a_verify_is_not_behind_the_applied_position() {
 /// a hold, lifts by itself (the Receiver's `ReceiverResumed`).
 #[test]
 fn held_control_a_source_outage_without_a_hold_lifts() {
-    let dir = tempfile::tempdir().unwrap();
-    let (primary, p, r) = pair(dir.path(), SCHEMA, &["t"]);
-    let replica = start(&r, &p);
-    wait_caught_up(&replica, primary.head().unwrap());
+    let (_dir, primary, _p, _r, replica) = caught_up();
     primary
         .connection()
         .execute_batch("ALTER TABLE t ADD COLUMN w TEXT")
@@ -539,10 +539,7 @@ fn held_concurrent_verifies() {
 /// stops promptly, and the held one is released.
 #[test]
 fn held_silent_connections_and_garbage_do_not_hang_stop() {
-    let dir = tempfile::tempdir().unwrap();
-    let (primary, p, r) = pair(dir.path(), SCHEMA, &["t"]);
-    let replica = start(&r, &p);
-    wait_caught_up(&replica, primary.head().unwrap());
+    let (_dir, _primary, p, r, replica) = caught_up();
     let (answer, mut h) = hold(&r, "garbage after");
     assert!(answer.starts_with("ok held"), "{answer}");
     h.write_all(&[0xff, 0x00, b'\n']).unwrap();
