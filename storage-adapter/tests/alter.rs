@@ -10,23 +10,6 @@ mod differential;
 use differential::*;
 
 /// The WAL's bytes so far (what the primary stores).
-fn wal_bytes(h: &Harness) -> i64 {
-    h.conn()
-        .query_row(
-            "SELECT coalesce(sum(length(bytes)), 0) FROM aerodb_commits",
-            [],
-            |r| r.get(0),
-        )
-        .or_else(|_| {
-            h.conn().query_row(
-                "SELECT coalesce(sum(length), 0) FROM aerodb_commits",
-                [],
-                |r| r.get(0),
-            )
-        })
-        .expect("WAL size")
-}
-
 #[test]
 fn column_changes_replicate_as_statements_with_the_data_around_them() {
     let mut h = alter_fixture();

@@ -530,6 +530,17 @@ pub fn alter(h: &Harness, sql: &str) -> i64 {
         .unwrap_or_else(|e| panic!("aerodb_alter({sql}): {e}"))
 }
 
+/// The bytes of WAL the primary holds (its records' lengths).
+pub fn wal_bytes(h: &Harness) -> i64 {
+    h.conn()
+        .query_row(
+            "SELECT coalesce(sum(length), 0) FROM aerodb_commits",
+            [],
+            |r| r.get(0),
+        )
+        .expect("WAL size")
+}
+
 /// `SELECT aerodb_alter(sql)` on the primary; it must fail: the message.
 pub fn alter_err(h: &Harness, sql: &str) -> String {
     h.conn()
