@@ -187,11 +187,27 @@ fn ddl_that_leaves_replications_tables_as_they_were_changes_nothing() {
     replica
         .wait_for(primary.head().unwrap(), serve_common::deadline())
         .unwrap();
+    // The runtime's own explanation remembers a clean schema check: DDL
+    // of one's own is checked once, and a later tampering still is.
+    Connection::open(&r)
+        .unwrap()
+        .execute_batch("CREATE INDEX k_n ON k(n)")
+        .unwrap();
+    for _ in 0..2 {
+        assert_eq!(
+            replica.explain_read(None).unwrap().code,
+            DecisionCode::Allowed
+        );
+    }
     Connection::open(&r)
         .unwrap()
         .execute_batch("DROP TRIGGER aerodb_replica_guard_delete_k; DELETE FROM k;")
         .unwrap();
     assert_eq!(gate(&r).0, DecisionCode::Diverged);
+    assert_eq!(
+        replica.explain_read(None).unwrap().code,
+        DecisionCode::Diverged
+    );
     primary
         .connection()
         .execute("UPDATE t SET v = 'y' WHERE id = 10", [])

@@ -3,7 +3,8 @@
 
 use super::gate::lock_path;
 use super::{
-    read_gate_in, segments_in, transitions_in, FileSource, SegmentRow, SqliteStorage, TransitionRow,
+    read_gate_with, segments_in, transitions_in, FileSource, SegmentRow, SqliteStorage,
+    TransitionRow,
 };
 use crate::primary::PrimaryError;
 use crate::replica::ReplicaDb;
@@ -52,6 +53,9 @@ pub struct Replica {
     /// Dropped after the runtime (fields drop in order): a hold still
     /// open then finds nothing to release.
     _control: Option<super::control::ControlServer>,
+    /// The read gate's memory of its last schema check (see
+    /// [`SchemaMemo`](super::SchemaMemo)), across `explain_read` calls.
+    schema: super::SchemaMemo,
     path: PathBuf,
     started_at: ChainPosition,
     _lock: File,
@@ -144,6 +148,7 @@ impl Replica {
         Ok(Replica {
             runtime: Some(runtime),
             _control: control,
+            schema: super::SchemaMemo::default(),
             path,
             started_at,
             _lock: lock,
@@ -194,7 +199,7 @@ impl Replica {
     /// Explains whether a read needing `min_commit_id` is served, over the
     /// state recorded in the replica file (one read transaction).
     pub fn explain_read(&self, min_commit_id: Option<CommitId>) -> rusqlite::Result<Decision> {
-        Ok(read_gate_in(&self.reader()?, min_commit_id))
+        Ok(read_gate_with(&self.reader()?, min_commit_id, &self.schema))
     }
 
     /// Waits until a read needing `commit_id` would be served: the replica
