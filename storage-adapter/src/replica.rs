@@ -20,8 +20,8 @@ pub(crate) use segments::mark_applied;
 pub(crate) use segments::stored_segment_state;
 
 use replication::wal::{
-    check_continuity, ChainPosition, CommitId, ContinuityError, Generation, ValidatedSegment,
-    WalOffset,
+    check_continuity, ChainPosition, Change, CommitId, ContinuityError, Generation,
+    ValidatedSegment, WalOffset,
 };
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use std::collections::hash_map::HashMap;
@@ -449,6 +449,9 @@ impl ReplicaDb {
             record = true;
         }
         let mut end = stored;
+        // Whether this transaction runs DDL of its own (schema records,
+        // alters, unreplicates): the schema version then moves with it.
+        let mut ddl = false;
         let mut owned;
         let mut segment = match first {
             Some(s) => s,
@@ -466,6 +469,12 @@ impl ReplicaDb {
                 let mut tables = Tables::default();
                 for record in &segment.segment().records {
                     for change in &record.changes {
+                        ddl |= matches!(
+                            change,
+                            Change::Schema { .. }
+                                | Change::Alter { .. }
+                                | Change::Unreplicate { .. }
+                        );
                         apply_change(&tx, shapes, &mut tables, record.commit_id, change)?;
                     }
                 }
@@ -493,10 +502,14 @@ impl ReplicaDb {
         assert_eq!(updated, 1, "the position row was read in this transaction");
         // This transaction's own DDL (schema records, alters) leaves the
         // replica as replication made it.
-        let after = guard::schema_version(&tx).map_err(sql_err(
-            "checking the replica's schema",
-            Some(end.commit_id),
-        ))?;
+        let after = if ddl {
+            guard::schema_version(&tx).map_err(sql_err(
+                "checking the replica's schema",
+                Some(end.commit_id),
+            ))?
+        } else {
+            version
+        };
         if record || after != version {
             guard::record_checked(&tx, after).map_err(sql_err(
                 "recording the replica's schema check",
