@@ -288,7 +288,10 @@ fn serve(stream: UnixStream, holder: &Holder) {
 /// runs on it), or a running runtime's hold over the control socket.
 pub(crate) enum ReplicaHold {
     /// No runtime runs: the lock keeps one from starting.
-    Stopped(#[allow(dead_code)] std::fs::File),
+    Stopped {
+        /// Held, never read: dropping it releases the lock.
+        _lock: std::fs::File,
+    },
     /// A runtime runs and holds still: until [`ReplicaHold::release`] or
     /// this is dropped (the connection's end releases it).
     Running {
@@ -303,21 +306,21 @@ impl ReplicaHold {
     /// lock if no runtime runs, else asks the running one to hold.
     pub(crate) fn take(replica: &Path, who: &str) -> Result<ReplicaHold, String> {
         if let Ok(lock) = super::take_lock(replica) {
-            return Ok(ReplicaHold::Stopped(lock));
+            return Ok(ReplicaHold::Stopped { _lock: lock });
         }
         let path = control_path(replica);
-        let unreachable = |e: std::io::Error| {
+        let no_answer = |e: std::io::Error| {
             format!(
                 "a replica runtime holds it, but its control socket {} does not answer ({e}); stop the runtime, then verify",
                 path.display()
             )
         };
-        let (address, _dir) = socket_address(&path).map_err(unreachable)?;
-        let stream = UnixStream::connect(address).map_err(unreachable)?;
+        let (address, _dir) = socket_address(&path).map_err(no_answer)?;
+        let stream = UnixStream::connect(address).map_err(no_answer)?;
         // A server that refused at once (too many connections) has closed
         // the connection: its answer is read all the same.
         let sent = send_line(&stream, &format!("hold {who}"));
-        let mut input = BufReader::new(stream.try_clone().map_err(unreachable)?);
+        let mut input = BufReader::new(stream.try_clone().map_err(no_answer)?);
         match line(&mut input, MAX_ANSWER) {
             Some(l) if l.starts_with("ok ") => Ok(ReplicaHold::Running {
                 stream,
@@ -328,7 +331,7 @@ impl ReplicaHold {
                 l.strip_prefix("refused ").unwrap_or(&l)
             )),
             None => Err(match sent {
-                Err(e) => unreachable(e),
+                Err(e) => no_answer(e),
                 Ok(()) => format!(
                     "its running replica runtime closed its control socket {} without answering (it is stopping, or serving {MAX_CONNECTIONS} control connections already)",
                     path.display()
@@ -341,7 +344,7 @@ impl ReplicaHold {
     pub(crate) fn held(&self) -> Option<&str> {
         match self {
             ReplicaHold::Running { held, .. } => Some(held),
-            ReplicaHold::Stopped(_) => None,
+            ReplicaHold::Stopped { .. } => None,
         }
     }
 
@@ -350,7 +353,7 @@ impl ReplicaHold {
     /// just dropped.
     pub(crate) fn release(self) -> Result<Option<String>, String> {
         match self {
-            ReplicaHold::Stopped(_) => Ok(None),
+            ReplicaHold::Stopped { .. } => Ok(None),
             ReplicaHold::Running { stream, .. } => {
                 send_line(&stream, "release").map_err(|e| e.to_string())?;
                 let mut input = BufReader::new(stream);

@@ -156,16 +156,20 @@ pub fn read_gate_with(
                 })
                 .optional()
         };
-        // One statement: the state, and the schema version last checked. A replica made before the check has no check
-        // table: its schema is checked on every read until its runtime
-        // records one.
-        let row: Option<Row> = match query(
-            "SELECT p.applied_commit_id, p.applied_wal_offset, s.global_state, s.read_status, s.blocking_reason, s.blocking_code, (SELECT c.schema_version FROM main.aerodb_replica_schema_check c WHERE c.id = 1) FROM main.aerodb_replica_position p LEFT JOIN main.aerodb_replica_state s ON s.id = 1 WHERE p.id = 1",
-        ) {
-            Err(e) if e.to_string().contains("aerodb_replica_schema_check") => query(
-                "SELECT p.applied_commit_id, p.applied_wal_offset, s.global_state, s.read_status, s.blocking_reason, s.blocking_code, NULL FROM main.aerodb_replica_position p LEFT JOIN main.aerodb_replica_state s ON s.id = 1 WHERE p.id = 1",
+        // One statement: the state, and the schema version last checked
+        // (NULL on a replica made before the check, which has no table for
+        // it: nothing to compare with until its runtime records one).
+        let state = |checked: &str| {
+            format!(
+                "SELECT p.applied_commit_id, p.applied_wal_offset, s.global_state, s.read_status, s.blocking_reason, s.blocking_code, {checked} FROM main.aerodb_replica_position p LEFT JOIN main.aerodb_replica_state s ON s.id = 1 WHERE p.id = 1"
             )
-            .map_err(not_replica)?,
+        };
+        let row: Option<Row> = match query(&state(
+            "(SELECT c.schema_version FROM main.aerodb_replica_schema_check c WHERE c.id = 1)",
+        )) {
+            Err(e) if e.to_string().contains("aerodb_replica_schema_check") => {
+                query(&state("NULL")).map_err(not_replica)?
+            }
             other => other.map_err(not_replica)?,
         };
         let (applied, offset, kind, read, reason, code, checked) =
@@ -173,7 +177,7 @@ pub fn read_gate_with(
         // The cookie in the header of the database this transaction reads
         // (a pragma statement: the table-valued pragma_schema_version
         // declares a virtual table on every prepare).
-        let version = Some(crate::replica::guard::schema_version(conn).map_err(|e| e.to_string())?);
+        let version = crate::replica::guard::schema_version(conn).map_err(|e| e.to_string())?;
         // A block recorded before the replica left Ready (it stopped, or a
         // restart has not reached Ready read-safe yet) still refuses.
         let recorded_block = match (&kind, &code) {
@@ -215,14 +219,12 @@ pub fn read_gate_with(
         // DDL since the replica was last found as replication left it: a
         // table dropped, altered or unguarded behind replication's back
         // refuses reads as a divergence, whatever was recorded.
-        // Never checked (a replica made before the check, or not opened by
-        // a runtime since): nothing to compare with yet; its runtime checks
-        // and records when it opens it.
-        let moved = checked.is_some() && version != checked && version != memo.get();
+        // Never checked (`checked` NULL): nothing to compare with yet.
+        let moved = checked.is_some_and(|c| c != version) && memo.get() != Some(version);
         let tampered = if moved {
             let found = crate::replica::guard::tampering(conn).map_err(|e| e.to_string())?;
-            if let (None, Some(v)) = (&found, version) {
-                memo.set(v);
+            if found.is_none() {
+                memo.set(version);
             }
             found
         } else {
