@@ -570,33 +570,7 @@ impl SupervisorEngine {
                     });
                 }
             }
-            AfterOpen::Release { reply, reason } => {
-                let at = stored.applied.commit_id;
-                self.core
-                    .restart_after_hold(stored.applied, stored.received);
-                self.start_pipeline(&stored);
-                // Recorded as a transition (with where the replica stands
-                // now): recovery re-validates what is stored.
-                self.drive(SupervisorInput::Released {
-                    reason: reason.clone(),
-                })?;
-                let released = format!("released by {reason} at applied commit {at}");
-                for c in [
-                    Component::Receiver,
-                    Component::Validator,
-                    Component::Applier,
-                ] {
-                    self.status(c).last_transition = Some(released.clone());
-                }
-                self.status(Component::Supervisor).last_transition = Some(released.clone());
-                self.record_components();
-                self.flush(false);
-                self.publish(true);
-                self.out.push(Command::Reply {
-                    to: reply,
-                    answer: Ok(released),
-                });
-            }
+            AfterOpen::Release { reply, reason } => self.released(&stored, reply, reason)?,
             AfterOpen::Discard { range, reason } => {
                 // The store's recovery first (Validated back to Received),
                 // then the discard and its transition, recorded in one
@@ -665,37 +639,7 @@ impl SupervisorEngine {
                     });
                 }
             }
-            AfterStop::Hold { reply, reason } => {
-                if self.stopping.is_some() {
-                    self.out.push(Command::Reply {
-                        to: reply,
-                        answer: Err("the replica is stopping; nothing is held".into()),
-                    });
-                    return Ok(());
-                }
-                let at = self.applied.commit_id;
-                let held = format!("Held by {reason} (applied commit {at})");
-                for c in [
-                    Component::Receiver,
-                    Component::Validator,
-                    Component::Applier,
-                ] {
-                    self.set_state(c, &held);
-                }
-                self.status(Component::Supervisor).last_transition = Some(format!(
-                    "held by {reason} at applied commit {at}: nothing is received or applied until it releases"
-                ));
-                self.record_components();
-                self.flush(false);
-                self.publish(true);
-                self.phase = Phase::Held {
-                    reason: reason.clone(),
-                };
-                self.out.push(Command::Reply {
-                    to: reply,
-                    answer: Ok(format!("held at applied commit {at}")),
-                });
-            }
+            AfterStop::Hold { reply, reason } => self.held(reply, reason),
             AfterStop::Exit { reason } => {
                 self.drive(SupervisorInput::Stop { reason })?;
                 self.set_state(Component::StateStore, "Closed");
@@ -724,40 +668,6 @@ impl SupervisorEngine {
                 self.publish(false);
                 self.exit(true);
             }
-        }
-        Ok(())
-    }
-
-    /// Answers `reply` with `answer` now.
-    fn answer(&mut self, reply: ReplyId, answer: Result<String, String>) {
-        self.out.push(Command::Reply { to: reply, answer });
-    }
-
-    fn hold(&mut self, reason: String, reply: ReplyId) -> Result<(), Failure> {
-        let refused = match &self.phase {
-            Phase::Held { reason: by } => Some(format!("the replica is already held by {by}")),
-            _ if self.stopping.is_some() => Some("the replica is stopping".into()),
-            Phase::Running => None,
-            _ => Some("a recovery or restart is under way (ask again once it ends)".into()),
-        };
-        if let Some(why) = refused {
-            self.answer(reply, Err(format!("not held: {why}")));
-            return Ok(());
-        }
-        // What the pipeline reports while it stops is recorded; then the
-        // hold (`AfterStop::Hold`).
-        self.flush(false);
-        self.stop_pipeline(AfterStop::Hold { reply, reason });
-        Ok(())
-    }
-
-    fn release(&mut self, reply: ReplyId) -> Result<(), Failure> {
-        match &self.phase {
-            Phase::Held { reason } => {
-                let reason = reason.clone();
-                self.open_store(AfterOpen::Release { reply, reason });
-            }
-            _ => self.answer(reply, Err("the replica is not held".into())),
         }
         Ok(())
     }
@@ -803,6 +713,7 @@ impl SupervisorEngine {
     }
 }
 
+mod hold;
 mod report;
 
 #[cfg(test)]
